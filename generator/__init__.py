@@ -1,0 +1,1 @@
+"""lockprof's build-time code generator: spec (locks.json) -> model -> templates -> generated/."""

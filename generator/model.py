@@ -1,0 +1,196 @@
+"""The generator's model: the spec, checked, with every derived flag.
+
+Templates branch only on what this module computes; they hold no logic of
+their own.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+# role -> (METH_* flags of the wrapper method, the wrapped method it calls or
+# None for "the one of the same name")
+ROLES: Dict[str, Tuple[str, Optional[str]]] = {
+    "acquire": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "enter": ("METH_FASTCALL | METH_KEYWORDS", "acquire"),
+    "release": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "exit": ("METH_FASTCALL", "release"),
+    "forward": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "release_save": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "acquire_restore": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "reinit": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "wait": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "async_acquire": ("METH_FASTCALL | METH_KEYWORDS", None),
+    "aenter": ("METH_FASTCALL | METH_KEYWORDS", "acquire"),
+    "aexit": ("METH_FASTCALL", "release"),
+    "async_wait": ("METH_FASTCALL | METH_KEYWORDS", None),
+}
+SYNC_ONLY = {"acquire", "enter", "exit", "wait"}
+ASYNC_ONLY = {"async_acquire", "aenter", "aexit", "async_wait"}
+FIELDS = {"key", "module", "factory", "inner_type", "type_name", "native", "async",
+          "reentrant", "condition", "methods"}
+REQUIRED = FIELDS - {"type_name"}
+
+
+class SpecError(ValueError):
+    """The spec is malformed; the message names the entry and the field."""
+
+
+def _ident(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
+
+
+def _version_hex(since: str, where: str) -> str:
+    m = re.fullmatch(r"3\.(\d+)", since)
+    if not m:
+        raise SpecError(f"{where}: since={since!r} is not a CPython version like '3.11'")
+    return "0x03%02X0000" % int(m.group(1))
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str               # Python-visible name on the wrapper
+    role: str
+    c_name: str             # <prefix>_<meth>
+    meth_flags: str         # METH_* of the wrapper method
+    inner: str              # name of the wrapped method it calls
+    inner_c: str            # C variable of that lp_method
+    guard: Optional[str]    # "PY_VERSION_HEX >= 0x030B0000" or None
+    doc: str
+
+
+@dataclass(frozen=True)
+class InnerMethod:
+    name: str
+    c_var: str
+    guard: Optional[str]
+
+
+@dataclass(frozen=True)
+class LockType:
+    key: str
+    index: int              # the lock kind id used by the runtime
+    module: str
+    factory: str
+    inner_type: str
+    type_name: str          # tp_name, as the stdlib's class has it
+    type_module: str        # __module__ of the stdlib's class
+    native: bool
+    is_async: bool
+    reentrant: bool
+    condition: bool
+    methods: Tuple[Method, ...]
+    inner_methods: Tuple[InnerMethod, ...]
+    spec_line: int
+    # derived
+    prefix: str             # C prefix, e.g. lp_threading_Lock
+    kind_macro: str         # e.g. LP_KIND_THREADING_LOCK
+    gc: bool                # can hold references to arbitrary objects
+    forward_attrs: bool     # unknown attributes come from the wrapped object
+    release_method: Optional[Method]   # the release __aexit__ runs (async types)
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    types: Tuple[LockType, ...]
+
+
+def _line_of(text: str, key: str) -> int:
+    idx = text.find(f'"key": "{key}"')
+    return text.count("\n", 0, idx) + 1 if idx >= 0 else 0
+
+
+def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
+    key = raw.get("key")
+    where = f"spec entry #{index} ({key!r})"
+    if not isinstance(key, str) or not key:
+        raise SpecError(f"{where}: 'key' must be a non-empty string")
+    unknown = set(raw) - FIELDS
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}; accepted: {sorted(FIELDS)}")
+    missing = REQUIRED - set(raw)
+    if missing:
+        raise SpecError(f"{where}: missing field(s) {sorted(missing)}")
+    for flag in ("native", "async", "reentrant", "condition"):
+        if not isinstance(raw[flag], bool):
+            raise SpecError(f"{where}: {flag!r} must be true or false, got {raw[flag]!r}")
+    inner_type = raw["inner_type"]
+    if not isinstance(inner_type, str) or "." not in inner_type:
+        raise SpecError(f"{where}: 'inner_type' must be a dotted path like 'threading.Semaphore'")
+    type_module, _, last = inner_type.rpartition(".")
+    type_name = raw.get("type_name") or last
+    prefix = "lp_" + _ident(key)
+    is_async = raw["async"]
+
+    methods: List[Method] = []
+    inner: Dict[str, InnerMethod] = {}
+    seen = set()
+    for m in raw["methods"]:
+        name, role = m.get("name"), m.get("role")
+        mwhere = f"{where}, method {name!r}"
+        if not isinstance(name, str) or not name.isidentifier():
+            raise SpecError(f"{mwhere}: 'name' must be an identifier")
+        if name in seen:
+            raise SpecError(f"{mwhere}: listed twice")
+        seen.add(name)
+        if role not in ROLES:
+            raise SpecError(f"{mwhere}: role {role!r} unknown; accepted: {sorted(ROLES)}")
+        if is_async and role in SYNC_ONLY:
+            raise SpecError(f"{mwhere}: role {role!r} is for threading types; this entry is async")
+        if not is_async and role in ASYNC_ONLY:
+            raise SpecError(f"{mwhere}: role {role!r} is for asyncio types; this entry is not async")
+        if role in ("wait", "async_wait") and not raw["condition"]:
+            raise SpecError(f"{mwhere}: role {role!r} needs \"condition\": true")
+        extra = set(m) - {"name", "role", "since"}
+        if extra:
+            raise SpecError(f"{mwhere}: unknown field(s) {sorted(extra)}")
+        guard = None
+        if "since" in m:
+            guard = f"PY_VERSION_HEX >= {_version_hex(m['since'], mwhere)}"
+        flags, inner_name = ROLES[role]
+        inner_name = inner_name or name
+        c_var = f"{prefix}_m_{_ident(inner_name)}"
+        if inner_name not in inner:
+            inner[inner_name] = InnerMethod(inner_name, c_var, guard)
+        elif inner[inner_name].guard != guard and inner[inner_name].guard is not None:
+            inner[inner_name] = InnerMethod(inner_name, c_var, None)
+        methods.append(Method(
+            name=name, role=role, c_name=f"{prefix}_{_ident(name) or name}",
+            meth_flags=flags, inner=inner_name, inner_c=c_var, guard=guard,
+            doc=f"{name}: as {type_name}.{inner_name}, recorded by lockprof ({role})."))
+    release = None
+    if any(x.role == "aexit" for x in methods):
+        release = next((x for x in methods if x.name == "release"), None)
+        if release is None:
+            raise SpecError(f"{where}: an 'aexit' method needs a 'release' method")
+    native = raw["native"]
+    return LockType(
+        key=key, index=index, module=raw["module"], factory=raw["factory"],
+        inner_type=inner_type, type_name=type_name, type_module=type_module,
+        native=native, is_async=is_async, reentrant=raw["reentrant"],
+        condition=raw["condition"], methods=tuple(methods),
+        inner_methods=tuple(inner.values()), spec_line=_line_of(text, key),
+        prefix=prefix, kind_macro="LP_KIND_" + _ident(key).upper(),
+        gc=not native, forward_attrs=not native, release_method=release,
+    )
+
+
+def load(path: Path) -> Spec:
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path}: not valid JSON: {e}") from None
+    entries = raw.get("locks") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise SpecError(f"{path}: expected an object with a non-empty 'locks' list")
+    types = tuple(_lock_type(e, i, text) for i, e in enumerate(entries))
+    keys = [t.key for t in types]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise SpecError(f"{path}: key(s) listed twice: {sorted(dup)}")
+    return Spec(path=path.as_posix(), types=types)

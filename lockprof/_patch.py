@@ -1,0 +1,118 @@
+"""Swapping the stdlib's lock factories for lockprof's, and back."""
+from __future__ import annotations
+
+import _thread
+import sys
+from typing import Dict, List, Tuple
+
+from . import _lockprof
+
+# Modules whose own code must keep native locks: the stdlib's synchronization
+# code (a Semaphore's inner Condition and Lock, an Event, a Barrier...) and
+# lockprof itself.  Their names are not rebound by the module scan either.
+_SKIP_PREFIXES = ("_thread", "threading", "asyncio.", "lockprof", "importlib", "_dummy_thread",
+                  "dummy_threading")
+
+_guard = _thread.allocate_lock()   # never profiled: made before any patching
+_running = False
+_rate = 0.0
+# key -> (module, attribute, original, factory)
+_installed: Dict[str, Tuple[str, str, object, object]] = {}
+# (module object, attribute name, original, factory) rebound by the scan
+_rebound: List[Tuple[object, str, object, object]] = []
+
+
+def _originals() -> Dict[str, Tuple[str, str, object]]:
+    out = {}
+    for key, modname, attr, _wtype, _inner, _is_async, _is_cond in _lockprof.TYPES:
+        mod = sys.modules.get(modname) or __import__(modname)
+        current = getattr(mod, attr)
+        orig = getattr(current, "__lockprof_original__", current)
+        out[key] = (modname, attr, orig)
+    return out
+
+
+def _scan_and_rebind(by_id: Dict[int, object]) -> None:
+    for name, mod in list(sys.modules.items()):
+        if mod is None or name == "asyncio" or name.startswith(_SKIP_PREFIXES):
+            continue
+        try:
+            d = vars(mod)
+        except TypeError:
+            continue
+        try:
+            items = list(d.items())
+        except RuntimeError:
+            continue
+        for attr, value in items:
+            factory = by_id.get(id(value))
+            if factory is not None and not isinstance(value, _lockprof.Factory):
+                try:
+                    setattr(mod, attr, factory)
+                except Exception:
+                    continue
+                _rebound.append((mod, attr, value, factory))
+
+
+def excluded_globals() -> list:
+    dicts = []
+    for name, mod in list(sys.modules.items()):
+        if mod is not None and (name in ("threading", "_threading_local")
+                                or name.startswith(("lockprof.", "asyncio."))
+                                or name == "lockprof"):
+            try:
+                dicts.append(vars(mod))
+            except TypeError:
+                pass
+    return dicts
+
+
+def start(sample_rate: float, max_locks: int, seed) -> None:
+    global _running, _rate
+    with _guard:
+        if _running:
+            _lockprof.configure(True, sample_rate, max_locks, seed)
+            _rate = sample_rate
+            return
+        origs = _originals()
+        by_id: Dict[int, object] = {}
+        for key, (modname, attr, orig) in origs.items():
+            factory = _lockprof.make_factory(key, orig)
+            mod = sys.modules[modname]
+            setattr(mod, attr, factory)
+            _installed[key] = (modname, attr, orig, factory)
+            by_id[id(orig)] = factory
+        _lockprof.set_excluded(excluded_globals())
+        _scan_and_rebind(by_id)
+        _lockprof.configure(True, sample_rate, max_locks, seed)
+        _rate = sample_rate
+        _running = True
+
+
+def stop() -> None:
+    global _running
+    with _guard:
+        if not _running:
+            return
+        _lockprof.configure(False, 0.0)
+        for mod, attr, orig, factory in reversed(_rebound):
+            try:
+                if getattr(mod, attr, None) is factory:
+                    setattr(mod, attr, orig)
+            except Exception:
+                pass
+        _rebound.clear()
+        for key, (modname, attr, orig, factory) in _installed.items():
+            mod = sys.modules.get(modname)
+            if mod is not None and getattr(mod, attr, None) is factory:
+                setattr(mod, attr, orig)
+        _installed.clear()
+        _running = False
+
+
+def is_running() -> bool:
+    return _running
+
+
+def sample_rate() -> float:
+    return _rate

@@ -1,0 +1,323 @@
+/* lockprof runtime: the awaitable returned by the asyncio wrappers.
+ *
+ * `await lock.acquire()` on a wrapped asyncio lock awaits this object, which
+ * drives the stdlib's own coroutine step by step.  The clock is read only
+ * when that coroutine suspends, so an uncontended acquire reads no clock and
+ * a contended one measures the real time the task was suspended. */
+#include "lp_record.h"
+
+typedef enum { LP_SEND_RETURN = 0, LP_SEND_ERROR = -1, LP_SEND_NEXT = 1 } lp_send_result;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *coro;         /* the stdlib coroutine; NULL in LP_AW_CALL mode */
+    lp_wrapper *w;
+    const lp_method *m;
+    lp_release_fn release;  /* LP_AW_CALL: the release run on first send */
+    int64_t t0;             /* first suspension (0: never suspended) */
+    int kind;
+    int mode;
+    int done;
+} lp_awaitable;
+
+static PyTypeObject *awaitable_type = NULL;
+static PyObject *str_send, *str_throw, *str_close;
+
+PyObject *
+lp_awaitable_new(lp_wrapper *w, int kind, int mode, const lp_method *m,
+                 PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                 lp_release_fn release)
+{
+    PyObject *coro = NULL;
+    if (mode != LP_AW_CALL) {
+        /* made now, as the stdlib's coroutine would be: argument errors
+         * surface at call time */
+        coro = lp_call(m, w->inner, args, nargs, kwnames);
+        if (coro == NULL) {
+            return NULL;
+        }
+    }
+    lp_awaitable *a = PyObject_GC_New(lp_awaitable, awaitable_type);
+    if (a == NULL) {
+        Py_XDECREF(coro);
+        return NULL;
+    }
+    a->coro = coro;
+    a->w = (lp_wrapper *)Py_NewRef((PyObject *)w);
+    a->m = m;
+    a->release = release;
+    a->t0 = 0;
+    a->kind = kind;
+    a->mode = mode;
+    a->done = 0;
+    PyObject_GC_Track(a);
+    return (PyObject *)a;
+}
+
+static lp_send_result
+coro_send(PyObject *coro, PyObject *arg, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    return (lp_send_result)PyIter_Send(coro, arg, result);
+#else
+    PyObject *r = PyObject_CallMethodOneArg(coro, str_send, arg);
+    if (r != NULL) {
+        *result = r;
+        return LP_SEND_NEXT;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        *result = NULL;
+        return LP_SEND_ERROR;
+    }
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyErr_NormalizeException(&t, &v, &tb);
+    *result = v ? PyObject_GetAttrString(v, "value") : Py_NewRef(Py_None);
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+    return *result ? LP_SEND_RETURN : LP_SEND_ERROR;
+#endif
+}
+
+/* The stdlib coroutine returned `value` (a new reference). */
+static lp_send_result
+finish(lp_awaitable *a, PyObject *value, PyObject **result)
+{
+    a->done = 1;
+    lp_wrapper *w = a->w;
+    if ((a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) &&
+        !(w->flags & LP_W_DELEGATED)) {
+        if (a->t0 != 0) {
+            lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, value == Py_True);
+        }
+        if (value == Py_True && LP_SAMPLED()) {
+            lp_flush_acquire(w, a->kind, 1);
+        }
+    }
+    else if (a->mode == LP_AW_WAIT && a->t0 != 0) {
+        lp_flush_cond_wait(w, a->kind, lp_now_ns() - a->t0);
+    }
+    if (a->mode == LP_AW_AENTER) {
+        /* async with: __aenter__ returns None */
+        Py_DECREF(value);
+        value = Py_NewRef(Py_None);
+    }
+    *result = value;
+    return LP_SEND_RETURN;
+}
+
+static lp_send_result
+step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
+{
+    if (res == LP_SEND_NEXT) {
+        if (a->t0 == 0 && lp_active) {
+            a->t0 = lp_now_ns();
+        }
+        *result = value;
+        return LP_SEND_NEXT;
+    }
+    if (res == LP_SEND_RETURN) {
+        return finish(a, value, result);
+    }
+    a->done = 1;
+    *result = NULL;
+    return LP_SEND_ERROR;
+}
+
+static lp_send_result
+aw_send(PyObject *self, PyObject *arg, PyObject **result)
+{
+    lp_awaitable *a = (lp_awaitable *)self;
+    if (a->done) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        *result = NULL;
+        return LP_SEND_ERROR;
+    }
+    if (a->mode == LP_AW_CALL) {
+        a->done = 1;
+        PyObject *r = a->release(a->w);
+        if (r == NULL) {
+            *result = NULL;
+            return LP_SEND_ERROR;
+        }
+        Py_DECREF(r);
+        *result = Py_NewRef(Py_None);
+        return LP_SEND_RETURN;
+    }
+    if (a->mode == LP_AW_WAIT && a->t0 == 0 && lp_active) {
+        a->t0 = lp_now_ns();
+    }
+    PyObject *value = NULL;
+    lp_send_result res = coro_send(a->coro, arg, &value);
+    return step(a, res, value, result);
+}
+
+static PyObject *
+stop_iteration(PyObject *value)
+{
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+    Py_DECREF(value);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *
+aw_iternext(PyObject *self)
+{
+    PyObject *r;
+    lp_send_result res = aw_send(self, Py_None, &r);
+    if (res == LP_SEND_RETURN) {
+        return stop_iteration(r);
+    }
+    return r;
+}
+
+static PyObject *
+aw_send_meth(PyObject *self, PyObject *arg)
+{
+    PyObject *r;
+    lp_send_result res = aw_send(self, arg, &r);
+    if (res == LP_SEND_RETURN) {
+        return stop_iteration(r);
+    }
+    return r;
+}
+
+static PyObject *
+aw_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    lp_awaitable *a = (lp_awaitable *)self;
+    if (a->coro == NULL || a->done) {
+        a->done = 1;
+        if (nargs < 1) {
+            PyErr_SetString(PyExc_TypeError, "throw expected at least 1 argument, got 0");
+            return NULL;
+        }
+        PyObject *typ = args[0];
+        if (PyExceptionInstance_Check(typ)) {
+            PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+        }
+        else {
+            PyErr_SetObject(typ, nargs > 1 ? args[1] : Py_None);
+        }
+        return NULL;
+    }
+    PyObject *r = PyObject_VectorcallMethod(str_throw, (PyObject *[]){a->coro, nargs > 0 ? args[0] : NULL,
+                                                                       nargs > 1 ? args[1] : NULL,
+                                                                       nargs > 2 ? args[2] : NULL},
+                                            1 + nargs, NULL);
+    if (r != NULL) {
+        PyObject *out;
+        step(a, LP_SEND_NEXT, r, &out);
+        return out;
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_NormalizeException(&t, &v, &tb);
+        PyObject *value = v ? PyObject_GetAttrString(v, "value") : Py_NewRef(Py_None);
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        if (value == NULL) {
+            return NULL;
+        }
+        PyObject *out;
+        finish(a, value, &out);
+        return stop_iteration(out);
+    }
+    a->done = 1;
+    return NULL;
+}
+
+static PyObject *
+aw_close(PyObject *self, PyObject *unused)
+{
+    lp_awaitable *a = (lp_awaitable *)self;
+    a->done = 1;
+    if (a->coro == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethodNoArgs(a->coro, str_close);
+}
+
+static PyObject *
+aw_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static int
+aw_traverse(lp_awaitable *a, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(a));
+    Py_VISIT(a->coro);
+    Py_VISIT(a->w);
+    return 0;
+}
+
+static int
+aw_clear(lp_awaitable *a)
+{
+    Py_CLEAR(a->coro);
+    Py_CLEAR(a->w);
+    return 0;
+}
+
+static void
+aw_dealloc(lp_awaitable *a)
+{
+    PyTypeObject *tp = Py_TYPE(a);
+    PyObject_GC_UnTrack(a);
+    aw_clear(a);
+    tp->tp_free((PyObject *)a);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef aw_methods[] = {
+    {"send", (PyCFunction)aw_send_meth, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))aw_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)aw_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot aw_slots[] = {
+    {Py_tp_dealloc, aw_dealloc},
+    {Py_tp_traverse, aw_traverse},
+    {Py_tp_clear, aw_clear},
+    {Py_tp_iter, aw_await},
+    {Py_tp_iternext, aw_iternext},
+    {Py_tp_methods, aw_methods},
+    {Py_am_await, aw_await},
+#if PY_VERSION_HEX >= 0x030A0000
+    {Py_am_send, aw_send},
+#endif
+    {0, NULL},
+};
+
+static PyType_Spec aw_spec = {
+    .name = "lockprof._lockprof.Awaitable",
+    .basicsize = sizeof(lp_awaitable),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = aw_slots,
+};
+
+int
+lp_async_setup(PyObject *module)
+{
+    str_send = PyUnicode_InternFromString("send");
+    str_throw = PyUnicode_InternFromString("throw");
+    str_close = PyUnicode_InternFromString("close");
+    if (!str_send || !str_throw || !str_close) {
+        return -1;
+    }
+    awaitable_type = (PyTypeObject *)PyType_FromSpec(&aw_spec);
+    if (awaitable_type == NULL) {
+        return -1;
+    }
+    return PyModule_AddObject(module, "Awaitable", Py_NewRef(awaitable_type));
+}

@@ -1,0 +1,357 @@
+/* lockprof runtime: the factory objects that replace threading.Lock & co.
+ *
+ * A factory is what `threading.Lock` names while profiling runs.  Calling it
+ * makes the stdlib object and wraps it; everything else a program may do
+ * with the name (isinstance, subclassing, `X | None`, attributes such as
+ * __name__) is answered by the original object, so the program cannot tell
+ * the difference. */
+#include "lp_record.h"
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *orig;             /* the stdlib's factory or class */
+    PyTypeObject *wtype;        /* the generated wrapper type */
+    int is_condition;
+    vectorcallfunc vectorcall;
+} lp_factory;
+
+static PyTypeObject *factory_type = NULL;
+static PyTypeObject **wrapper_types = NULL;
+static int n_wrapper_types = 0;
+
+/* module dicts whose code gets native locks (the stdlib's own
+ * synchronization code and lockprof itself) */
+static PyObject *excluded = NULL;   /* tuple of dicts */
+
+static int
+is_wrapper(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    for (int i = 0; i < n_wrapper_types; i++) {
+        if (t == wrapper_types[i]) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int
+caller_excluded(void)
+{
+    PyObject *g = PyEval_GetGlobals();   /* borrowed; the calling frame's */
+    if (g == NULL || excluded == NULL) {
+        return 0;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(excluded);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyTuple_GET_ITEM(excluded, i) == g) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    lp_factory *f = (lp_factory *)self;
+    if (!lp_active || caller_excluded()) {
+        return PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
+    }
+    PyObject *inner = PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
+    if (inner == NULL) {
+        return NULL;
+    }
+    PyObject *w = lp_wrap(f->wtype, inner);
+    if (w != NULL && f->is_condition) {
+        /* Condition(lock): when the lock is ours, it does the recording */
+        Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+        PyObject *lock = nargs >= 1 ? args[0] : NULL;
+        if (lock == NULL && kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1) {
+            lock = args[nargs];
+        }
+        if (lock != NULL && is_wrapper(lock)) {
+            ((lp_wrapper *)w)->flags |= LP_W_DELEGATED;
+        }
+    }
+    return w;
+}
+
+static int
+factory_traverse(lp_factory *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->orig);
+    Py_VISIT(self->wtype);
+    return 0;
+}
+
+static int
+factory_clear(lp_factory *self)
+{
+    Py_CLEAR(self->orig);
+    Py_CLEAR(self->wtype);
+    return 0;
+}
+
+static void
+factory_dealloc(lp_factory *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    factory_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+factory_repr(lp_factory *self)
+{
+    return PyObject_Repr(self->orig);
+}
+
+/* names answered by the factory itself; every other attribute comes from the
+ * original, __class__, __name__, __doc__ and __module__ included */
+static PyObject *own_names = NULL;
+
+static PyObject *
+factory_getattro(PyObject *self, PyObject *name)
+{
+    int own = PySet_Contains(own_names, name);
+    if (own < 0) {
+        return NULL;
+    }
+    if (own) {
+        return PyObject_GenericGetAttr(self, name);
+    }
+    return PyObject_GetAttr(((lp_factory *)self)->orig, name);
+}
+
+static PyObject *
+factory_mro_entries(lp_factory *self, PyObject *bases)
+{
+    /* `class MyLock(threading.Semaphore)` subclasses the stdlib's class */
+    return PyTuple_Pack(1, self->orig);
+}
+
+static PyObject *
+factory_instancecheck(lp_factory *self, PyObject *inst)
+{
+    int r = PyObject_IsInstance(inst, self->orig);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+factory_subclasscheck(lp_factory *self, PyObject *cls)
+{
+    int r = PyObject_IsSubclass(cls, self->orig);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+factory_reduce(lp_factory *self, PyObject *unused)
+{
+    /* pickled by reference, as the original is */
+    return PyObject_GetAttrString(self->orig, "__qualname__");
+}
+
+static PyObject *
+unwrap_factory(PyObject *o)
+{
+    if (Py_TYPE(o) == factory_type) {
+        return ((lp_factory *)o)->orig;
+    }
+    return o;
+}
+
+static PyObject *
+factory_or(PyObject *a, PyObject *b)
+{
+    return PyNumber_Or(unwrap_factory(a), unwrap_factory(b));
+}
+
+static PyObject *
+factory_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    /* Stored as a class attribute, the name behaves as the original does:
+     * classes and builtins do not bind, Python functions (threading.RLock)
+     * do, to the original. */
+    PyObject *orig = ((lp_factory *)self)->orig;
+    descrgetfunc get = Py_TYPE(orig)->tp_descr_get;
+    if (get == NULL || obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return get(orig, obj, type);
+}
+
+static PyMethodDef factory_methods[] = {
+    {"__mro_entries__", (PyCFunction)factory_mro_entries, METH_O, NULL},
+    {"__instancecheck__", (PyCFunction)factory_instancecheck, METH_O, NULL},
+    {"__subclasscheck__", (PyCFunction)factory_subclasscheck, METH_O, NULL},
+    {"__reduce__", (PyCFunction)factory_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef factory_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(lp_factory, vectorcall), READONLY, NULL},
+    {"__lockprof_original__", T_OBJECT, offsetof(lp_factory, orig), READONLY, NULL},
+    {"__lockprof_wrapper_type__", T_OBJECT, offsetof(lp_factory, wtype), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot factory_slots[] = {
+    {Py_tp_dealloc, factory_dealloc},
+    {Py_tp_traverse, factory_traverse},
+    {Py_tp_clear, factory_clear},
+    {Py_tp_repr, factory_repr},
+    {Py_tp_getattro, factory_getattro},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_methods, factory_methods},
+    {Py_tp_members, factory_members},
+    {Py_tp_descr_get, factory_descr_get},
+    {Py_nb_or, factory_or},
+    {0, NULL},
+};
+
+static PyType_Spec factory_spec = {
+    .name = "lockprof._lockprof.Factory",
+    .basicsize = sizeof(lp_factory),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = factory_slots,
+};
+
+/* ------------------------------------------------------------------------ */
+/* module functions                                                          */
+/* ------------------------------------------------------------------------ */
+
+static const lp_typedef *type_defs = NULL;
+static int n_type_defs = 0;
+
+static PyObject *
+lp_py_make_factory(PyObject *mod, PyObject *args)
+{
+    const char *key;
+    PyObject *orig;
+    if (!PyArg_ParseTuple(args, "sO:make_factory", &key, &orig)) {
+        return NULL;
+    }
+    for (int i = 0; i < n_type_defs; i++) {
+        if (strcmp(type_defs[i].key, key) == 0) {
+            lp_factory *f = PyObject_GC_New(lp_factory, factory_type);
+            if (f == NULL) {
+                return NULL;
+            }
+            f->orig = Py_NewRef(orig);
+            f->wtype = (PyTypeObject *)Py_NewRef(*type_defs[i].type_slot);
+            f->is_condition = type_defs[i].is_condition;
+            f->vectorcall = factory_vectorcall;
+            PyObject_GC_Track(f);
+            return (PyObject *)f;
+        }
+    }
+    PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", PyTuple_GET_ITEM(args, 0));
+    return NULL;
+}
+
+static PyObject *
+lp_py_set_excluded(PyObject *mod, PyObject *dicts)
+{
+    PyObject *t = PySequence_Tuple(dicts);
+    if (t == NULL) {
+        return NULL;
+    }
+    PyObject *old = excluded;
+    excluded = t;
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lp_py_wrap(PyObject *mod, PyObject *args)
+{
+    /* wrap(key, obj): wrap an existing stdlib object (tests, adoption) */
+    const char *key;
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "sO:wrap", &key, &obj)) {
+        return NULL;
+    }
+    for (int i = 0; i < n_type_defs; i++) {
+        if (strcmp(type_defs[i].key, key) == 0) {
+            return lp_wrap(*type_defs[i].type_slot, Py_NewRef(obj));
+        }
+    }
+    PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", PyTuple_GET_ITEM(args, 0));
+    return NULL;
+}
+
+static PyObject *
+lp_py_unwrap(PyObject *mod, PyObject *obj)
+{
+    if (is_wrapper(obj)) {
+        return Py_NewRef(((lp_wrapper *)obj)->inner);
+    }
+    return Py_NewRef(obj);
+}
+
+static PyObject *
+lp_py_is_wrapper(PyObject *mod, PyObject *obj)
+{
+    return PyBool_FromLong(is_wrapper(obj));
+}
+
+static PyMethodDef factory_module_methods[] = {
+    {"make_factory", lp_py_make_factory, METH_VARARGS,
+     "make_factory(key, original)\n--\n\nThe factory object that replaces `original`."},
+    {"set_excluded", lp_py_set_excluded, METH_O,
+     "set_excluded(dicts)\n--\n\nModule globals whose code gets native locks."},
+    {"wrap", lp_py_wrap, METH_VARARGS, "wrap(key, obj)\n--\n\nWrap an existing stdlib lock."},
+    {"unwrap", lp_py_unwrap, METH_O, "unwrap(obj)\n--\n\nThe stdlib object inside a wrapper."},
+    {"is_wrapper", lp_py_is_wrapper, METH_O, "is_wrapper(obj)\n--\n\nTrue for a lockprof wrapper."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs)
+{
+    type_defs = defs;
+    n_type_defs = ndefs;
+    wrapper_types = PyMem_Calloc(ndefs, sizeof(PyTypeObject *));
+    if (wrapper_types == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < ndefs; i++) {
+        wrapper_types[i] = *defs[i].type_slot;
+    }
+    n_wrapper_types = ndefs;
+    factory_type = (PyTypeObject *)PyType_FromSpec(&factory_spec);
+    if (factory_type == NULL) {
+        return -1;
+    }
+    own_names = PySet_New(NULL);
+    if (own_names == NULL) {
+        return -1;
+    }
+    const char *names[] = {"__mro_entries__", "__instancecheck__", "__subclasscheck__",
+                           "__reduce__", "__reduce_ex__", "__lockprof_original__",
+                           "__lockprof_wrapper_type__", NULL};
+    for (int i = 0; names[i]; i++) {
+        PyObject *s = PyUnicode_InternFromString(names[i]);
+        if (s == NULL || PySet_Add(own_names, s) < 0) {
+            Py_XDECREF(s);
+            return -1;
+        }
+        Py_DECREF(s);
+    }
+    if (PyModule_AddObject(module, "Factory", Py_NewRef(factory_type)) < 0) {
+        return -1;
+    }
+    return PyModule_AddFunctions(module, factory_module_methods);
+}

@@ -1,0 +1,449 @@
+/* lockprof runtime: creation sites, per-lock records and the flush functions
+ * that fill them.  Everything here runs holding the GIL, on sampled or
+ * contended events, on lock creation, or from the Python API. */
+#include "lp_record.h"
+
+#if PY_VERSION_HEX >= 0x030B0000
+#  define LP_HAVE_LASTI 1
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* creation sites: (code object, instruction offset) interned to a uint32    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject *code;     /* strong reference; NULL for the unused slot 0 */
+    int pos;            /* lasti (3.11+) or line number (3.9, 3.10) */
+} lp_site;
+
+static lp_site *sites = NULL;
+static uint32_t nsites = 1, capsites = 0;
+static uint32_t *site_index = NULL;     /* open addressing, 0 = empty */
+static uint32_t site_index_mask = 0;
+static uint32_t max_sites = 1u << 20;
+
+static inline uint32_t
+site_hash(PyObject *code, int pos)
+{
+    uint64_t h = (uint64_t)(uintptr_t)code * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(unsigned)pos * 0xC2B2AE3D27D4EB4FULL;
+    return (uint32_t)(h >> 32);
+}
+
+static int
+site_index_grow(void)
+{
+    uint32_t newcap = site_index_mask ? (site_index_mask + 1) * 2 : 1024;
+    uint32_t *idx = PyMem_Calloc(newcap, sizeof(uint32_t));
+    if (idx == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 1; i < nsites; i++) {
+        uint32_t j = site_hash(sites[i].code, sites[i].pos) & (newcap - 1);
+        while (idx[j]) {
+            j = (j + 1) & (newcap - 1);
+        }
+        idx[j] = i;
+    }
+    PyMem_Free(site_index);
+    site_index = idx;
+    site_index_mask = newcap - 1;
+    return 0;
+}
+
+static uint32_t
+site_intern(PyObject *code, int pos)
+{
+    if (site_index == NULL || nsites * 2 > site_index_mask) {
+        if (site_index_grow() < 0) {
+            return 0;
+        }
+    }
+    uint32_t j = site_hash(code, pos) & site_index_mask;
+    while (site_index[j]) {
+        lp_site *s = &sites[site_index[j]];
+        if (s->code == code && s->pos == pos) {
+            return site_index[j];
+        }
+        j = (j + 1) & site_index_mask;
+    }
+    if (nsites >= max_sites) {
+        return 0;
+    }
+    if (nsites >= capsites) {
+        uint32_t nc = capsites ? capsites * 2 : 256;
+        lp_site *ns = PyMem_Realloc(sites, nc * sizeof(lp_site));
+        if (ns == NULL) {
+            return 0;
+        }
+        if (capsites == 0) {
+            ns[0].code = NULL;
+            ns[0].pos = 0;
+        }
+        sites = ns;
+        capsites = nc;
+    }
+    uint32_t id = nsites++;
+    sites[id].code = Py_NewRef(code);
+    sites[id].pos = pos;
+    site_index[j] = id;
+    return id;
+}
+
+uint32_t
+lp_record_site_here(void)
+{
+    PyFrameObject *f = PyEval_GetFrame();   /* borrowed: the caller's frame */
+    if (f == NULL) {
+        return 0;
+    }
+    PyCodeObject *code = PyFrame_GetCode(f);
+#ifdef LP_HAVE_LASTI
+    int pos = PyFrame_GetLasti(f);
+#else
+    int pos = PyFrame_GetLineNumber(f);
+#endif
+    uint32_t id = site_intern((PyObject *)code, pos);
+    Py_DECREF(code);
+    return id;
+}
+
+static int
+site_line(const lp_site *s)
+{
+#ifdef LP_HAVE_LASTI
+    return PyCode_Addr2Line((PyCodeObject *)s->code, s->pos);
+#else
+    return s->pos;
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* lock records                                                              */
+/* ------------------------------------------------------------------------ */
+
+static lp_lockrec **recs = NULL;
+static uint32_t nrecs = 0, caprecs = 0;
+static uint32_t max_locks = 100000;
+static lp_lockrec overflow_rec;          /* events of locks past the cap */
+static uint64_t n_dropped_locks = 0;     /* locks folded into overflow_rec */
+static uint64_t n_errors = 0;            /* failures inside profiling */
+
+static lp_lockrec *
+rec_for(lp_wrapper *w, int kind)
+{
+    if (LP_LIKELY(w->rec != NULL)) {
+        return w->rec;
+    }
+    lp_lockrec *r = NULL;
+    if (nrecs < max_locks) {
+        if (nrecs >= caprecs) {
+            uint32_t nc = caprecs ? caprecs * 2 : 64;
+            lp_lockrec **nr = PyMem_Realloc(recs, nc * sizeof(*recs));
+            if (nr != NULL) {
+                recs = nr;
+                caprecs = nc;
+            }
+        }
+        if (nrecs < caprecs) {
+            r = PyMem_Calloc(1, sizeof(lp_lockrec));
+        }
+    }
+    if (r == NULL) {
+        if (nrecs < max_locks) {
+            n_errors++;
+        }
+        n_dropped_locks++;
+        w->rec = &overflow_rec;
+        return w->rec;
+    }
+    r->id = ++nrecs;
+    r->kind = kind;
+    r->site = w->site;
+    recs[r->id - 1] = r;
+    w->rec = r;
+    return r;
+}
+
+void
+lp_flush_acquire(lp_wrapper *w, int kind, int start_hold)
+{
+    lp_lockrec *r = rec_for(w, kind);
+    double scale = 1.0 / lp_sample_rate;
+    r->acq_samples++;
+    r->acq_estimate += scale;
+    if (!start_hold) {
+        return;
+    }
+    if (r->nholds >= r->capholds) {
+        uint32_t nc = r->capholds ? r->capholds * 2 : 1;
+        lp_hold *nh = PyMem_Realloc(r->holds, nc * sizeof(lp_hold));
+        if (nh == NULL) {
+            n_errors++;
+            return;
+        }
+        r->holds = nh;
+        r->capholds = nc;
+    }
+    lp_hold *h = &r->holds[r->nholds++];
+    h->thread = PyThread_get_thread_ident();
+    h->t0 = lp_now_ns();
+    r->hold_scale = scale;
+    w->flags |= LP_W_HOLDING;
+}
+
+void
+lp_flush_release(lp_wrapper *w, int64_t t_release)
+{
+    lp_lockrec *r = w->rec;
+    if (r == NULL || r->nholds == 0) {
+        w->flags &= ~LP_W_HOLDING;
+        return;
+    }
+    /* the hold of the releasing thread; otherwise the oldest (a Lock or a
+     * Semaphore may be released by a thread other than its acquirer) */
+    unsigned long me = PyThread_get_thread_ident();
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < r->nholds; i++) {
+        if (r->holds[i].thread == me) {
+            k = i;
+            break;
+        }
+    }
+    int64_t held = t_release - r->holds[k].t0;
+    if (held < 0) {
+        held = 0;
+    }
+    r->hold_samples++;
+    r->hold_ns_estimate += (double)held * r->hold_scale;
+    r->nholds--;
+    for (uint32_t i = k; i < r->nholds; i++) {
+        r->holds[i] = r->holds[i + 1];
+    }
+    if (r->nholds == 0) {
+        w->flags &= ~LP_W_HOLDING;
+    }
+}
+
+void
+lp_record_forget_holds(lp_wrapper *w)
+{
+    if (w->rec != NULL) {
+        w->rec->nholds = 0;
+    }
+    w->flags &= ~LP_W_HOLDING;
+}
+
+void
+lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
+{
+    lp_lockrec *r = rec_for(w, kind);
+    r->contentions++;
+    if (!acquired) {
+        r->timeouts++;
+    }
+    r->wait_ns += wait_ns;
+    if (wait_ns > r->max_wait_ns) {
+        r->max_wait_ns = wait_ns;
+    }
+}
+
+void
+lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
+{
+    lp_lockrec *r = rec_for(w, kind);
+    r->cond_waits++;
+    r->cond_wait_ns += wait_ns;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Python API: snapshot, reset, limits                                       */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *kind_names = NULL;   /* tuple of spec keys, index = kind */
+
+static int
+put(PyObject *d, const char *k, PyObject *v)
+{
+    if (v == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(d, k, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static PyObject *
+rec_to_dict(const lp_lockrec *r)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    PyObject *kind = (r->kind >= 0 && kind_names && r->kind < PyTuple_GET_SIZE(kind_names))
+                         ? Py_NewRef(PyTuple_GET_ITEM(kind_names, r->kind))
+                         : PyUnicode_FromString("<other>");
+    PyObject *file = Py_None, *func = Py_None;
+    int line = 0;
+    if (r->site > 0 && r->site < nsites) {
+        const lp_site *s = &sites[r->site];
+        PyCodeObject *co = (PyCodeObject *)s->code;
+        file = PyObject_GetAttrString((PyObject *)co, "co_filename");
+        func = PyObject_GetAttrString((PyObject *)co, "co_name");
+        line = site_line(s);
+        if (file == NULL || func == NULL) {
+            Py_XDECREF(file);
+            Py_XDECREF(func);
+            Py_DECREF(kind);
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    else {
+        Py_INCREF(file);
+        Py_INCREF(func);
+    }
+    if (put(d, "id", PyLong_FromUnsignedLong(r->id)) < 0 ||
+        put(d, "kind", kind) < 0 ||
+        put(d, "file", file) < 0 ||
+        put(d, "line", PyLong_FromLong(line)) < 0 ||
+        put(d, "function", func) < 0 ||
+        put(d, "acquisition_samples", PyLong_FromUnsignedLongLong(r->acq_samples)) < 0 ||
+        put(d, "acquisitions", PyFloat_FromDouble(r->acq_estimate)) < 0 ||
+        put(d, "contentions", PyLong_FromUnsignedLongLong(r->contentions)) < 0 ||
+        put(d, "timeouts", PyLong_FromUnsignedLongLong(r->timeouts)) < 0 ||
+        put(d, "wait_ns", PyLong_FromLongLong(r->wait_ns)) < 0 ||
+        put(d, "max_wait_ns", PyLong_FromLongLong(r->max_wait_ns)) < 0 ||
+        put(d, "hold_samples", PyLong_FromUnsignedLongLong(r->hold_samples)) < 0 ||
+        put(d, "hold_ns", PyFloat_FromDouble(r->hold_ns_estimate)) < 0 ||
+        put(d, "cond_waits", PyLong_FromUnsignedLongLong(r->cond_waits)) < 0 ||
+        put(d, "cond_wait_ns", PyLong_FromLongLong(r->cond_wait_ns)) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static int
+rec_empty(const lp_lockrec *r)
+{
+    return r->acq_samples == 0 && r->contentions == 0 && r->hold_samples == 0 &&
+           r->cond_waits == 0;
+}
+
+static PyObject *
+lp_py_snapshot(PyObject *mod, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (uint32_t i = 0; i <= nrecs; i++) {
+        const lp_lockrec *r = (i < nrecs) ? recs[i] : &overflow_rec;
+        if (rec_empty(r)) {
+            continue;
+        }
+        PyObject *d = rec_to_dict(r);
+        if (d == NULL || PyList_Append(out, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    return out;
+}
+
+static void
+rec_zero(lp_lockrec *r)
+{
+    r->acq_samples = 0;
+    r->acq_estimate = 0;
+    r->contentions = 0;
+    r->timeouts = 0;
+    r->wait_ns = 0;
+    r->max_wait_ns = 0;
+    r->hold_samples = 0;
+    r->hold_ns_estimate = 0;
+    r->cond_waits = 0;
+    r->cond_wait_ns = 0;
+    /* pending holds are kept: their release may come after the reset */
+}
+
+static PyObject *
+lp_py_reset(PyObject *mod, PyObject *unused)
+{
+    for (uint32_t i = 0; i < nrecs; i++) {
+        rec_zero(recs[i]);
+    }
+    rec_zero(&overflow_rec);
+    n_dropped_locks = 0;
+    n_errors = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+lp_py_counters(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("{s:K,s:K,s:I,s:I,s:I}",
+                         "dropped_locks", (unsigned long long)n_dropped_locks,
+                         "errors", (unsigned long long)n_errors,
+                         "locks", (unsigned int)nrecs,
+                         "sites", (unsigned int)(nsites - 1),
+                         "max_locks", (unsigned int)max_locks);
+}
+
+static PyObject *
+lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", NULL};
+    int active;
+    double rate;
+    unsigned int maxl = max_locks;
+    PyObject *seed = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IO:configure", kwlist,
+                                     &active, &rate, &maxl, &seed)) {
+        return NULL;
+    }
+    if (!(rate >= 0.0 && rate <= 1.0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "sample_rate must be a number in [0, 1], got %R", PyTuple_GET_ITEM(args, 1));
+        return NULL;
+    }
+    if (seed != Py_None) {
+        unsigned long long s = PyLong_AsUnsignedLongLongMask(seed);
+        if (s == (unsigned long long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        lp_seed(s);
+    }
+    max_locks = maxl;
+    lp_sampling_configure(active, rate);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef record_methods[] = {
+    {"snapshot", lp_py_snapshot, METH_NOARGS,
+     "snapshot()\n--\n\nOne dict per lock with recorded events."},
+    {"reset", lp_py_reset, METH_NOARGS, "reset()\n--\n\nZero every record."},
+    {"counters", lp_py_counters, METH_NOARGS,
+     "counters()\n--\n\nRuntime counters: dropped locks, errors, table sizes."},
+    {"configure", (PyCFunction)(void (*)(void))lp_py_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(active, sample_rate, max_locks=..., seed=None)\n--\n\n"
+     "Turn recording on or off and set the sampling rate."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+lp_record_setup(PyObject *module)
+{
+    return PyModule_AddFunctions(module, record_methods);
+}
+
+int
+lp_record_set_kinds(PyObject *names)
+{
+    PyObject *old = kind_names;
+    kind_names = Py_NewRef(names);
+    Py_XDECREF(old);
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* lockprof runtime: the aggregation tables (creation sites and lock records). */
+#ifndef LOCKPROF_RECORD_H
+#define LOCKPROF_RECORD_H
+
+#include "lp_runtime.h"
+
+typedef struct {
+    unsigned long thread;   /* PyThread_get_thread_ident() of the owner */
+    int64_t t0;
+} lp_hold;
+
+/* One per profiled lock that had at least one recorded event.  Records are
+ * owned by the runtime and outlive their wrapper, so a profile still shows a
+ * lock that was freed.  Estimates are scaled by 1/sample_rate at the moment
+ * they are recorded, so that changing the rate keeps totals unbiased. */
+typedef struct lp_lockrec {
+    uint32_t id;
+    int kind;
+    uint32_t site;
+    uint64_t acq_samples;       /* sampled acquisitions, raw */
+    double acq_estimate;        /* sum of 1/rate over sampled acquisitions */
+    uint64_t contentions;       /* exact */
+    uint64_t timeouts;          /* contended acquires that did not acquire */
+    int64_t wait_ns;            /* exact */
+    int64_t max_wait_ns;
+    uint64_t hold_samples;
+    double hold_ns_estimate;    /* sum of hold * 1/rate */
+    uint64_t cond_waits;        /* exact */
+    int64_t cond_wait_ns;
+    lp_hold *holds;             /* sampled holds awaiting their release */
+    uint32_t nholds, capholds;
+    double hold_scale;          /* 1/rate at the time holds were started */
+} lp_lockrec;
+
+uint32_t lp_record_site_here(void);
+void lp_record_forget_holds(lp_wrapper *w);
+int lp_record_setup(PyObject *module);
+int lp_record_set_kinds(PyObject *names);
+
+extern double lp_sample_rate;
+void lp_sampling_configure(int active, double rate);
+void lp_seed(uint64_t seed);
+int lp_runtime_setup(void);
+int lp_async_setup(PyObject *module);
+int lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs);
+
+#endif

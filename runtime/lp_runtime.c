@@ -1,0 +1,482 @@
+/* lockprof runtime: method resolution, sampling, timing, the slow paths of
+ * acquire and wait, and the slots every wrapper type shares. */
+#include "lp_runtime.h"
+#include "lp_record.h"
+
+#include <math.h>
+#include <time.h>
+#include <unistd.h>
+
+PyObject *lp_empty_tuple = NULL;
+PyObject *lp_false_tuple = NULL;
+
+/* ------------------------------------------------------------------------ */
+/* methods of the wrapped type                                               */
+/* ------------------------------------------------------------------------ */
+
+int
+lp_method_init(lp_method *m, PyObject *type, const char *name)
+{
+    m->name = PyUnicode_InternFromString(name);
+    if (m->name == NULL) {
+        return -1;
+    }
+    m->descr = NULL;
+    m->meth = NULL;
+    m->flags = 0;
+    PyObject *d = PyObject_GetAttr(type, m->name);
+    if (d == NULL) {
+        /* bound per instance (threading.Condition.acquire): call by name */
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    /* A C method of a C type: call its function directly.  Everything else
+     * (Python functions, methods bound in __init__) goes by name. */
+    if (Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+        PyMethodDef *def = ((PyMethodDescrObject *)d)->d_method;
+        int kinds = def->ml_flags & LP_METH_KINDS;
+        if (kinds == METH_NOARGS || kinds == METH_O || kinds == METH_VARARGS ||
+            kinds == (METH_VARARGS | METH_KEYWORDS) || kinds == METH_FASTCALL ||
+            kinds == (METH_FASTCALL | METH_KEYWORDS)) {
+            m->descr = d;
+            m->meth = def->ml_meth;
+            m->flags = def->ml_flags;
+            return 0;
+        }
+    }
+    Py_DECREF(d);
+    return 0;
+}
+
+void
+lp_method_fini(lp_method *m)
+{
+    Py_CLEAR(m->name);
+    Py_CLEAR(m->descr);
+}
+
+PyObject *
+lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *small[8];
+    PyObject **stack = small;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t total = 1 + nargs + nkw;
+    if (total > 8) {
+        stack = PyMem_Malloc(total * sizeof(PyObject *));
+        if (stack == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        stack[1 + i] = args[i];
+    }
+    PyObject *r;
+    if (m->descr != NULL) {
+        /* the descriptor converts the call to the method's convention */
+        r = PyObject_Vectorcall(m->descr, stack, 1 + nargs, kwnames);
+    }
+    else {
+        r = PyObject_VectorcallMethod(m->name, stack, 1 + nargs, kwnames);
+    }
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* clock and sampling                                                        */
+/* ------------------------------------------------------------------------ */
+
+int64_t lp_countdown = INT64_MAX;
+int lp_active = 0;
+double lp_sample_rate = 0.0;
+static uint64_t lp_rng_state;
+
+int64_t
+lp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t
+lp_rand64(void)
+{
+    /* splitmix64: fast, good enough to drive a sampling decision */
+    uint64_t z = (lp_rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+void
+lp_seed(uint64_t seed)
+{
+    lp_rng_state = seed;
+}
+
+/* Number of events until the next sampled one (>= 1): geometric with
+ * parameter p, drawn by inversion. */
+static int64_t
+lp_draw_countdown(void)
+{
+    double p = lp_sample_rate;
+    if (!lp_active || p <= 0.0) {
+        return INT64_MAX;
+    }
+    if (p >= 1.0) {
+        return 1;
+    }
+    /* u uniform in (0, 1] */
+    double u = ((double)(lp_rand64() >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double g = floor(log(u) / log1p(-p)) + 1.0;
+    if (!(g < 9.0e18)) {
+        return INT64_MAX;
+    }
+    return (int64_t)g;
+}
+
+int
+lp_sample_expired(void)
+{
+    /* The event that brought the countdown to zero is the sampled one. */
+    lp_countdown = lp_draw_countdown();
+    return lp_active && lp_sample_rate > 0.0;
+}
+
+void
+lp_sampling_configure(int active, double rate)
+{
+    lp_sample_rate = rate;
+    lp_active = active;
+    lp_countdown = lp_draw_countdown();
+}
+
+/* ------------------------------------------------------------------------ */
+/* slow paths                                                                */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *lp_str_blocking;
+
+/* 1: blocking, 0: non-blocking, -1: cannot tell (let the call decide) */
+static int
+lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *b = NULL;
+    if (nargs >= 1) {
+        b = args[0];
+    }
+    else if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (k == lp_str_blocking ||
+                PyUnicode_Compare(k, lp_str_blocking) == 0) {
+                b = args[nargs + i];
+                break;
+            }
+        }
+    }
+    if (b == NULL) {
+        return 1;
+    }
+    if (b == Py_True) {
+        return 1;
+    }
+    if (b == Py_False) {
+        return 0;
+    }
+    /* Anything else: let the wrapped method interpret it, errors included. */
+    return -1;
+}
+
+PyObject *
+lp_acquire_slow(lp_wrapper *w, int kind, const lp_method *acquire,
+                PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                int tried)
+{
+    if (!tried) {
+        if (!lp_active || lp_is_blocking(args, nargs, kwnames) != 1) {
+            return lp_call(acquire, w->inner, args, nargs, kwnames);
+        }
+        PyObject *r = lp_call_false(acquire, w->inner);
+        if (r != Py_False) {
+            /* acquired (or an error): the caller did not wait */
+            return r;
+        }
+        Py_DECREF(r);
+    }
+    else if (!lp_active) {
+        return lp_call(acquire, w->inner, args, nargs, kwnames);
+    }
+    int64_t t0 = lp_now_ns();
+    PyObject *r = lp_call(acquire, w->inner, args, nargs, kwnames);
+    int64_t t1 = lp_now_ns();
+    if (r != NULL) {
+        lp_flush_contended(w, kind, t1 - t0, r == Py_True);
+    }
+    return r;
+}
+
+PyObject *
+lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
+             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!lp_active) {
+        return lp_call(m, w->inner, args, nargs, kwnames);
+    }
+    int64_t t0 = lp_now_ns();
+    if (w->flags & LP_W_HOLDING) {
+        /* the wait releases the lock: the sampled hold ends here */
+        lp_flush_release(w, t0);
+    }
+    PyObject *r = lp_call(m, w->inner, args, nargs, kwnames);
+    int64_t t1 = lp_now_ns();
+    if (r != NULL) {
+        lp_flush_cond_wait(w, kind, t1 - t0);
+    }
+    return r;
+}
+
+uint32_t
+lp_state_count(PyObject *state)
+{
+    if (!PyTuple_Check(state) || PyTuple_GET_SIZE(state) < 1) {
+        return 0;
+    }
+    long n = PyLong_AsLong(PyTuple_GET_ITEM(state, 0));
+    if (n < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return (uint32_t)n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* slots shared by all wrapper types                                         */
+/* ------------------------------------------------------------------------ */
+
+int
+lp_wrapper_traverse(lp_wrapper *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+int
+lp_wrapper_clear(lp_wrapper *self)
+{
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+void
+lp_wrapper_dealloc(lp_wrapper *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    int gc = PyType_IS_GC(tp);
+    if (gc) {
+        PyObject_GC_UnTrack(self);
+    }
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    if (self->flags & LP_W_HOLDING) {
+        lp_record_forget_holds(self);
+    }
+    Py_CLEAR(self->inner);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+PyObject *
+lp_wrapper_repr(lp_wrapper *self)
+{
+    /* The stdlib's repr of the wrapped object, with our address in place of
+     * the inner one, so that repr() matches id() as it does natively. */
+    PyObject *r = PyObject_Repr(self->inner);
+    if (r == NULL) {
+        return NULL;
+    }
+    PyObject *from = PyUnicode_FromFormat("%p", (void *)self->inner);
+    PyObject *to = PyUnicode_FromFormat("%p", (void *)self);
+    PyObject *out = NULL;
+    if (from != NULL && to != NULL) {
+        out = PyUnicode_Replace(r, from, to, 1);
+    }
+    Py_XDECREF(from);
+    Py_XDECREF(to);
+    Py_DECREF(r);
+    return out;
+}
+
+PyObject *
+lp_wrapper_getattro_forward(PyObject *self, PyObject *name)
+{
+    PyObject *r = PyObject_GenericGetAttr(self, name);
+    if (r != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return r;
+    }
+    PyErr_Clear();
+    return PyObject_GetAttr(((lp_wrapper *)self)->inner, name);
+}
+
+int
+lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value)
+{
+    return PyObject_SetAttr(((lp_wrapper *)self)->inner, name, value);
+}
+
+PyObject *
+lp_wrapper_get_class(lp_wrapper *self, void *closure)
+{
+    return Py_NewRef((PyObject *)Py_TYPE(self->inner));
+}
+
+PyObject *
+lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto)
+{
+    /* Pickling and copying behave as they do for the wrapped object. */
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("__reduce_ex__")) == NULL) {
+        return NULL;
+    }
+    PyObject *args[2] = {self->inner, proto};
+    return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+PyObject *
+lp_wrapper_forward(lp_wrapper *self, const lp_method *m, PyObject *const *args,
+                   Py_ssize_t nargs, PyObject *kwnames)
+{
+    return lp_call(m, self->inner, args, nargs, kwnames);
+}
+
+/* ------------------------------------------------------------------------ */
+/* making wrappers                                                           */
+/* ------------------------------------------------------------------------ */
+
+PyObject *
+lp_wrap(PyTypeObject *type, PyObject *inner)
+{
+    lp_wrapper *w = (lp_wrapper *)type->tp_alloc(type, 0);
+    if (w == NULL) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    w->inner = inner;     /* steals the reference */
+    w->site = lp_record_site_here();
+    return (PyObject *)w;
+}
+
+int
+lp_runtime_setup(void)
+{
+    lp_empty_tuple = PyTuple_New(0);
+    lp_false_tuple = PyTuple_Pack(1, Py_False);
+    lp_str_blocking = PyUnicode_InternFromString("blocking");
+    if (!lp_empty_tuple || !lp_false_tuple || !lp_str_blocking) {
+        return -1;
+    }
+    lp_seed((uint64_t)lp_now_ns() ^ ((uint64_t)getpid() << 32));
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* module initialisation                                                     */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *
+import_dotted(const char *path)
+{
+    /* "a.b.C": import the longest importable module prefix, getattr the rest */
+    const char *dot = strrchr(path, '.');
+    if (dot == NULL) {
+        PyErr_Format(PyExc_ImportError, "lockprof: bad type path %s", path);
+        return NULL;
+    }
+    PyObject *modname = PyUnicode_FromStringAndSize(path, dot - path);
+    if (modname == NULL) {
+        return NULL;
+    }
+    PyObject *mod = PyImport_Import(modname);
+    Py_DECREF(modname);
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_GetAttrString(mod, dot + 1);
+    Py_DECREF(mod);
+    return r;
+}
+
+int
+lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
+{
+    if (lp_runtime_setup() < 0) {
+        return -1;
+    }
+    PyObject *kinds = PyTuple_New(ndefs);
+    PyObject *table = PyList_New(0);
+    if (kinds == NULL || table == NULL) {
+        Py_XDECREF(kinds);
+        Py_XDECREF(table);
+        return -1;
+    }
+    for (int i = 0; i < ndefs; i++) {
+        const lp_typedef *d = &defs[i];
+        PyObject *inner = import_dotted(d->inner_type);
+        if (inner == NULL || !PyType_Check(inner)) {
+            if (inner != NULL) {
+                PyErr_Format(PyExc_TypeError, "lockprof: %s is not a class", d->inner_type);
+                Py_DECREF(inner);
+            }
+            goto error;
+        }
+        *d->inner_class = inner;
+        if (d->init_methods(inner) < 0) {
+            goto error;
+        }
+        PyObject *type = PyType_FromSpec(d->spec);
+        if (type == NULL) {
+            goto error;
+        }
+        *d->type_slot = (PyTypeObject *)type;
+        PyObject *tmod = PyUnicode_FromString(d->type_module);
+        if (tmod == NULL || PyObject_SetAttrString(type, "__module__", tmod) < 0) {
+            Py_XDECREF(tmod);
+            goto error;
+        }
+        Py_DECREF(tmod);
+        PyTuple_SET_ITEM(kinds, i, PyUnicode_FromString(d->key));
+        PyObject *row = Py_BuildValue("(sssOOii)", d->key, d->factory_module, d->factory_name,
+                                      type, inner, d->is_async, d->is_condition);
+        if (row == NULL || PyList_Append(table, row) < 0) {
+            Py_XDECREF(row);
+            goto error;
+        }
+        Py_DECREF(row);
+    }
+    if (lp_record_set_kinds(kinds) < 0 || lp_record_setup(module) < 0 ||
+        lp_factory_setup(module, defs, ndefs) < 0 || lp_async_setup(module) < 0) {
+        goto error;
+    }
+    if (PyModule_AddObject(module, "TYPES", table) < 0) {
+        goto error;
+    }
+    table = NULL;
+    Py_DECREF(kinds);
+    return 0;
+error:
+    Py_XDECREF(kinds);
+    Py_XDECREF(table);
+    return -1;
+}

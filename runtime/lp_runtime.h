@@ -1,0 +1,240 @@
+/* lockprof runtime: the hand-written C shared by every generated wrapper type.
+ *
+ * The generated wrapper files (generated/lp_*.c) include this header and call
+ * into it.  Only what must be inline on the hot path lives here (the sampling
+ * countdown, the direct call into the wrapped lock); everything that runs on a
+ * sampled or contended event lives in the .c files of this folder, so that a
+ * debugger's breakpoint lands in ordinary source.
+ */
+#ifndef LOCKPROF_RUNTIME_H
+#define LOCKPROF_RUNTIME_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+
+#if PY_VERSION_HEX < 0x03090000
+#  error "lockprof needs CPython 3.9 or newer"
+#endif
+
+#define LP_LIKELY(x) __builtin_expect(!!(x), 1)
+#define LP_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *lp_newref(PyObject *o) { Py_INCREF(o); return o; }
+#  define Py_NewRef(o) lp_newref((PyObject *)(o))
+#  define Py_XNewRef(o) ((o) ? lp_newref((PyObject *)(o)) : NULL)
+#  define Py_IsNone(o) ((o) == Py_None)
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Calling a method of the wrapped object                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A method of the wrapped type, resolved once when the wrapper type is made.
+ * When the wrapped type implements it in C (a method descriptor), `meth`
+ * points at the C function itself and calls skip the descriptor and the
+ * attribute lookup.  Otherwise (a Python class) the call goes through
+ * PyObject_VectorcallMethod, which honours instance attributes such as the
+ * `acquire` that threading.Condition binds in its __init__. */
+typedef struct {
+    PyObject *name;      /* interned method name */
+    PyObject *descr;     /* the method descriptor, or NULL for a Python class */
+    PyCFunction meth;    /* the C function when descr is a C method */
+    int flags;           /* its METH_* flags */
+} lp_method;
+
+extern PyObject *lp_empty_tuple;
+extern PyObject *lp_false_tuple;   /* (False,) */
+
+int lp_method_init(lp_method *m, PyObject *type, const char *name);
+void lp_method_fini(lp_method *m);
+PyObject *lp_call_generic(const lp_method *m, PyObject *self,
+                          PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames);
+
+typedef PyObject *(*lp_fastkw_fn)(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
+typedef PyObject *(*lp_fast_fn)(PyObject *, PyObject *const *, Py_ssize_t);
+
+#define LP_METH_KINDS (METH_VARARGS | METH_KEYWORDS | METH_NOARGS | METH_O | METH_FASTCALL)
+
+/* m(self) with no arguments */
+static inline PyObject *
+lp_call0(const lp_method *m, PyObject *self)
+{
+    switch (m->flags & LP_METH_KINDS) {
+    case METH_NOARGS:
+        return m->meth(self, NULL);
+    case METH_VARARGS | METH_KEYWORDS:
+        return ((PyCFunctionWithKeywords)(void (*)(void))m->meth)(self, lp_empty_tuple, NULL);
+    case METH_VARARGS:
+        return m->meth(self, lp_empty_tuple);
+    case METH_FASTCALL | METH_KEYWORDS:
+        return ((lp_fastkw_fn)(void (*)(void))m->meth)(self, NULL, 0, NULL);
+    case METH_FASTCALL:
+        return ((lp_fast_fn)(void (*)(void))m->meth)(self, NULL, 0);
+    default:
+        return lp_call_generic(m, self, NULL, 0, NULL);
+    }
+}
+
+/* m(self, False): the non-blocking try of an acquire */
+static inline PyObject *
+lp_call_false(const lp_method *m, PyObject *self)
+{
+    switch (m->flags & LP_METH_KINDS) {
+    case METH_VARARGS | METH_KEYWORDS:
+        return ((PyCFunctionWithKeywords)(void (*)(void))m->meth)(self, lp_false_tuple, NULL);
+    case METH_VARARGS:
+        return m->meth(self, lp_false_tuple);
+    case METH_O:
+        return m->meth(self, Py_False);
+    case METH_FASTCALL | METH_KEYWORDS: {
+        PyObject *a = Py_False;
+        return ((lp_fastkw_fn)(void (*)(void))m->meth)(self, &a, 1, NULL);
+    }
+    case METH_FASTCALL: {
+        PyObject *a = Py_False;
+        return ((lp_fast_fn)(void (*)(void))m->meth)(self, &a, 1);
+    }
+    default: {
+        PyObject *a = Py_False;
+        return lp_call_generic(m, self, &a, 1, NULL);
+    }
+    }
+}
+
+/* m(self, *args, **kw) as the caller gave them (vectorcall convention) */
+static inline PyObject *
+lp_call(const lp_method *m, PyObject *self, PyObject *const *args,
+        Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs == 0 && kwnames == NULL) {
+        return lp_call0(m, self);
+    }
+    if ((m->flags & LP_METH_KINDS) == (METH_FASTCALL | METH_KEYWORDS)) {
+        return ((lp_fastkw_fn)(void (*)(void))m->meth)(self, args, nargs, kwnames);
+    }
+    return lp_call_generic(m, self, args, nargs, kwnames);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The wrapper object: one struct for every generated type                  */
+/* ------------------------------------------------------------------------ */
+
+struct lp_lockrec;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;            /* the wrapped stdlib object */
+    PyObject *weakreflist;
+    struct lp_lockrec *rec;     /* runtime record, made on the first recorded event */
+    uint32_t site;              /* creation site id (0: unknown) */
+    uint32_t depth : 30;        /* recursion depth, reentrant types only */
+    uint32_t flags : 2;         /* LP_W_* */
+} lp_wrapper;
+
+#define LP_W_HOLDING   0x1      /* a sampled acquire awaits its release */
+#define LP_W_DELEGATED 0x2      /* a Condition over a lockprof-wrapped lock:
+                                   the lock records, the Condition does not */
+
+/* ------------------------------------------------------------------------ */
+/* Sampling: a random geometric countdown, decremented under the GIL         */
+/* ------------------------------------------------------------------------ */
+
+/* Every wrapper method runs holding the GIL and never releases it around
+ * these two words, so a process-wide countdown is race-free and needs no
+ * thread-local lookup.  Each event is sampled independently with
+ * probability sample_rate whatever thread it runs in. */
+extern int64_t lp_countdown;
+extern int lp_active;           /* profiling is on: contention is timed */
+
+int lp_sample_expired(void);    /* countdown ran out: 1 if this event is sampled */
+
+#define LP_SAMPLED() (LP_UNLIKELY(--lp_countdown <= 0) && lp_sample_expired())
+
+int64_t lp_now_ns(void);
+
+/* ------------------------------------------------------------------------ */
+/* Flush functions: called on sampled or contended events only               */
+/* ------------------------------------------------------------------------ */
+
+/* A sampled acquisition: count it, start the hold of this owner. */
+void lp_flush_acquire(lp_wrapper *w, int kind, int start_hold);
+/* A contended acquisition (always recorded), wait_ns spent blocked. */
+void lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired);
+/* Release of a wrapper that has a sampled hold pending. */
+void lp_flush_release(lp_wrapper *w, int64_t t_release);
+/* A Condition wait that returned after wait_ns. */
+void lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns);
+
+/* ------------------------------------------------------------------------ */
+/* Shared method bodies (the generated methods call these)                   */
+/* ------------------------------------------------------------------------ */
+
+/* The caller's acquire did not take the fast path: either it passed
+ * arguments, or the non-blocking try failed.  Performs the real acquire
+ * exactly as asked, timing it when it blocks.  Returns the inner result. */
+PyObject *lp_acquire_slow(lp_wrapper *w, int kind, const lp_method *acquire,
+                          PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames, int tried);
+
+/* Condition.wait / wait_for: call through, time it, record it. */
+PyObject *lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
+                       PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+
+/* asyncio: an awaitable driving the inner coroutine; see lp_async.c */
+enum { LP_AW_ACQUIRE = 0, LP_AW_AENTER = 1, LP_AW_WAIT = 2, LP_AW_CALL = 3 };
+typedef PyObject *(*lp_release_fn)(lp_wrapper *w);
+PyObject *lp_awaitable_new(lp_wrapper *w, int kind, int mode,
+                           const lp_method *m, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames,
+                           lp_release_fn release);
+
+/* RLock._acquire_restore(state): the recursion count inside `state` */
+uint32_t lp_state_count(PyObject *state);
+void lp_record_forget_holds(lp_wrapper *w);
+
+/* ------------------------------------------------------------------------ */
+/* Slots shared by every wrapper type                                        */
+/* ------------------------------------------------------------------------ */
+
+int lp_wrapper_traverse(lp_wrapper *self, visitproc visit, void *arg);
+int lp_wrapper_clear(lp_wrapper *self);
+void lp_wrapper_dealloc(lp_wrapper *self);
+PyObject *lp_wrapper_repr(lp_wrapper *self);
+PyObject *lp_wrapper_getattro_forward(PyObject *self, PyObject *name);
+int lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value);
+PyObject *lp_wrapper_get_class(lp_wrapper *self, void *closure);
+PyObject *lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto);
+PyObject *lp_wrapper_forward(lp_wrapper *self, const lp_method *m,
+                             PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames);
+
+/* ------------------------------------------------------------------------ */
+/* Registration of the generated types                                       */
+/* ------------------------------------------------------------------------ */
+
+/* One entry per spec entry, filled by the generated module file. */
+typedef struct {
+    const char *key;             /* spec key, e.g. "threading.Lock" */
+    const char *factory_module;  /* where the factory is patched */
+    const char *factory_name;
+    const char *inner_type;      /* dotted path of the wrapped class */
+    const char *type_module;     /* its __module__ */
+    PyType_Spec *spec;
+    int (*init_methods)(PyObject *inner_type);
+    PyTypeObject **type_slot;    /* where the made type is stored */
+    PyObject **inner_class;      /* where the wrapped class is stored */
+    int is_async;
+    int is_condition;
+} lp_typedef;
+
+/* Runtime module setup: module helpers, the factory type, the awaitable. */
+int lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs);
+
+/* Makes a wrapper around `inner` of the given type, recording the site. */
+PyObject *lp_wrap(PyTypeObject *type, PyObject *inner);
+
+#endif /* LOCKPROF_RUNTIME_H */
