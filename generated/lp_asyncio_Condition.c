@@ -52,14 +52,14 @@ lp_asyncio_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, m, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, m, &lp_asyncio_Condition_m_release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, m, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, m, &lp_asyncio_Condition_m_release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }
@@ -88,6 +88,7 @@ lp_asyncio_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
+/* __aexit__: the release run when the awaitable is first sent to */
 static PyObject *
 lp_asyncio_Condition_release_now(lp_wrapper *self)
 {
@@ -143,17 +144,17 @@ lp_asyncio_Condition_wait_for(lp_wrapper *self, PyObject *const *args, Py_ssize_
 
 static PyMethodDef lp_asyncio_Condition_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lp_asyncio_Condition_acquire, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("acquire: as Condition.acquire, recorded by lockprof (async_acquire).")},
+     PyDoc_STR("acquire: as asyncio.locks.Condition.acquire, recorded by lockprof (async_acquire).")},
     {"__aenter__", (PyCFunction)(void (*)(void))lp_asyncio_Condition_aenter, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("__aenter__: as Condition.acquire, recorded by lockprof (aenter).")},
+     PyDoc_STR("__aenter__: as asyncio.locks.Condition.acquire, recorded by lockprof (aenter).")},
     {"release", (PyCFunction)(void (*)(void))lp_asyncio_Condition_release, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("release: as Condition.release, recorded by lockprof (release).")},
+     PyDoc_STR("release: as asyncio.locks.Condition.release, recorded by lockprof (release).")},
     {"__aexit__", (PyCFunction)(void (*)(void))lp_asyncio_Condition_aexit, METH_FASTCALL,
-     PyDoc_STR("__aexit__: as Condition.release, recorded by lockprof (aexit).")},
+     PyDoc_STR("__aexit__: as asyncio.locks.Condition.release, recorded by lockprof (aexit).")},
     {"wait", (PyCFunction)(void (*)(void))lp_asyncio_Condition_wait, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("wait: as Condition.wait, recorded by lockprof (async_wait).")},
+     PyDoc_STR("wait: as asyncio.locks.Condition.wait, recorded by lockprof (async_wait).")},
     {"wait_for", (PyCFunction)(void (*)(void))lp_asyncio_Condition_wait_for, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("wait_for: as Condition.wait_for, recorded by lockprof (async_wait).")},
+     PyDoc_STR("wait_for: as asyncio.locks.Condition.wait_for, recorded by lockprof (async_wait).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -194,7 +195,7 @@ static PyType_Slot lp_asyncio_Condition_slots[] = {
 };
 
 static PyType_Spec lp_asyncio_Condition_spec = {
-    .name = "Condition",
+    .name = "asyncio.locks.Condition",
     .basicsize = sizeof(lp_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_asyncio_Condition_slots,

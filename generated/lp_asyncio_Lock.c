@@ -41,14 +41,14 @@ lp_asyncio_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_ASYNCIO_LOCK, m, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_ASYNCIO_LOCK, m, &lp_asyncio_Lock_m_release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_ASYNCIO_LOCK, m, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_ASYNCIO_LOCK, m, &lp_asyncio_Lock_m_release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }
@@ -77,6 +77,7 @@ lp_asyncio_Lock_release_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
+/* __aexit__: the release run when the awaitable is first sent to */
 static PyObject *
 lp_asyncio_Lock_release_now(lp_wrapper *self)
 {
@@ -116,13 +117,13 @@ lp_asyncio_Lock_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef lp_asyncio_Lock_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lp_asyncio_Lock_acquire, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("acquire: as Lock.acquire, recorded by lockprof (async_acquire).")},
+     PyDoc_STR("acquire: as asyncio.locks.Lock.acquire, recorded by lockprof (async_acquire).")},
     {"__aenter__", (PyCFunction)(void (*)(void))lp_asyncio_Lock_aenter, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("__aenter__: as Lock.acquire, recorded by lockprof (aenter).")},
+     PyDoc_STR("__aenter__: as asyncio.locks.Lock.acquire, recorded by lockprof (aenter).")},
     {"release", (PyCFunction)(void (*)(void))lp_asyncio_Lock_release, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("release: as Lock.release, recorded by lockprof (release).")},
+     PyDoc_STR("release: as asyncio.locks.Lock.release, recorded by lockprof (release).")},
     {"__aexit__", (PyCFunction)(void (*)(void))lp_asyncio_Lock_aexit, METH_FASTCALL,
-     PyDoc_STR("__aexit__: as Lock.release, recorded by lockprof (aexit).")},
+     PyDoc_STR("__aexit__: as asyncio.locks.Lock.release, recorded by lockprof (aexit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -163,7 +164,7 @@ static PyType_Slot lp_asyncio_Lock_slots[] = {
 };
 
 static PyType_Spec lp_asyncio_Lock_spec = {
-    .name = "Lock",
+    .name = "asyncio.locks.Lock",
     .basicsize = sizeof(lp_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_asyncio_Lock_slots,

@@ -41,14 +41,14 @@ lp_threading_BoundedSemaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, m, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, m, &lp_threading_BoundedSemaphore_m_release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, m, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, m, &lp_threading_BoundedSemaphore_m_release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }
@@ -112,13 +112,13 @@ lp_threading_BoundedSemaphore_exit(lp_wrapper *self, PyObject *const *args, Py_s
 
 static PyMethodDef lp_threading_BoundedSemaphore_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lp_threading_BoundedSemaphore_acquire, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("acquire: as BoundedSemaphore.acquire, recorded by lockprof (acquire).")},
+     PyDoc_STR("acquire: as threading.BoundedSemaphore.acquire, recorded by lockprof (acquire).")},
     {"__enter__", (PyCFunction)(void (*)(void))lp_threading_BoundedSemaphore_enter, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("__enter__: as BoundedSemaphore.acquire, recorded by lockprof (enter).")},
+     PyDoc_STR("__enter__: as threading.BoundedSemaphore.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading_BoundedSemaphore_release, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("release: as BoundedSemaphore.release, recorded by lockprof (release).")},
+     PyDoc_STR("release: as threading.BoundedSemaphore.release, recorded by lockprof (release).")},
     {"__exit__", (PyCFunction)(void (*)(void))lp_threading_BoundedSemaphore_exit, METH_FASTCALL,
-     PyDoc_STR("__exit__: as BoundedSemaphore.release, recorded by lockprof (exit).")},
+     PyDoc_STR("__exit__: as threading.BoundedSemaphore.release, recorded by lockprof (exit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -159,7 +159,7 @@ static PyType_Slot lp_threading_BoundedSemaphore_slots[] = {
 };
 
 static PyType_Spec lp_threading_BoundedSemaphore_spec = {
-    .name = "BoundedSemaphore",
+    .name = "threading.BoundedSemaphore",
     .basicsize = sizeof(lp_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_threading_BoundedSemaphore_slots,

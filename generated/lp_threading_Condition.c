@@ -52,14 +52,14 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_THREADING_CONDITION, m, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_THREADING_CONDITION, m, &lp_threading_Condition_m_release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_THREADING_CONDITION, m, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_THREADING_CONDITION, m, &lp_threading_Condition_m_release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }
@@ -141,17 +141,17 @@ lp_threading_Condition_wait_for(lp_wrapper *self, PyObject *const *args, Py_ssiz
 
 static PyMethodDef lp_threading_Condition_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lp_threading_Condition_acquire, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("acquire: as Condition.acquire, recorded by lockprof (acquire).")},
+     PyDoc_STR("acquire: as threading.Condition.acquire, recorded by lockprof (acquire).")},
     {"__enter__", (PyCFunction)(void (*)(void))lp_threading_Condition_enter, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("__enter__: as Condition.acquire, recorded by lockprof (enter).")},
+     PyDoc_STR("__enter__: as threading.Condition.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading_Condition_release, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("release: as Condition.release, recorded by lockprof (release).")},
+     PyDoc_STR("release: as threading.Condition.release, recorded by lockprof (release).")},
     {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Condition_exit, METH_FASTCALL,
-     PyDoc_STR("__exit__: as Condition.release, recorded by lockprof (exit).")},
+     PyDoc_STR("__exit__: as threading.Condition.release, recorded by lockprof (exit).")},
     {"wait", (PyCFunction)(void (*)(void))lp_threading_Condition_wait, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("wait: as Condition.wait, recorded by lockprof (wait).")},
+     PyDoc_STR("wait: as threading.Condition.wait, recorded by lockprof (wait).")},
     {"wait_for", (PyCFunction)(void (*)(void))lp_threading_Condition_wait_for, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("wait_for: as Condition.wait_for, recorded by lockprof (wait).")},
+     PyDoc_STR("wait_for: as threading.Condition.wait_for, recorded by lockprof (wait).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -192,7 +192,7 @@ static PyType_Slot lp_threading_Condition_slots[] = {
 };
 
 static PyType_Spec lp_threading_Condition_spec = {
-    .name = "Condition",
+    .name = "threading.Condition",
     .basicsize = sizeof(lp_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_threading_Condition_slots,

@@ -65,14 +65,14 @@ lp_threading_RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_THREADING_RLOCK, m, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_THREADING_RLOCK, m, &lp_threading_RLock_m_release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_THREADING_RLOCK, m, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_THREADING_RLOCK, m, &lp_threading_RLock_m_release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }

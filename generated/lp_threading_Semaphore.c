@@ -41,14 +41,14 @@ lp_threading_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_THREADING_SEMAPHORE, m, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_THREADING_SEMAPHORE, m, &lp_threading_Semaphore_m_release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_THREADING_SEMAPHORE, m, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_THREADING_SEMAPHORE, m, &lp_threading_Semaphore_m_release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }
@@ -112,13 +112,13 @@ lp_threading_Semaphore_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t 
 
 static PyMethodDef lp_threading_Semaphore_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lp_threading_Semaphore_acquire, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("acquire: as Semaphore.acquire, recorded by lockprof (acquire).")},
+     PyDoc_STR("acquire: as threading.Semaphore.acquire, recorded by lockprof (acquire).")},
     {"__enter__", (PyCFunction)(void (*)(void))lp_threading_Semaphore_enter, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("__enter__: as Semaphore.acquire, recorded by lockprof (enter).")},
+     PyDoc_STR("__enter__: as threading.Semaphore.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading_Semaphore_release, METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("release: as Semaphore.release, recorded by lockprof (release).")},
+     PyDoc_STR("release: as threading.Semaphore.release, recorded by lockprof (release).")},
     {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Semaphore_exit, METH_FASTCALL,
-     PyDoc_STR("__exit__: as Semaphore.release, recorded by lockprof (exit).")},
+     PyDoc_STR("__exit__: as threading.Semaphore.release, recorded by lockprof (exit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -159,7 +159,7 @@ static PyType_Slot lp_threading_Semaphore_slots[] = {
 };
 
 static PyType_Spec lp_threading_Semaphore_spec = {
-    .name = "Semaphore",
+    .name = "threading.Semaphore",
     .basicsize = sizeof(lp_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_threading_Semaphore_slots,

@@ -91,6 +91,7 @@ class LockType:
     gc: bool                # can hold references to arbitrary objects
     forward_attrs: bool     # unknown attributes come from the wrapped object
     release_method: Optional[Method]   # the release __aexit__ runs (async types)
+    release_inner_c: str    # lp_method of the wrapped release (undoes a try)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
     if not isinstance(inner_type, str) or "." not in inner_type:
         raise SpecError(f"{where}: 'inner_type' must be a dotted path like 'threading.Semaphore'")
     type_module, _, last = inner_type.rpartition(".")
-    type_name = raw.get("type_name") or last
+    type_name = raw.get("type_name") or inner_type
     prefix = "lp_" + _ident(key)
     is_async = raw["async"]
 
@@ -167,6 +168,8 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         release = next((x for x in methods if x.name == "release"), None)
         if release is None:
             raise SpecError(f"{where}: an 'aexit' method needs a 'release' method")
+    if "release" not in inner:
+        raise SpecError(f"{where}: needs a method calling the wrapped 'release'")
     native = raw["native"]
     return LockType(
         key=key, index=index, module=raw["module"], factory=raw["factory"],
@@ -176,6 +179,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         inner_methods=tuple(inner.values()), spec_line=_line_of(text, key),
         prefix=prefix, kind_macro="LP_KIND_" + _ident(key).upper(),
         gc=not native, forward_attrs=not native, release_method=release,
+        release_inner_c=inner["release"].c_var,
     )
 
 

@@ -118,6 +118,13 @@ static PyObject *own_names = NULL;
 static PyObject *
 factory_getattro(PyObject *self, PyObject *name)
 {
+    if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "__new__") == 0) {
+        static PyObject *alias = NULL;
+        if (alias == NULL && (alias = PyUnicode_InternFromString("__lockprof_new__")) == NULL) {
+            return NULL;
+        }
+        return PyObject_GenericGetAttr(self, alias);
+    }
     int own = PySet_Contains(own_names, name);
     if (own < 0) {
         return NULL;
@@ -163,6 +170,60 @@ factory_reduce(lp_factory *self, PyObject *unused)
 }
 
 static PyObject *
+factory_new(lp_factory *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* copyreg.__newobj__(factory) calls factory.__new__(factory): make an
+     * instance of the original class, as a copy of the stdlib object would */
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "__new__(): not enough arguments");
+        return NULL;
+    }
+    PyObject *cls = args[0] == (PyObject *)self ? self->orig : args[0];
+    if (!PyType_Check(cls)) {
+        PyErr_Format(PyExc_TypeError, "__new__(X): X is not a type object (%s)",
+                     Py_TYPE(cls)->tp_name);
+        return NULL;
+    }
+    PyObject *rest = PyTuple_New(nargs - 1);
+    if (rest == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(rest, i - 1, Py_NewRef(args[i]));
+    }
+    PyObject *r = ((PyTypeObject *)cls)->tp_new((PyTypeObject *)cls, rest, NULL);
+    Py_DECREF(rest);
+    return r;
+}
+
+PyObject *
+lp_factory_shadowing(PyObject *cls)
+{
+    PyObject *modname = PyObject_GetAttrString(cls, "__module__");
+    if (modname == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *mod = PyImport_GetModule(modname);
+    Py_DECREF(modname);
+    if (mod == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *f = PyObject_GetAttrString(mod, ((PyTypeObject *)cls)->tp_name);
+    Py_DECREF(mod);
+    if (f == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (Py_TYPE(f) == factory_type && ((lp_factory *)f)->orig == cls) {
+        return f;
+    }
+    Py_DECREF(f);
+    return NULL;
+}
+
+static PyObject *
 unwrap_factory(PyObject *o)
 {
     if (Py_TYPE(o) == factory_type) {
@@ -196,6 +257,7 @@ static PyMethodDef factory_methods[] = {
     {"__instancecheck__", (PyCFunction)factory_instancecheck, METH_O, NULL},
     {"__subclasscheck__", (PyCFunction)factory_subclasscheck, METH_O, NULL},
     {"__reduce__", (PyCFunction)factory_reduce, METH_NOARGS, NULL},
+    {"__lockprof_new__", (PyCFunction)(void (*)(void))factory_new, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -341,7 +403,7 @@ lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs)
     }
     const char *names[] = {"__mro_entries__", "__instancecheck__", "__subclasscheck__",
                            "__reduce__", "__reduce_ex__", "__lockprof_original__",
-                           "__lockprof_wrapper_type__", NULL};
+                           "__lockprof_wrapper_type__", "__lockprof_new__", NULL};
     for (int i = 0; names[i]; i++) {
         PyObject *s = PyUnicode_InternFromString(names[i]);
         if (s == NULL || PySet_Add(own_names, s) < 0) {

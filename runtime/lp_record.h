@@ -42,6 +42,8 @@ void lp_sampling_configure(int active, double rate);
 void lp_seed(uint64_t seed);
 int lp_runtime_setup(void);
 int lp_async_setup(PyObject *module);
+/* the factory currently installed in place of class `cls`, or NULL */
+PyObject *lp_factory_shadowing(PyObject *cls);
 int lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs);
 
 #endif

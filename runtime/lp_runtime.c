@@ -166,29 +166,27 @@ lp_sampling_configure(int active, double rate)
 
 static PyObject *lp_str_blocking;
 
-/* 1: blocking, 0: non-blocking, -1: cannot tell (let the call decide) */
+/* 1: blocking, 0: non-blocking, -1: cannot tell (let the call decide).
+ * *more is set when the call passes anything beyond `blocking`. */
 static int
-lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *more)
 {
     PyObject *b = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    *more = nargs > 1;
     if (nargs >= 1) {
         b = args[0];
     }
-    else if (kwnames != NULL) {
-        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t i = 0; i < nkw; i++) {
-            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-            if (k == lp_str_blocking ||
-                PyUnicode_Compare(k, lp_str_blocking) == 0) {
-                b = args[nargs + i];
-                break;
-            }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (b == NULL && (k == lp_str_blocking || PyUnicode_Compare(k, lp_str_blocking) == 0)) {
+            b = args[nargs + i];
+        }
+        else {
+            *more = 1;
         }
     }
-    if (b == NULL) {
-        return 1;
-    }
-    if (b == Py_True) {
+    if (b == NULL || b == Py_True) {
         return 1;
     }
     if (b == Py_False) {
@@ -200,17 +198,30 @@ lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 
 PyObject *
 lp_acquire_slow(lp_wrapper *w, int kind, const lp_method *acquire,
-                PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                int tried)
+                const lp_method *release, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames, int tried)
 {
     if (!tried) {
-        if (!lp_active || lp_is_blocking(args, nargs, kwnames) != 1) {
+        int more = 0;
+        if (!lp_active || lp_is_blocking(args, nargs, kwnames, &more) != 1) {
             return lp_call(acquire, w->inner, args, nargs, kwnames);
         }
         PyObject *r = lp_call_false(acquire, w->inner);
         if (r != Py_False) {
-            /* acquired (or an error): the caller did not wait */
-            return r;
+            if (r != Py_True || !more) {
+                /* acquired (or an error): the caller did not wait */
+                return r;
+            }
+            /* The caller gave a timeout: undo the try and acquire with the
+             * caller's own arguments, so that they are checked exactly as
+             * the stdlib checks them (it cannot block: we hold the GIL). */
+            Py_DECREF(r);
+            PyObject *u = lp_call0(release, w->inner);
+            if (u == NULL) {
+                return NULL;
+            }
+            Py_DECREF(u);
+            return lp_call(acquire, w->inner, args, nargs, kwnames);
         }
         Py_DECREF(r);
     }
@@ -345,13 +356,48 @@ lp_wrapper_get_class(lp_wrapper *self, void *closure)
 PyObject *
 lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto)
 {
-    /* Pickling and copying behave as they do for the wrapped object. */
+    /* Pickling and copying behave as they do for the wrapped object.  Its
+     * class may be shadowed by a lockprof factory while profiling runs
+     * (threading.Semaphore); the reduction then names the factory, which
+     * pickles by the same reference and makes the same kind of object. */
     static PyObject *name = NULL;
     if (name == NULL && (name = PyUnicode_InternFromString("__reduce_ex__")) == NULL) {
         return NULL;
     }
     PyObject *args[2] = {self->inner, proto};
-    return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *rv = PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (rv == NULL || !PyTuple_Check(rv) || PyTuple_GET_SIZE(rv) < 2) {
+        return rv;
+    }
+    PyObject *cargs = PyTuple_GET_ITEM(rv, 1);
+    if (!PyTuple_Check(cargs) || PyTuple_GET_SIZE(cargs) < 1 ||
+        PyTuple_GET_ITEM(cargs, 0) != (PyObject *)Py_TYPE(self->inner)) {
+        return rv;
+    }
+    PyObject *factory = lp_factory_shadowing(PyTuple_GET_ITEM(cargs, 0));
+    if (factory == NULL) {
+        return rv;
+    }
+    PyObject *nargs_ = PyTuple_GetSlice(cargs, 0, PyTuple_GET_SIZE(cargs));
+    PyObject *nrv = PyTuple_GetSlice(rv, 0, PyTuple_GET_SIZE(rv));
+    Py_DECREF(rv);
+    if (nargs_ == NULL || nrv == NULL) {
+        Py_XDECREF(nargs_);
+        Py_XDECREF(nrv);
+        Py_DECREF(factory);
+        return NULL;
+    }
+    PyObject *newobj = PyObject_GetAttrString(factory, "__lockprof_new__");
+    if (newobj == NULL) {
+        Py_DECREF(nargs_);
+        Py_DECREF(nrv);
+        Py_DECREF(factory);
+        return NULL;
+    }
+    Py_SETREF(((PyTupleObject *)nargs_)->ob_item[0], factory);
+    Py_SETREF(((PyTupleObject *)nrv)->ob_item[0], newobj);
+    Py_SETREF(((PyTupleObject *)nrv)->ob_item[1], nargs_);
+    return nrv;
 }
 
 PyObject *

@@ -177,8 +177,8 @@ void lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns);
  * arguments, or the non-blocking try failed.  Performs the real acquire
  * exactly as asked, timing it when it blocks.  Returns the inner result. */
 PyObject *lp_acquire_slow(lp_wrapper *w, int kind, const lp_method *acquire,
-                          PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames, int tried);
+                          const lp_method *release, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames, int tried);
 
 /* Condition.wait / wait_for: call through, time it, record it. */
 PyObject *lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,

@@ -1,0 +1,1 @@
+"""lockprof's benchmarks: `python -m bench`."""
