@@ -1,0 +1,160 @@
+"""What the profile reports, checked against what the test itself measured."""
+import asyncio
+import threading
+import time
+
+import lockprof
+
+
+def _only(kind):
+    recs = [r for r in lockprof.stats() if r["kind"] == kind]
+    assert len(recs) == 1, lockprof.stats()
+    return recs[0]
+
+
+def test_contention_counted_exactly_with_wait():
+    lockprof.start(0.0)          # no sampling: contention is recorded anyway
+    lock = threading.Lock()
+    n_waiters = 4
+    hold_s = 0.05
+    measured = []
+    ready = threading.Barrier(n_waiters + 1)
+
+    def waiter():
+        ready.wait()
+        t0 = time.monotonic_ns()
+        with lock:
+            measured.append(time.monotonic_ns() - t0)
+            time.sleep(0.001)
+
+    lock.acquire()
+    ths = [threading.Thread(target=waiter) for _ in range(n_waiters)]
+    for th in ths:
+        th.start()
+    ready.wait()
+    time.sleep(hold_s)
+    lock.release()
+    for th in ths:
+        th.join()
+    lockprof.stop()
+    r = _only("threading.Lock")
+    assert r["contentions"] == n_waiters
+    assert r["acquisition_samples"] == 0
+    total = sum(measured)
+    assert abs(r["wait_ns"] - total) <= 0.10 * total
+    assert r["max_wait_ns"] >= hold_s * 1e9 * 0.9
+
+
+def test_uncontended_are_not_contentions_and_rate_one_counts_all():
+    lockprof.start(1.0)
+    locks = {k: getattr(threading, k)() for k in ("Lock", "RLock", "Semaphore", "Condition")}
+    for _ in range(250):
+        for l in locks.values():
+            l.acquire()
+            l.release()
+    lockprof.stop()
+    recs = lockprof.stats()
+    assert sorted(r["kind"] for r in recs) == sorted(f"threading.{k}" for k in locks)
+    for r in recs:
+        assert r["contentions"] == 0
+        assert r["acquisitions"] == 250 and r["acquisition_samples"] == 250
+        assert r["hold_samples"] == 250
+
+
+def test_sampled_estimate_is_unbiased():
+    lockprof.start(0.05, seed=1234)
+    l = threading.Lock()
+    n = 200_000
+    for _ in range(n):
+        with l:
+            pass
+    lockprof.stop()
+    r = _only("threading.Lock")
+    assert abs(r["acquisitions"] - n) <= 0.10 * n
+    assert r["acquisition_samples"] < n * 0.1
+
+
+def test_hold_time_per_owner_rlock_and_semaphore():
+    lockprof.start(1.0)
+    rl = threading.RLock()
+    with rl:
+        with rl:
+            time.sleep(0.01)
+        time.sleep(0.01)
+    sem = threading.Semaphore(2)
+    sem.acquire()
+    t = threading.Thread(target=lambda: (sem.acquire(), time.sleep(0.02), sem.release()))
+    t.start()
+    time.sleep(0.03)
+    t.join()
+    sem.release()
+    lockprof.stop()
+    r = _only("threading.RLock")
+    assert r["acquisitions"] == 2 and r["hold_samples"] == 1     # one outermost hold
+    assert 0.02e9 <= r["hold_ns"] < 0.2e9
+    s = _only("threading.Semaphore")
+    assert s["hold_samples"] == 2
+    # main thread held ~30 ms, the other ~20 ms: neither overwrote the other
+    assert 0.045e9 <= s["hold_ns"] < 0.3e9
+
+
+def test_condition_wait_kept_apart():
+    lockprof.start(1.0)
+    c = threading.Condition()
+    with c:
+        c.wait(0.02)
+    lockprof.stop()
+    r = _only("threading.Condition")
+    assert r["cond_waits"] == 1
+    assert 0.015e9 <= r["cond_wait_ns"] < 0.5e9
+    assert r["contentions"] == 0 and r["wait_ns"] == 0
+
+
+def test_asyncio_wait_is_real_suspension():
+    async def main():
+        lock = asyncio.Lock()
+        await lock.acquire()
+
+        async def waiter():
+            t0 = time.monotonic_ns()
+            async with lock:
+                return time.monotonic_ns() - t0
+
+        task = asyncio.ensure_future(waiter())
+        await asyncio.sleep(0.05)
+        lock.release()
+        return await task
+
+    lockprof.start(1.0)
+    measured = asyncio.run(main())
+    lockprof.stop()
+    r = _only("asyncio.Lock")
+    assert r["contentions"] == 1
+    assert abs(r["wait_ns"] - measured) <= 0.15 * measured
+    assert r["acquisitions"] == 2
+
+
+def test_stats_survive_stop_start_and_dead_threads():
+    lockprof.start(1.0)
+    l = threading.Lock()
+    th = threading.Thread(target=lambda: [l.acquire() or l.release() for _ in range(10)])
+    th.start()
+    th.join()
+    lockprof.stop()
+    lockprof.start(1.0)
+    for _ in range(5):
+        with l:
+            pass
+    lockprof.stop()
+    assert _only("threading.Lock")["acquisitions"] == 15
+
+
+def test_creation_site_recorded():
+    lockprof.start(1.0)
+    lock = threading.Lock(); line = __import__("sys")._getframe().f_lineno  # noqa: E702
+    with lock:
+        pass
+    lockprof.stop()
+    r = _only("threading.Lock")
+    assert r["file"] == __file__ and r["line"] == line
+    assert r["site"] == f"{__file__}:{line}"
