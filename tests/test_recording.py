@@ -137,7 +137,7 @@ def test_asyncio_wait_is_real_suspension():
 def test_stats_survive_stop_start_and_dead_threads():
     lockprof.start(1.0)
     l = threading.Lock()
-    th = threading.Thread(target=lambda: [l.acquire() or l.release() for _ in range(10)])
+    th = threading.Thread(target=lambda: [(l.acquire(), l.release()) for _ in range(10)])
     th.start()
     th.join()
     lockprof.stop()
