@@ -1,0 +1,66 @@
+"""A small bank: worker threads move money between accounts under locks.
+
+The global ledger lock is the bottleneck on purpose; lockprof should find it.
+Run it under the profiler with:  python -m lockprof run examples/bank.py
+"""
+import queue
+import threading
+import time
+
+N_ACCOUNTS = 20
+N_WORKERS = 4
+N_TRANSFERS = 3000
+
+ledger_lock = threading.Lock()          # every transfer writes the ledger
+ledger = []
+
+
+class Account:
+    def __init__(self, number, balance):
+        self.number = number
+        self.balance = balance
+        self.lock = threading.RLock()
+
+
+def transfer(src, dst, amount):
+    first, second = sorted((src, dst), key=lambda a: a.number)
+    with first.lock:
+        with second.lock:
+            if src.balance >= amount:
+                src.balance -= amount
+                dst.balance += amount
+    with ledger_lock:
+        ledger.append((src.number, dst.number, amount))
+        time.sleep(0.00002)             # a slow audit write, inside the lock
+
+
+def worker(jobs, accounts):
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        i, j, amount = job
+        transfer(accounts[i], accounts[j], amount)
+
+
+def main():
+    accounts = [Account(n, 1000) for n in range(N_ACCOUNTS)]
+    jobs = queue.Queue(maxsize=100)
+    threads = [threading.Thread(target=worker, args=(jobs, accounts)) for _ in range(N_WORKERS)]
+    for t in threads:
+        t.start()
+    for k in range(N_TRANSFERS):
+        i, j = k % N_ACCOUNTS, (k * 7 + 3) % N_ACCOUNTS
+        if i != j:
+            jobs.put((i, j, 1 + k % 50))
+    for _ in threads:
+        jobs.put(None)
+    for t in threads:
+        t.join()
+    total = sum(a.balance for a in accounts)
+    print(f"bank: {len(ledger)} transfers, total balance {total}")
+    assert total == N_ACCOUNTS * 1000
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""lockprof's command line: `lockprof run [options] (-m module | -c code | script.py) [args...]`."""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+import lockprof
+from lockprof.report import text_table
+
+
+class _ArgError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _ArgError(message)
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sample rate {text!r} is not a number in [0, 1]") from None
+    if not (0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"sample rate {text!r} is not a number in [0, 1]")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lockprof", description="Lock-contention profiler for CPython.")
+    sub = p.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run a Python program under the profiler")
+    run.add_argument("--sample-rate", type=_rate, default=lockprof.DEFAULT_SAMPLE_RATE,
+                     help="probability that an acquisition is sampled (default 0.01)")
+    run.add_argument("--top", type=int, default=10, help="locks shown in the report (default 10)")
+    run.add_argument("-q", "--quiet", action="store_true", help="print no report")
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("-m", dest="module", help="run a library module as a script")
+    target.add_argument("-c", dest="code", help="run a program passed as a string")
+    target.add_argument("script", nargs="?", help="the script to run")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
+    return p
+
+
+def _run_target(ns) -> int:
+    code = 0
+    if ns.module:
+        sys.argv = [ns.module] + ns.args
+        runner = lambda: runpy.run_module(ns.module, run_name="__main__", alter_sys=True)  # noqa
+    elif ns.code is not None:
+        sys.argv = ["-c"] + ns.args
+        runner = lambda: exec(compile(ns.code, "<string>", "exec"), {"__name__": "__main__"})  # noqa
+    else:
+        if not os.path.isfile(ns.script):
+            raise _ArgError(f"script {ns.script!r} not found")
+        sys.argv = [ns.script] + ns.args
+        sys.path.insert(0, os.path.dirname(os.path.abspath(ns.script)))
+        runner = lambda: runpy.run_path(ns.script, run_name="__main__")  # noqa
+    lockprof.start(ns.sample_rate)
+    try:
+        runner()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    finally:
+        lockprof.stop()
+        if not ns.quiet:
+            print(text_table(lockprof.stats(), ns.top, ns.sample_rate), file=sys.stderr)
+    return code
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        # options of `run` end at the target; what follows it is the program's
+        if argv and argv[0] == "run":
+            head, rest = ["run"], argv[1:]
+            i = 0
+            while i < len(rest):
+                a = rest[i]
+                if a in ("-m", "-c"):
+                    head += rest[i:i + 2]
+                    tail = rest[i + 2:]
+                    break
+                if a in ("--sample-rate", "--top"):
+                    head += rest[i:i + 2]
+                    i += 2
+                    continue
+                if a.startswith("-"):
+                    head.append(a)
+                    i += 1
+                    continue
+                head.append(a)
+                tail = rest[i + 1:]
+                break
+            else:
+                tail = []
+            ns = _parser().parse_args(head)
+            ns.args = tail
+            return _run_target(ns)
+        ns = _parser().parse_args(argv)
+        if ns.command is None:
+            _parser().print_help()
+            return 2
+    except _ArgError as e:
+        print(f"lockprof: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
