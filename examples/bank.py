@@ -1,7 +1,7 @@
 """A small bank: worker threads move money between accounts under locks.
 
 The global ledger lock is the bottleneck on purpose; lockprof should find it.
-Run it under the profiler with:  python -m lockprof run examples/bank.py
+Run it under the profiler with:  cd examples && python -m lockprof run bank.py
 """
 import queue
 import threading

@@ -369,7 +369,11 @@ def test_stdlib_internal_locks_stay_native():
         e = threading.Event()
         b = threading.Barrier(1)
         c = threading.Condition()
-        ac = asyncio.Condition()
+
+        async def make():            # 3.9 needs a running loop
+            return asyncio.Condition()
+
+        ac = asyncio.run(make())
     finally:
         lockprof.stop()
     assert not _lockprof.is_wrapper(_lockprof.unwrap(s)._cond)
