@@ -48,7 +48,7 @@ def _async_fn(stmt: str) -> Callable:
     return ns["run"]
 
 
-def _make_locks(factory_module, name: str, is_async: bool):
+def _make_locks(name: str, is_async: bool):
     """(native, wrapped) instances of one type."""
     mod = asyncio if is_async else threading
     native = getattr(mod, name)()
@@ -79,7 +79,7 @@ def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None) -> List[di
                 continue
             if ops and op not in ops:
                 continue
-            native, wrapped = _make_locks(None, name, is_async)
+            native, wrapped = _make_locks(name, is_async)
             if op == "failed try":
                 native.acquire()
                 wrapped.acquire()

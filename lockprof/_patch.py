@@ -15,7 +15,6 @@ _SKIP_PREFIXES = ("_thread", "threading", "asyncio.", "lockprof", "importlib", "
 
 _guard = _thread.allocate_lock()   # never profiled: made before any patching
 _running = False
-_rate = 0.0
 # key -> (module, attribute, original, factory)
 _installed: Dict[str, Tuple[str, str, object, object]] = {}
 # (module object, attribute name, original, factory) rebound by the scan
@@ -68,11 +67,10 @@ def excluded_globals() -> list:
 
 
 def start(sample_rate: float, max_locks: int, seed) -> None:
-    global _running, _rate
+    global _running
     with _guard:
         if _running:
             _lockprof.configure(True, sample_rate, max_locks, seed)
-            _rate = sample_rate
             return
         origs = _originals()
         by_id: Dict[int, object] = {}
@@ -85,7 +83,6 @@ def start(sample_rate: float, max_locks: int, seed) -> None:
         _lockprof.set_excluded(excluded_globals())
         _scan_and_rebind(by_id)
         _lockprof.configure(True, sample_rate, max_locks, seed)
-        _rate = sample_rate
         _running = True
 
 
@@ -112,7 +109,3 @@ def stop() -> None:
 
 def is_running() -> bool:
     return _running
-
-
-def sample_rate() -> float:
-    return _rate

@@ -33,7 +33,6 @@ typedef struct lp_lockrec {
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);
-void lp_record_forget_holds(lp_wrapper *w);
 int lp_record_setup(PyObject *module);
 int lp_record_set_kinds(PyObject *names);
 

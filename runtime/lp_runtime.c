@@ -51,13 +51,6 @@ lp_method_init(lp_method *m, PyObject *type, const char *name)
     return 0;
 }
 
-void
-lp_method_fini(lp_method *m)
-{
-    Py_CLEAR(m->name);
-    Py_CLEAR(m->descr);
-}
-
 PyObject *
 lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
@@ -398,13 +391,6 @@ lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto)
     Py_SETREF(((PyTupleObject *)nrv)->ob_item[0], newobj);
     Py_SETREF(((PyTupleObject *)nrv)->ob_item[1], nargs_);
     return nrv;
-}
-
-PyObject *
-lp_wrapper_forward(lp_wrapper *self, const lp_method *m, PyObject *const *args,
-                   Py_ssize_t nargs, PyObject *kwnames)
-{
-    return lp_call(m, self->inner, args, nargs, kwnames);
 }
 
 /* ------------------------------------------------------------------------ */

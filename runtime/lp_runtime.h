@@ -49,7 +49,6 @@ extern PyObject *lp_empty_tuple;
 extern PyObject *lp_false_tuple;   /* (False,) */
 
 int lp_method_init(lp_method *m, PyObject *type, const char *name);
-void lp_method_fini(lp_method *m);
 PyObject *lp_call_generic(const lp_method *m, PyObject *self,
                           PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames);
@@ -208,9 +207,6 @@ PyObject *lp_wrapper_getattro_forward(PyObject *self, PyObject *name);
 int lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value);
 PyObject *lp_wrapper_get_class(lp_wrapper *self, void *closure);
 PyObject *lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto);
-PyObject *lp_wrapper_forward(lp_wrapper *self, const lp_method *m,
-                             PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames);
 
 /* ------------------------------------------------------------------------ */
 /* Registration of the generated types                                       */
