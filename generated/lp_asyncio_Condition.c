@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.Condition: wrapper of asyncio.locks.Condition (generator/locks.json, line 147) */
+/* asyncio.Condition: wrapper of asyncio.locks.Condition (generator/locks.json, line 148) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -44,22 +44,30 @@ lp_asyncio_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
     if (self->flags & LP_W_DELEGATED) {
         return lp_call(m, self->inner, args, nargs, kwnames);
     }
+    PyObject *target = self->inner;
+    const lp_method *release = &lp_asyncio_Condition_m_release;
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        /* the lock's own C methods, resolved when the Condition was made */
+        target = ((lp_cond_wrapper *)self)->lock;
+        m = &((lp_cond_wrapper *)self)->acquire;
+        release = &((lp_cond_wrapper *)self)->release;
+    }
     PyObject *r;
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
-        r = lp_call_false(m, self->inner);
+        r = lp_call_false(m, target);
         if (LP_UNLIKELY(r != Py_True)) {
             if (r == NULL) {
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, m, &lp_asyncio_Condition_m_release, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, target, m, release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, m, &lp_asyncio_Condition_m_release, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, target, m, release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }
@@ -79,7 +87,12 @@ lp_asyncio_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     if (LP_UNLIKELY(self->flags & LP_W_HOLDING)) {
         t = lp_now_ns();
     }
-    PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
+    PyObject *target = self->inner;
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        target = ((lp_cond_wrapper *)self)->lock;
+        m = &((lp_cond_wrapper *)self)->release;
+    }
+    PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
         if (LP_UNLIKELY(t != 0)) {
             lp_flush_release(self, t);
@@ -177,7 +190,11 @@ lp_asyncio_Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (inner == NULL) {
         return NULL;
     }
-    return lp_wrap(type, inner);
+    PyObject *w = lp_wrap(type, inner);
+    if (w != NULL) {
+        lp_cond_bind((lp_cond_wrapper *)w);
+    }
+    return w;
 }
 
 static PyType_Slot lp_asyncio_Condition_slots[] = {
@@ -187,8 +204,8 @@ static PyType_Slot lp_asyncio_Condition_slots[] = {
     {Py_tp_methods, lp_asyncio_Condition_methods},
     {Py_tp_getset, lp_asyncio_Condition_getset},
     {Py_tp_members, lp_asyncio_Condition_members},
-    {Py_tp_traverse, lp_wrapper_traverse},
-    {Py_tp_clear, lp_wrapper_clear},
+    {Py_tp_traverse, lp_cond_traverse},
+    {Py_tp_clear, lp_cond_clear},
     {Py_tp_getattro, lp_wrapper_getattro_forward},
     {Py_tp_setattro, lp_wrapper_setattro_forward},
     {0, NULL},
@@ -196,7 +213,7 @@ static PyType_Slot lp_asyncio_Condition_slots[] = {
 
 static PyType_Spec lp_asyncio_Condition_spec = {
     .name = "asyncio.locks.Condition",
-    .basicsize = sizeof(lp_wrapper),
+    .basicsize = sizeof(lp_cond_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_asyncio_Condition_slots,
 };
@@ -213,4 +230,5 @@ const lp_typedef lp_asyncio_Condition_def = {
     .inner_class = &lp_asyncio_Condition_inner_class,
     .is_async = 1,
     .is_condition = 1,
+    .binds_lock = 1,
 };

@@ -33,22 +33,24 @@ static inline PyObject *
 lp_threading_BoundedSemaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    PyObject *target = self->inner;
+    const lp_method *release = &lp_threading_BoundedSemaphore_m_release;
     PyObject *r;
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
-        r = lp_call_false(m, self->inner);
+        r = lp_call_false(m, target);
         if (LP_UNLIKELY(r != Py_True)) {
             if (r == NULL) {
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, m, &lp_threading_BoundedSemaphore_m_release, args, 0, NULL, 1);
+            r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, target, m, release, args, 0, NULL, 1);
             if (r != Py_True) {
                 return r;
             }
         }
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, m, &lp_threading_BoundedSemaphore_m_release, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, target, m, release, args, nargs, kwnames, 0);
         if (r != Py_True) {
             return r;
         }
@@ -177,4 +179,5 @@ const lp_typedef lp_threading_BoundedSemaphore_def = {
     .inner_class = &lp_threading_BoundedSemaphore_inner_class,
     .is_async = 0,
     .is_condition = 0,
+    .binds_lock = 0,
 };

@@ -31,8 +31,8 @@ ROLES: Dict[str, Tuple[str, Optional[str]]] = {
 SYNC_ONLY = {"acquire", "enter", "exit", "wait"}
 ASYNC_ONLY = {"async_acquire", "aenter", "aexit", "async_wait"}
 FIELDS = {"key", "module", "factory", "inner_type", "type_name", "native", "async",
-          "reentrant", "condition", "methods"}
-REQUIRED = FIELDS - {"type_name"}
+          "reentrant", "condition", "methods", "bound_in_init"}
+REQUIRED = FIELDS - {"type_name", "bound_in_init"}
 
 
 class SpecError(ValueError):
@@ -90,6 +90,8 @@ class LockType:
     kind_macro: str         # e.g. LP_KIND_THREADING_LOCK
     gc: bool                # can hold references to arbitrary objects
     forward_attrs: bool     # unknown attributes come from the wrapped object
+    binds_lock: bool        # acquire/release are the inner lock's, bound per
+                            # instance: cached at wrap time (lp_cond_wrapper)
     release_method: Optional[Method]   # the release __aexit__ runs (async types)
     release_inner_c: str    # lp_method of the wrapped release (undoes a try)
 
@@ -171,6 +173,9 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
     if "release" not in inner:
         raise SpecError(f"{where}: needs a method calling the wrapped 'release'")
     native = raw["native"]
+    bound = raw.get("bound_in_init", [])
+    if not isinstance(bound, list) or not all(isinstance(x, str) for x in bound):
+        raise SpecError(f"{where}: 'bound_in_init' must be a list of method names")
     return LockType(
         key=key, index=index, module=raw["module"], factory=raw["factory"],
         inner_type=inner_type, type_name=type_name, type_module=type_module,
@@ -180,6 +185,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         prefix=prefix, kind_macro="LP_KIND_" + _ident(key).upper(),
         gc=not native, forward_attrs=not native, release_method=release,
         release_inner_c=inner["release"].c_var,
+        binds_lock={"acquire", "release"} <= set(bound),
     )
 
 

@@ -12,6 +12,7 @@ typedef struct {
     PyObject *orig;             /* the stdlib's factory or class */
     PyTypeObject *wtype;        /* the generated wrapper type */
     int is_condition;
+    int binds_lock;
     vectorcallfunc vectorcall;
 } lp_factory;
 
@@ -73,6 +74,9 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         }
         if (lock != NULL && is_wrapper(lock)) {
             ((lp_wrapper *)w)->flags |= LP_W_DELEGATED;
+        }
+        else if (f->binds_lock) {
+            lp_cond_bind((lp_cond_wrapper *)w);
         }
     }
     return w;
@@ -313,6 +317,7 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
             f->orig = Py_NewRef(orig);
             f->wtype = (PyTypeObject *)Py_NewRef(*type_defs[i].type_slot);
             f->is_condition = type_defs[i].is_condition;
+            f->binds_lock = type_defs[i].binds_lock;
             f->vectorcall = factory_vectorcall;
             PyObject_GC_Track(f);
             return (PyObject *)f;
@@ -346,7 +351,11 @@ lp_py_wrap(PyObject *mod, PyObject *args)
     }
     for (int i = 0; i < n_type_defs; i++) {
         if (strcmp(type_defs[i].key, key) == 0) {
-            return lp_wrap(*type_defs[i].type_slot, Py_NewRef(obj));
+            PyObject *w = lp_wrap(*type_defs[i].type_slot, Py_NewRef(obj));
+            if (w != NULL && type_defs[i].binds_lock) {
+                lp_cond_bind((lp_cond_wrapper *)w);
+            }
+            return w;
         }
     }
     PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", PyTuple_GET_ITEM(args, 0));

@@ -190,16 +190,17 @@ lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *
 }
 
 PyObject *
-lp_acquire_slow(lp_wrapper *w, int kind, const lp_method *acquire,
-                const lp_method *release, PyObject *const *args,
-                Py_ssize_t nargs, PyObject *kwnames, int tried)
+lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
+                const lp_method *acquire, const lp_method *release,
+                PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                int tried)
 {
     if (!tried) {
         int more = 0;
         if (!lp_active || lp_is_blocking(args, nargs, kwnames, &more) != 1) {
-            return lp_call(acquire, w->inner, args, nargs, kwnames);
+            return lp_call(acquire, target, args, nargs, kwnames);
         }
-        PyObject *r = lp_call_false(acquire, w->inner);
+        PyObject *r = lp_call_false(acquire, target);
         if (r != Py_False) {
             if (r != Py_True || !more) {
                 /* acquired (or an error): the caller did not wait */
@@ -209,20 +210,20 @@ lp_acquire_slow(lp_wrapper *w, int kind, const lp_method *acquire,
              * caller's own arguments, so that they are checked exactly as
              * the stdlib checks them (it cannot block: we hold the GIL). */
             Py_DECREF(r);
-            PyObject *u = lp_call0(release, w->inner);
+            PyObject *u = lp_call0(release, target);
             if (u == NULL) {
                 return NULL;
             }
             Py_DECREF(u);
-            return lp_call(acquire, w->inner, args, nargs, kwnames);
+            return lp_call(acquire, target, args, nargs, kwnames);
         }
         Py_DECREF(r);
     }
     else if (!lp_active) {
-        return lp_call(acquire, w->inner, args, nargs, kwnames);
+        return lp_call(acquire, target, args, nargs, kwnames);
     }
     int64_t t0 = lp_now_ns();
-    PyObject *r = lp_call(acquire, w->inner, args, nargs, kwnames);
+    PyObject *r = lp_call(acquire, target, args, nargs, kwnames);
     int64_t t1 = lp_now_ns();
     if (r != NULL) {
         lp_flush_contended(w, kind, t1 - t0, r == Py_True);
@@ -296,6 +297,9 @@ lp_wrapper_dealloc(lp_wrapper *self)
     }
     if (self->flags & LP_W_HOLDING) {
         lp_record_forget_holds(self);
+    }
+    if (tp->tp_clear != NULL) {
+        tp->tp_clear((PyObject *)self);
     }
     Py_CLEAR(self->inner);
     tp->tp_free((PyObject *)self);
@@ -391,6 +395,72 @@ lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto)
     Py_SETREF(((PyTupleObject *)nrv)->ob_item[0], newobj);
     Py_SETREF(((PyTupleObject *)nrv)->ob_item[1], nargs_);
     return nrv;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Conditions: the lock's methods, cached                                   */
+/* ------------------------------------------------------------------------ */
+
+/* `bound` is the C method `name` of its own object's type: resolve it from
+ * that type (as the wrapper types do) and return the object, else NULL. */
+static PyObject *
+bound_c_method(PyObject *bound, const char *name, lp_method *m)
+{
+    if (bound == NULL || !PyCFunction_Check(bound) || PyCFunction_GET_SELF(bound) == NULL) {
+        return NULL;
+    }
+    PyObject *self = PyCFunction_GET_SELF(bound);
+    if (lp_method_init(m, (PyObject *)Py_TYPE(self), name) < 0) {
+        return NULL;
+    }
+    if (m->descr == NULL || m->meth != PyCFunction_GET_FUNCTION(bound)) {
+        Py_CLEAR(m->descr);
+        return NULL;
+    }
+    return self;
+}
+
+void
+lp_cond_bind(lp_cond_wrapper *w)
+{
+    /* threading.Condition.__init__ does `self.acquire = lock.acquire`: when
+     * that is a C method (the default RLock, a native Lock), call it
+     * directly.  Anything else keeps the call by name. */
+    PyObject *inner = w->base.inner;
+    PyObject *acq = PyObject_GetAttrString(inner, "acquire");
+    PyObject *rel = acq ? PyObject_GetAttrString(inner, "release") : NULL;
+    PyObject *s1 = bound_c_method(acq, "acquire", &w->acquire);
+    PyObject *s2 = s1 ? bound_c_method(rel, "release", &w->release) : NULL;
+    if (s1 != NULL && s1 == s2) {
+        w->lock = Py_NewRef(s1);
+    }
+    else {
+        Py_CLEAR(w->acquire.descr);
+        Py_CLEAR(w->release.descr);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(acq);
+    Py_XDECREF(rel);
+}
+
+int
+lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->lock);
+    Py_VISIT(self->acquire.descr);
+    Py_VISIT(self->release.descr);
+    return lp_wrapper_traverse(&self->base, visit, arg);
+}
+
+int
+lp_cond_clear(lp_cond_wrapper *self)
+{
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->acquire.descr);
+    Py_CLEAR(self->release.descr);
+    return lp_wrapper_clear(&self->base);
 }
 
 /* ------------------------------------------------------------------------ */

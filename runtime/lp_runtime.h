@@ -134,6 +134,20 @@ typedef struct {
     uint32_t flags : 2;         /* LP_W_* */
 } lp_wrapper;
 
+/* Wrapper of a Condition whose acquire/release are its lock's methods, bound
+ * per instance: when they are C methods, they are resolved once at wrap time
+ * and called directly (lock == NULL: call by name on the Condition). */
+typedef struct {
+    lp_wrapper base;
+    PyObject *lock;             /* the object the cached methods are bound to */
+    lp_method acquire;
+    lp_method release;
+} lp_cond_wrapper;
+
+void lp_cond_bind(lp_cond_wrapper *w);
+int lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg);
+int lp_cond_clear(lp_cond_wrapper *self);
+
 #define LP_W_HOLDING   0x1      /* a sampled acquire awaits its release */
 #define LP_W_DELEGATED 0x2      /* a Condition over a lockprof-wrapped lock:
                                    the lock records, the Condition does not */
@@ -173,11 +187,13 @@ void lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns);
 /* ------------------------------------------------------------------------ */
 
 /* The caller's acquire did not take the fast path: either it passed
- * arguments, or the non-blocking try failed.  Performs the real acquire
- * exactly as asked, timing it when it blocks.  Returns the inner result. */
-PyObject *lp_acquire_slow(lp_wrapper *w, int kind, const lp_method *acquire,
-                          const lp_method *release, PyObject *const *args,
-                          Py_ssize_t nargs, PyObject *kwnames, int tried);
+ * arguments, or the non-blocking try failed.  Performs the real acquire on
+ * `target` (the wrapped object, or a Condition's lock) exactly as asked,
+ * timing it when it blocks.  Returns the inner result. */
+PyObject *lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
+                          const lp_method *acquire, const lp_method *release,
+                          PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames, int tried);
 
 /* Condition.wait / wait_for: call through, time it, record it. */
 PyObject *lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
@@ -225,6 +241,7 @@ typedef struct {
     PyObject **inner_class;      /* where the wrapped class is stored */
     int is_async;
     int is_condition;
+    int binds_lock;              /* the type is an lp_cond_wrapper */
 } lp_typedef;
 
 /* Runtime module setup: module helpers, the factory type, the awaitable. */
