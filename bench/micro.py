@@ -87,7 +87,7 @@ def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None) -> List[di
             best = {c: float("inf") for c, _ in CONFIGS}
             gc.disable()
             try:
-                for _ in range(rounds):
+                for rnd in range(rounds + 1):   # round 0 warms up, unmeasured
                     for cname, rate in CONFIGS:
                         if rate is not None:
                             lockprof.start(rate)
@@ -100,7 +100,8 @@ def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None) -> List[di
                         dt = time.perf_counter_ns() - t0
                         if rate is not None:
                             lockprof.stop()
-                        best[cname] = min(best[cname], dt / (loops * UNROLL))
+                        if rnd > 0:
+                            best[cname] = min(best[cname], dt / (loops * UNROLL))
             finally:
                 gc.enable()
                 lockprof.reset()

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* threading.BoundedSemaphore: wrapper of threading.BoundedSemaphore (generator/locks.json, line 65) */
+/* threading.BoundedSemaphore: wrapper of threading.BoundedSemaphore (generator/locks.json, line 66) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -47,6 +47,13 @@ lp_threading_BoundedSemaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
             if (r != Py_True) {
                 return r;
             }
+        }
+    }
+    else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
+        /* acquire(False): never waits, so nothing to time */
+        r = lp_call(m, target, args, 1, NULL);
+        if (r != Py_True) {
+            return r;
         }
     }
     else {

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* threading.Condition: wrapper of threading.Condition (generator/locks.json, line 81) */
+/* threading.Condition: wrapper of threading.Condition (generator/locks.json, line 82) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -64,6 +64,13 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
             if (r != Py_True) {
                 return r;
             }
+        }
+    }
+    else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
+        /* acquire(False): never waits, so nothing to time */
+        r = lp_call(m, target, args, 1, NULL);
+        if (r != Py_True) {
+            return r;
         }
     }
     else {

@@ -57,7 +57,17 @@ lp_threading_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
     const lp_method *release = &lp_threading_Lock_m_release;
     PyObject *r;
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
-        r = lp_call_false(m, target);
+        /* threading.Lock is free exactly when the probe says so (we hold the
+         * GIL), and then the argument-free acquire cannot wait */
+        r = lp_call0(&lp_threading_Lock_m_locked, target);
+        if (LP_LIKELY(r == Py_False)) {
+            Py_DECREF(r);
+            r = lp_call0(m, target);
+        }
+        else if (r != NULL) {
+            Py_DECREF(r);
+            r = Py_NewRef(Py_False);   /* busy: take the timed path below */
+        }
         if (LP_UNLIKELY(r != Py_True)) {
             if (r == NULL) {
                 return NULL;
@@ -67,6 +77,13 @@ lp_threading_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
             if (r != Py_True) {
                 return r;
             }
+        }
+    }
+    else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
+        /* acquire(False): never waits, so nothing to time */
+        r = lp_call(m, target, args, 1, NULL);
+        if (r != Py_True) {
+            return r;
         }
     }
     else {

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* threading.RLock: wrapper of _thread.RLock (generator/locks.json, line 27) */
+/* threading.RLock: wrapper of _thread.RLock (generator/locks.json, line 28) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -71,6 +71,13 @@ lp_threading_RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
             if (r != Py_True) {
                 return r;
             }
+        }
+    }
+    else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
+        /* acquire(False): never waits, so nothing to time */
+        r = lp_call(m, target, args, 1, NULL);
+        if (r != Py_True) {
+            return r;
         }
     }
     else {

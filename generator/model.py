@@ -31,8 +31,8 @@ ROLES: Dict[str, Tuple[str, Optional[str]]] = {
 SYNC_ONLY = {"acquire", "enter", "exit", "wait"}
 ASYNC_ONLY = {"async_acquire", "aenter", "aexit", "async_wait"}
 FIELDS = {"key", "module", "factory", "inner_type", "type_name", "native", "async",
-          "reentrant", "condition", "methods", "bound_in_init"}
-REQUIRED = FIELDS - {"type_name", "bound_in_init"}
+          "reentrant", "condition", "methods", "bound_in_init", "busy_probe"}
+REQUIRED = FIELDS - {"type_name", "bound_in_init", "busy_probe"}
 
 
 class SpecError(ValueError):
@@ -90,6 +90,7 @@ class LockType:
     kind_macro: str         # e.g. LP_KIND_THREADING_LOCK
     gc: bool                # can hold references to arbitrary objects
     forward_attrs: bool     # unknown attributes come from the wrapped object
+    probe_c: Optional[str]  # lp_method of the busy probe (e.g. Lock.locked), or None
     binds_lock: bool        # acquire/release are the inner lock's, bound per
                             # instance: cached at wrap time (lp_cond_wrapper)
     release_method: Optional[Method]   # the release __aexit__ runs (async types)
@@ -176,6 +177,11 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
     bound = raw.get("bound_in_init", [])
     if not isinstance(bound, list) or not all(isinstance(x, str) for x in bound):
         raise SpecError(f"{where}: 'bound_in_init' must be a list of method names")
+    probe = raw.get("busy_probe")
+    if probe is not None:
+        if not raw["native"] or not isinstance(probe, str) or probe not in inner:
+            raise SpecError(f"{where}: 'busy_probe' must name one of the entry's methods "
+                            "of a native type")
     return LockType(
         key=key, index=index, module=raw["module"], factory=raw["factory"],
         inner_type=inner_type, type_name=type_name, type_module=type_module,
@@ -186,6 +192,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         gc=not native, forward_attrs=not native, release_method=release,
         release_inner_c=inner["release"].c_var,
         binds_lock={"acquire", "release"} <= set(bound),
+        probe_c=inner[probe].c_var if probe else None,
     )
 
 
