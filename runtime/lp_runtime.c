@@ -24,6 +24,9 @@ lp_method_init(lp_method *m, PyObject *type, const char *name)
     m->descr = NULL;
     m->meth = NULL;
     m->flags = 0;
+    m->func = NULL;
+    m->owner = NULL;
+    m->tag = 0;
     PyObject *d = PyObject_GetAttr(type, m->name);
     if (d == NULL) {
         /* bound per instance (threading.Condition.acquire): call by name */
@@ -46,6 +49,16 @@ lp_method_init(lp_method *m, PyObject *type, const char *name)
             m->flags = def->ml_flags;
             return 0;
         }
+    }
+    if (PyFunction_Check(d) && PyType_Check(type) &&
+        (((PyTypeObject *)type)->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        /* A Python method: call the function itself while the class is
+         * unchanged; a later monkeypatch changes the version tag and sends
+         * calls back to the lookup by name. */
+        m->func = d;
+        m->owner = (PyTypeObject *)Py_NewRef(type);
+        m->tag = ((PyTypeObject *)type)->tp_version_tag;
+        return 0;
     }
     Py_DECREF(d);
     return 0;
@@ -73,6 +86,10 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
     if (m->descr != NULL) {
         /* the descriptor converts the call to the method's convention */
         r = PyObject_Vectorcall(m->descr, stack, 1 + nargs, kwnames);
+    }
+    else if (m->func != NULL && Py_TYPE(self) == m->owner && m->tag != 0 &&
+             m->owner->tp_version_tag == m->tag) {
+        r = PyObject_Vectorcall(m->func, stack, 1 + nargs, kwnames);
     }
     else {
         r = PyObject_VectorcallMethod(m->name, stack, 1 + nargs, kwnames);

@@ -43,6 +43,10 @@ typedef struct {
     PyObject *descr;     /* the method descriptor, or NULL for a Python class */
     PyCFunction meth;    /* the C function when descr is a C method */
     int flags;           /* its METH_* flags */
+    PyObject *func;      /* a Python class's function, valid while `owner`
+                            still has version tag `tag` (not monkeypatched) */
+    PyTypeObject *owner;
+    unsigned int tag;
 } lp_method;
 
 extern PyObject *lp_empty_tuple;

@@ -488,3 +488,33 @@ def test_bad_settings():
         with pytest.raises(ValueError, match="sample_rate must be a number in \\[0, 1\\]"):
             lockprof.start(bad)
     assert not lockprof.is_running()
+
+
+def test_monkeypatched_stdlib_method_is_honoured():
+    """The wrapper caches a Python class's methods; patching the class after
+    the wrapper exists must still take effect, as it does natively."""
+    lockprof.start(1.0)
+    try:
+        s = threading.Semaphore(1)
+        assert s.acquire() is True
+        s.release()
+        cls = type(_lockprof.unwrap(s))
+        calls = []
+        original = cls.acquire
+
+        def patched(self, *a, **k):
+            calls.append(a)
+            return original(self, *a, **k)
+
+        cls.acquire = patched
+        try:
+            assert s.acquire() is True
+            s.release()
+        finally:
+            cls.acquire = original
+        assert calls, "the patched method was not called"
+        assert s.acquire() is True       # and the original again afterwards
+        s.release()
+        assert len(calls) == 1
+    finally:
+        lockprof.stop()
