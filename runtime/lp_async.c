@@ -36,6 +36,22 @@ lp_awaitable_new(lp_wrapper *w, int kind, int mode, const lp_method *m,
         if (coro == NULL) {
             return NULL;
         }
+#if PY_VERSION_HEX < 0x030A0000
+        /* 3.9 has no PyIter_Send: step the coroutine's __await__ iterator */
+        unaryfunc am_await = Py_TYPE(coro)->tp_as_async ? Py_TYPE(coro)->tp_as_async->am_await : NULL;
+        PyObject *it = am_await ? am_await(coro) : NULL;
+        if (it == NULL || Py_TYPE(it)->tp_iternext == NULL) {
+            if (it == NULL && !PyErr_Occurred()) {
+                PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                             Py_TYPE(coro)->tp_name);
+            }
+            Py_XDECREF(it);
+            Py_DECREF(coro);
+            return NULL;
+        }
+        Py_DECREF(coro);
+        coro = it;
+#endif
     }
     lp_awaitable *a = PyObject_GC_New(lp_awaitable, awaitable_type);
     if (a == NULL) {
@@ -50,7 +66,12 @@ lp_awaitable_new(lp_wrapper *w, int kind, int mode, const lp_method *m,
     a->kind = kind;
     a->mode = mode;
     a->done = 0;
-    PyObject_GC_Track(a);
+    if (coro != NULL) {
+        /* a task waiting on the lock can reach this object again (through
+         * the future in the lock's waiters): cycles are possible.  The
+         * __aexit__ form holds only the wrapper and needs no tracking. */
+        PyObject_GC_Track(a);
+    }
     return (PyObject *)a;
 }
 
@@ -60,10 +81,17 @@ coro_send(PyObject *coro, PyObject *arg, PyObject **result)
 #if PY_VERSION_HEX >= 0x030A0000
     return (lp_send_result)PyIter_Send(coro, arg, result);
 #else
-    PyObject *r = PyObject_CallMethodOneArg(coro, str_send, arg);
+    /* `coro` is the coroutine's __await__() iterator (see lp_awaitable_new);
+     * its tp_iternext ends a None result without raising */
+    PyObject *r = (arg == Py_None) ? Py_TYPE(coro)->tp_iternext(coro)
+                                   : PyObject_CallMethodOneArg(coro, str_send, arg);
     if (r != NULL) {
         *result = r;
         return LP_SEND_NEXT;
+    }
+    if (!PyErr_Occurred()) {
+        *result = Py_NewRef(Py_None);
+        return LP_SEND_RETURN;
     }
     if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
         *result = NULL;
@@ -153,15 +181,28 @@ aw_send(PyObject *self, PyObject *arg, PyObject **result)
     return step(a, res, value, result);
 }
 
+/* Ends an iteration with `value` (a new reference): NULL with no exception
+ * set means StopIteration(None) to the interpreter and costs nothing; any
+ * other value travels in a StopIteration. */
 static PyObject *
 stop_iteration(PyObject *value)
 {
-    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
-    Py_DECREF(value);
-    if (exc != NULL) {
-        PyErr_SetObject(PyExc_StopIteration, exc);
-        Py_DECREF(exc);
+    if (value == Py_None) {
+        Py_DECREF(value);
+        return NULL;
     }
+    if (PyTuple_Check(value) || PyExceptionInstance_Check(value)) {
+        /* would be taken as the exception's arguments: wrap it */
+        PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+        Py_DECREF(value);
+        if (exc != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, exc);
+            Py_DECREF(exc);
+        }
+        return NULL;
+    }
+    PyErr_SetObject(PyExc_StopIteration, value);
+    Py_DECREF(value);
     return NULL;
 }
 
@@ -179,9 +220,15 @@ aw_iternext(PyObject *self)
 static PyObject *
 aw_send_meth(PyObject *self, PyObject *arg)
 {
+    /* .send() is called by Python code, which needs a real StopIteration */
     PyObject *r;
     lp_send_result res = aw_send(self, arg, &r);
     if (res == LP_SEND_RETURN) {
+        if (r == Py_None) {
+            Py_DECREF(r);
+            PyErr_SetNone(PyExc_StopIteration);
+            return NULL;
+        }
         return stop_iteration(r);
     }
     return r;
