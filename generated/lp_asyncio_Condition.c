@@ -176,6 +176,7 @@ static PyMethodDef lp_asyncio_Condition_methods[] = {
     {"wait_for", (PyCFunction)(void (*)(void))lp_asyncio_Condition_wait_for, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("wait_for: as asyncio.locks.Condition.wait_for, recorded by lockprof (async_wait).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
+    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -213,7 +214,6 @@ static PyType_Slot lp_asyncio_Condition_slots[] = {
     {Py_tp_members, lp_asyncio_Condition_members},
     {Py_tp_traverse, lp_cond_traverse},
     {Py_tp_clear, lp_cond_clear},
-    {Py_tp_getattro, lp_wrapper_getattro_forward},
     {Py_tp_setattro, lp_wrapper_setattro_forward},
     {0, NULL},
 };

@@ -129,6 +129,7 @@ static PyMethodDef lp_threading_Semaphore_methods[] = {
     {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Semaphore_exit, METH_FASTCALL,
      PyDoc_STR("__exit__: as threading.Semaphore.release, recorded by lockprof (exit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
+    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -162,7 +163,6 @@ static PyType_Slot lp_threading_Semaphore_slots[] = {
     {Py_tp_members, lp_threading_Semaphore_members},
     {Py_tp_traverse, lp_wrapper_traverse},
     {Py_tp_clear, lp_wrapper_clear},
-    {Py_tp_getattro, lp_wrapper_getattro_forward},
     {Py_tp_setattro, lp_wrapper_setattro_forward},
     {0, NULL},
 };

@@ -345,13 +345,10 @@ lp_wrapper_repr(lp_wrapper *self)
 }
 
 PyObject *
-lp_wrapper_getattro_forward(PyObject *self, PyObject *name)
+lp_wrapper_getattr_fallback(PyObject *self, PyObject *name)
 {
-    PyObject *r = PyObject_GenericGetAttr(self, name);
-    if (r != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        return r;
-    }
-    PyErr_Clear();
+    /* __getattr__: what the wrapper type does not define comes from the
+     * wrapped object */
     return PyObject_GetAttr(((lp_wrapper *)self)->inner, name);
 }
 
@@ -569,6 +566,13 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
             goto error;
         }
         *d->type_slot = (PyTypeObject *)type;
+        /* Setting __getattr__ again after creation makes CPython install its
+         * getattr hook (generic lookup, then __getattr__), which 3.12+
+         * still specialises for method calls, unlike a custom tp_getattro. */
+        PyObject *ga = PyDict_GetItemString(((PyTypeObject *)type)->tp_dict, "__getattr__");
+        if (ga != NULL && PyObject_SetAttrString(type, "__getattr__", ga) < 0) {
+            goto error;
+        }
         PyObject *tmod = PyUnicode_FromString(d->type_module);
         if (tmod == NULL || PyObject_SetAttrString(type, "__module__", tmod) < 0) {
             Py_XDECREF(tmod);

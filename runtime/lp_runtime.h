@@ -223,7 +223,7 @@ int lp_wrapper_traverse(lp_wrapper *self, visitproc visit, void *arg);
 int lp_wrapper_clear(lp_wrapper *self);
 void lp_wrapper_dealloc(lp_wrapper *self);
 PyObject *lp_wrapper_repr(lp_wrapper *self);
-PyObject *lp_wrapper_getattro_forward(PyObject *self, PyObject *name);
+PyObject *lp_wrapper_getattr_fallback(PyObject *self, PyObject *name);
 int lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value);
 PyObject *lp_wrapper_get_class(lp_wrapper *self, void *closure);
 PyObject *lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto);
