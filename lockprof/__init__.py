@@ -18,10 +18,12 @@ from typing import Any, Dict, List, Optional
 
 from . import _lockprof, _patch
 
-__all__ = ["start", "stop", "is_running", "stats", "reset", "Profiler", "DEFAULT_SAMPLE_RATE"]
+__all__ = ["start", "stop", "is_running", "stats", "samples", "reset", "Profiler",
+           "DEFAULT_SAMPLE_RATE"]
 
 DEFAULT_SAMPLE_RATE = 0.01
 DEFAULT_MAX_LOCKS = 100_000
+DEFAULT_MAX_FRAMES = 64
 
 
 def _check_rate(sample_rate: Any) -> float:
@@ -33,15 +35,21 @@ def _check_rate(sample_rate: Any) -> float:
     return rate
 
 
+def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
 def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_MAX_LOCKS,
-          seed: Optional[int] = None) -> None:
+          max_frames: int = DEFAULT_MAX_FRAMES, seed: Optional[int] = None) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
-    Idempotent; calling it while running changes the sampling rate."""
+    Idempotent; calling it while running changes the settings."""
     rate = _check_rate(sample_rate)
-    if isinstance(max_locks, bool) or not isinstance(max_locks, int) or max_locks < 1:
-        raise ValueError(f"max_locks must be a positive integer, got {max_locks!r}")
-    _patch.start(rate, max_locks, seed)
+    _check_int("max_locks", max_locks, 1, 2**32 - 1)
+    _check_int("max_frames", max_frames, 1, 512)
+    _patch.start(rate, max_locks, seed, max_frames)
 
 
 def stop() -> None:
@@ -75,6 +83,39 @@ def stats() -> List[Dict[str, Any]]:
     return out
 
 
+def samples() -> List[Dict[str, Any]]:
+    """Recorded events by lock and stack: one dict per (lock, stack, event).
+
+    event is "acquire" (value: estimated acquisitions), "contention" (value:
+    wait ns, exact), "hold" (value: estimated hold ns, on the releasing stack)
+    or "cond_wait" (value: ns waited in Condition.wait).  frames lists
+    (file, function, line) from the innermost frame out; omitted counts the
+    frames past max_frames."""
+    locks = {r["id"]: r for r in _lockprof.snapshot()}
+    stacks: Dict[int, Any] = {}
+    merged: Dict[Any, Dict[str, Any]] = {}
+    for lock_id, stack_id, event, count, value in _lockprof.samples():
+        if stack_id not in stacks:
+            frames, omitted = _lockprof.stack(stack_id)
+            stacks[stack_id] = (tuple(frames), omitted)
+        frames, omitted = stacks[stack_id]
+        # stacks are captured as instruction offsets; two offsets on one line
+        # (e.g. before and after CPython specialises a call) are one row here
+        key = (lock_id, event, frames, omitted)
+        row = merged.get(key)
+        if row is None:
+            lock = locks.get(lock_id, {})
+            merged[key] = {"lock_id": lock_id, "kind": lock.get("kind", "<other>"),
+                           "site": f"{lock['file']}:{lock['line']}" if lock.get("file")
+                           else "<unknown>",
+                           "event": event, "count": count, "value": value,
+                           "frames": list(frames), "omitted": omitted}
+        else:
+            row["count"] += count
+            row["value"] += value
+    return list(merged.values())
+
+
 def counters() -> Dict[str, int]:
     """Runtime counters: errors inside profiling, locks past the cap, table sizes."""
     return _lockprof.counters()
@@ -84,14 +125,17 @@ class Profiler:
     """Profile a block: ``with lockprof.Profiler(sample_rate=0.1) as p: ...``."""
 
     def __init__(self, sample_rate: float = DEFAULT_SAMPLE_RATE, *,
-                 max_locks: int = DEFAULT_MAX_LOCKS, seed: Optional[int] = None):
+                 max_locks: int = DEFAULT_MAX_LOCKS, max_frames: int = DEFAULT_MAX_FRAMES,
+                 seed: Optional[int] = None):
         self.sample_rate = _check_rate(sample_rate)
-        self.max_locks = max_locks
+        self.max_locks = _check_int("max_locks", max_locks, 1, 2**32 - 1)
+        self.max_frames = _check_int("max_frames", max_frames, 1, 512)
         self.seed = seed
 
     def start(self) -> "Profiler":
         reset()
-        start(self.sample_rate, max_locks=self.max_locks, seed=self.seed)
+        start(self.sample_rate, max_locks=self.max_locks, max_frames=self.max_frames,
+              seed=self.seed)
         return self
 
     def stop(self) -> None:
@@ -99,6 +143,9 @@ class Profiler:
 
     def stats(self) -> List[Dict[str, Any]]:
         return stats()
+
+    def samples(self) -> List[Dict[str, Any]]:
+        return samples()
 
     def __enter__(self) -> "Profiler":
         return self.start()

@@ -2,6 +2,7 @@
  * that fill them.  Everything here runs holding the GIL, on sampled or
  * contended events, on lock creation, or from the Python API. */
 #include "lp_record.h"
+#include "lp_stack.h"
 
 #if PY_VERSION_HEX >= 0x030B0000
 #  define LP_HAVE_LASTI 1
@@ -171,6 +172,7 @@ lp_flush_acquire(lp_wrapper *w, int kind, int start_hold)
     double scale = 1.0 / lp_sample_rate;
     r->acq_samples++;
     r->acq_estimate += scale;
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_ACQUIRE, 1, scale);
     if (!start_hold) {
         return;
     }
@@ -215,6 +217,8 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
     }
     r->hold_samples++;
     r->hold_ns_estimate += (double)held * r->hold_scale;
+    /* the hold is charged to the releasing stack */
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_HOLD, 1, (double)held * r->hold_scale);
     r->nholds--;
     for (uint32_t i = k; i < r->nholds; i++) {
         r->holds[i] = r->holds[i + 1];
@@ -245,6 +249,7 @@ lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
     if (wait_ns > r->max_wait_ns) {
         r->max_wait_ns = wait_ns;
     }
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_CONTENTION, 1, (double)wait_ns);
 }
 
 void
@@ -253,6 +258,7 @@ lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
     lp_lockrec *r = rec_for(w, kind);
     r->cond_waits++;
     r->cond_wait_ns += wait_ns;
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_COND_WAIT, 1, (double)wait_ns);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -376,6 +382,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
         rec_zero(recs[i]);
     }
     rec_zero(&overflow_rec);
+    lp_samples_reset();
     n_dropped_locks = 0;
     n_errors = 0;
     Py_RETURN_NONE;
@@ -384,8 +391,10 @@ lp_py_reset(PyObject *mod, PyObject *unused)
 static PyObject *
 lp_py_counters(PyObject *mod, PyObject *unused)
 {
-    return Py_BuildValue("{s:K,s:K,s:I,s:I,s:I}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
                          "dropped_locks", (unsigned long long)n_dropped_locks,
+                         "dropped_stacks", (unsigned long long)lp_dropped_stacks,
+                         "dropped_samples", (unsigned long long)lp_dropped_samples,
                          "errors", (unsigned long long)n_errors,
                          "locks", (unsigned int)nrecs,
                          "sites", (unsigned int)(nsites - 1),
@@ -395,15 +404,21 @@ lp_py_counters(PyObject *mod, PyObject *unused)
 static PyObject *
 lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", NULL};
+    static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames", NULL};
     int active;
     double rate;
     unsigned int maxl = max_locks;
     PyObject *seed = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IO:configure", kwlist,
-                                     &active, &rate, &maxl, &seed)) {
+    int maxf = lp_max_frames;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOi:configure", kwlist,
+                                     &active, &rate, &maxl, &seed, &maxf)) {
         return NULL;
     }
+    if (maxf < 1 || maxf > 512) {
+        PyErr_Format(PyExc_ValueError, "max_frames must be an integer in [1, 512], got %d", maxf);
+        return NULL;
+    }
+    lp_max_frames = maxf;
     if (!(rate >= 0.0 && rate <= 1.0)) {
         PyErr_Format(PyExc_ValueError,
                      "sample_rate must be a number in [0, 1], got %R", PyTuple_GET_ITEM(args, 1));
@@ -436,6 +451,9 @@ static PyMethodDef record_methods[] = {
 int
 lp_record_setup(PyObject *module)
 {
+    if (lp_stack_setup(module) < 0) {
+        return -1;
+    }
     return PyModule_AddFunctions(module, record_methods);
 }
 

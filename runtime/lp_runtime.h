@@ -13,6 +13,9 @@
 #include <Python.h>
 #include <structmember.h>
 #include <stdint.h>
+#if PY_VERSION_HEX < 0x030B0000
+#  include <frameobject.h>     /* PyFrame_GetBack is declared here before 3.11 */
+#endif
 
 #if PY_VERSION_HEX < 0x03090000
 #  error "lockprof needs CPython 3.9 or newer"

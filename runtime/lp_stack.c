@@ -1,0 +1,315 @@
+/* lockprof runtime: stack capture and interning, and the per-(lock, stack)
+ * sample table.  Runs on sampled or contended events only, holding the GIL.
+ *
+ * A stack is captured from the current frame with the public frame API, as
+ * (code object, instruction offset) pairs; the line is computed only when a
+ * profile is read.  A stack seen before costs a hash and a compare, no
+ * allocation. */
+#include "lp_stack.h"
+
+#if PY_VERSION_HEX >= 0x030B0000
+#  define LP_HAVE_LASTI 1
+#endif
+
+#define LP_FRAMES_CAP 512
+
+typedef struct {
+    PyObject *code;     /* strong reference once interned */
+    Py_ssize_t pos;     /* lasti (3.11+) or line (3.9, 3.10); word-sized so
+                           that frames compare with memcmp (no padding) */
+} lp_frame;
+
+typedef struct {
+    uint64_t hash;
+    uint32_t nframes;
+    uint32_t omitted;   /* frames past max_frames */
+    lp_frame *frames;   /* leaf first */
+} lp_stack;
+
+int lp_max_frames = 64;
+
+static lp_stack *stacks = NULL;          /* index 0 unused */
+static uint32_t nstacks = 1, capstacks = 0;
+static uint32_t *stack_index = NULL;     /* open addressing, 0 = empty */
+static uint32_t stack_mask = 0;
+static uint32_t max_stacks = 1u << 18;
+uint64_t lp_dropped_stacks = 0;
+
+static int
+stack_index_grow(void)
+{
+    uint32_t cap = stack_mask ? (stack_mask + 1) * 2 : 1024;
+    uint32_t *idx = PyMem_Calloc(cap, sizeof(uint32_t));
+    if (idx == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 1; i < nstacks; i++) {
+        uint32_t j = (uint32_t)stacks[i].hash & (cap - 1);
+        while (idx[j]) {
+            j = (j + 1) & (cap - 1);
+        }
+        idx[j] = i;
+    }
+    PyMem_Free(stack_index);
+    stack_index = idx;
+    stack_mask = cap - 1;
+    return 0;
+}
+
+static uint32_t
+stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
+{
+    uint64_t h = 1469598103934665603ULL ^ omitted;
+    for (uint32_t i = 0; i < n; i++) {
+        h = (h ^ (uint64_t)(uintptr_t)frames[i].code) * 1099511628211ULL;
+        h = (h ^ (uint64_t)(unsigned)frames[i].pos) * 1099511628211ULL;
+    }
+    if (stack_index == NULL || nstacks * 2 > stack_mask) {
+        if (stack_index_grow() < 0) {
+            return 0;
+        }
+    }
+    uint32_t j = (uint32_t)h & stack_mask;
+    while (stack_index[j]) {
+        const lp_stack *s = &stacks[stack_index[j]];
+        if (s->hash == h && s->nframes == n && s->omitted == omitted &&
+            memcmp(s->frames, frames, n * sizeof(lp_frame)) == 0) {
+            return stack_index[j];
+        }
+        j = (j + 1) & stack_mask;
+    }
+    if (nstacks >= max_stacks) {
+        lp_dropped_stacks++;
+        return 0;
+    }
+    if (nstacks >= capstacks) {
+        uint32_t nc = capstacks ? capstacks * 2 : 256;
+        lp_stack *ns = PyMem_Realloc(stacks, nc * sizeof(lp_stack));
+        if (ns == NULL) {
+            return 0;
+        }
+        stacks = ns;
+        capstacks = nc;
+    }
+    lp_frame *copy = PyMem_Malloc((n ? n : 1) * sizeof(lp_frame));
+    if (copy == NULL) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        copy[i].code = Py_NewRef(frames[i].code);
+        copy[i].pos = frames[i].pos;
+    }
+    uint32_t id = nstacks++;
+    stacks[id].hash = h;
+    stacks[id].nframes = n;
+    stacks[id].omitted = omitted;
+    stacks[id].frames = copy;
+    stack_index[j] = id;
+    return id;
+}
+
+uint32_t
+lp_stack_here(void)
+{
+    lp_frame buf[LP_FRAMES_CAP];
+    uint32_t n = 0, omitted = 0;
+    uint32_t limit = lp_max_frames < LP_FRAMES_CAP ? (uint32_t)lp_max_frames : LP_FRAMES_CAP;
+    PyFrameObject *f = PyEval_GetFrame();   /* borrowed */
+    Py_XINCREF(f);
+    while (f != NULL) {
+        if (n < limit) {
+            /* the frames on the stack keep their code objects alive while
+             * we walk it: the pointer is borrowed until interned */
+            PyCodeObject *code = PyFrame_GetCode(f);
+            buf[n].code = (PyObject *)code;
+#ifdef LP_HAVE_LASTI
+            buf[n].pos = PyFrame_GetLasti(f);
+#else
+            buf[n].pos = PyFrame_GetLineNumber(f);
+#endif
+            Py_DECREF(code);
+            n++;
+        }
+        else {
+            omitted++;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    return stack_intern(buf, n, omitted);
+}
+
+/* ------------------------------------------------------------------------ */
+/* samples: (lock record, stack, event) -> count, value                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    uint32_t rec, stack;
+    uint32_t event;
+    uint64_t count;
+    double value;
+} lp_sample;
+
+static lp_sample *samples = NULL;
+static uint32_t nsamples = 0, capsamples = 0;
+static uint32_t *sample_index = NULL;
+static uint32_t sample_mask = 0;
+static uint32_t max_samples = 1u << 20;
+uint64_t lp_dropped_samples = 0;
+
+static inline uint32_t
+sample_hash(uint32_t rec, uint32_t stack, uint32_t event)
+{
+    uint64_t h = ((uint64_t)rec * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)stack * 0xC2B2AE3D27D4EB4FULL) ^ event;
+    return (uint32_t)(h ^ (h >> 29));
+}
+
+static int
+sample_index_grow(void)
+{
+    uint32_t cap = sample_mask ? (sample_mask + 1) * 2 : 1024;
+    uint32_t *idx = PyMem_Calloc(cap, sizeof(uint32_t));
+    if (idx == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 0; i < nsamples; i++) {
+        uint32_t j = sample_hash(samples[i].rec, samples[i].stack, samples[i].event) & (cap - 1);
+        while (idx[j]) {
+            j = (j + 1) & (cap - 1);
+        }
+        idx[j] = i + 1;
+    }
+    PyMem_Free(sample_index);
+    sample_index = idx;
+    sample_mask = cap - 1;
+    return 0;
+}
+
+void
+lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double value)
+{
+    if (sample_index == NULL || nsamples * 2 > sample_mask) {
+        if (sample_index_grow() < 0) {
+            lp_dropped_samples++;
+            return;
+        }
+    }
+    uint32_t j = sample_hash(rec, stack, (uint32_t)event) & sample_mask;
+    while (sample_index[j]) {
+        lp_sample *s = &samples[sample_index[j] - 1];
+        if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event) {
+            s->count += count;
+            s->value += value;
+            return;
+        }
+        j = (j + 1) & sample_mask;
+    }
+    if (nsamples >= max_samples) {
+        lp_dropped_samples++;
+        return;
+    }
+    if (nsamples >= capsamples) {
+        uint32_t nc = capsamples ? capsamples * 2 : 256;
+        lp_sample *ns = PyMem_Realloc(samples, nc * sizeof(lp_sample));
+        if (ns == NULL) {
+            lp_dropped_samples++;
+            return;
+        }
+        samples = ns;
+        capsamples = nc;
+    }
+    lp_sample *s = &samples[nsamples++];
+    s->rec = rec;
+    s->stack = stack;
+    s->event = (uint32_t)event;
+    s->count = count;
+    s->value = value;
+    sample_index[j] = nsamples;
+}
+
+void
+lp_samples_reset(void)
+{
+    nsamples = 0;
+    if (sample_index != NULL) {
+        memset(sample_index, 0, (sample_mask + 1) * sizeof(uint32_t));
+    }
+    lp_dropped_samples = 0;
+    lp_dropped_stacks = 0;
+}
+
+static const char *event_names[] = {"acquire", "contention", "hold", "cond_wait"};
+
+static PyObject *
+lp_py_samples(PyObject *mod, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (uint32_t i = 0; i < nsamples; i++) {
+        const lp_sample *s = &samples[i];
+        PyObject *t = Py_BuildValue("(IIsKd)", s->rec, s->stack, event_names[s->event],
+                                    (unsigned long long)s->count, s->value);
+        if (t == NULL || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return out;
+}
+
+static PyObject *
+lp_py_stack(PyObject *mod, PyObject *arg)
+{
+    unsigned long id = PyLong_AsUnsignedLong(arg);
+    if (id == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (id == 0 || id >= nstacks) {
+        return Py_BuildValue("([]I)", 0u);
+    }
+    const lp_stack *s = &stacks[id];
+    PyObject *frames = PyList_New(s->nframes);
+    if (frames == NULL) {
+        return NULL;
+    }
+    for (uint32_t i = 0; i < s->nframes; i++) {
+        PyCodeObject *co = (PyCodeObject *)s->frames[i].code;
+#ifdef LP_HAVE_LASTI
+        int line = PyCode_Addr2Line(co, (int)s->frames[i].pos);
+#else
+        int line = (int)s->frames[i].pos;
+#endif
+        PyObject *file = PyObject_GetAttrString((PyObject *)co, "co_filename");
+        PyObject *name = PyObject_GetAttrString((PyObject *)co, "co_name");
+        PyObject *t = (file && name) ? Py_BuildValue("(OOi)", file, name, line) : NULL;
+        Py_XDECREF(file);
+        Py_XDECREF(name);
+        if (t == NULL) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+        PyList_SET_ITEM(frames, i, t);
+    }
+    PyObject *r = Py_BuildValue("(OI)", frames, s->omitted);
+    Py_DECREF(frames);
+    return r;
+}
+
+static PyMethodDef stack_methods[] = {
+    {"samples", lp_py_samples, METH_NOARGS,
+     "samples()\n--\n\n(lock id, stack id, event, count, value) for every recorded stack."},
+    {"stack", lp_py_stack, METH_O,
+     "stack(id)\n--\n\n([(file, function, line), ...] leaf first, frames omitted)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+lp_stack_setup(PyObject *module)
+{
+    return PyModule_AddFunctions(module, stack_methods);
+}

@@ -1,0 +1,18 @@
+/* lockprof runtime: stack capture/interning and the per-(lock, stack) samples. */
+#ifndef LOCKPROF_STACK_H
+#define LOCKPROF_STACK_H
+
+#include "lp_runtime.h"
+
+enum { LP_EV_ACQUIRE = 0, LP_EV_CONTENTION = 1, LP_EV_HOLD = 2, LP_EV_COND_WAIT = 3 };
+
+extern int lp_max_frames;
+extern uint64_t lp_dropped_stacks, lp_dropped_samples;
+
+/* The current Python stack, interned (0 when it could not be recorded). */
+uint32_t lp_stack_here(void);
+void lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double value);
+void lp_samples_reset(void);
+int lp_stack_setup(PyObject *module);
+
+#endif

@@ -1,0 +1,91 @@
+"""Stacks recorded with each event: the leaf is the line that took the lock,
+deep stacks are cut at max_frames with the count of what was left out, and a
+repeated stack is one row."""
+import sys
+import threading
+import time
+
+import pytest
+
+import lockprof
+
+
+def _line():
+    return sys._getframe(1).f_lineno
+
+
+def test_leaf_is_the_acquiring_line_and_stacks_are_interned():
+    lockprof.start(1.0)
+    lock = threading.Lock()
+
+    def work():
+        for _ in range(50):
+            lock.acquire(); line = _line()  # noqa: E702
+            lock.release()
+        return line
+
+    acquire_line = work()
+    lockprof.stop()
+    rows = [s for s in lockprof.samples() if s["event"] == "acquire"]
+    assert len(rows) == 1                      # one stack, seen 50 times
+    row = rows[0]
+    assert row["count"] == 50 and row["value"] == 50.0
+    file, func, line = row["frames"][0]
+    assert (file, func, line) == (__file__, "work", acquire_line)
+    assert row["frames"][1][1] == "test_leaf_is_the_acquiring_line_and_stacks_are_interned"
+    holds = [s for s in lockprof.samples() if s["event"] == "hold"]
+    assert holds and holds[0]["frames"][0][2] == acquire_line + 1   # the releasing line
+
+
+def test_deep_stack_cut_at_max_frames_with_marker():
+    lockprof.start(1.0, max_frames=5)
+    lock = threading.Lock()
+
+    def recurse(n):
+        if n == 0:
+            with lock:
+                pass
+            return
+        recurse(n - 1)
+
+    recurse(30)
+    lockprof.stop()
+    row = [s for s in lockprof.samples() if s["event"] == "acquire"][0]
+    assert len(row["frames"]) == 5
+    assert [f[1] for f in row["frames"]] == ["recurse"] * 5
+    # every frame below the 5 kept ones is counted, none is lost
+    total = 0
+    f = sys._getframe()
+    while f is not None:
+        total += 1
+        f = f.f_back
+    assert row["omitted"] == 31 - 5 + total
+
+
+def test_contention_stack_and_wait():
+    lockprof.start(0.0)
+    lock = threading.Lock()
+    lock.acquire()
+
+    def waiter():
+        with lock:
+            pass
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.05)
+    lock.release()
+    t.join()
+    lockprof.stop()
+    rows = [s for s in lockprof.samples() if s["event"] == "contention"]
+    assert len(rows) == 1 and rows[0]["count"] == 1
+    assert rows[0]["frames"][0][1] == "waiter"
+    assert rows[0]["value"] >= 0.04e9
+    assert [s for s in lockprof.samples() if s["event"] == "acquire"] == []   # rate 0
+
+
+@pytest.mark.parametrize("bad", [0, 513, "5", 2.0, True])
+def test_bad_max_frames(bad):
+    with pytest.raises(ValueError, match=r"max_frames must be an integer in \[1, 512\]"):
+        lockprof.start(max_frames=bad)
+    assert not lockprof.is_running()
