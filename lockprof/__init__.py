@@ -77,7 +77,7 @@ def stats() -> List[Dict[str, Any]]:
     for r in _lockprof.snapshot():
         r = dict(r)
         r["site"] = f"{r['file']}:{r['line']}" if r["file"] else "<unknown>"
-        r["name"] = r["site"]
+        r["name"] = f"{r['site']}:{r['var']}" if r["var"] else r["site"]
         out.append(r)
     out.sort(key=lambda r: (-r["wait_ns"], -r["acquisitions"]))
     return out

@@ -160,6 +160,7 @@ rec_for(lp_wrapper *w, int kind)
     r->id = ++nrecs;
     r->kind = kind;
     r->site = w->site;
+    r->name = lp_resolve_name((PyObject *)w);
     recs[r->id - 1] = r;
     w->rec = r;
     return r;
@@ -313,6 +314,7 @@ rec_to_dict(const lp_lockrec *r)
         put(d, "file", file) < 0 ||
         put(d, "line", PyLong_FromLong(line)) < 0 ||
         put(d, "function", func) < 0 ||
+        put(d, "var", Py_NewRef(r->name ? r->name : Py_None)) < 0 ||
         put(d, "acquisition_samples", PyLong_FromUnsignedLongLong(r->acq_samples)) < 0 ||
         put(d, "acquisitions", PyFloat_FromDouble(r->acq_estimate)) < 0 ||
         put(d, "contentions", PyLong_FromUnsignedLongLong(r->contentions)) < 0 ||
@@ -391,7 +393,8 @@ lp_py_reset(PyObject *mod, PyObject *unused)
 static PyObject *
 lp_py_counters(PyObject *mod, PyObject *unused)
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
+                         "name_errors", (unsigned long long)lp_name_errors,
                          "dropped_locks", (unsigned long long)n_dropped_locks,
                          "dropped_stacks", (unsigned long long)lp_dropped_stacks,
                          "dropped_samples", (unsigned long long)lp_dropped_samples,

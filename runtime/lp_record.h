@@ -30,9 +30,14 @@ typedef struct lp_lockrec {
     lp_hold *holds;             /* sampled holds awaiting their release */
     uint32_t nholds, capholds;
     double hold_scale;          /* 1/rate at the time holds were started */
+    PyObject *name;             /* variable name found on the first event, or NULL */
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);
+/* The variable name `obj` has in the calling frame (new reference), or NULL;
+ * never raises, never runs user code. */
+PyObject *lp_resolve_name(PyObject *obj);
+extern uint64_t lp_name_errors;
 int lp_record_setup(PyObject *module);
 int lp_record_set_kinds(PyObject *names);
 

@@ -158,3 +158,76 @@ def test_creation_site_recorded():
     r = _only("threading.Lock")
     assert r["file"] == __file__ and r["line"] == line
     assert r["site"] == f"{__file__}:{line}"
+
+
+module_lock_for_name_test = None
+
+
+class _Holder:
+    def __init__(self):
+        self.guard = threading.RLock()
+
+    def use(self):
+        with self.guard:
+            pass
+
+
+class _Slotted:
+    __slots__ = ("slot_lock",)
+
+    def __init__(self):
+        self.slot_lock = threading.Lock()
+
+    @property
+    def explode(self):               # must never be called by name lookup
+        raise AssertionError("a property was called")
+
+    def use(self):
+        with self.slot_lock:
+            pass
+
+
+def test_names_of_local_global_self_attribute_and_slot():
+    global module_lock_for_name_test
+    lockprof.start(1.0)
+    local_lock = threading.Lock()
+    with local_lock:
+        pass
+    module_lock_for_name_test = threading.Semaphore()
+
+    def use_global():
+        with module_lock_for_name_test:
+            pass
+
+    use_global()
+    _Holder().use()
+    _Slotted().use()
+    lockprof.stop()
+    found = sorted((r["kind"], r["var"]) for r in lockprof.stats())
+    assert found == [("threading.Lock", "local_lock"), ("threading.Lock", "slot_lock"),
+                     ("threading.RLock", "guard"),
+                     ("threading.Semaphore", "module_lock_for_name_test")]
+    r = [r for r in lockprof.stats() if r["var"] == "guard"][0]
+    assert r["name"] == f"{r['site']}:guard"
+    assert lockprof.counters()["name_errors"] == 0
+
+
+def test_name_lookup_never_runs_user_code():
+    class Hostile:
+        def __getattr__(self, name):
+            raise AssertionError("__getattr__ called")
+
+        def __getattribute__(self, name):
+            if name not in ("use", "__dict__", "__class__"):
+                raise AssertionError("__getattribute__ called for " + name)
+            return object.__getattribute__(self, name)
+
+        def use(self, lock):
+            with lock:
+                pass
+
+    lockprof.start(1.0)
+    h = Hostile()
+    h.use(threading.Lock())
+    lockprof.stop()
+    assert [r["var"] for r in lockprof.stats()] == ["lock"]

@@ -1,0 +1,166 @@
+/* lockprof runtime: the variable name of a lock, found once, on its first
+ * recorded event, in the frame that used it: the caller's locals, then its
+ * globals, then the attributes of its `self`.  Attributes are read only
+ * through the raw instance __dict__ and __slots__ member descriptors, so no
+ * property, __getattr__ or other user code ever runs. */
+#include "lp_record.h"
+
+uint64_t lp_name_errors = 0;
+
+/* key of `obj` in mapping `m` (identity), new reference or NULL */
+static PyObject *
+find_in_mapping(PyObject *m, PyObject *obj)
+{
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyDict_Check(m)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(m, &pos, &k, &v)) {
+            if (v == obj && PyUnicode_Check(k)) {
+                return Py_NewRef(k);
+            }
+        }
+        return NULL;
+    }
+    PyObject *items = PyMapping_Items(m);   /* 3.13's frame-locals proxy */
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *found = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items) && found == NULL; i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (PyTuple_Check(kv) && PyTuple_GET_SIZE(kv) == 2 &&
+            PyTuple_GET_ITEM(kv, 1) == obj && PyUnicode_Check(PyTuple_GET_ITEM(kv, 0))) {
+            found = Py_NewRef(PyTuple_GET_ITEM(kv, 0));
+        }
+    }
+    Py_DECREF(items);
+    return found;
+}
+
+static PyObject *
+mapping_get(PyObject *m, const char *key)
+{
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyDict_Check(m)) {
+        return Py_XNewRef(PyDict_GetItemString(m, key));
+    }
+    PyObject *r = PyMapping_GetItemString(m, key);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    return r;
+}
+
+/* the raw class attribute `name` along the MRO (borrowed), or NULL */
+static PyObject *
+raw_class_attr(PyTypeObject *tp, PyObject *name)
+{
+    PyObject *mro = tp->tp_mro;
+    if (mro == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *d = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        PyObject *v = d ? PyDict_GetItemWithError(d, name) : NULL;
+        if (v != NULL || PyErr_Occurred()) {
+            return v;
+        }
+    }
+    return NULL;
+}
+
+static PyObject *
+find_in_self(PyObject *self, PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject *found = NULL;
+    /* the instance dict, through the C getset that `type` installs */
+    PyObject *key = PyUnicode_InternFromString("__dict__");
+    PyObject *descr = key ? raw_class_attr(tp, key) : NULL;
+    Py_XDECREF(key);
+    if (descr != NULL && Py_IS_TYPE(descr, &PyGetSetDescr_Type)) {
+        PyObject *d = Py_TYPE(descr)->tp_descr_get(descr, self, (PyObject *)tp);
+        if (d != NULL && PyDict_Check(d)) {
+            found = find_in_mapping(d, obj);
+        }
+        Py_XDECREF(d);
+    }
+    PyErr_Clear();
+    /* __slots__: member descriptors only */
+    PyObject *mro = tp->tp_mro;
+    for (Py_ssize_t i = 0; found == NULL && mro && i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *cd = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        PyObject *slots = cd ? PyDict_GetItemString(cd, "__slots__") : NULL;
+        if (slots == NULL) {
+            continue;
+        }
+        PyObject *seq = PyUnicode_Check(slots) ? PyTuple_Pack(1, slots) : PySequence_Tuple(slots);
+        if (seq == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        for (Py_ssize_t j = 0; found == NULL && j < PyTuple_GET_SIZE(seq); j++) {
+            PyObject *slot = PyTuple_GET_ITEM(seq, j);
+            if (!PyUnicode_Check(slot)) {
+                continue;
+            }
+            PyObject *md = PyDict_GetItemWithError(cd, slot);
+            if (md == NULL || !Py_IS_TYPE(md, &PyMemberDescr_Type)) {
+                PyErr_Clear();
+                continue;
+            }
+            PyObject *v = Py_TYPE(md)->tp_descr_get(md, self, (PyObject *)tp);
+            if (v == obj) {
+                found = Py_NewRef(slot);
+            }
+            Py_XDECREF(v);
+            PyErr_Clear();
+        }
+        Py_DECREF(seq);
+    }
+    return found;
+}
+
+PyObject *
+lp_resolve_name(PyObject *obj)
+{
+    PyFrameObject *f = PyEval_GetFrame();
+    if (f == NULL) {
+        return NULL;
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);   /* never disturb the caller */
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *locals = PyFrame_GetLocals(f);
+#else
+    PyObject *locals = Py_XNewRef(PyEval_GetLocals());
+#endif
+    if (locals == NULL) {
+        PyErr_Clear();
+    }
+    PyObject *name = find_in_mapping(locals, obj);
+    if (name == NULL) {
+        PyErr_Clear();
+        name = find_in_mapping(PyEval_GetGlobals(), obj);
+    }
+    if (name == NULL) {
+        PyErr_Clear();
+        PyObject *self = mapping_get(locals, "self");
+        if (self != NULL) {
+            name = find_in_self(self, obj);
+            Py_DECREF(self);
+        }
+    }
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        lp_name_errors++;
+    }
+    Py_XDECREF(locals);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return name;
+}
