@@ -88,20 +88,21 @@ def samples() -> List[Dict[str, Any]]:
 
     event is "acquire" (value: estimated acquisitions), "contention" (value:
     wait ns, exact), "hold" (value: estimated hold ns, on the releasing stack)
-    or "cond_wait" (value: ns waited in Condition.wait).  frames lists
+    or "cond_wait" (value: ns waited in Condition.wait); thread_id,
+    thread_native_id and thread_name say which thread.  frames lists
     (file, function, line) from the innermost frame out; omitted counts the
     frames past max_frames."""
     locks = {r["id"]: r for r in _lockprof.snapshot()}
     stacks: Dict[int, Any] = {}
     merged: Dict[Any, Dict[str, Any]] = {}
-    for lock_id, stack_id, event, count, value in _lockprof.samples():
+    for lock_id, stack_id, event, count, value, thread in _lockprof.samples():
         if stack_id not in stacks:
             frames, omitted = _lockprof.stack(stack_id)
             stacks[stack_id] = (tuple(frames), omitted)
         frames, omitted = stacks[stack_id]
         # stacks are captured as instruction offsets; two offsets on one line
         # (e.g. before and after CPython specialises a call) are one row here
-        key = (lock_id, event, frames, omitted)
+        key = (lock_id, event, frames, omitted, thread)
         row = merged.get(key)
         if row is None:
             lock = locks.get(lock_id, {})
@@ -109,7 +110,9 @@ def samples() -> List[Dict[str, Any]]:
                            "site": f"{lock['file']}:{lock['line']}" if lock.get("file")
                            else "<unknown>",
                            "event": event, "count": count, "value": value,
-                           "frames": list(frames), "omitted": omitted}
+                           "frames": list(frames), "omitted": omitted,
+                           "thread_id": thread[0], "thread_native_id": thread[1],
+                           "thread_name": thread[2]}
         else:
             row["count"] += count
             row["value"] += value

@@ -141,12 +141,96 @@ lp_stack_here(void)
 }
 
 /* ------------------------------------------------------------------------ */
-/* samples: (lock record, stack, event) -> count, value                      */
+/* threads: ident -> (native id, name), names read once per thread          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    unsigned long ident;
+    unsigned long native_id;
+    PyObject *name;         /* str, or NULL when unknown */
+} lp_thread;
+
+static lp_thread *threads = NULL;
+static uint32_t nthreads = 0, capthreads = 0;
+static uint32_t last_thread = UINT32_MAX;
+static uint32_t max_threads = 1u << 16;
+
+/* threading.Thread's name, read from the instance dict (no user code) */
+static PyObject *
+current_thread_name(unsigned long ident)
+{
+    PyObject *name = NULL;
+    PyObject *modname = PyUnicode_FromString("threading");
+    PyObject *threading = modname ? PyImport_GetModule(modname) : NULL;
+    Py_XDECREF(modname);
+    if (threading == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *active = PyObject_GetAttrString(threading, "_active");
+    Py_DECREF(threading);
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    PyObject *th = (active && key && PyDict_Check(active)) ? PyDict_GetItemWithError(active, key) : NULL;
+    if (th != NULL) {
+        PyObject *d = PyObject_GenericGetDict(th, NULL);
+        if (d != NULL && PyDict_Check(d)) {
+            PyObject *n = PyDict_GetItemString(d, "_name");
+            if (n != NULL && PyUnicode_Check(n)) {
+                name = Py_NewRef(n);
+            }
+        }
+        Py_XDECREF(d);
+    }
+    Py_XDECREF(key);
+    Py_XDECREF(active);
+    PyErr_Clear();
+    return name;
+}
+
+static uint32_t
+thread_slot(void)
+{
+    unsigned long ident = PyThread_get_thread_ident();
+    unsigned long native = PyThread_get_thread_native_id();
+    if (last_thread < nthreads && threads[last_thread].ident == ident &&
+        threads[last_thread].native_id == native) {
+        return last_thread;
+    }
+    for (uint32_t i = 0; i < nthreads; i++) {
+        if (threads[i].ident == ident && threads[i].native_id == native) {
+            return last_thread = i;
+        }
+    }
+    if (nthreads >= max_threads) {
+        return UINT32_MAX;
+    }
+    if (nthreads >= capthreads) {
+        uint32_t nc = capthreads ? capthreads * 2 : 16;
+        lp_thread *nt = PyMem_Realloc(threads, nc * sizeof(lp_thread));
+        if (nt == NULL) {
+            return UINT32_MAX;
+        }
+        threads = nt;
+        capthreads = nc;
+    }
+    lp_thread *t = &threads[nthreads];
+    t->ident = ident;
+    t->native_id = native;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    t->name = current_thread_name(ident);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return last_thread = nthreads++;
+}
+
+/* ------------------------------------------------------------------------ */
+/* samples: (lock record, stack, event, thread) -> count, value              */
 /* ------------------------------------------------------------------------ */
 
 typedef struct {
     uint32_t rec, stack;
     uint32_t event;
+    uint32_t thread;        /* index into threads, UINT32_MAX if unknown */
     uint64_t count;
     double value;
 } lp_sample;
@@ -159,9 +243,10 @@ static uint32_t max_samples = 1u << 20;
 uint64_t lp_dropped_samples = 0;
 
 static inline uint32_t
-sample_hash(uint32_t rec, uint32_t stack, uint32_t event)
+sample_hash(uint32_t rec, uint32_t stack, uint32_t event, uint32_t thread)
 {
-    uint64_t h = ((uint64_t)rec * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)stack * 0xC2B2AE3D27D4EB4FULL) ^ event;
+    uint64_t h = ((uint64_t)rec * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)stack * 0xC2B2AE3D27D4EB4FULL) ^
+                 ((uint64_t)thread * 0x165667B19E3779F9ULL) ^ event;
     return (uint32_t)(h ^ (h >> 29));
 }
 
@@ -174,7 +259,8 @@ sample_index_grow(void)
         return -1;
     }
     for (uint32_t i = 0; i < nsamples; i++) {
-        uint32_t j = sample_hash(samples[i].rec, samples[i].stack, samples[i].event) & (cap - 1);
+        uint32_t j = sample_hash(samples[i].rec, samples[i].stack, samples[i].event,
+                                 samples[i].thread) & (cap - 1);
         while (idx[j]) {
             j = (j + 1) & (cap - 1);
         }
@@ -195,10 +281,12 @@ lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double va
             return;
         }
     }
-    uint32_t j = sample_hash(rec, stack, (uint32_t)event) & sample_mask;
+    uint32_t thread = thread_slot();
+    uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread) & sample_mask;
     while (sample_index[j]) {
         lp_sample *s = &samples[sample_index[j] - 1];
-        if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event) {
+        if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event &&
+            s->thread == thread) {
             s->count += count;
             s->value += value;
             return;
@@ -223,6 +311,7 @@ lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double va
     s->rec = rec;
     s->stack = stack;
     s->event = (uint32_t)event;
+    s->thread = thread;
     s->count = count;
     s->value = value;
     sample_index[j] = nsamples;
@@ -250,8 +339,11 @@ lp_py_samples(PyObject *mod, PyObject *unused)
     }
     for (uint32_t i = 0; i < nsamples; i++) {
         const lp_sample *s = &samples[i];
-        PyObject *t = Py_BuildValue("(IIsKd)", s->rec, s->stack, event_names[s->event],
-                                    (unsigned long long)s->count, s->value);
+        const lp_thread *th = s->thread < nthreads ? &threads[s->thread] : NULL;
+        PyObject *t = Py_BuildValue("(IIsKd(kkO))", s->rec, s->stack, event_names[s->event],
+                                    (unsigned long long)s->count, s->value,
+                                    th ? th->ident : 0UL, th ? th->native_id : 0UL,
+                                    (th && th->name) ? th->name : Py_None);
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(out);
@@ -302,7 +394,7 @@ lp_py_stack(PyObject *mod, PyObject *arg)
 
 static PyMethodDef stack_methods[] = {
     {"samples", lp_py_samples, METH_NOARGS,
-     "samples()\n--\n\n(lock id, stack id, event, count, value) for every recorded stack."},
+     "samples()\n--\n\n(lock id, stack id, event, count, value, (thread id, native id, name))."},
     {"stack", lp_py_stack, METH_O,
      "stack(id)\n--\n\n([(file, function, line), ...] leaf first, frames omitted)."},
     {NULL, NULL, 0, NULL},

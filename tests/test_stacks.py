@@ -89,3 +89,33 @@ def test_bad_max_frames(bad):
     with pytest.raises(ValueError, match=r"max_frames must be an integer in \[1, 512\]"):
         lockprof.start(max_frames=bad)
     assert not lockprof.is_running()
+
+
+def test_samples_carry_thread_identity_after_the_thread_exited():
+    lockprof.start(1.0)
+    lock = threading.Lock()
+    native_ids = {}
+
+    def worker():
+        native_ids[threading.current_thread().name] = threading.get_native_id()
+        for _ in range(3):
+            with lock:
+                pass
+
+    threads = [threading.Thread(target=worker, name=f"worker-{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+        t.join()                      # exited before the profile is read
+    with lock:
+        pass
+    lockprof.stop()
+    rows = [s for s in lockprof.samples() if s["event"] == "acquire"]
+    by_name = {}
+    for r in rows:
+        by_name[r["thread_name"]] = by_name.get(r["thread_name"], 0) + r["count"]
+    assert by_name == {"worker-0": 3, "worker-1": 3, threading.current_thread().name: 1}
+    for r in rows:
+        if r["thread_name"].startswith("worker-"):
+            assert r["thread_native_id"] == native_ids[r["thread_name"]]
+    assert {r["thread_id"] for r in rows if r["thread_name"] == threading.current_thread().name} \
+        == {threading.get_ident()}
