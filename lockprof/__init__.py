@@ -24,6 +24,7 @@ __all__ = ["start", "stop", "is_running", "stats", "samples", "reset", "Profiler
 DEFAULT_SAMPLE_RATE = 0.01
 DEFAULT_MAX_LOCKS = 100_000
 DEFAULT_MAX_FRAMES = 64
+DEFAULT_WAIT_PERIOD_NS = 1_000_000
 
 
 def _check_rate(sample_rate: Any) -> float:
@@ -42,14 +43,16 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
 
 
 def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_MAX_LOCKS,
-          max_frames: int = DEFAULT_MAX_FRAMES, seed: Optional[int] = None) -> None:
+          max_frames: int = DEFAULT_MAX_FRAMES, wait_period_ns: int = DEFAULT_WAIT_PERIOD_NS,
+          seed: Optional[int] = None) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
     Idempotent; calling it while running changes the settings."""
     rate = _check_rate(sample_rate)
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
-    _patch.start(rate, max_locks, seed, max_frames)
+    _check_int("wait_period_ns", wait_period_ns, 1, 2**62)
+    _patch.start(rate, max_locks, seed, max_frames, wait_period_ns)
 
 
 def stop() -> None:
@@ -86,16 +89,19 @@ def stats() -> List[Dict[str, Any]]:
 def samples() -> List[Dict[str, Any]]:
     """Recorded events by lock and stack: one dict per (lock, stack, event).
 
-    event is "acquire" (value: estimated acquisitions), "contention" (value:
-    wait ns, exact), "hold" (value: estimated hold ns, on the releasing stack)
-    or "cond_wait" (value: ns waited in Condition.wait); thread_id,
+    event is "acquire", "contention" (value: ns waited), "hold" (value: ns
+    held, on the releasing stack) or "cond_wait" (value: ns in
+    Condition.wait).  count and value are estimates scaled by the inverse of
+    the sampling probability (acquisitions and holds: sample_rate; waits: in
+    proportion to their length, see wait_period_ns); samples is how many
+    stacks were actually taken.  thread_id,
     thread_native_id and thread_name say which thread.  frames lists
     (file, function, line) from the innermost frame out; omitted counts the
     frames past max_frames."""
     locks = {r["id"]: r for r in _lockprof.snapshot()}
     stacks: Dict[int, Any] = {}
     merged: Dict[Any, Dict[str, Any]] = {}
-    for lock_id, stack_id, event, count, value, thread in _lockprof.samples():
+    for lock_id, stack_id, event, count, estimate, value, thread in _lockprof.samples():
         if stack_id not in stacks:
             frames, omitted = _lockprof.stack(stack_id)
             stacks[stack_id] = (tuple(frames), omitted)
@@ -109,12 +115,14 @@ def samples() -> List[Dict[str, Any]]:
             merged[key] = {"lock_id": lock_id, "kind": lock.get("kind", "<other>"),
                            "site": f"{lock['file']}:{lock['line']}" if lock.get("file")
                            else "<unknown>",
-                           "event": event, "count": count, "value": value,
+                           "event": event, "samples": count, "count": estimate,
+                           "value": value,
                            "frames": list(frames), "omitted": omitted,
                            "thread_id": thread[0], "thread_native_id": thread[1],
                            "thread_name": thread[2]}
         else:
-            row["count"] += count
+            row["samples"] += count
+            row["count"] += estimate
             row["value"] += value
     return list(merged.values())
 

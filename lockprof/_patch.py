@@ -66,11 +66,12 @@ def excluded_globals() -> list:
     return dicts
 
 
-def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64) -> None:
+def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
+          wait_period_ns: int = 1_000_000) -> None:
     global _running
     with _guard:
         if _running:
-            _lockprof.configure(True, sample_rate, max_locks, seed, max_frames)
+            _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns)
             return
         origs = _originals()
         by_id: Dict[int, object] = {}
@@ -82,7 +83,7 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64) -> Non
             by_id[id(orig)] = factory
         _lockprof.set_excluded(excluded_globals())
         _scan_and_rebind(by_id)
-        _lockprof.configure(True, sample_rate, max_locks, seed, max_frames)
+        _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns)
         _running = True
 
 

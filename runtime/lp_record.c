@@ -173,7 +173,7 @@ lp_flush_acquire(lp_wrapper *w, int kind, int start_hold)
     double scale = 1.0 / lp_sample_rate;
     r->acq_samples++;
     r->acq_estimate += scale;
-    lp_sample_add(r->id, lp_stack_here(), LP_EV_ACQUIRE, 1, scale);
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_ACQUIRE, scale, 0.0);
     if (!start_hold) {
         return;
     }
@@ -219,7 +219,7 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
     r->hold_samples++;
     r->hold_ns_estimate += (double)held * r->hold_scale;
     /* the hold is charged to the releasing stack */
-    lp_sample_add(r->id, lp_stack_here(), LP_EV_HOLD, 1, (double)held * r->hold_scale);
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_HOLD, r->hold_scale, (double)held * r->hold_scale);
     r->nholds--;
     for (uint32_t i = k; i < r->nholds; i++) {
         r->holds[i] = r->holds[i + 1];
@@ -238,6 +238,25 @@ lp_record_forget_holds(lp_wrapper *w)
     w->flags &= ~LP_W_HOLDING;
 }
 
+/* Stacks of waits are sampled in proportion to the time waited: a wait of
+ * at least lp_wait_period_ns is always kept, a shorter one with probability
+ * wait/period and then weighted by period/wait, so the scaled totals are
+ * unbiased and capturing stacks costs at most one capture per period of
+ * time the program already lost waiting.  (The per-lock counters above are
+ * exact.) */
+int64_t lp_wait_period_ns = 1000000;
+
+static void
+sample_wait(lp_lockrec *r, int event, int64_t wait_ns)
+{
+    double w = wait_ns > 0 ? (double)wait_ns : 1.0;
+    double p = w >= (double)lp_wait_period_ns ? 1.0 : w / (double)lp_wait_period_ns;
+    if (p < 1.0 && lp_rand_unit() >= p) {
+        return;
+    }
+    lp_sample_add(r->id, lp_stack_here(), event, 1.0 / p, (double)wait_ns / p);
+}
+
 void
 lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
 {
@@ -250,7 +269,7 @@ lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
     if (wait_ns > r->max_wait_ns) {
         r->max_wait_ns = wait_ns;
     }
-    lp_sample_add(r->id, lp_stack_here(), LP_EV_CONTENTION, 1, (double)wait_ns);
+    sample_wait(r, LP_EV_CONTENTION, wait_ns);
 }
 
 void
@@ -259,7 +278,7 @@ lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
     lp_lockrec *r = rec_for(w, kind);
     r->cond_waits++;
     r->cond_wait_ns += wait_ns;
-    lp_sample_add(r->id, lp_stack_here(), LP_EV_COND_WAIT, 1, (double)wait_ns);
+    sample_wait(r, LP_EV_COND_WAIT, wait_ns);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -407,16 +426,23 @@ lp_py_counters(PyObject *mod, PyObject *unused)
 static PyObject *
 lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames", NULL};
+    static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames",
+                             "wait_period_ns", NULL};
     int active;
     double rate;
     unsigned int maxl = max_locks;
     PyObject *seed = Py_None;
     int maxf = lp_max_frames;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOi:configure", kwlist,
-                                     &active, &rate, &maxl, &seed, &maxf)) {
+    long long period = lp_wait_period_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiL:configure", kwlist,
+                                     &active, &rate, &maxl, &seed, &maxf, &period)) {
         return NULL;
     }
+    if (period < 1) {
+        PyErr_Format(PyExc_ValueError, "wait_period_ns must be a positive integer, got %lld", period);
+        return NULL;
+    }
+    lp_wait_period_ns = period;
     if (maxf < 1 || maxf > 512) {
         PyErr_Format(PyExc_ValueError, "max_frames must be an integer in [1, 512], got %d", maxf);
         return NULL;

@@ -44,6 +44,7 @@ int lp_record_set_kinds(PyObject *names);
 extern double lp_sample_rate;
 void lp_sampling_configure(int active, double rate);
 void lp_seed(uint64_t seed);
+double lp_rand_unit(void);      /* uniform in [0, 1) */
 int lp_runtime_setup(void);
 int lp_async_setup(PyObject *module);
 /* the factory currently installed in place of class `cls`, or NULL */

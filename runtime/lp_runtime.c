@@ -127,6 +127,12 @@ lp_rand64(void)
     return z ^ (z >> 31);
 }
 
+double
+lp_rand_unit(void)
+{
+    return (double)(lp_rand64() >> 11) * (1.0 / 9007199254740992.0);
+}
+
 void
 lp_seed(uint64_t seed)
 {

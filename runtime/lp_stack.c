@@ -231,8 +231,9 @@ typedef struct {
     uint32_t rec, stack;
     uint32_t event;
     uint32_t thread;        /* index into threads, UINT32_MAX if unknown */
-    uint64_t count;
-    double value;
+    uint64_t count;         /* stack samples taken */
+    double estimate;        /* events they stand for (scaled) */
+    double value;           /* ns they stand for (scaled) */
 } lp_sample;
 
 static lp_sample *samples = NULL;
@@ -273,7 +274,7 @@ sample_index_grow(void)
 }
 
 void
-lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double value)
+lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value)
 {
     if (sample_index == NULL || nsamples * 2 > sample_mask) {
         if (sample_index_grow() < 0) {
@@ -287,7 +288,8 @@ lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double va
         lp_sample *s = &samples[sample_index[j] - 1];
         if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event &&
             s->thread == thread) {
-            s->count += count;
+            s->count += 1;
+            s->estimate += estimate;
             s->value += value;
             return;
         }
@@ -312,7 +314,8 @@ lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double va
     s->stack = stack;
     s->event = (uint32_t)event;
     s->thread = thread;
-    s->count = count;
+    s->count = 1;
+    s->estimate = estimate;
     s->value = value;
     sample_index[j] = nsamples;
 }
@@ -340,8 +343,8 @@ lp_py_samples(PyObject *mod, PyObject *unused)
     for (uint32_t i = 0; i < nsamples; i++) {
         const lp_sample *s = &samples[i];
         const lp_thread *th = s->thread < nthreads ? &threads[s->thread] : NULL;
-        PyObject *t = Py_BuildValue("(IIsKd(kkO))", s->rec, s->stack, event_names[s->event],
-                                    (unsigned long long)s->count, s->value,
+        PyObject *t = Py_BuildValue("(IIsKdd(kkO))", s->rec, s->stack, event_names[s->event],
+                                    (unsigned long long)s->count, s->estimate, s->value,
                                     th ? th->ident : 0UL, th ? th->native_id : 0UL,
                                     (th && th->name) ? th->name : Py_None);
         if (t == NULL || PyList_Append(out, t) < 0) {
@@ -394,7 +397,7 @@ lp_py_stack(PyObject *mod, PyObject *arg)
 
 static PyMethodDef stack_methods[] = {
     {"samples", lp_py_samples, METH_NOARGS,
-     "samples()\n--\n\n(lock id, stack id, event, count, value, (thread id, native id, name))."},
+     "samples()\n--\n\n(lock id, stack id, event, samples, estimated events, estimated ns, (thread id, native id, name))."},
     {"stack", lp_py_stack, METH_O,
      "stack(id)\n--\n\n([(file, function, line), ...] leaf first, frames omitted)."},
     {NULL, NULL, 0, NULL},

@@ -11,7 +11,9 @@ extern uint64_t lp_dropped_stacks, lp_dropped_samples;
 
 /* The current Python stack, interned (0 when it could not be recorded). */
 uint32_t lp_stack_here(void);
-void lp_sample_add(uint32_t rec, uint32_t stack, int event, uint64_t count, double value);
+/* one recorded stack sample: `estimate` events (already scaled by the
+ * inverse of its sampling probability) worth `value` ns in total */
+void lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value);
 void lp_samples_reset(void);
 int lp_stack_setup(PyObject *module);
 

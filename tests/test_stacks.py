@@ -29,7 +29,7 @@ def test_leaf_is_the_acquiring_line_and_stacks_are_interned():
     rows = [s for s in lockprof.samples() if s["event"] == "acquire"]
     assert len(rows) == 1                      # one stack, seen 50 times
     row = rows[0]
-    assert row["count"] == 50 and row["value"] == 50.0
+    assert row["samples"] == 50 and row["count"] == 50.0
     file, func, line = row["frames"][0]
     assert (file, func, line) == (__file__, "work", acquire_line)
     assert row["frames"][1][1] == "test_leaf_is_the_acquiring_line_and_stacks_are_interned"
@@ -78,7 +78,7 @@ def test_contention_stack_and_wait():
     t.join()
     lockprof.stop()
     rows = [s for s in lockprof.samples() if s["event"] == "contention"]
-    assert len(rows) == 1 and rows[0]["count"] == 1
+    assert len(rows) == 1 and rows[0]["count"] == 1.0 and rows[0]["samples"] == 1
     assert rows[0]["frames"][0][1] == "waiter"
     assert rows[0]["value"] >= 0.04e9
     assert [s for s in lockprof.samples() if s["event"] == "acquire"] == []   # rate 0
@@ -119,3 +119,29 @@ def test_samples_carry_thread_identity_after_the_thread_exited():
             assert r["thread_native_id"] == native_ids[r["thread_name"]]
     assert {r["thread_id"] for r in rows if r["thread_name"] == threading.current_thread().name} \
         == {threading.get_ident()}
+
+
+def test_short_waits_sampled_in_proportion_and_unbiased():
+    """Waits shorter than the period keep their stack with probability
+    wait/period; the scaled per-stack total still estimates the exact
+    per-lock wait."""
+    lockprof.start(0.0, wait_period_ns=5_000_000, seed=7)    # 5 ms period
+    lock = threading.Lock()
+    rounds = 200
+    for _ in range(rounds):
+        lock.acquire()
+        t = threading.Thread(target=lambda: (lock.acquire(), lock.release()))
+        t.start()
+        time.sleep(0.001)            # the thread waits about 1 ms
+        lock.release()
+        t.join()
+    lockprof.stop()
+    rec = [r for r in lockprof.stats() if r["kind"] == "threading.Lock"][0]
+    rows = [s for s in lockprof.samples() if s["event"] == "contention"]
+    taken = sum(r["samples"] for r in rows)
+    assert rec["contentions"] >= rounds * 0.9
+    assert 0 < taken < rec["contentions"] * 0.8       # short waits were thinned
+    est_wait = sum(r["value"] for r in rows)
+    est_count = sum(r["count"] for r in rows)
+    assert abs(est_wait - rec["wait_ns"]) <= 0.5 * rec["wait_ns"]
+    assert abs(est_count - rec["contentions"]) <= 0.5 * rec["contentions"]
