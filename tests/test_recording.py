@@ -231,3 +231,48 @@ def test_name_lookup_never_runs_user_code():
     h.use(threading.Lock())
     lockprof.stop()
     assert [r["var"] for r in lockprof.stats()] == ["lock"]
+
+
+def test_uncontended_estimate_within_10_percent_at_default_rate():
+    lockprof.start(0.01)
+    l = threading.Lock()
+    n = 300_000                      # ~3,000 samples: sigma ~1.8%
+    for _ in range(n):
+        l.acquire()
+        l.release()
+    lockprof.stop()
+    r = [r for r in lockprof.stats() if r["kind"] == "threading.Lock"][0]
+    assert abs(r["acquisitions"] - n) <= 0.10 * n
+
+
+def test_period_100_round_robin_does_not_alias():
+    """A lock used once every 100 operations gets its share of the samples.
+    A fixed every-100th counter would give it all of them or none."""
+    lockprof.start(0.01)
+    rare, common = threading.Lock(), threading.Lock()
+    reps = 20_000                    # rare: 20,000 uses, ~200 samples
+    for _ in range(reps):
+        rare.acquire(); rare.release()  # noqa: E702
+        for _ in range(99):
+            common.acquire(); common.release()  # noqa: E702
+    lockprof.stop()
+    est = {r["var"]: r["acquisitions"] for r in lockprof.stats()}
+    assert abs(est["rare"] - reps) <= 0.25 * reps
+    assert abs(est["common"] - 99 * reps) <= 0.05 * 99 * reps
+
+
+def test_hold_time_within_15_percent_at_10_percent_rate():
+    lockprof.start(0.10)
+    l = threading.Lock()
+    n = 5000                         # ~500 sampled holds: sigma ~4%
+    held = 0
+    for _ in range(n):
+        l.acquire()
+        t0 = time.perf_counter_ns()
+        while time.perf_counter_ns() - t0 < 50_000:   # hold 50 us
+            pass
+        held += time.perf_counter_ns() - t0
+        l.release()
+    lockprof.stop()
+    r = [r for r in lockprof.stats() if r["kind"] == "threading.Lock"][0]
+    assert abs(r["hold_ns"] - held) <= 0.15 * held
