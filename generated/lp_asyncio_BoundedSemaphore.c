@@ -68,13 +68,14 @@ lp_asyncio_BoundedSemaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
-/* release: ends this owner's sampled hold, if one is pending */
+/* release: ends this owner's sampled hold, if one is pending, and marks the
+ * release others were waiting for */
 static inline PyObject *
 lp_asyncio_BoundedSemaphore_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = 0;
-    if (LP_UNLIKELY(self->flags & LP_W_HOLDING)) {
+    if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE)) {
         t = lp_now_ns();
     }
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);

@@ -86,13 +86,14 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
-/* release: ends this owner's sampled hold, if one is pending */
+/* release: ends this owner's sampled hold, if one is pending, and marks the
+ * release others were waiting for */
 static inline PyObject *
 lp_threading_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = 0;
-    if (LP_UNLIKELY(self->flags & LP_W_HOLDING) && self->depth == 1) {
+    if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE) && self->depth == 1) {
         t = lp_now_ns();
     }
     PyObject *target = self->inner;

@@ -93,13 +93,14 @@ lp_threading_RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
-/* release: ends this owner's sampled hold, if one is pending */
+/* release: ends this owner's sampled hold, if one is pending, and marks the
+ * release others were waiting for */
 static inline PyObject *
 lp_threading_RLock_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = 0;
-    if (LP_UNLIKELY(self->flags & LP_W_HOLDING) && self->depth == 1) {
+    if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE) && self->depth == 1) {
         t = lp_now_ns();
     }
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
@@ -158,7 +159,7 @@ lp_threading_RLock_is_owned(lp_wrapper *self, PyObject *const *args, Py_ssize_t 
 static PyObject *
 lp_threading_RLock_release_save(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    int64_t t = (self->flags & LP_W_HOLDING) ? lp_now_ns() : 0;
+    int64_t t = (self->flags & LP_W_ON_RELEASE) ? lp_now_ns() : 0;
     PyObject *r = lp_call(&lp_threading_RLock_m_release_save, self->inner, args, nargs, kwnames);
     if (r != NULL) {
         self->depth = 0;

@@ -118,6 +118,7 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
         !(w->flags & LP_W_DELEGATED)) {
         if (a->t0 != 0) {
             lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, value == Py_True);
+            a->t0 = 0;
         }
         if (value == Py_True && LP_SAMPLED()) {
             lp_flush_acquire(w, a->kind, 1);
@@ -135,12 +136,25 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
     return LP_SEND_RETURN;
 }
 
+/* an acquire that suspended and will not complete (error, cancellation) */
+static void
+abort_wait(lp_awaitable *a)
+{
+    if (a->t0 != 0 && (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER)) {
+        lp_wait_abort(a->w);
+    }
+    a->t0 = 0;
+}
+
 static lp_send_result
 step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
 {
     if (res == LP_SEND_NEXT) {
         if (a->t0 == 0 && lp_active) {
             a->t0 = lp_now_ns();
+            if (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) {
+                lp_wait_begin(a->w, a->kind);
+            }
         }
         *result = value;
         return LP_SEND_NEXT;
@@ -149,6 +163,7 @@ step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
         return finish(a, value, result);
     }
     a->done = 1;
+    abort_wait(a);
     *result = NULL;
     return LP_SEND_ERROR;
 }
@@ -278,6 +293,7 @@ aw_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return stop_iteration(out);
     }
     a->done = 1;
+    abort_wait(a);
     return NULL;
 }
 
@@ -286,6 +302,7 @@ aw_close(PyObject *self, PyObject *unused)
 {
     lp_awaitable *a = (lp_awaitable *)self;
     a->done = 1;
+    abort_wait(a);
     if (a->coro == NULL) {
         Py_RETURN_NONE;
     }
@@ -320,6 +337,9 @@ aw_dealloc(lp_awaitable *a)
 {
     PyTypeObject *tp = Py_TYPE(a);
     PyObject_GC_UnTrack(a);
+    if (a->w != NULL && !a->done) {
+        abort_wait(a);
+    }
     aw_clear(a);
     tp->tp_free((PyObject *)a);
     Py_DECREF(tp);

@@ -198,7 +198,19 @@ void
 lp_flush_release(lp_wrapper *w, int64_t t_release)
 {
     lp_lockrec *r = w->rec;
-    if (r == NULL || r->nholds == 0) {
+    if (r == NULL) {
+        w->flags &= ~LP_W_ON_RELEASE;
+        return;
+    }
+    if (w->flags & LP_W_WAITERS) {
+        /* someone is blocked on this lock: this release is what they wait
+         * for, and its stack is charged their delay when they get it */
+        r->release_stack = lp_stack_here();
+    }
+    if (!(w->flags & LP_W_HOLDING)) {
+        return;
+    }
+    if (r->nholds == 0) {
         w->flags &= ~LP_W_HOLDING;
         return;
     }
@@ -230,12 +242,30 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
 }
 
 void
+lp_wait_begin(lp_wrapper *w, int kind)
+{
+    lp_lockrec *r = rec_for(w, kind);
+    r->nwaiting++;
+    w->flags |= LP_W_WAITERS;
+}
+
+void
+lp_wait_abort(lp_wrapper *w)
+{
+    lp_lockrec *r = w->rec;
+    if (r != NULL && r->nwaiting > 0 && --r->nwaiting == 0) {
+        w->flags &= ~LP_W_WAITERS;
+    }
+}
+
+void
 lp_record_forget_holds(lp_wrapper *w)
 {
     if (w->rec != NULL) {
         w->rec->nholds = 0;
+        w->rec->nwaiting = 0;
     }
-    w->flags &= ~LP_W_HOLDING;
+    w->flags &= ~LP_W_ON_RELEASE;
 }
 
 /* Stacks of waits are sampled in proportion to the time waited: a wait of
@@ -247,14 +277,14 @@ lp_record_forget_holds(lp_wrapper *w)
 int64_t lp_wait_period_ns = 1000000;
 
 static void
-sample_wait(lp_lockrec *r, int event, int64_t wait_ns)
+sample_wait(lp_lockrec *r, int event, int64_t wait_ns, uint32_t stack, int here)
 {
     double w = wait_ns > 0 ? (double)wait_ns : 1.0;
     double p = w >= (double)lp_wait_period_ns ? 1.0 : w / (double)lp_wait_period_ns;
     if (p < 1.0 && lp_rand_unit() >= p) {
         return;
     }
-    lp_sample_add(r->id, lp_stack_here(), event, 1.0 / p, (double)wait_ns / p);
+    lp_sample_add(r->id, here ? lp_stack_here() : stack, event, 1.0 / p, (double)wait_ns / p);
 }
 
 void
@@ -269,7 +299,13 @@ lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
     if (wait_ns > r->max_wait_ns) {
         r->max_wait_ns = wait_ns;
     }
-    sample_wait(r, LP_EV_CONTENTION, wait_ns);
+    sample_wait(r, LP_EV_CONTENTION, wait_ns, 0, 1);
+    /* Go's mutex profile: the delay is also charged to the release that
+     * ended the wait, so the critical section that made others wait shows */
+    sample_wait(r, LP_EV_DELAY, wait_ns, r->release_stack, 0);
+    if (r->nwaiting > 0 && --r->nwaiting == 0) {
+        w->flags &= ~LP_W_WAITERS;
+    }
 }
 
 void
@@ -278,7 +314,7 @@ lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
     lp_lockrec *r = rec_for(w, kind);
     r->cond_waits++;
     r->cond_wait_ns += wait_ns;
-    sample_wait(r, LP_EV_COND_WAIT, wait_ns);
+    sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0, 1);
 }
 
 /* ------------------------------------------------------------------------ */

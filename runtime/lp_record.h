@@ -31,6 +31,8 @@ typedef struct lp_lockrec {
     uint32_t nholds, capholds;
     double hold_scale;          /* 1/rate at the time holds were started */
     PyObject *name;             /* variable name found on the first event, or NULL */
+    uint32_t nwaiting;          /* profiled acquires blocked on it now */
+    uint32_t release_stack;     /* stack of the last release that had waiters */
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);

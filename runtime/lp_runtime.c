@@ -245,11 +245,15 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
     else if (!lp_active) {
         return lp_call(acquire, target, args, nargs, kwnames);
     }
+    lp_wait_begin(w, kind);
     int64_t t0 = lp_now_ns();
     PyObject *r = lp_call(acquire, target, args, nargs, kwnames);
     int64_t t1 = lp_now_ns();
     if (r != NULL) {
         lp_flush_contended(w, kind, t1 - t0, r == Py_True);
+    }
+    else {
+        lp_wait_abort(w);
     }
     return r;
 }
@@ -262,7 +266,7 @@ lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
         return lp_call(m, w->inner, args, nargs, kwnames);
     }
     int64_t t0 = lp_now_ns();
-    if (w->flags & LP_W_HOLDING) {
+    if (w->flags & LP_W_ON_RELEASE) {
         /* the wait releases the lock: the sampled hold ends here */
         lp_flush_release(w, t0);
     }

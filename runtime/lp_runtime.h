@@ -137,8 +137,8 @@ typedef struct {
     PyObject *weakreflist;
     struct lp_lockrec *rec;     /* runtime record, made on the first recorded event */
     uint32_t site;              /* creation site id (0: unknown) */
-    uint32_t depth : 30;        /* recursion depth, reentrant types only */
-    uint32_t flags : 2;         /* LP_W_* */
+    uint32_t depth : 29;        /* recursion depth, reentrant types only */
+    uint32_t flags : 3;         /* LP_W_* */
 } lp_wrapper;
 
 /* Wrapper of a Condition whose acquire/release are its lock's methods, bound
@@ -156,6 +156,9 @@ int lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg);
 int lp_cond_clear(lp_cond_wrapper *self);
 
 #define LP_W_HOLDING   0x1      /* a sampled acquire awaits its release */
+#define LP_W_WAITERS   0x4      /* a profiled acquire is blocked on this lock:
+                                   its release stack is charged the delay */
+#define LP_W_ON_RELEASE (LP_W_HOLDING | LP_W_WAITERS)
 #define LP_W_DELEGATED 0x2      /* a Condition over a lockprof-wrapped lock:
                                    the lock records, the Condition does not */
 
@@ -182,9 +185,14 @@ int64_t lp_now_ns(void);
 
 /* A sampled acquisition: count it, start the hold of this owner. */
 void lp_flush_acquire(lp_wrapper *w, int kind, int start_hold);
-/* A contended acquisition (always recorded), wait_ns spent blocked. */
+/* A profiled acquire is about to block (or an asyncio one suspended). */
+void lp_wait_begin(lp_wrapper *w, int kind);
+/* ... and did not complete (an exception, a cancellation). */
+void lp_wait_abort(lp_wrapper *w);
+/* A contended acquisition (always recorded), wait_ns spent blocked; ends the
+ * wait lp_wait_begin started. */
 void lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired);
-/* Release of a wrapper that has a sampled hold pending. */
+/* Release of a wrapper with a sampled hold pending or a waiter blocked. */
 void lp_flush_release(lp_wrapper *w, int64_t t_release);
 /* A Condition wait that returned after wait_ns. */
 void lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns);

@@ -331,7 +331,7 @@ lp_samples_reset(void)
     lp_dropped_stacks = 0;
 }
 
-static const char *event_names[] = {"acquire", "contention", "hold", "cond_wait"};
+static const char *event_names[] = {"acquire", "contention", "hold", "cond_wait", "delay"};
 
 static PyObject *
 lp_py_samples(PyObject *mod, PyObject *unused)

@@ -4,7 +4,8 @@
 
 #include "lp_runtime.h"
 
-enum { LP_EV_ACQUIRE = 0, LP_EV_CONTENTION = 1, LP_EV_HOLD = 2, LP_EV_COND_WAIT = 3 };
+enum { LP_EV_ACQUIRE = 0, LP_EV_CONTENTION = 1, LP_EV_HOLD = 2, LP_EV_COND_WAIT = 3,
+       LP_EV_DELAY = 4 };
 
 extern int lp_max_frames;
 extern uint64_t lp_dropped_stacks, lp_dropped_samples;

@@ -145,3 +145,38 @@ def test_short_waits_sampled_in_proportion_and_unbiased():
     est_count = sum(r["count"] for r in rows)
     assert abs(est_wait - rec["wait_ns"]) <= 0.5 * rec["wait_ns"]
     assert abs(est_count - rec["contentions"]) <= 0.5 * rec["contentions"]
+
+
+def test_delay_is_charged_to_the_holders_release_stack():
+    """Go's mutex-profile view: who made others wait, not only who waited."""
+    lockprof.start(0.0)
+    lock = threading.Lock()
+    waited = []
+    started = threading.Event()
+
+    def waiter():
+        started.wait()
+        t0 = time.monotonic_ns()
+        with lock:
+            waited.append(time.monotonic_ns() - t0)
+
+    def slow_critical_section():
+        with lock:
+            started.set()
+            time.sleep(0.05)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    slow_critical_section()
+    with_line = slow_critical_section.__code__.co_firstlineno + 1
+    t.join()
+    lockprof.stop()
+    delay = [s for s in lockprof.samples() if s["event"] == "delay"]
+    assert len(delay) == 1
+    func, line = delay[0]["frames"][0][1:]
+    # CPython attributes a with-block's exit to the `with` line (3.10+) or to
+    # the block's last line (3.9)
+    assert func == "slow_critical_section" and line in (with_line, with_line + 2)
+    assert abs(delay[0]["value"] - waited[0]) <= 0.10 * waited[0]
+    wait = [s for s in lockprof.samples() if s["event"] == "contention"]
+    assert wait[0]["frames"][0][1] == "waiter"
