@@ -14,12 +14,17 @@ counted exactly with its wait, acquisitions and hold times are sampled.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Dict, List, Optional
 
 from . import _lockprof, _patch
 
-__all__ = ["start", "stop", "is_running", "stats", "samples", "reset", "Profiler",
+__all__ = ["start", "stop", "is_running", "stats", "samples", "write", "reset", "Profiler",
            "DEFAULT_SAMPLE_RATE"]
+
+# what the profile covers: since the last reset (or import), with which settings
+_window = {"time_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
+           "sample_rate": None, "wait_period_ns": None}
 
 DEFAULT_SAMPLE_RATE = 0.01
 DEFAULT_MAX_LOCKS = 100_000
@@ -53,6 +58,8 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     _check_int("max_frames", max_frames, 1, 512)
     _check_int("wait_period_ns", wait_period_ns, 1, 2**62)
     _patch.start(rate, max_locks, seed, max_frames, wait_period_ns)
+    _window["sample_rate"] = rate
+    _window["wait_period_ns"] = wait_period_ns
 
 
 def stop() -> None:
@@ -68,6 +75,8 @@ def is_running() -> bool:
 def reset() -> None:
     """Forget everything recorded so far."""
     _lockprof.reset()
+    _window["time_ns"] = time.time_ns()
+    _window["mono_ns"] = time.monotonic_ns()
 
 
 def stats() -> List[Dict[str, Any]]:
@@ -112,7 +121,9 @@ def samples() -> List[Dict[str, Any]]:
         row = merged.get(key)
         if row is None:
             lock = locks.get(lock_id, {})
+            site = f"{lock['file']}:{lock['line']}" if lock.get("file") else "<unknown>"
             merged[key] = {"lock_id": lock_id, "kind": lock.get("kind", "<other>"),
+                           "lock_name": f"{site}:{lock['var']}" if lock.get("var") else site,
                            "site": f"{lock['file']}:{lock['line']}" if lock.get("file")
                            else "<unknown>",
                            "event": event, "samples": count, "count": estimate,
@@ -125,6 +136,17 @@ def samples() -> List[Dict[str, Any]]:
             row["count"] += estimate
             row["value"] += value
     return list(merged.values())
+
+
+def write(path: str) -> None:
+    """Write what has been recorded as a gzip-compressed pprof profile
+    (open it with `go tool pprof`; the default sample type is delay)."""
+    from . import pprof
+
+    pprof.write(path, samples(), time_nanos=_window["time_ns"],
+                duration_nanos=max(0, time.monotonic_ns() - _window["mono_ns"]),
+                comments=pprof.profile_comments(_window["sample_rate"],
+                                                _window["wait_period_ns"]))
 
 
 def counters() -> Dict[str, int]:
@@ -157,6 +179,9 @@ class Profiler:
 
     def samples(self) -> List[Dict[str, Any]]:
         return samples()
+
+    def write(self, path: str) -> None:
+        write(path)
 
     def __enter__(self) -> "Profiler":
         return self.start()

@@ -161,6 +161,7 @@ rec_for(lp_wrapper *w, int kind)
     r->kind = kind;
     r->site = w->site;
     r->name = lp_resolve_name((PyObject *)w);
+    r->release_thread = UINT32_MAX;     /* no release with waiters seen yet */
     recs[r->id - 1] = r;
     w->rec = r;
     return r;
@@ -206,6 +207,7 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
         /* someone is blocked on this lock: this release is what they wait
          * for, and its stack is charged their delay when they get it */
         r->release_stack = lp_stack_here();
+        r->release_thread = lp_thread_slot();
     }
     if (!(w->flags & LP_W_HOLDING)) {
         return;
@@ -277,14 +279,20 @@ lp_record_forget_holds(lp_wrapper *w)
 int64_t lp_wait_period_ns = 1000000;
 
 static void
-sample_wait(lp_lockrec *r, int event, int64_t wait_ns, uint32_t stack, int here)
+sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release)
 {
     double w = wait_ns > 0 ? (double)wait_ns : 1.0;
     double p = w >= (double)lp_wait_period_ns ? 1.0 : w / (double)lp_wait_period_ns;
     if (p < 1.0 && lp_rand_unit() >= p) {
         return;
     }
-    lp_sample_add(r->id, here ? lp_stack_here() : stack, event, 1.0 / p, (double)wait_ns / p);
+    if (at_release) {
+        lp_sample_add_for(r->id, r->release_stack, event, 1.0 / p, (double)wait_ns / p,
+                          r->release_thread);
+    }
+    else {
+        lp_sample_add(r->id, lp_stack_here(), event, 1.0 / p, (double)wait_ns / p);
+    }
 }
 
 void
@@ -299,10 +307,10 @@ lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
     if (wait_ns > r->max_wait_ns) {
         r->max_wait_ns = wait_ns;
     }
-    sample_wait(r, LP_EV_CONTENTION, wait_ns, 0, 1);
+    sample_wait(r, LP_EV_CONTENTION, wait_ns, 0);
     /* Go's mutex profile: the delay is also charged to the release that
      * ended the wait, so the critical section that made others wait shows */
-    sample_wait(r, LP_EV_DELAY, wait_ns, r->release_stack, 0);
+    sample_wait(r, LP_EV_DELAY, wait_ns, 1);
     if (r->nwaiting > 0 && --r->nwaiting == 0) {
         w->flags &= ~LP_W_WAITERS;
     }
@@ -314,7 +322,7 @@ lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
     lp_lockrec *r = rec_for(w, kind);
     r->cond_waits++;
     r->cond_wait_ns += wait_ns;
-    sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0, 1);
+    sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -516,6 +524,7 @@ static PyMethodDef record_methods[] = {
 int
 lp_record_setup(PyObject *module)
 {
+    overflow_rec.release_thread = UINT32_MAX;
     if (lp_stack_setup(module) < 0) {
         return -1;
     }

@@ -33,6 +33,7 @@ typedef struct lp_lockrec {
     PyObject *name;             /* variable name found on the first event, or NULL */
     uint32_t nwaiting;          /* profiled acquires blocked on it now */
     uint32_t release_stack;     /* stack of the last release that had waiters */
+    uint32_t release_thread;    /* and the thread (slot) that made it */
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);

@@ -187,8 +187,8 @@ current_thread_name(unsigned long ident)
     return name;
 }
 
-static uint32_t
-thread_slot(void)
+uint32_t
+lp_thread_slot(void)
 {
     unsigned long ident = PyThread_get_thread_ident();
     unsigned long native = PyThread_get_thread_native_id();
@@ -276,13 +276,19 @@ sample_index_grow(void)
 void
 lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value)
 {
+    lp_sample_add_for(rec, stack, event, estimate, value, lp_thread_slot());
+}
+
+void
+lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
+                  uint32_t thread)
+{
     if (sample_index == NULL || nsamples * 2 > sample_mask) {
         if (sample_index_grow() < 0) {
             lp_dropped_samples++;
             return;
         }
     }
-    uint32_t thread = thread_slot();
     uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread) & sample_mask;
     while (sample_index[j]) {
         lp_sample *s = &samples[sample_index[j] - 1];

@@ -15,6 +15,11 @@ uint32_t lp_stack_here(void);
 /* one recorded stack sample: `estimate` events (already scaled by the
  * inverse of its sampling probability) worth `value` ns in total */
 void lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value);
+/* the same, attributed to thread slot `thread` instead of the current one */
+void lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
+                       uint32_t thread);
+/* the current thread's slot in the thread table */
+uint32_t lp_thread_slot(void);
 void lp_samples_reset(void);
 int lp_stack_setup(PyObject *module);
 
