@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from . import micro
+from . import micro, sampled
 
 
 def _commit() -> str:
@@ -44,12 +44,16 @@ def main(argv=None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
             "commit": _commit(), "rounds": args.rounds, "loops": args.loops * micro.UNROLL}
     results = micro.measure(rounds=args.rounds, loops=args.loops)
+    events = sampled.measure(rounds=args.rounds, loops=max(10, args.loops))
     md = (f"{meta['date']}, CPython {meta['python']}, {meta['machine']}, commit {meta['commit']}; "
-          f"min of {meta['rounds']} interleaved rounds\n\n" + table(results))
+          f"min of {meta['rounds']} interleaved rounds\n\n" + table(results) +
+          "\n\nOne recorded event (a sampled acquisition or its hold, with its stack):\n\n"
+          "| stack depth | ns per recorded event |\n|---|---|\n" +
+          "\n".join(f"| {e['depth']} | {e['ns_per_event']:.0f} |" for e in events))
     print(md)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+            json.dump({"meta": meta, "results": results, "sampled_event": events}, f, indent=1)
     if args.md:
         with open(args.md, "w") as f:
             f.write(md + "\n")

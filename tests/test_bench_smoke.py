@@ -1,5 +1,5 @@
 """The benchmark runs (briefly) and measures what it claims, so it cannot rot."""
-from bench import micro
+from bench import micro, sampled
 from bench.__main__ import table
 
 
@@ -13,3 +13,9 @@ def test_micro_benchmark_smoke():
         assert all(v > 0 for v in r["ns"].values())
         assert r["ratio"]["native"] == 1.0
     assert "| threading.Lock | with |" in table(res)
+
+
+def test_sampled_event_benchmark_smoke():
+    res = sampled.measure(depths=(5, 20), rounds=1, loops=20)
+    assert [r["depth"] for r in res] == [5, 20]
+    assert all(r["ns_unsampled_with"] > 0 for r in res)
