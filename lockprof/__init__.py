@@ -30,6 +30,7 @@ DEFAULT_SAMPLE_RATE = 0.01
 DEFAULT_MAX_LOCKS = 100_000
 DEFAULT_MAX_FRAMES = 64
 DEFAULT_WAIT_PERIOD_NS = 1_000_000
+DEFAULT_MAX_SAMPLES = 1 << 20
 
 
 def _check_rate(sample_rate: Any) -> float:
@@ -49,7 +50,7 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
 
 def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_MAX_LOCKS,
           max_frames: int = DEFAULT_MAX_FRAMES, wait_period_ns: int = DEFAULT_WAIT_PERIOD_NS,
-          seed: Optional[int] = None) -> None:
+          max_samples: int = DEFAULT_MAX_SAMPLES, seed: Optional[int] = None) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
     Idempotent; calling it while running changes the settings."""
@@ -57,7 +58,8 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
     _check_int("wait_period_ns", wait_period_ns, 1, 2**62)
-    _patch.start(rate, max_locks, seed, max_frames, wait_period_ns)
+    _check_int("max_samples", max_samples, 1, 2**32 - 1)
+    _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples)
     _window["sample_rate"] = rate
     _window["wait_period_ns"] = wait_period_ns
 
@@ -146,7 +148,7 @@ def write(path: str) -> None:
     pprof.write(path, samples(), time_nanos=_window["time_ns"],
                 duration_nanos=max(0, time.monotonic_ns() - _window["mono_ns"]),
                 comments=pprof.profile_comments(_window["sample_rate"],
-                                                _window["wait_period_ns"]))
+                                                _window["wait_period_ns"], counters()))
 
 
 def counters() -> Dict[str, int]:

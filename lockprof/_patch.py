@@ -67,11 +67,12 @@ def excluded_globals() -> list:
 
 
 def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
-          wait_period_ns: int = 1_000_000) -> None:
+          wait_period_ns: int = 1_000_000, max_samples: int = 1 << 20) -> None:
     global _running
     with _guard:
         if _running:
-            _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns)
+            _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
+                                max_samples)
             return
         origs = _originals()
         by_id: Dict[int, object] = {}
@@ -83,7 +84,8 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
             by_id[id(orig)] = factory
         _lockprof.set_excluded(excluded_globals())
         _scan_and_rebind(by_id)
-        _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns)
+        _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
+                                max_samples)
         _running = True
 
 

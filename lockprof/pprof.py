@@ -201,5 +201,11 @@ def write(path: str, samples: List[Dict[str, Any]], *, time_nanos: int, duration
         raise
 
 
-def profile_comments(sample_rate: Optional[float], wait_period_ns: Optional[int]) -> List[str]:
-    return [f"lockprof sample_rate={sample_rate}", f"lockprof wait_period_ns={wait_period_ns}"]
+def profile_comments(sample_rate: Optional[float], wait_period_ns: Optional[int],
+                     counters: Optional[Dict[str, int]] = None) -> List[str]:
+    """The settings, and what did not fit or failed (never dropped silently)."""
+    out = [f"lockprof sample_rate={sample_rate}", f"lockprof wait_period_ns={wait_period_ns}"]
+    for key in ("dropped_locks", "dropped_stacks", "dropped_samples", "errors", "name_errors"):
+        if counters is not None and key in counters:
+            out.append(f"lockprof {key}={counters[key]}")
+    return out

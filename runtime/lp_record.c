@@ -471,17 +471,19 @@ static PyObject *
 lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames",
-                             "wait_period_ns", NULL};
+                             "wait_period_ns", "max_samples", NULL};
     int active;
     double rate;
     unsigned int maxl = max_locks;
     PyObject *seed = Py_None;
     int maxf = lp_max_frames;
     long long period = lp_wait_period_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiL:configure", kwlist,
-                                     &active, &rate, &maxl, &seed, &maxf, &period)) {
+    unsigned int maxs = lp_max_samples;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLI:configure", kwlist,
+                                     &active, &rate, &maxl, &seed, &maxf, &period, &maxs)) {
         return NULL;
     }
+    lp_max_samples = maxs;
     if (period < 1) {
         PyErr_Format(PyExc_ValueError, "wait_period_ns must be a positive integer, got %lld", period);
         return NULL;

@@ -240,7 +240,7 @@ static lp_sample *samples = NULL;
 static uint32_t nsamples = 0, capsamples = 0;
 static uint32_t *sample_index = NULL;
 static uint32_t sample_mask = 0;
-static uint32_t max_samples = 1u << 20;
+uint32_t lp_max_samples = 1u << 20;
 uint64_t lp_dropped_samples = 0;
 
 static inline uint32_t
@@ -301,7 +301,7 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
         }
         j = (j + 1) & sample_mask;
     }
-    if (nsamples >= max_samples) {
+    if (nsamples >= lp_max_samples) {
         lp_dropped_samples++;
         return;
     }

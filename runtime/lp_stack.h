@@ -8,6 +8,7 @@ enum { LP_EV_ACQUIRE = 0, LP_EV_CONTENTION = 1, LP_EV_HOLD = 2, LP_EV_COND_WAIT 
        LP_EV_DELAY = 4 };
 
 extern int lp_max_frames;
+extern uint32_t lp_max_samples;     /* (lock, stack, event, thread) rows kept */
 extern uint64_t lp_dropped_stacks, lp_dropped_samples;
 
 /* The current Python stack, interned (0 when it could not be recorded). */

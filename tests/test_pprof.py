@@ -86,3 +86,33 @@ def test_pprof_file_is_gzip_and_written_whole(tmp_path):
     data = gzip.decompress(path.read_bytes())
     assert data[:1] == b"\x0a"          # field 1 (sample_type) comes first
     assert [p.name for p in tmp_path.iterdir()] == ["p.pb.gz"]   # no temp left
+
+
+@needs_go
+def test_full_sample_table_is_counted_and_reported(tmp_path):
+    lockprof.start(1.0, max_samples=3)
+    lock = threading.Lock()
+
+    def a():
+        with lock:
+            pass
+
+    def b():
+        with lock:
+            pass
+
+    def c():
+        with lock:
+            pass
+
+    for f in (a, b, c, a, b, c):
+        f()
+    lockprof.stop()
+    dropped = lockprof.counters()["dropped_samples"]
+    assert dropped > 0
+    assert len(lockprof._lockprof.samples()) == 3
+    # the per-lock totals stay exact/whole even when stack rows are dropped
+    assert lockprof.stats()[0]["acquisitions"] == 6
+    path = tmp_path / "full.pprof"
+    lockprof.write(str(path))
+    assert f"lockprof dropped_samples={dropped}" in _go("-raw", str(path))

@@ -180,3 +180,31 @@ def test_delay_is_charged_to_the_holders_release_stack():
     assert abs(delay[0]["value"] - waited[0]) <= 0.10 * waited[0]
     wait = [s for s in lockprof.samples() if s["event"] == "contention"]
     assert wait[0]["frames"][0][1] == "waiter"
+
+
+def test_steady_state_allocates_nothing_per_event():
+    """Repeated events on known stacks cost a hash, not memory: the runtime's
+    tables allocate with PyMem, which tracemalloc sees."""
+    import tracemalloc
+
+    lockprof.start(1.0)
+    lock = threading.Lock()
+
+    def work(n):
+        for _ in range(n):
+            with lock:
+                pass
+
+    work(2000)                                   # tables warmed up
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        work(20000)                              # 40,000 recorded events
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+        lockprof.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename") if s.size_diff > 0)
+    assert grown < 4096, after.compare_to(before, "filename")[:5]
+    rows = [s for s in lockprof.samples() if s["event"] == "acquire"]
+    assert sum(r["samples"] for r in rows) == 22000
