@@ -106,20 +106,21 @@ def samples() -> List[Dict[str, Any]]:
     the sampling probability (acquisitions and holds: sample_rate; waits: in
     proportion to their length, see wait_period_ns); samples is how many
     stacks were actually taken.  thread_id,
-    thread_native_id and thread_name say which thread.  frames lists
+    thread_native_id and thread_name say which thread, task_name which
+    asyncio task (None outside one).  frames lists
     (file, function, line) from the innermost frame out; omitted counts the
     frames past max_frames."""
     locks = {r["id"]: r for r in _lockprof.snapshot()}
     stacks: Dict[int, Any] = {}
     merged: Dict[Any, Dict[str, Any]] = {}
-    for lock_id, stack_id, event, count, estimate, value, thread in _lockprof.samples():
+    for lock_id, stack_id, event, count, estimate, value, thread, task in _lockprof.samples():
         if stack_id not in stacks:
             frames, omitted = _lockprof.stack(stack_id)
             stacks[stack_id] = (tuple(frames), omitted)
         frames, omitted = stacks[stack_id]
         # stacks are captured as instruction offsets; two offsets on one line
         # (e.g. before and after CPython specialises a call) are one row here
-        key = (lock_id, event, frames, omitted, thread)
+        key = (lock_id, event, frames, omitted, thread, task)
         row = merged.get(key)
         if row is None:
             lock = locks.get(lock_id, {})
@@ -132,7 +133,7 @@ def samples() -> List[Dict[str, Any]]:
                            "value": value,
                            "frames": list(frames), "omitted": omitted,
                            "thread_id": thread[0], "thread_native_id": thread[1],
-                           "thread_name": thread[2]}
+                           "thread_name": thread[2], "task_name": task}
         else:
             row["samples"] += count
             row["count"] += estimate

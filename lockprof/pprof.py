@@ -127,6 +127,8 @@ def encode(samples: List[Dict[str, Any]], *, time_nanos: int, duration_nanos: in
                   ("lock kind", s.get("kind") or "<unknown>")]
         if s.get("thread_name"):
             labels.append(("thread name", s["thread_name"]))
+        if s.get("task_name"):
+            labels.append(("task name", s["task_name"]))
         for k, v in labels:
             lab = bytearray()
             _int(1, st(k), lab)

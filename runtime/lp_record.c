@@ -288,7 +288,7 @@ sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release)
     }
     if (at_release) {
         lp_sample_add_for(r->id, r->release_stack, event, 1.0 / p, (double)wait_ns / p,
-                          r->release_thread);
+                          r->release_thread, UINT32_MAX);
     }
     else {
         lp_sample_add(r->id, lp_stack_here(), event, 1.0 / p, (double)wait_ns / p);

@@ -224,13 +224,95 @@ lp_thread_slot(void)
 }
 
 /* ------------------------------------------------------------------------ */
-/* samples: (lock record, stack, event, thread) -> count, value              */
+/* asyncio tasks: the current task's name, interned                          */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *task_names = NULL;      /* list: slot -> name */
+static PyObject *task_slots = NULL;      /* dict: name -> slot */
+static PyObject *get_running_loop = NULL, *current_task = NULL, *current_tasks = NULL;
+static int asyncio_looked_up = 0;
+static uint32_t max_tasks = 1u << 16;
+
+static void
+asyncio_lookup(void)
+{
+    asyncio_looked_up = 1;
+    PyObject *name = PyUnicode_FromString("_asyncio");
+    PyObject *mod = name ? PyImport_GetModule(name) : NULL;   /* only if already imported */
+    Py_XDECREF(name);
+    if (mod == NULL) {
+        PyErr_Clear();
+        asyncio_looked_up = 0;           /* try again once asyncio is in use */
+        return;
+    }
+    get_running_loop = PyObject_GetAttrString(mod, "_get_running_loop");
+    current_task = PyObject_GetAttrString(mod, "current_task");          /* 3.12+ */
+    if (current_task == NULL) {
+        PyErr_Clear();
+        current_tasks = PyObject_GetAttrString(mod, "_current_tasks");   /* 3.9-3.11 */
+    }
+    PyErr_Clear();
+    Py_DECREF(mod);
+}
+
+/* slot of the current asyncio task's name, UINT32_MAX when there is none */
+static uint32_t
+task_slot(void)
+{
+    if (!asyncio_looked_up) {
+        asyncio_lookup();
+    }
+    if (get_running_loop == NULL) {
+        return UINT32_MAX;
+    }
+    uint32_t slot = UINT32_MAX;
+    PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+    PyObject *task = NULL;
+    if (loop != NULL && loop != Py_None) {
+        if (current_task != NULL) {
+            task = PyObject_CallOneArg(current_task, loop);
+        }
+        else if (current_tasks != NULL && PyDict_Check(current_tasks)) {
+            task = Py_XNewRef(PyDict_GetItemWithError(current_tasks, loop));
+        }
+    }
+    if (task != NULL && task != Py_None) {
+        PyObject *name = PyObject_CallMethod(task, "get_name", NULL);
+        if (name != NULL && PyUnicode_Check(name)) {
+            if (task_slots == NULL) {
+                task_slots = PyDict_New();
+                task_names = PyList_New(0);
+            }
+            PyObject *s = task_slots ? PyDict_GetItemWithError(task_slots, name) : NULL;
+            if (s != NULL) {
+                slot = (uint32_t)PyLong_AsUnsignedLong(s);
+            }
+            else if (task_names != NULL && (uint32_t)PyList_GET_SIZE(task_names) < max_tasks) {
+                PyObject *n = PyLong_FromSsize_t(PyList_GET_SIZE(task_names));
+                if (n != NULL && PyDict_SetItem(task_slots, name, n) == 0 &&
+                    PyList_Append(task_names, name) == 0) {
+                    slot = (uint32_t)(PyList_GET_SIZE(task_names) - 1);
+                }
+                Py_XDECREF(n);
+            }
+        }
+        Py_XDECREF(name);
+    }
+    Py_XDECREF(task);
+    Py_XDECREF(loop);
+    PyErr_Clear();
+    return slot;
+}
+
+/* ------------------------------------------------------------------------ */
+/* samples: (lock record, stack, event, thread, task) -> count, value        */
 /* ------------------------------------------------------------------------ */
 
 typedef struct {
     uint32_t rec, stack;
     uint32_t event;
     uint32_t thread;        /* index into threads, UINT32_MAX if unknown */
+    uint32_t task;          /* index into task_names, UINT32_MAX if none */
     uint64_t count;         /* stack samples taken */
     double estimate;        /* events they stand for (scaled) */
     double value;           /* ns they stand for (scaled) */
@@ -244,10 +326,11 @@ uint32_t lp_max_samples = 1u << 20;
 uint64_t lp_dropped_samples = 0;
 
 static inline uint32_t
-sample_hash(uint32_t rec, uint32_t stack, uint32_t event, uint32_t thread)
+sample_hash(uint32_t rec, uint32_t stack, uint32_t event, uint32_t thread, uint32_t task)
 {
     uint64_t h = ((uint64_t)rec * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)stack * 0xC2B2AE3D27D4EB4FULL) ^
-                 ((uint64_t)thread * 0x165667B19E3779F9ULL) ^ event;
+                 ((uint64_t)thread * 0x165667B19E3779F9ULL) ^
+                 ((uint64_t)task * 0x27D4EB2F165667C5ULL) ^ event;
     return (uint32_t)(h ^ (h >> 29));
 }
 
@@ -261,7 +344,7 @@ sample_index_grow(void)
     }
     for (uint32_t i = 0; i < nsamples; i++) {
         uint32_t j = sample_hash(samples[i].rec, samples[i].stack, samples[i].event,
-                                 samples[i].thread) & (cap - 1);
+                                 samples[i].thread, samples[i].task) & (cap - 1);
         while (idx[j]) {
             j = (j + 1) & (cap - 1);
         }
@@ -276,12 +359,12 @@ sample_index_grow(void)
 void
 lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value)
 {
-    lp_sample_add_for(rec, stack, event, estimate, value, lp_thread_slot());
+    lp_sample_add_for(rec, stack, event, estimate, value, lp_thread_slot(), task_slot());
 }
 
 void
 lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
-                  uint32_t thread)
+                  uint32_t thread, uint32_t task)
 {
     if (sample_index == NULL || nsamples * 2 > sample_mask) {
         if (sample_index_grow() < 0) {
@@ -289,11 +372,11 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
             return;
         }
     }
-    uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread) & sample_mask;
+    uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread, task) & sample_mask;
     while (sample_index[j]) {
         lp_sample *s = &samples[sample_index[j] - 1];
         if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event &&
-            s->thread == thread) {
+            s->thread == thread && s->task == task) {
             s->count += 1;
             s->estimate += estimate;
             s->value += value;
@@ -320,6 +403,7 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
     s->stack = stack;
     s->event = (uint32_t)event;
     s->thread = thread;
+    s->task = task;
     s->count = 1;
     s->estimate = estimate;
     s->value = value;
@@ -349,10 +433,12 @@ lp_py_samples(PyObject *mod, PyObject *unused)
     for (uint32_t i = 0; i < nsamples; i++) {
         const lp_sample *s = &samples[i];
         const lp_thread *th = s->thread < nthreads ? &threads[s->thread] : NULL;
-        PyObject *t = Py_BuildValue("(IIsKdd(kkO))", s->rec, s->stack, event_names[s->event],
+        PyObject *task = (task_names != NULL && s->task < (uint32_t)PyList_GET_SIZE(task_names))
+                             ? PyList_GET_ITEM(task_names, s->task) : Py_None;
+        PyObject *t = Py_BuildValue("(IIsKdd(kkO)O)", s->rec, s->stack, event_names[s->event],
                                     (unsigned long long)s->count, s->estimate, s->value,
                                     th ? th->ident : 0UL, th ? th->native_id : 0UL,
-                                    (th && th->name) ? th->name : Py_None);
+                                    (th && th->name) ? th->name : Py_None, task);
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(out);
@@ -403,7 +489,7 @@ lp_py_stack(PyObject *mod, PyObject *arg)
 
 static PyMethodDef stack_methods[] = {
     {"samples", lp_py_samples, METH_NOARGS,
-     "samples()\n--\n\n(lock id, stack id, event, samples, estimated events, estimated ns, (thread id, native id, name))."},
+     "samples()\n--\n\n(lock id, stack id, event, samples, estimated events, estimated ns, (thread id, native id, name), task name)."},
     {"stack", lp_py_stack, METH_O,
      "stack(id)\n--\n\n([(file, function, line), ...] leaf first, frames omitted)."},
     {NULL, NULL, 0, NULL},

@@ -18,7 +18,7 @@ uint32_t lp_stack_here(void);
 void lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value);
 /* the same, attributed to thread slot `thread` instead of the current one */
 void lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
-                       uint32_t thread);
+                       uint32_t thread, uint32_t task);
 /* the current thread's slot in the thread table */
 uint32_t lp_thread_slot(void);
 void lp_samples_reset(void);

@@ -208,3 +208,36 @@ def test_steady_state_allocates_nothing_per_event():
     assert grown < 4096, after.compare_to(before, "filename")[:5]
     rows = [s for s in lockprof.samples() if s["event"] == "acquire"]
     assert sum(r["samples"] for r in rows) == 22000
+
+
+def test_asyncio_samples_carry_task_names():
+    import asyncio
+
+    async def main():
+        lock = asyncio.Lock()
+
+        async def worker():
+            for _ in range(3):
+                async with lock:
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(asyncio.ensure_future(worker()) for _ in range(2)))
+        tasks = sorted(t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task())
+        return tasks
+
+    lockprof.start(1.0)
+    asyncio.run(main())
+    lockprof.stop()
+    rows = [s for s in lockprof.samples() if s["event"] == "acquire" and s["kind"] == "asyncio.Lock"]
+    per_task = {}
+    for r in rows:
+        per_task[r["task_name"]] = per_task.get(r["task_name"], 0) + r["count"]
+    assert len(per_task) == 2 and all(n == 3 for n in per_task.values())
+    assert all(name and name.startswith("Task-") for name in per_task)
+    # outside asyncio there is no task
+    lockprof.reset()
+    lockprof.start(1.0)
+    with threading.Lock():
+        pass
+    lockprof.stop()
+    assert [s["task_name"] for s in lockprof.samples() if s["event"] == "acquire"] == [None]
