@@ -527,6 +527,7 @@ int
 lp_record_setup(PyObject *module)
 {
     overflow_rec.release_thread = UINT32_MAX;
+    overflow_rec.kind = -1;             /* shown as "<other>": locks past max_locks */
     if (lp_stack_setup(module) < 0) {
         return -1;
     }

@@ -276,3 +276,18 @@ def test_hold_time_within_15_percent_at_10_percent_rate():
     lockprof.stop()
     r = [r for r in lockprof.stats() if r["kind"] == "threading.Lock"][0]
     assert abs(r["hold_ns"] - held) <= 0.15 * held
+
+
+def test_lock_table_cap_folds_the_rest_into_one_counted_record():
+    lockprof.start(1.0, max_locks=2)
+    locks = [threading.Lock() for _ in range(5)]
+    for l in locks:
+        with l:
+            pass
+    lockprof.stop()
+    recs = lockprof.stats()
+    kinds = sorted(r["kind"] for r in recs)
+    assert kinds == ["<other>", "threading.Lock", "threading.Lock"]
+    other = [r for r in recs if r["kind"] == "<other>"][0]
+    assert other["acquisitions"] == 3                # nothing lost, only folded
+    assert lockprof.counters()["dropped_locks"] == 3
