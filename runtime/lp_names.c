@@ -126,6 +126,42 @@ find_in_self(PyObject *self, PyObject *obj)
     return found;
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* 3.12+: read the frame's variables one by one, without materialising its
+ * f_locals snapshot (which would keep the objects alive until the function
+ * returns) */
+static PyObject *
+find_in_frame_vars(PyFrameObject *f, PyObject *obj, PyObject **self_out)
+{
+    PyCodeObject *co = PyFrame_GetCode(f);
+    PyObject *found = NULL;
+    PyObject *lists[3] = {PyCode_GetVarnames(co), PyCode_GetCellvars(co), PyCode_GetFreevars(co)};
+    for (int k = 0; k < 3; k++) {
+        PyObject *names = lists[k];
+        for (Py_ssize_t i = 0; names && i < PyTuple_GET_SIZE(names); i++) {
+            PyObject *name = PyTuple_GET_ITEM(names, i);
+            PyObject *v = PyFrame_GetVar(f, name);
+            if (v == NULL) {
+                PyErr_Clear();       /* unbound */
+                continue;
+            }
+            if (found == NULL && v == obj) {
+                found = Py_NewRef(name);
+            }
+            if (self_out != NULL && *self_out == NULL &&
+                PyUnicode_CompareWithASCIIString(name, "self") == 0) {
+                *self_out = Py_NewRef(v);
+            }
+            Py_DECREF(v);
+        }
+        Py_XDECREF(names);
+    }
+    PyErr_Clear();
+    Py_DECREF(co);
+    return found;
+}
+#endif
+
 PyObject *
 lp_resolve_name(PyObject *obj)
 {
@@ -135,27 +171,41 @@ lp_resolve_name(PyObject *obj)
     }
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);   /* never disturb the caller */
-#if PY_VERSION_HEX >= 0x030B0000
-    PyObject *locals = PyFrame_GetLocals(f);
-#else
-    PyObject *locals = Py_XNewRef(PyEval_GetLocals());
-#endif
-    if (locals == NULL) {
-        PyErr_Clear();
+    PyObject *locals = NULL, *self = NULL, *name = NULL;
+    PyCodeObject *code = PyFrame_GetCode(f);
+    int optimized = (code->co_flags & CO_OPTIMIZED) != 0;
+    Py_DECREF(code);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (optimized) {
+        name = find_in_frame_vars(f, obj, &self);
     }
-    PyObject *name = find_in_mapping(locals, obj);
+    else
+#endif
+    {
+        /* Module and class bodies: f_locals is their namespace.  Functions
+         * before 3.12: the f_locals snapshot is the only public way, and it
+         * keeps the function's objects alive until it returns. */
+        (void)optimized;
+#if PY_VERSION_HEX >= 0x030B0000
+        locals = PyFrame_GetLocals(f);
+#else
+        locals = Py_XNewRef(PyEval_GetLocals());
+#endif
+        if (locals == NULL) {
+            PyErr_Clear();
+        }
+        name = find_in_mapping(locals, obj);
+        self = mapping_get(locals, "self");
+    }
     if (name == NULL) {
         PyErr_Clear();
         name = find_in_mapping(PyEval_GetGlobals(), obj);
     }
-    if (name == NULL) {
+    if (name == NULL && self != NULL) {
         PyErr_Clear();
-        PyObject *self = mapping_get(locals, "self");
-        if (self != NULL) {
-            name = find_in_self(self, obj);
-            Py_DECREF(self);
-        }
+        name = find_in_self(self, obj);
     }
+    Py_XDECREF(self);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         lp_name_errors++;

@@ -440,12 +440,40 @@ rec_zero(lp_lockrec *r)
     /* pending holds are kept: their release may come after the reset */
 }
 
+void
+lp_record_release_wrapper(lp_wrapper *w)
+{
+    if (w->rec != NULL && w->rec != &overflow_rec) {
+        w->rec->orphan = 1;
+        w->rec->nholds = 0;
+        w->rec->nwaiting = 0;
+    }
+    w->rec = NULL;
+}
+
 static PyObject *
 lp_py_reset(PyObject *mod, PyObject *unused)
 {
+    /* Records of locks that no longer exist are freed (the samples that
+     * refer to them are cleared below), so that a service resetting after
+     * every export does not fill max_locks with dead locks.  The rest are
+     * zeroed and renumbered. */
+    uint32_t kept = 0;
     for (uint32_t i = 0; i < nrecs; i++) {
-        rec_zero(recs[i]);
+        lp_lockrec *r = recs[i];
+        if (r->orphan) {
+            Py_XDECREF(r->name);
+            PyMem_Free(r->holds);
+            PyMem_Free(r);
+            continue;
+        }
+        rec_zero(r);
+        r->release_stack = 0;
+        r->release_thread = UINT32_MAX;
+        r->id = kept + 1;
+        recs[kept++] = r;
     }
+    nrecs = kept;
     rec_zero(&overflow_rec);
     lp_samples_reset();
     n_dropped_locks = 0;

@@ -34,6 +34,7 @@ typedef struct lp_lockrec {
     uint32_t nwaiting;          /* profiled acquires blocked on it now */
     uint32_t release_stack;     /* stack of the last release that had waiters */
     uint32_t release_thread;    /* and the thread (slot) that made it */
+    int orphan;                 /* its wrapper is gone: freed at the next reset */
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);
@@ -42,6 +43,8 @@ uint32_t lp_record_site_here(void);
 PyObject *lp_resolve_name(PyObject *obj);
 extern uint64_t lp_name_errors;
 int lp_record_setup(PyObject *module);
+/* the wrapper owning `w->rec` is being freed */
+void lp_record_release_wrapper(lp_wrapper *w);
 int lp_record_set_kinds(PyObject *names);
 
 extern double lp_sample_rate;

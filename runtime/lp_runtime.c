@@ -322,9 +322,7 @@ lp_wrapper_dealloc(lp_wrapper *self)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    if (self->flags & LP_W_HOLDING) {
-        lp_record_forget_holds(self);
-    }
+    lp_record_release_wrapper(self);
     if (tp->tp_clear != NULL) {
         tp->tp_clear((PyObject *)self);
     }

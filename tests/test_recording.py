@@ -279,7 +279,11 @@ def test_hold_time_within_15_percent_at_10_percent_rate():
 
 
 def test_lock_table_cap_folds_the_rest_into_one_counted_record():
-    lockprof.start(1.0, max_locks=2)
+    import gc
+    gc.collect()
+    lockprof.reset()                 # frees the records of dead locks
+    base = lockprof.counters()["locks"]
+    lockprof.start(1.0, max_locks=base + 2)
     locks = [threading.Lock() for _ in range(5)]
     for l in locks:
         with l:
@@ -291,3 +295,23 @@ def test_lock_table_cap_folds_the_rest_into_one_counted_record():
     other = [r for r in recs if r["kind"] == "<other>"][0]
     assert other["acquisitions"] == 3                # nothing lost, only folded
     assert lockprof.counters()["dropped_locks"] == 3
+
+
+def test_reset_frees_records_of_dead_locks():
+    import gc
+
+    def use_locks():
+        for _ in range(50):
+            lock = threading.Lock()
+            with lock:
+                pass
+
+    lockprof.start(1.0)
+    use_locks()
+    lockprof.stop()
+    gc.collect()
+    assert len(lockprof.stats()) >= 50          # still in this profile
+    before = lockprof.counters()["locks"]
+    lockprof.reset()
+    assert lockprof.counters()["locks"] <= before - 50
+    assert lockprof.stats() == []
