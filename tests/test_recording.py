@@ -1,7 +1,10 @@
 """What the profile reports, checked against what the test itself measured."""
 import asyncio
+import sys
 import threading
 import time
+
+import pytest
 
 import lockprof
 
@@ -315,3 +318,22 @@ def test_reset_frees_records_of_dead_locks():
     lockprof.reset()
     assert lockprof.counters()["locks"] <= before - 50
     assert lockprof.stats() == []
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12),
+                    reason="before 3.12 the only public way to read a function's locals "
+                           "is its f_locals snapshot, which holds them until it returns")
+def test_name_lookup_does_not_keep_locals_alive():
+    import weakref
+
+    lockprof.start(1.0)
+    try:
+        lock = threading.Lock()
+        with lock:                   # first event: the name is looked up here
+            pass
+        ref = weakref.ref(lock)
+        del lock
+        assert ref() is None         # freed at once, as without the profiler
+    finally:
+        lockprof.stop()
+    assert [r["var"] for r in lockprof.stats()] == ["lock"]
