@@ -32,17 +32,10 @@ CONFIGS = [("native", None), ("stopped", None), ("rate 0", 0.0),
            ("rate 0.01", 0.01), ("rate 1", 1.0)]
 
 
-def _sync_fn(stmt: str) -> Callable:
+def _loop_fn(stmt: str, is_async: bool) -> Callable:
+    """run(l, n): `stmt` unrolled UNROLL times inside an n-times loop."""
     body = "\n".join("        " + stmt for _ in range(UNROLL))
-    src = f"def run(l, n):\n    for _ in range(n):\n{body}\n"
-    ns: Dict = {}
-    exec(compile(src, f"<bench {stmt}>", "exec"), ns)
-    return ns["run"]
-
-
-def _async_fn(stmt: str) -> Callable:
-    body = "\n".join("        " + stmt for _ in range(UNROLL))
-    src = f"async def run(l, n):\n    for _ in range(n):\n{body}\n"
+    src = f"{'async ' if is_async else ''}def run(l, n):\n    for _ in range(n):\n{body}\n"
     ns: Dict = {}
     exec(compile(src, f"<bench {stmt}>", "exec"), ns)
     return ns["run"]
@@ -83,7 +76,7 @@ def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None) -> List[di
             if op == "failed try":
                 native.acquire()
                 wrapped.acquire()
-            fn = _async_fn(stmt) if is_async else _sync_fn(stmt)
+            fn = _loop_fn(stmt, is_async)
             best = {c: float("inf") for c, _ in CONFIGS}
             gc.disable()
             try:

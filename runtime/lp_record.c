@@ -2,6 +2,7 @@
  * that fill them.  Everything here runs holding the GIL, on sampled or
  * contended events, on lock creation, or from the Python API. */
 #include "lp_record.h"
+#include "lp_index.h"
 #include "lp_stack.h"
 
 #if PY_VERSION_HEX >= 0x030B0000
@@ -19,8 +20,7 @@ typedef struct {
 
 static lp_site *sites = NULL;
 static uint32_t nsites = 1, capsites = 0;
-static uint32_t *site_index = NULL;     /* open addressing, 0 = empty */
-static uint32_t site_index_mask = 0;
+static lp_index site_index = {NULL, 0};
 static uint32_t max_sites = 1u << 20;
 
 static inline uint32_t
@@ -30,42 +30,25 @@ site_hash(PyObject *code, int pos)
     return (uint32_t)(h >> 32);
 }
 
-static int
-site_index_grow(void)
+static uint32_t
+site_entry_hash(uint32_t id)
 {
-    uint32_t newcap = site_index_mask ? (site_index_mask + 1) * 2 : 1024;
-    uint32_t *idx = PyMem_Calloc(newcap, sizeof(uint32_t));
-    if (idx == NULL) {
-        return -1;
-    }
-    for (uint32_t i = 1; i < nsites; i++) {
-        uint32_t j = site_hash(sites[i].code, sites[i].pos) & (newcap - 1);
-        while (idx[j]) {
-            j = (j + 1) & (newcap - 1);
-        }
-        idx[j] = i;
-    }
-    PyMem_Free(site_index);
-    site_index = idx;
-    site_index_mask = newcap - 1;
-    return 0;
+    return site_hash(sites[id].code, sites[id].pos);
 }
 
 static uint32_t
 site_intern(PyObject *code, int pos)
 {
-    if (site_index == NULL || nsites * 2 > site_index_mask) {
-        if (site_index_grow() < 0) {
-            return 0;
-        }
+    if (lp_index_reserve(&site_index, nsites, 1, nsites, site_entry_hash) < 0) {
+        return 0;
     }
-    uint32_t j = site_hash(code, pos) & site_index_mask;
-    while (site_index[j]) {
-        lp_site *s = &sites[site_index[j]];
+    uint32_t j = site_hash(code, pos) & site_index.mask;
+    while (site_index.slots[j]) {
+        lp_site *s = &sites[site_index.slots[j]];
         if (s->code == code && s->pos == pos) {
-            return site_index[j];
+            return site_index.slots[j];
         }
-        j = (j + 1) & site_index_mask;
+        j = (j + 1) & site_index.mask;
     }
     if (nsites >= max_sites) {
         return 0;
@@ -86,7 +69,7 @@ site_intern(PyObject *code, int pos)
     uint32_t id = nsites++;
     sites[id].code = Py_NewRef(code);
     sites[id].pos = pos;
-    site_index[j] = id;
+    site_index.slots[j] = id;
     return id;
 }
 

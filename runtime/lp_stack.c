@@ -6,6 +6,7 @@
  * profile is read.  A stack seen before costs a hash and a compare, no
  * allocation. */
 #include "lp_stack.h"
+#include "lp_index.h"
 
 #if PY_VERSION_HEX >= 0x030B0000
 #  define LP_HAVE_LASTI 1
@@ -30,30 +31,14 @@ int lp_max_frames = 64;
 
 static lp_stack *stacks = NULL;          /* index 0 unused */
 static uint32_t nstacks = 1, capstacks = 0;
-static uint32_t *stack_index = NULL;     /* open addressing, 0 = empty */
-static uint32_t stack_mask = 0;
+static lp_index stack_index = {NULL, 0};
 static uint32_t max_stacks = 1u << 18;
 uint64_t lp_dropped_stacks = 0;
 
-static int
-stack_index_grow(void)
+static uint32_t
+stack_entry_hash(uint32_t id)
 {
-    uint32_t cap = stack_mask ? (stack_mask + 1) * 2 : 1024;
-    uint32_t *idx = PyMem_Calloc(cap, sizeof(uint32_t));
-    if (idx == NULL) {
-        return -1;
-    }
-    for (uint32_t i = 1; i < nstacks; i++) {
-        uint32_t j = (uint32_t)stacks[i].hash & (cap - 1);
-        while (idx[j]) {
-            j = (j + 1) & (cap - 1);
-        }
-        idx[j] = i;
-    }
-    PyMem_Free(stack_index);
-    stack_index = idx;
-    stack_mask = cap - 1;
-    return 0;
+    return (uint32_t)stacks[id].hash;
 }
 
 static uint32_t
@@ -64,19 +49,17 @@ stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
         h = (h ^ (uint64_t)(uintptr_t)frames[i].code) * 1099511628211ULL;
         h = (h ^ (uint64_t)(unsigned)frames[i].pos) * 1099511628211ULL;
     }
-    if (stack_index == NULL || nstacks * 2 > stack_mask) {
-        if (stack_index_grow() < 0) {
-            return 0;
-        }
+    if (lp_index_reserve(&stack_index, nstacks, 1, nstacks, stack_entry_hash) < 0) {
+        return 0;
     }
-    uint32_t j = (uint32_t)h & stack_mask;
-    while (stack_index[j]) {
-        const lp_stack *s = &stacks[stack_index[j]];
+    uint32_t j = (uint32_t)h & stack_index.mask;
+    while (stack_index.slots[j]) {
+        const lp_stack *s = &stacks[stack_index.slots[j]];
         if (s->hash == h && s->nframes == n && s->omitted == omitted &&
             memcmp(s->frames, frames, n * sizeof(lp_frame)) == 0) {
-            return stack_index[j];
+            return stack_index.slots[j];
         }
-        j = (j + 1) & stack_mask;
+        j = (j + 1) & stack_index.mask;
     }
     if (nstacks >= max_stacks) {
         lp_dropped_stacks++;
@@ -104,7 +87,7 @@ stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
     stacks[id].nframes = n;
     stacks[id].omitted = omitted;
     stacks[id].frames = copy;
-    stack_index[j] = id;
+    stack_index.slots[j] = id;
     return id;
 }
 
@@ -320,8 +303,7 @@ typedef struct {
 
 static lp_sample *samples = NULL;
 static uint32_t nsamples = 0, capsamples = 0;
-static uint32_t *sample_index = NULL;
-static uint32_t sample_mask = 0;
+static lp_index sample_index = {NULL, 0};
 uint32_t lp_max_samples = 1u << 20;
 uint64_t lp_dropped_samples = 0;
 
@@ -334,26 +316,12 @@ sample_hash(uint32_t rec, uint32_t stack, uint32_t event, uint32_t thread, uint3
     return (uint32_t)(h ^ (h >> 29));
 }
 
-static int
-sample_index_grow(void)
+/* sample entries are numbered from 1: entry e is samples[e - 1] */
+static uint32_t
+sample_entry_hash(uint32_t e)
 {
-    uint32_t cap = sample_mask ? (sample_mask + 1) * 2 : 1024;
-    uint32_t *idx = PyMem_Calloc(cap, sizeof(uint32_t));
-    if (idx == NULL) {
-        return -1;
-    }
-    for (uint32_t i = 0; i < nsamples; i++) {
-        uint32_t j = sample_hash(samples[i].rec, samples[i].stack, samples[i].event,
-                                 samples[i].thread, samples[i].task) & (cap - 1);
-        while (idx[j]) {
-            j = (j + 1) & (cap - 1);
-        }
-        idx[j] = i + 1;
-    }
-    PyMem_Free(sample_index);
-    sample_index = idx;
-    sample_mask = cap - 1;
-    return 0;
+    const lp_sample *s = &samples[e - 1];
+    return sample_hash(s->rec, s->stack, s->event, s->thread, s->task);
 }
 
 void
@@ -366,15 +334,13 @@ void
 lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
                   uint32_t thread, uint32_t task)
 {
-    if (sample_index == NULL || nsamples * 2 > sample_mask) {
-        if (sample_index_grow() < 0) {
-            lp_dropped_samples++;
-            return;
-        }
+    if (lp_index_reserve(&sample_index, nsamples, 1, nsamples + 1, sample_entry_hash) < 0) {
+        lp_dropped_samples++;
+        return;
     }
-    uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread, task) & sample_mask;
-    while (sample_index[j]) {
-        lp_sample *s = &samples[sample_index[j] - 1];
+    uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread, task) & sample_index.mask;
+    while (sample_index.slots[j]) {
+        lp_sample *s = &samples[sample_index.slots[j] - 1];
         if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event &&
             s->thread == thread && s->task == task) {
             s->count += 1;
@@ -382,7 +348,7 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
             s->value += value;
             return;
         }
-        j = (j + 1) & sample_mask;
+        j = (j + 1) & sample_index.mask;
     }
     if (nsamples >= lp_max_samples) {
         lp_dropped_samples++;
@@ -407,15 +373,15 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
     s->count = 1;
     s->estimate = estimate;
     s->value = value;
-    sample_index[j] = nsamples;
+    sample_index.slots[j] = nsamples;
 }
 
 void
 lp_samples_reset(void)
 {
     nsamples = 0;
-    if (sample_index != NULL) {
-        memset(sample_index, 0, (sample_mask + 1) * sizeof(uint32_t));
+    if (sample_index.slots != NULL) {
+        memset(sample_index.slots, 0, (sample_index.mask + 1) * sizeof(uint32_t));
     }
     lp_dropped_samples = 0;
     lp_dropped_stacks = 0;

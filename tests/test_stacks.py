@@ -241,3 +241,23 @@ def test_asyncio_samples_carry_task_names():
         pass
     lockprof.stop()
     assert [s["task_name"] for s in lockprof.samples() if s["event"] == "acquire"] == [None]
+
+
+def test_tables_grow_and_still_find_every_entry():
+    """700 distinct stacks and creation sites (past the first index size),
+    each seen twice: one row per stack with both events in it."""
+    n = 700
+    src = "\n".join(f"def f{i}(lock):\n    with lock:\n        pass\n" for i in range(n))
+    ns = {}
+    exec(compile(src, "<many_sites>", "exec"), ns)
+    lockprof.start(1.0)
+    locks = [threading.Lock() for _ in range(n)]
+    for _ in range(2):
+        for i in range(n):
+            ns[f"f{i}"](locks[i])
+    lockprof.stop()
+    rows = [s for s in lockprof.samples() if s["event"] == "acquire"]
+    assert len(rows) == n
+    assert all(r["samples"] == 2 for r in rows)
+    assert sorted(r["frames"][0][1] for r in rows) == sorted(f"f{i}" for i in range(n))
+    assert lockprof.counters()["dropped_samples"] == 0
