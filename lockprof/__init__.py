@@ -141,11 +141,22 @@ def samples() -> List[Dict[str, Any]]:
     return list(merged.values())
 
 
-def write(path: str) -> None:
-    """Write what has been recorded as a gzip-compressed pprof profile
-    (open it with `go tool pprof`; the default sample type is delay)."""
-    from . import pprof
+def write(path: str, format: Optional[str] = None) -> None:
+    """Write what has been recorded to `path`, in `format` (pprof, collapsed,
+    speedscope or text) or the one its extension names (.pprof / .pb.gz,
+    .folded / .collapsed, .speedscope.json, .txt).  pprof's default sample
+    type is delay; collapsed stacks carry the delay at the waiting stacks."""
+    from . import formats, pprof
 
+    fmt = formats.format_for(path, format)
+    formats.check_writable(path)
+    if fmt == "text":
+        from .report import text_table
+        formats.write_text(path, text_table(stats(), 20, _window["sample_rate"] or 0.0) + "\n")
+        return
+    if fmt in formats.WRITERS:
+        formats.write_text(path, formats.WRITERS[fmt](samples()))
+        return
     pprof.write(path, samples(), time_nanos=_window["time_ns"],
                 duration_nanos=max(0, time.monotonic_ns() - _window["mono_ns"]),
                 comments=pprof.profile_comments(_window["sample_rate"],
@@ -183,8 +194,8 @@ class Profiler:
     def samples(self) -> List[Dict[str, Any]]:
         return samples()
 
-    def write(self, path: str) -> None:
-        write(path)
+    def write(self, path: str, format: Optional[str] = None) -> None:
+        write(path, format)
 
     def __enter__(self) -> "Profiler":
         return self.start()

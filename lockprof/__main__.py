@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="probability that an acquisition is sampled (default 0.01)")
     run.add_argument("--top", type=int, default=10, help="locks shown in the report (default 10)")
     run.add_argument("-q", "--quiet", action="store_true", help="print no report")
+    run.add_argument("-o", "--output", help="profile file (default: lockprof-<script>.<pid>.pprof)")
+    run.add_argument("-f", "--format", choices=("pprof", "collapsed", "speedscope", "text"),
+                     help="output format (default: from the output's extension)")
+    run.add_argument("--force", action="store_true", help="overwrite an existing output file")
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("-m", dest="module", help="run a library module as a script")
     target.add_argument("-c", dest="code", help="run a program passed as a string")
@@ -45,8 +49,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _default_output(ns) -> str:
+    if ns.module:
+        stem = ns.module.replace(".", "_")
+    elif ns.code is not None:
+        stem = "c"
+    else:
+        stem = os.path.splitext(os.path.basename(ns.script))[0]
+    ext = {"pprof": "pprof", "collapsed": "folded", "speedscope": "speedscope.json",
+           "text": "txt"}[ns.format or "pprof"]
+    return f"lockprof-{stem}.{os.getpid()}.{ext}"
+
+
+def _check_output(ns) -> str:
+    from lockprof import formats
+
+    path = ns.output or _default_output(ns)
+    try:
+        formats.format_for(path, ns.format)
+        formats.check_writable(path)
+    except formats.FormatError as e:
+        raise _ArgError(str(e)) from None
+    if os.path.exists(path) and not ns.force:
+        raise _ArgError(f"{path!r} exists; use --force to overwrite it")
+    return path
+
+
 def _run_target(ns) -> int:
     code = 0
+    output = _check_output(ns)       # before any of the program runs
     if ns.module:
         sys.argv = [ns.module] + ns.args
         runner = lambda: runpy.run_module(ns.module, run_name="__main__", alter_sys=True)  # noqa
@@ -68,9 +99,25 @@ def _run_target(ns) -> int:
             print(e.code, file=sys.stderr)
     finally:
         lockprof.stop()
+        lockprof.write(output, ns.format)
         if not ns.quiet:
             print(text_table(lockprof.stats(), ns.top, ns.sample_rate), file=sys.stderr)
+            print(f"lockprof: profile written to {output}; next: "
+                  + _next_command(output, ns.format), file=sys.stderr)
     return code
+
+
+def _next_command(path: str, fmt) -> str:
+    from lockprof import formats
+
+    kind = formats.format_for(path, fmt)
+    if kind == "pprof":
+        return f"go tool pprof -http=: {path}  (or -top; the default view is delay)"
+    if kind == "speedscope":
+        return f"open {path} at speedscope.app or with `speedscope {path}`"
+    if kind == "collapsed":
+        return f"flamegraph.pl {path} > locks.svg"
+    return f"less {path}"
 
 
 def main(argv=None) -> int:
@@ -86,7 +133,7 @@ def main(argv=None) -> int:
                     head += rest[i:i + 2]
                     tail = rest[i + 2:]
                     break
-                if a in ("--sample-rate", "--top"):
+                if a in ("--sample-rate", "--top", "-o", "--output", "-f", "--format"):
                     head += rest[i:i + 2]
                     i += 2
                     continue

@@ -19,12 +19,13 @@ def _site(r: Dict[str, Any]) -> str:
             path = rel
     except ValueError:
         pass
-    return f"{path}:{r['line']}"
+    name = f"{path}:{r['line']}"
+    return f"{name}:{r['var']}" if r.get("var") else name
 
 
 def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float = 0.0) -> str:
     rows = sorted(records, key=lambda r: (-r["wait_ns"], -r["acquisitions"]))[:top]
-    head = ["lock (created at)", "kind", "contentions", "wait ms", "mean wait us", "max wait ms",
+    head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us", "max wait ms",
             "hold ms", "acquisitions"]
     body = []
     for r in rows:
