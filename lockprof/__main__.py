@@ -46,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("-c", dest="code", help="run a program passed as a string")
     target.add_argument("script", nargs="?", help="the script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
+    rep = sub.add_parser("report", help="the text report of a saved profile")
+    rep.add_argument("file")
+    rep.add_argument("--top", type=int, default=10)
+    rep.add_argument("--sort", choices=("wait", "hold", "contentions", "acquisitions"),
+                     default="wait")
+    rep.add_argument("--json", action="store_true", help="per-lock records as JSON")
+    conv = sub.add_parser("convert", help="convert a saved pprof profile to another format")
+    conv.add_argument("file")
+    conv.add_argument("-f", "--format", required=True,
+                      choices=("pprof", "collapsed", "speedscope", "text"))
+    conv.add_argument("-o", "--output")
+    conv.add_argument("--force", action="store_true")
     return p
 
 
@@ -73,6 +85,57 @@ def _check_output(ns) -> str:
     if os.path.exists(path) and not ns.force:
         raise _ArgError(f"{path!r} exists; use --force to overwrite it")
     return path
+
+
+def _load(path: str):
+    from lockprof import pprof
+
+    try:
+        return pprof.read(path)
+    except pprof.ProfileError as e:
+        raise _ArgError(str(e)) from None
+
+
+def _report(ns) -> int:
+    import json
+
+    from lockprof.report import stats_from_samples
+
+    prof = _load(ns.file)
+    records = stats_from_samples(prof["samples"])
+    if ns.json:
+        print(json.dumps(records, indent=1))
+        return 0
+    rate = next((c.split("=", 1)[1] for c in prof["comments"]
+                 if c.startswith("lockprof sample_rate=")), "None")
+    print(text_table(records, ns.top, float(rate) if rate != "None" else 0.0, sort=ns.sort))
+    return 0
+
+
+def _convert(ns) -> int:
+    from lockprof import formats, pprof
+    from lockprof.report import stats_from_samples
+
+    prof = _load(ns.file)
+    ext = {"pprof": "pprof", "collapsed": "folded", "speedscope": "speedscope.json",
+           "text": "txt"}[ns.format]
+    out = ns.output or os.path.splitext(ns.file)[0] + "." + ext
+    try:
+        formats.check_writable(out)
+    except formats.FormatError as e:
+        raise _ArgError(str(e)) from None
+    if os.path.exists(out) and not ns.force:
+        raise _ArgError(f"{out!r} exists; use --force to overwrite it")
+    rows = prof["samples"]
+    if ns.format == "pprof":
+        pprof.write(out, rows, time_nanos=prof["time_nanos"],
+                    duration_nanos=prof["duration_nanos"], comments=prof["comments"])
+    elif ns.format == "text":
+        formats.write_text(out, text_table(stats_from_samples(rows), 20) + "\n")
+    else:
+        formats.write_text(out, formats.WRITERS[ns.format](rows))
+    print(f"lockprof: wrote {out}", file=sys.stderr)
+    return 0
 
 
 def _run_target(ns) -> int:
@@ -153,6 +216,10 @@ def main(argv=None) -> int:
         if ns.command is None:
             _parser().print_help()
             return 2
+        if ns.command == "report":
+            return _report(ns)
+        if ns.command == "convert":
+            return _convert(ns)
     except _ArgError as e:
         print(f"lockprof: error: {e}", file=sys.stderr)
         return 2

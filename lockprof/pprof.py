@@ -6,6 +6,7 @@ so a few varint helpers are all it takes and lockprof needs no dependency.
 from __future__ import annotations
 
 import gzip
+import re
 import os
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -211,3 +212,143 @@ def profile_comments(sample_rate: Optional[float], wait_period_ns: Optional[int]
         if counters is not None and key in counters:
             out.append(f"lockprof {key}={counters[key]}")
     return out
+
+
+class ProfileError(ValueError):
+    """A file that is not a readable lockprof pprof profile."""
+
+
+def _read_varint(buf: bytes, i: int) -> Tuple[int, int]:
+    shift = result = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ProfileError("truncated varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """(field, wire type, value) of one message; value is int or bytes."""
+    i = 0
+    while i < len(buf):
+        key, i = _read_varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(buf, i)
+        elif wire == 2:
+            n, i = _read_varint(buf, i)
+            if i + n > len(buf):
+                raise ProfileError("truncated field")
+            value, i = buf[i:i + n], i + n
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            raise ProfileError(f"unsupported wire type {wire}")
+        yield field, wire, value
+
+
+def _ints(value, wire) -> List[int]:
+    if wire == 0:
+        return [value]
+    out, i = [], 0
+    while i < len(value):
+        v, i = _read_varint(value, i)
+        out.append(v)
+    return out
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def read(path: str) -> Dict[str, Any]:
+    """Reads a pprof file written by lockprof back into sample rows (the
+    shape of lockprof.samples()).  Raises ProfileError, naming the file, on
+    anything else or on a damaged file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ProfileError(f"cannot read {path!r}: {e.strerror}") from None
+    try:
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError) as e:
+        raise ProfileError(f"{path!r} is not a valid pprof file: {e}") from None
+    try:
+        return _decode(data)
+    except (ProfileError, IndexError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path!r} is not a valid pprof file: {e}") from None
+
+
+def _decode(data: bytes) -> Dict[str, Any]:
+    strings: List[str] = []
+    types, samples_raw, locations, functions, comments = [], [], {}, {}, []
+    meta: Dict[str, int] = {}
+    for field, wire, value in _fields(data):
+        if field == 1:
+            t = {f: v for f, _, v in _fields(value)}
+            types.append((t.get(1, 0), t.get(2, 0)))
+        elif field == 2:
+            samples_raw.append(value)
+        elif field == 4:
+            loc = {"lines": []}
+            for f, w, v in _fields(value):
+                if f == 1:
+                    loc["id"] = v
+                elif f == 4:
+                    ln = {lf: lv for lf, _, lv in _fields(v)}
+                    loc["lines"].append((ln.get(1, 0), _signed(ln.get(2, 0))))
+            locations[loc.get("id", 0)] = loc["lines"]
+        elif field == 5:
+            fn = {f: v for f, _, v in _fields(value)}
+            functions[fn.get(1, 0)] = (fn.get(2, 0), fn.get(4, 0))
+        elif field == 6:
+            strings.append(value.decode("utf-8"))
+        elif field in (9, 10, 14):
+            meta[{9: "time_nanos", 10: "duration_nanos", 14: "default"}[field]] = value
+        elif field == 13:
+            comments.append(value)
+    names = [(strings[t], strings[u]) for t, u in types]
+    if [n for n, _ in names] != [n for n, _ in SAMPLE_TYPES]:
+        raise ProfileError("sample types are not lockprof's "
+                           f"({', '.join(n for n, _ in names) or 'none'})")
+    rows = []
+    for sraw in samples_raw:
+        locs, values, labels = [], [], {}
+        for f, w, v in _fields(sraw):
+            if f == 1:
+                locs += _ints(v, w)
+            elif f == 2:
+                values += [_signed(x) for x in _ints(v, w)]
+            elif f == 3:
+                lab = {lf: lv for lf, _, lv in _fields(v)}
+                key = strings[lab.get(1, 0)]
+                labels[key] = strings[lab[2]] if lab.get(2) else lab.get(3, 0)
+        frames, omitted = [], 0
+        for lid in locs:
+            for fid, line in locations.get(lid, []):
+                name_i, file_i = functions.get(fid, (0, 0))
+                name = strings[name_i]
+                m = re.fullmatch(r"<(\d+) frames omitted>", name)
+                if m and not strings[file_i]:
+                    omitted = int(m.group(1))
+                else:
+                    frames.append((strings[file_i], name, line))
+        for event, (count_col, ns_col) in _COLUMNS.items():
+            count = values[count_col] if count_col is not None else 0
+            value = values[ns_col] if ns_col is not None else 0
+            if count or value:
+                rows.append({"event": event, "count": count, "value": value,
+                             "frames": frames, "omitted": omitted,
+                             "lock_name": labels.get("lock name"), "kind": labels.get("lock kind"),
+                             "thread_name": labels.get("thread name"),
+                             "thread_id": labels.get("thread id"),
+                             "task_name": labels.get("task name")})
+    return {"samples": rows, "comments": [strings[c] for c in comments],
+            "time_nanos": meta.get("time_nanos", 0), "duration_nanos": meta.get("duration_nanos", 0)}

@@ -23,20 +23,50 @@ def _site(r: Dict[str, Any]) -> str:
     return f"{name}:{r['var']}" if r.get("var") else name
 
 
-def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float = 0.0) -> str:
-    rows = sorted(records, key=lambda r: (-r["wait_ns"], -r["acquisitions"]))[:top]
+SORT_KEYS = {"wait": "wait_ns", "hold": "hold_ns", "contentions": "contentions",
+             "acquisitions": "acquisitions"}
+
+
+def stats_from_samples(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per-lock totals from sample rows (a profile read back from a file)."""
+    locks: Dict[Any, Dict[str, Any]] = {}
+    for s in rows:
+        name = s.get("lock_name") or "<unknown>"
+        r = locks.setdefault(name, {"name": name, "kind": s.get("kind") or "<unknown>",
+                                    "contentions": 0, "wait_ns": 0, "max_wait_ns": None,
+                                    "hold_ns": 0, "acquisitions": 0, "cond_waits": 0,
+                                    "cond_wait_ns": 0})
+        if s["event"] == "contention":
+            r["contentions"] += s["count"]
+            r["wait_ns"] += s["value"]
+        elif s["event"] == "acquire":
+            r["acquisitions"] += s["count"]
+        elif s["event"] == "hold":
+            r["hold_ns"] += s["value"]
+        elif s["event"] == "cond_wait":
+            r["cond_waits"] += s["count"]
+            r["cond_wait_ns"] += s["value"]
+    return list(locks.values())
+
+
+def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float = 0.0,
+               sort: str = "wait") -> str:
+    key = SORT_KEYS[sort]
+    rows = sorted(records, key=lambda r: (-r[key], -r["wait_ns"]))[:top]
     head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us", "max wait ms",
             "hold ms", "acquisitions"]
     body = []
     for r in rows:
         c = r["contentions"]
-        body.append([_site(r), r["kind"], str(c), _ms(r["wait_ns"]),
-                     f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-", _ms(r["max_wait_ns"]),
+        body.append([r["name"] if "file" not in r else _site(r), r["kind"], f"{c:.0f}",
+                     _ms(r["wait_ns"]),
+                     f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
+                     _ms(r["max_wait_ns"]) if r.get("max_wait_ns") is not None else "-",
                      _ms(r["hold_ns"]), f"{r['acquisitions']:.0f}"])
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     fmt = lambda row: "  ".join(  # noqa: E731
         c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    lines = [f"lockprof: top {len(rows)} of {len(records)} locks by total wait "
+    lines = [f"lockprof: top {len(rows)} of {len(records)} locks by {sort} "
              f"(sample rate {sample_rate:g}; contentions and waits exact, acquisitions and hold estimated)",
              fmt(head), fmt(["-" * w for w in widths])]
     lines += [fmt(b) for b in body]

@@ -135,3 +135,58 @@ def test_collapsed_and_speedscope_content(tmp_path):
     with pytest.raises(ValueError, match="unknown format 'svg'"):
         prof.write(str(tmp_path / "p.svg"), "svg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.folded", "p.speedscope.json"]
+
+
+def _profile_with_contention(path):
+    import threading
+    import time
+    with lockprof.Profiler(sample_rate=1.0) as prof:
+        lock = threading.Lock()
+
+        def waiter():
+            with lock:
+                pass
+
+        with lock:
+            t = threading.Thread(target=waiter)
+            t.start()
+            time.sleep(0.02)
+        t.join()
+        for _ in range(5):
+            with lock:
+                pass
+    prof.write(str(path))
+    return prof.stats()[0]
+
+
+def test_report_and_convert_read_the_saved_profile(tmp_path):
+    stats = _profile_with_contention(tmp_path / "p.pprof")
+    r = _run(["report", "p.pprof", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    (rec,) = json.loads(r.stdout)
+    assert rec["name"] == stats["name"] and rec["kind"] == "threading.Lock"
+    assert rec["contentions"] == stats["contentions"] == 1
+    assert rec["wait_ns"] == stats["wait_ns"]
+    assert rec["acquisitions"] == stats["acquisitions"] == 7
+    r = _run(["report", "p.pprof", "--sort", "acquisitions", "--top", "3"], tmp_path)
+    assert r.returncode == 0 and stats["name"].split("/")[-1] in r.stdout
+    r = _run(["convert", "p.pprof", "-f", "collapsed"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    lockprof.write(str(tmp_path / "direct.folded"))        # same data, written directly
+    assert (tmp_path / "p.folded").read_text() == (tmp_path / "direct.folded").read_text()
+    r = _run(["convert", "p.pprof", "-f", "collapsed"], tmp_path)
+    assert r.returncode == 2 and "exists; use --force" in r.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"not a profile", b"\x1f\x8b\x08\x00garbage",
+                                     "truncate"])
+def test_corrupt_or_truncated_profile_is_one_line_exit_2(tmp_path, content):
+    if content == "truncate":
+        _profile_with_contention(tmp_path / "good.pprof")
+        content = (tmp_path / "good.pprof").read_bytes()[:60]
+    (tmp_path / "bad.pprof").write_bytes(content)
+    for cmd in (["report", "bad.pprof"], ["convert", "bad.pprof", "-f", "text"]):
+        r = _run(cmd, tmp_path)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert r.stderr.startswith("lockprof: error: 'bad.pprof'")
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
