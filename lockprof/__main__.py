@@ -29,7 +29,46 @@ def _rate(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+FORMATS = ("pprof", "collapsed", "speedscope", "text")
+
+
+def _env_defaults() -> dict:
+    """Defaults of `run` from the environment (LOCKPROF_*); a bad value is
+    reported naming the variable, before anything runs."""
+    out = {}
+    rate = os.environ.get("LOCKPROF_SAMPLE_RATE")
+    if rate is not None:
+        try:
+            out["sample_rate"] = _rate(rate)
+        except argparse.ArgumentTypeError:
+            raise _ArgError(f"LOCKPROF_SAMPLE_RATE={rate!r} is not a number in [0, 1]") from None
+    frames = os.environ.get("LOCKPROF_MAX_FRAMES")
+    if frames is not None:
+        try:
+            out["max_frames"] = _frames(frames)
+        except argparse.ArgumentTypeError:
+            raise _ArgError(f"LOCKPROF_MAX_FRAMES={frames!r} is not an integer in [1, 512]") from None
+    fmt = os.environ.get("LOCKPROF_FORMAT")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise _ArgError(f"LOCKPROF_FORMAT={fmt!r} is not one of {', '.join(FORMATS)}")
+        out["format"] = fmt
+    if os.environ.get("LOCKPROF_OUTPUT"):
+        out["output"] = os.environ["LOCKPROF_OUTPUT"]
+    return out
+
+
+def _frames(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"max frames {text!r} is not an integer in [1, 512]")
+    return value
+
+
+def _parser(run_defaults=None) -> argparse.ArgumentParser:
     p = _Parser(prog="lockprof", description="Lock-contention profiler for CPython.")
     sub = p.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run a Python program under the profiler")
@@ -38,14 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--top", type=int, default=10, help="locks shown in the report (default 10)")
     run.add_argument("-q", "--quiet", action="store_true", help="print no report")
     run.add_argument("-o", "--output", help="profile file (default: lockprof-<script>.<pid>.pprof)")
-    run.add_argument("-f", "--format", choices=("pprof", "collapsed", "speedscope", "text"),
+    run.add_argument("-f", "--format", choices=FORMATS,
                      help="output format (default: from the output's extension)")
+    run.add_argument("--max-frames", type=_frames, default=lockprof.DEFAULT_MAX_FRAMES,
+                     help="frames kept per stack (default 64)")
     run.add_argument("--force", action="store_true", help="overwrite an existing output file")
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("-m", dest="module", help="run a library module as a script")
     target.add_argument("-c", dest="code", help="run a program passed as a string")
     target.add_argument("script", nargs="?", help="the script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
+    run.set_defaults(**(run_defaults or {}))
     rep = sub.add_parser("report", help="the text report of a saved profile")
     rep.add_argument("file")
     rep.add_argument("--top", type=int, default=10)
@@ -153,7 +195,7 @@ def _run_target(ns) -> int:
         sys.argv = [ns.script] + ns.args
         sys.path.insert(0, os.path.dirname(os.path.abspath(ns.script)))
         runner = lambda: runpy.run_path(ns.script, run_name="__main__")  # noqa
-    lockprof.start(ns.sample_rate)
+    lockprof.start(ns.sample_rate, max_frames=ns.max_frames)
     try:
         runner()
     except SystemExit as e:
@@ -196,7 +238,8 @@ def main(argv=None) -> int:
                     head += rest[i:i + 2]
                     tail = rest[i + 2:]
                     break
-                if a in ("--sample-rate", "--top", "-o", "--output", "-f", "--format"):
+                if a in ("--sample-rate", "--top", "-o", "--output", "-f", "--format",
+                         "--max-frames"):
                     head += rest[i:i + 2]
                     i += 2
                     continue
@@ -209,7 +252,7 @@ def main(argv=None) -> int:
                 break
             else:
                 tail = []
-            ns = _parser().parse_args(head)
+            ns = _parser(_env_defaults()).parse_args(head)
             ns.args = tail
             return _run_target(ns)
         ns = _parser().parse_args(argv)

@@ -190,3 +190,39 @@ def test_corrupt_or_truncated_profile_is_one_line_exit_2(tmp_path, content):
         assert r.returncode == 2, (cmd, r.stderr)
         assert r.stderr.startswith("lockprof: error: 'bad.pprof'")
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_env_twins_and_their_errors(tmp_path, script):
+    def run(env, *args):
+        e = dict(os.environ, **env)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(lockprof.__file__)))
+        e["PYTHONPATH"] = root + os.pathsep + e.get("PYTHONPATH", "")
+        return subprocess.run([sys.executable, "-m", "lockprof", "run", *args], cwd=tmp_path,
+                              env=e, capture_output=True, text=True, timeout=120)
+
+    r = run({"LOCKPROF_OUTPUT": "env.folded", "LOCKPROF_SAMPLE_RATE": "1"}, "-q", str(script))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "env.folded").read_text().strip()
+    r = run({"LOCKPROF_OUTPUT": "env.folded"}, "-q", "-o", "cli.txt", str(script))
+    assert r.returncode == 0 and (tmp_path / "cli.txt").exists()     # the option wins
+    for var, value, message in [
+        ("LOCKPROF_SAMPLE_RATE", "lots", "LOCKPROF_SAMPLE_RATE='lots' is not a number in [0, 1]"),
+        ("LOCKPROF_MAX_FRAMES", "0", "LOCKPROF_MAX_FRAMES='0' is not an integer in [1, 512]"),
+        ("LOCKPROF_FORMAT", "svg", "LOCKPROF_FORMAT='svg' is not one of pprof, collapsed"),
+    ]:
+        r = run({var: value}, str(script), "side.marker")
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "side.marker").exists()
+
+
+def test_max_frames_option(tmp_path):
+    r = _run(["run", "-q", "--sample-rate", "1", "--max-frames", "2", "-o", "p.pprof", "-c",
+              "import threading\ndef a(l):\n  b(l)\ndef b(l):\n  c(l)\ndef c(l):\n  l.acquire(); l.release()\n"
+              "l = threading.Lock()\na(l)\n"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    from lockprof import pprof
+    rows = [s for s in pprof.read(str(tmp_path / "p.pprof"))["samples"] if s["event"] == "acquire"]
+    assert [f[1] for f in rows[0]["frames"]] == ["c", "b"] and rows[0]["omitted"] >= 2
+    r = _run(["run", "--max-frames", "0", "-c", "pass"], tmp_path)
+    assert r.returncode == 2 and "max frames '0' is not an integer in [1, 512]" in r.stderr
