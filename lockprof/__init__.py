@@ -81,14 +81,9 @@ def reset() -> None:
     _window["mono_ns"] = time.monotonic_ns()
 
 
-def stats() -> List[Dict[str, Any]]:
-    """One record per lock with recorded events, most waited-on first.
-
-    Fields: kind, site (file:line of creation), acquisitions (estimated, scaled
-    by the sampling rate), contentions and wait_ns (exact), max_wait_ns, hold_ns
-    (estimated), cond_waits and cond_wait_ns (Condition.wait, exact)."""
+def _stats(snapshot) -> List[Dict[str, Any]]:
     out = []
-    for r in _lockprof.snapshot():
+    for r in snapshot:
         r = dict(r)
         r["site"] = f"{r['file']}:{r['line']}" if r["file"] else "<unknown>"
         r["name"] = f"{r['site']}:{r['var']}" if r["var"] else r["site"]
@@ -97,26 +92,38 @@ def stats() -> List[Dict[str, Any]]:
     return out
 
 
-def samples() -> List[Dict[str, Any]]:
-    """Recorded events by lock and stack: one dict per (lock, stack, event).
+def stats() -> List[Dict[str, Any]]:
+    """One record per lock with recorded events, most waited-on first.
 
-    event is "acquire", "contention" (value: ns waited), "hold" (value: ns
-    held, on the releasing stack) or "cond_wait" (value: ns in
-    Condition.wait).  count and value are estimates scaled by the inverse of
-    the sampling probability (acquisitions and holds: sample_rate; waits: in
-    proportion to their length, see wait_period_ns); samples is how many
-    stacks were actually taken.  thread_id,
-    thread_native_id and thread_name say which thread, task_name which
-    asyncio task (None outside one).  frames lists
-    (file, function, line) from the innermost frame out; omitted counts the
-    frames past max_frames."""
-    locks = {r["id"]: r for r in _lockprof.snapshot()}
+    Fields: kind, site (file:line of creation), acquisitions (estimated, scaled
+    by the sampling rate), contentions and wait_ns (exact), max_wait_ns, hold_ns
+    (estimated), cond_waits and cond_wait_ns (Condition.wait, exact)."""
+    return _stats(_lockprof.snapshot())
+
+
+_CLI_FILE = __file__[:-len("__init__.py")] + "__main__.py"
+
+
+def _trim(frames, omitted):
+    """Stacks end at the user's program: the frames of `lockprof run` and of
+    runpy below it are not the program's and are cut."""
+    for i, frame in enumerate(frames):
+        if frame[0] == _CLI_FILE:
+            frames, omitted = frames[:i], 0
+            while frames and (frames[-1][0] == "<frozen runpy>"
+                              or frames[-1][0].endswith(("/runpy.py", "\\runpy.py"))):
+                frames = frames[:-1]
+            break
+    return tuple(frames), omitted
+
+
+def _samples(snapshot, raw) -> List[Dict[str, Any]]:
+    locks = {r["id"]: r for r in snapshot}
     stacks: Dict[int, Any] = {}
     merged: Dict[Any, Dict[str, Any]] = {}
-    for lock_id, stack_id, event, count, estimate, value, thread, task in _lockprof.samples():
+    for lock_id, stack_id, event, count, estimate, value, thread, task in raw:
         if stack_id not in stacks:
-            frames, omitted = _lockprof.stack(stack_id)
-            stacks[stack_id] = (tuple(frames), omitted)
+            stacks[stack_id] = _trim(*_lockprof.stack(stack_id))
         frames, omitted = stacks[stack_id]
         # stacks are captured as instruction offsets; two offsets on one line
         # (e.g. before and after CPython specialises a call) are one row here
@@ -127,8 +134,7 @@ def samples() -> List[Dict[str, Any]]:
             site = f"{lock['file']}:{lock['line']}" if lock.get("file") else "<unknown>"
             merged[key] = {"lock_id": lock_id, "kind": lock.get("kind", "<other>"),
                            "lock_name": f"{site}:{lock['var']}" if lock.get("var") else site,
-                           "site": f"{lock['file']}:{lock['line']}" if lock.get("file")
-                           else "<unknown>",
+                           "site": site,
                            "event": event, "samples": count, "count": estimate,
                            "value": value,
                            "frames": list(frames), "omitted": omitted,
@@ -141,26 +147,81 @@ def samples() -> List[Dict[str, Any]]:
     return list(merged.values())
 
 
-def write(path: str, format: Optional[str] = None) -> None:
+def samples() -> List[Dict[str, Any]]:
+    """Recorded events by lock and stack: one dict per (lock, stack, event).
+
+    event is "acquire", "contention" (value: ns waited), "delay" (value: ns
+    others waited, charged to the stack that released the lock), "hold"
+    (value: ns held, on the releasing stack) or "cond_wait" (value: ns in
+    Condition.wait).  count and value are estimates scaled by the inverse of
+    the sampling probability (acquisitions and holds: sample_rate; waits: in
+    proportion to their length, see wait_period_ns); samples is how many
+    stacks were actually taken.  thread_id, thread_native_id and thread_name
+    say which thread, task_name which asyncio task (None outside one).  frames
+    lists (file, function, line) from the innermost frame out; omitted counts
+    the frames past max_frames."""
+    return _samples(_lockprof.snapshot(), _lockprof.samples())
+
+
+class _Window:
+    """What one export covers: records, sample rows and the time window."""
+
+    def __init__(self, records, rows, counters, time_ns, duration_ns):
+        self.records, self.rows, self.counters = records, rows, counters
+        self.time_ns, self.duration_ns = time_ns, duration_ns
+
+
+def _current(take: bool = False) -> _Window:
+    """Everything recorded so far; with take=True the tables are reset in the
+    same step, so the next window starts exactly where this one ends."""
+    counts = counters()
+    now = time.monotonic_ns()
+    if take:
+        snap, raw = _lockprof.take()
+    else:
+        snap, raw = _lockprof.snapshot(), _lockprof.samples()
+    win = _Window(_stats(snap), _samples(snap, raw), counts, _window["time_ns"],
+                  max(0, now - _window["mono_ns"]))
+    if take:
+        _window["time_ns"] = time.time_ns()
+        _window["mono_ns"] = now
+    return win
+
+
+def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> None:
     """Write what has been recorded to `path`, in `format` (pprof, collapsed,
-    speedscope or text) or the one its extension names (.pprof / .pb.gz,
-    .folded / .collapsed, .speedscope.json, .txt).  pprof's default sample
-    type is delay; collapsed stacks carry the delay at the waiting stacks."""
-    from . import formats, pprof
+    speedscope, html or text) or the one its extension names (.pprof /
+    .pb.gz, .folded / .collapsed, .speedscope.json, .html, .txt).  pprof's
+    default sample type is delay; collapsed stacks carry the delay at the
+    waiting stacks.  With reset=True the recorded data is cleared in the same
+    step (periodic export: each file covers the time since the last)."""
+    from . import formats
 
     fmt = formats.format_for(path, format)
     formats.check_writable(path)
+    _write_window(path, fmt, _current(take=reset))
+
+
+def _write_window(path: str, fmt: str, win: _Window) -> None:
+    from . import formats, pprof
+    from .report import text_table
+
+    rate = _window["sample_rate"]
     if fmt == "text":
-        from .report import text_table
-        formats.write_text(path, text_table(stats(), 20, _window["sample_rate"] or 0.0) + "\n")
-        return
-    if fmt in formats.WRITERS:
-        formats.write_text(path, formats.WRITERS[fmt](samples()))
-        return
-    pprof.write(path, samples(), time_nanos=_window["time_ns"],
-                duration_nanos=max(0, time.monotonic_ns() - _window["mono_ns"]),
-                comments=pprof.profile_comments(_window["sample_rate"],
-                                                _window["wait_period_ns"], counters()))
+        formats.write_text(path, text_table(win.records, 20, rate or 0.0, samples=win.rows) + "\n")
+    elif fmt == "html":
+        import sys
+        prog = " ".join(sys.argv[:1]) or "python"
+        meta = (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(win.time_ns / 1e9))}, "
+                f"{win.duration_ns / 1e9:.1f} s, sample rate {rate}; contentions and waits "
+                f"exact, acquisitions and hold estimated")
+        formats.write_text(path, formats.html(win.rows, title=f"lockprof: {prog}", meta=meta))
+    elif fmt in formats.WRITERS:
+        formats.write_text(path, formats.WRITERS[fmt](win.rows))
+    else:
+        pprof.write(path, win.rows, time_nanos=win.time_ns, duration_nanos=win.duration_ns,
+                    comments=pprof.profile_comments(rate, _window["wait_period_ns"],
+                                                    win.counters))
 
 
 def counters() -> Dict[str, int]:

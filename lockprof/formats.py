@@ -16,9 +16,14 @@ MEASURES: Dict[str, Tuple[str, str, str]] = {
     "hold": ("hold", "value", "nanoseconds"),
     "cond-wait": ("cond_wait", "value", "nanoseconds"),
 }
-FORMATS = ("pprof", "collapsed", "speedscope", "text")
+LABELS = {"delay": "wait", "contentions": "contentions", "caused-delay": "wait caused (releaser)",
+          "acquisitions": "acquisitions", "hold": "hold", "cond-wait": "Condition.wait"}
+FORMATS = ("pprof", "collapsed", "speedscope", "html", "text")
+EXTENSION = {"pprof": "pprof", "collapsed": "folded", "speedscope": "speedscope.json",
+             "html": "html", "text": "txt"}
 _EXTENSIONS = ((".speedscope.json", "speedscope"), (".pb.gz", "pprof"), (".pprof", "pprof"),
-               (".folded", "collapsed"), (".collapsed", "collapsed"), (".txt", "text"))
+               (".folded", "collapsed"), (".collapsed", "collapsed"), (".html", "html"),
+               (".htm", "html"), (".txt", "text"))
 
 
 class FormatError(ValueError):
@@ -98,13 +103,75 @@ def speedscope(samples: List[Dict[str, Any]], name: str = "lockprof") -> str:
     return json.dumps(doc)
 
 
-def write_text(path: str, text: str) -> None:
-    """Temp file + rename: a crash never leaves half a file."""
+def html(samples: List[Dict[str, Any]], title: str = "lockprof", meta: str = "") -> str:
+    """A self-contained flame graph page (no network): one view per measure,
+    zoom by click, regex search, hover details; state in the URL fragment
+    (``#measure=hold&search=queue``)."""
+    import html as _html
+    from importlib import resources
+
+    frames: List[List[Any]] = []
+    index: Dict[Any, int] = {}
+
+    def frame_id(key, entry) -> int:
+        i = index.get(key)
+        if i is None:
+            i = index[key] = len(frames)
+            frames.append(entry)
+        return i
+
+    measures = []
+    for measure, (event, field, unit) in MEASURES.items():
+        totals: Dict[Tuple[int, ...], int] = {}
+        for s in samples:
+            weight = int(round(s[field])) if s["event"] == event else 0
+            if weight <= 0:
+                continue
+            stack = []
+            if s.get("omitted"):
+                stack.append(frame_id(("omitted", s["omitted"]),
+                                      [f"<{s['omitted']} frames omitted>", "", 0, "omitted"]))
+            for file, func, line in reversed(s["frames"]):
+                stack.append(frame_id((file, func, line), [func, file, line, "py"]))
+            lock = s.get("lock_name") or s.get("site") or "<unknown>"
+            short = lock.replace("\\", "/").rsplit("/", 1)[-1]
+            stack.append(frame_id(("lock", lock), [f"[{short}]", lock, 0, "lock"]))
+            key = tuple(stack)
+            totals[key] = totals.get(key, 0) + weight
+        stacks = [[list(k), v] for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+        measures.append({"key": measure, "label": LABELS[measure], "unit": unit,
+                         "total": sum(totals.values()), "stacks": stacks})
+    data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures},
+                      separators=(",", ":"))
+    # inside <script>, "</" could end the element early; JSON allows "<\/"
+    data = data.replace("</", "<\\/").replace("<!--", "<\\u0021--")
+    page = resources.files(__package__).joinpath("flamegraph.html").read_text(encoding="utf-8")
+    head, tail = page.split("__DATA__")
+    return head.replace("__TITLE__", _html.escape(title)) + data + tail
+
+
+def _umask() -> int:
+    # /proc tells without changing anything; os.umask can only be read by
+    # setting it, which for an instant would affect the program's other threads
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Temp file + rename: a crash never leaves half a file.  The file gets
+    the permissions open() would give it (mkstemp's are 0600)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lockprof-", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -112,6 +179,10 @@ def write_text(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def write_text(path: str, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"))
 
 
 def check_writable(path: str) -> None:
@@ -125,4 +196,5 @@ def check_writable(path: str) -> None:
         raise FormatError(f"cannot write {path!r}: it is a directory")
 
 
-WRITERS: Dict[str, Callable[..., str]] = {"collapsed": collapsed, "speedscope": speedscope}
+WRITERS: Dict[str, Callable[..., str]] = {"collapsed": collapsed, "speedscope": speedscope,
+                                          "html": html}

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import os
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 # (type, unit): Go's names for the first two, so that `go tool pprof
@@ -190,18 +188,8 @@ def write(path: str, samples: List[Dict[str, Any]], *, time_nanos: int, duration
     place, so a crash never leaves half a profile."""
     data = gzip.compress(encode(samples, time_nanos=time_nanos, duration_nanos=duration_nanos,
                                 comments=comments), mtime=0)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lockprof-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .formats import write_atomic
+    write_atomic(path, data)
 
 
 def profile_comments(sample_rate: Optional[float], wait_period_ns: Optional[int],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 
 def _ms(ns: float) -> str:
@@ -49,8 +49,35 @@ def stats_from_samples(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(locks.values())
 
 
+def _short(frame) -> str:
+    file, func, line = frame
+    return f"{func} ({os.path.basename(file)}:{line})" if file else func
+
+
+def hot_stacks(samples: List[Dict[str, Any]], lock_name: str, n: int = 2,
+               depth: int = 5) -> List[str]:
+    """The lock's n stacks with the most wait (else the most acquisitions),
+    innermost frame first, as one line each."""
+    for event, field in (("contention", "value"), ("acquire", "count")):
+        rows: Dict[Any, float] = {}
+        for s in samples:
+            if s["event"] == event and (s.get("lock_name") or "<unknown>") == lock_name:
+                key = tuple(s["frames"][:depth])
+                rows[key] = rows.get(key, 0) + s[field]
+        if rows:
+            total = sum(rows.values())
+            best = sorted(rows.items(), key=lambda kv: -kv[1])[:n]
+            what = "wait" if event == "contention" else "acquisitions"
+            return [f"{100 * v / total:5.1f}% of {what}: "
+                    + " <- ".join(_short(f) for f in frames) for frames, v in best if v > 0]
+    return []
+
+
 def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float = 0.0,
-               sort: str = "wait") -> str:
+               sort: str = "wait", samples: Optional[List[Dict[str, Any]]] = None,
+               stacks: int = 3) -> str:
+    """The table of the top locks; with samples, each of the first `stacks`
+    locks is followed by its hottest stacks."""
     key = SORT_KEYS[sort]
     rows = sorted(records, key=lambda r: (-r[key], -r["wait_ns"]))[:top]
     head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us", "max wait ms",
@@ -72,4 +99,14 @@ def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float 
     lines += [fmt(b) for b in body]
     if not rows:
         lines.append("(no lock events recorded)")
+    if samples:
+        hot = [(b[0], r) for b, r in zip(body, rows[:stacks])]
+        blocks = []
+        for shown, r in hot:
+            found = hot_stacks(samples, r["name"])
+            if found:
+                blocks.append(f"  {shown}")
+                blocks += [f"    {line}" for line in found]
+        if blocks:
+            lines += ["", "hottest stacks (innermost first):"] + blocks
     return "\n".join(lines)

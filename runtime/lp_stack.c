@@ -389,7 +389,7 @@ lp_samples_reset(void)
 
 static const char *event_names[] = {"acquire", "contention", "hold", "cond_wait", "delay"};
 
-static PyObject *
+PyObject *
 lp_py_samples(PyObject *mod, PyObject *unused)
 {
     PyObject *out = PyList_New(0);

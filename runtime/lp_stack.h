@@ -22,6 +22,8 @@ void lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate,
 /* the current thread's slot in the thread table */
 uint32_t lp_thread_slot(void);
 void lp_samples_reset(void);
+/* samples() of the Python API: one tuple per sample row */
+PyObject *lp_py_samples(PyObject *mod, PyObject *unused);
 int lp_stack_setup(PyObject *module);
 
 #endif

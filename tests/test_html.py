@@ -1,0 +1,201 @@
+"""The HTML flame graph, checked in a real headless browser (Debian's
+chromium): the DOM it renders after its script ran, and a screenshot."""
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import threading
+import time
+import zlib
+
+import pytest
+
+import lockprof
+from lockprof import formats
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+needs_browser = pytest.mark.skipif(
+    BROWSER is None and not os.environ.get("LOCKPROF_REQUIRE_BROWSER"),
+    reason="no chromium on this machine (CI installs it and sets LOCKPROF_REQUIRE_BROWSER)")
+
+
+def _contended_profile():
+    lockprof.reset()
+    lockprof.start(1.0, seed=3)
+    try:
+        hot_lock = threading.Lock()
+
+        def holder():
+            with hot_lock:
+                time.sleep(0.05)
+
+        def waiter():
+            time.sleep(0.01)
+            with hot_lock:
+                pass
+
+        ts = [threading.Thread(target=holder), threading.Thread(target=waiter)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        lockprof.stop()
+    rec = next(r for r in lockprof.stats() if r["var"] == "hot_lock")
+    return rec
+
+
+def _browser(*args, timeout=90):
+    out = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--no-first-run", "--hide-scrollbars", *args],
+                         capture_output=True, text=True, timeout=timeout)
+    return out.stdout
+
+
+def _dom(path, fragment=""):
+    return _browser("--window-size=1200,800", "--dump-dom", f"file://{path}{fragment}")
+
+
+def _boxes(dom):
+    return [(m.group(1), float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r'<div class="f[^"]*" data-name="([^"]*)" data-value="([^"]*)" '
+                                 r'style="left: [^;]*; width: ([0-9.]+)px', dom)]
+
+
+def test_page_is_self_contained(tmp_path):
+    _contended_profile()
+    path = str(tmp_path / "p.html")
+    lockprof.write(path)
+    page = open(path, encoding="utf-8").read()
+    assert "<script src" not in page and "<link" not in page
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
+    assert "@import" not in page and "url(" not in page
+    data = json.loads(re.search(r'id="lockprof-data">(.*?)</script>', page, re.S).group(1))
+    assert [m["key"] for m in data["measures"]] == list(formats.MEASURES)
+
+
+def test_hostile_names_cannot_break_out_of_the_page():
+    rows = [{"event": "contention", "count": 1, "value": 10, "omitted": 0,
+             "frames": [("</script><script>alert(1)</script>", "<!--x", 3)],
+             "lock_name": "a</script>b"}]
+    page = formats.html(rows, title="</title><b>x")
+    body = page.split('id="lockprof-data">', 1)[1]
+    assert body.index("</script>") > body.index("alert(1)")   # the data ends at ours
+    assert "<title>&lt;/title&gt;&lt;b&gt;x</title>" in page
+    data = json.loads(body.split("</script>", 1)[0])
+    assert data["frames"][0][1] == "</script><script>alert(1)</script>"
+    assert data["frames"][0][0] == "<!--x" and data["title"] == "</title><b>x"
+
+
+@needs_browser
+def test_browser_renders_the_exported_wait(tmp_path):
+    rec = _contended_profile()
+    path = str(tmp_path / "wait.html")
+    lockprof.write(path)
+    dom = _dom(path)
+    assert 'data-rendered="delay"' in dom, dom[:2000]
+    boxes = _boxes(dom)
+    root = boxes[0]
+    assert root[0] == "all (wait)"
+    # the whole exported wait is the root's value, and it is the exact wait_ns
+    assert root[1] == pytest.approx(rec["wait_ns"], abs=1)
+    lock = [b for b in boxes if b[0].endswith(":hot_lock]")]
+    assert len(lock) == 1 and lock[0][1] == root[1]
+    assert lock[0][2] == pytest.approx(root[2], rel=0.01)   # full width: the only lock waited on
+    assert any(b[0].startswith("waiter (test_html.py:") for b in boxes)
+    status = re.search(r'id="status">([^<]*)', dom).group(1)
+    assert status.startswith("wait: ") and " ms in 1 stacks" in status
+
+
+@needs_browser
+def test_browser_switch_search_and_zoom(tmp_path):
+    _contended_profile()
+    path = str(tmp_path / "all.html")
+    lockprof.write(path)
+    page = open(path, encoding="utf-8").read()
+    data = json.loads(re.search(r'id="lockprof-data">(.*?)</script>', page, re.S).group(1))
+    acq = next(m for m in data["measures"] if m["key"] == "acquisitions")
+
+    dom = _dom(path, "#measure=acquisitions&search=holder")
+    assert 'data-rendered="acquisitions"' in dom
+    boxes = _boxes(dom)
+    assert boxes[0] == ("all (acquisitions)", acq["total"], boxes[0][2])
+    assert re.search(r'class="f hit" data-name="holder \(test_html\.py:', dom)
+    status = re.search(r'id="status">([^<]*)', dom).group(1)
+    matched = sum(w for stack, w in acq["stacks"]
+                  if any(data["frames"][f][0] == "holder" for f in stack))
+    assert f"search matches {matched:,}" in status
+
+    # zoom on the holder's frame: it spans the width, its callers are dimmed
+    holder_path = next(stack for stack, w in acq["stacks"]
+                       if any(data["frames"][f][0] == "holder" for f in stack))
+    cut = [f for f in holder_path]
+    cut = cut[:next(i for i, f in enumerate(cut) if data["frames"][f][0] == "holder") + 1]
+    dom = _dom(path, "#measure=acquisitions&zoom=" + ",".join(map(str, cut)))
+    assert "zoomed on holder" in dom
+    boxes = _boxes(dom)
+    focus = next(b for b in boxes if b[0].startswith("holder ("))
+    assert focus[2] == pytest.approx(boxes[0][2], rel=0.01)
+    assert re.search(r'class="f dim" data-name="all \(acquisitions\)"', dom)
+
+
+def _png_pixels(path):
+    """RGB(A) rows of an 8-bit, non-interlaced PNG (what chromium writes)."""
+    blob = open(path, "rb").read()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
+    i, idat, head = 8, b"", None
+    while i < len(blob):
+        n, kind = struct.unpack(">I4s", blob[i:i + 8])
+        body = blob[i + 8:i + 8 + n]
+        if kind == b"IHDR":
+            head = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        i += 12 + n
+    w, h, depth, ctype, _, _, interlace = head
+    assert depth == 8 and ctype in (2, 6) and interlace == 0
+    bpp = 3 if ctype == 2 else 4
+    raw, stride, rows, prev = zlib.decompress(idat), w * bpp, [], bytearray(w * bpp)
+    for y in range(h):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b, c = prev[x], prev[x - bpp] if x >= bpp else 0
+            if f == 1:
+                line[x] = (line[x] + a) & 255
+            elif f == 2:
+                line[x] = (line[x] + b) & 255
+            elif f == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append([tuple(line[x:x + 3]) for x in range(0, stride, bpp)])
+        prev = line
+    return rows
+
+
+@needs_browser
+def test_screenshot_shows_the_flame_graph(tmp_path):
+    _contended_profile()
+    path = str(tmp_path / "shot.html")
+    png = str(tmp_path / "shot.png")
+    lockprof.write(path)
+    _browser("--window-size=1000,400", f"--screenshot={png}", f"file://{path}")
+    rows = _png_pixels(png)
+    assert len(rows) == 400 and len(rows[0]) == 1000
+
+    def is_lock(p):   # the lock frame's violet, hsl(265, 55%, 62%)
+        return abs(p[0] - 150) < 20 and abs(p[1] - 104) < 20 and abs(p[2] - 211) < 20
+
+    def is_flame(p):  # warm frame colours: red high, blue low
+        return p[0] > 180 and p[2] < 120 and p[0] - p[2] > 100
+
+    lock_rows = [y for y, r in enumerate(rows) if sum(map(is_lock, r)) > 500]
+    flame_rows = [y for y, r in enumerate(rows) if sum(map(is_flame, r)) > 500]
+    # the violet lock bar spans the graph's width, under a tower of warm frames
+    assert lock_rows, "no lock frame drawn"
+    assert len(flame_rows) > 3 * 10 and max(flame_rows) < min(lock_rows)
