@@ -5,6 +5,23 @@ import sys
 from glob import glob
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+PTH = "lockprof-autostart.pth"
+
+
+class build_py_with_pth(build_py):
+    """Also puts lockprof-autostart.pth at the top of the install, where
+    site.py runs it at interpreter start: with LOCKPROF_ENABLED set it imports
+    lockprof._autostart, otherwise it costs one environment lookup."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH),
+                       preserve_mode=0)
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,6 +52,7 @@ link = os.environ.get("LOCKPROF_LDFLAGS", "").split()
 
 sources = sorted(glob("generated/*.c")) + sorted(glob("runtime/*.c"))
 setup(
+    cmdclass={"build_py": build_py_with_pth},
     ext_modules=[
         Extension(
             "lockprof._lockprof",

@@ -14,8 +14,9 @@ counted exactly with its wait, acquisitions and hold times are sampled.
 from __future__ import annotations
 
 import math
+import re
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _lockprof, _patch
 
@@ -48,18 +49,43 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def _check_modules(name: str, value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of module names, got {value!r}") from None
+    for m in names:
+        if not isinstance(m, str) or not _MODULE_NAME.match(m):
+            raise ValueError(f"{name}: {m!r} is not a module name "
+                             f"(dotted identifiers, like 'myapp' or 'myapp.db')")
+    return names
+
+
 def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_MAX_LOCKS,
           max_frames: int = DEFAULT_MAX_FRAMES, wait_period_ns: int = DEFAULT_WAIT_PERIOD_NS,
-          max_samples: int = DEFAULT_MAX_SAMPLES, seed: Optional[int] = None) -> None:
+          max_samples: int = DEFAULT_MAX_SAMPLES, seed: Optional[int] = None,
+          exclude_modules: Sequence[str] = (), include_modules: Sequence[str] = ()) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
-    Idempotent; calling it while running changes the settings."""
+    Locks are profiled by the module whose code creates them:
+    exclude_modules (module names; a name covers its submodules) get native
+    locks, in addition to the stdlib's synchronization code and lockprof;
+    when include_modules is given, only code in those modules gets profiled
+    locks.  Idempotent; calling it while running changes the settings."""
     rate = _check_rate(sample_rate)
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
     _check_int("wait_period_ns", wait_period_ns, 1, 2**62)
     _check_int("max_samples", max_samples, 1, 2**32 - 1)
-    _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples)
+    exclude = _check_modules("exclude_modules", exclude_modules)
+    include = _check_modules("include_modules", include_modules)
+    _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples,
+                 exclude=exclude, include=include)
     _window["sample_rate"] = rate
     _window["wait_period_ns"] = wait_period_ns
 

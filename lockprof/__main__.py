@@ -6,7 +6,7 @@ import os
 import runpy
 import sys
 
-import lockprof
+from lockprof import _config
 from lockprof.report import text_table
 
 
@@ -19,114 +19,59 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgError(message)
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sample rate {text!r} is not a number in [0, 1]") from None
-    if not (0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"sample rate {text!r} is not a number in [0, 1]")
-    return value
+_VALUE_FLAGS = {f for o in _config.OPTIONS if o.parse is not None for f in o.flags}
 
 
-FORMATS = ("pprof", "collapsed", "speedscope", "text")
-
-
-def _env_defaults() -> dict:
-    """Defaults of `run` from the environment (LOCKPROF_*); a bad value is
-    reported naming the variable, before anything runs."""
-    out = {}
-    rate = os.environ.get("LOCKPROF_SAMPLE_RATE")
-    if rate is not None:
+def _argtype(opt):
+    def parse(text):
         try:
-            out["sample_rate"] = _rate(rate)
-        except argparse.ArgumentTypeError:
-            raise _ArgError(f"LOCKPROF_SAMPLE_RATE={rate!r} is not a number in [0, 1]") from None
-    frames = os.environ.get("LOCKPROF_MAX_FRAMES")
-    if frames is not None:
-        try:
-            out["max_frames"] = _frames(frames)
-        except argparse.ArgumentTypeError:
-            raise _ArgError(f"LOCKPROF_MAX_FRAMES={frames!r} is not an integer in [1, 512]") from None
-    fmt = os.environ.get("LOCKPROF_FORMAT")
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise _ArgError(f"LOCKPROF_FORMAT={fmt!r} is not one of {', '.join(FORMATS)}")
-        out["format"] = fmt
-    if os.environ.get("LOCKPROF_OUTPUT"):
-        out["output"] = os.environ["LOCKPROF_OUTPUT"]
-    return out
+            return opt.parse(text)
+        except _config.ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = opt.name.replace("_", " ")
+    return parse
 
 
-def _frames(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 512:
-        raise argparse.ArgumentTypeError(f"max frames {text!r} is not an integer in [1, 512]")
-    return value
-
-
-def _parser(run_defaults=None) -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lockprof", description="Lock-contention profiler for CPython.")
     sub = p.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run a Python program under the profiler")
-    run.add_argument("--sample-rate", type=_rate, default=lockprof.DEFAULT_SAMPLE_RATE,
-                     help="probability that an acquisition is sampled (default 0.01)")
-    run.add_argument("--top", type=int, default=10, help="locks shown in the report (default 10)")
-    run.add_argument("-q", "--quiet", action="store_true", help="print no report")
-    run.add_argument("-o", "--output", help="profile file (default: lockprof-<script>.<pid>.pprof)")
-    run.add_argument("-f", "--format", choices=FORMATS,
-                     help="output format (default: from the output's extension)")
-    run.add_argument("--max-frames", type=_frames, default=lockprof.DEFAULT_MAX_FRAMES,
-                     help="frames kept per stack (default 64)")
-    run.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    run = sub.add_parser(
+        "run", help="run a Python program under the profiler",
+        description="Run a Python program as `python` would, profiling its locks; the "
+                    "profile is written at exit (also on an uncaught exception or SIGTERM). "
+                    "Every option has an environment twin: LOCKPROF_<OPTION>, e.g. "
+                    "LOCKPROF_SAMPLE_RATE=0.1; the command line wins.")
+    for opt in _config.OPTIONS:
+        kw = {"dest": opt.name, "help": f"{opt.help} [{opt.env}]"}
+        if opt.parse is None:
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = _argtype(opt)
+            kw["metavar"] = opt.metavar
+            if opt.repeat:
+                kw["action"] = "append"
+        run.add_argument(*opt.flags, **kw)
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("-m", dest="module", help="run a library module as a script")
     target.add_argument("-c", dest="code", help="run a program passed as a string")
     target.add_argument("script", nargs="?", help="the script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
-    run.set_defaults(**(run_defaults or {}))
     rep = sub.add_parser("report", help="the text report of a saved profile")
     rep.add_argument("file")
-    rep.add_argument("--top", type=int, default=10)
+    rep.add_argument("--top", type=_config.BY_NAME["top"].parse, default=10)
     rep.add_argument("--sort", choices=("wait", "hold", "contentions", "acquisitions"),
                      default="wait")
     rep.add_argument("--json", action="store_true", help="per-lock records as JSON")
     conv = sub.add_parser("convert", help="convert a saved pprof profile to another format")
     conv.add_argument("file")
-    conv.add_argument("-f", "--format", required=True,
-                      choices=("pprof", "collapsed", "speedscope", "text"))
+    conv.add_argument("-f", "--format", required=True, choices=_config.FORMATS)
     conv.add_argument("-o", "--output")
     conv.add_argument("--force", action="store_true")
+    fg = sub.add_parser("flamegraph", help="an HTML flame graph of a saved pprof profile")
+    fg.add_argument("file")
+    fg.add_argument("-o", "--output", help="default: FILE with .html")
+    fg.add_argument("--force", action="store_true")
     return p
-
-
-def _default_output(ns) -> str:
-    if ns.module:
-        stem = ns.module.replace(".", "_")
-    elif ns.code is not None:
-        stem = "c"
-    else:
-        stem = os.path.splitext(os.path.basename(ns.script))[0]
-    ext = {"pprof": "pprof", "collapsed": "folded", "speedscope": "speedscope.json",
-           "text": "txt"}[ns.format or "pprof"]
-    return f"lockprof-{stem}.{os.getpid()}.{ext}"
-
-
-def _check_output(ns) -> str:
-    from lockprof import formats
-
-    path = ns.output or _default_output(ns)
-    try:
-        formats.format_for(path, ns.format)
-        formats.check_writable(path)
-    except formats.FormatError as e:
-        raise _ArgError(str(e)) from None
-    if os.path.exists(path) and not ns.force:
-        raise _ArgError(f"{path!r} exists; use --force to overwrite it")
-    return path
 
 
 def _load(path: str):
@@ -159,9 +104,7 @@ def _convert(ns) -> int:
     from lockprof.report import stats_from_samples
 
     prof = _load(ns.file)
-    ext = {"pprof": "pprof", "collapsed": "folded", "speedscope": "speedscope.json",
-           "text": "txt"}[ns.format]
-    out = ns.output or os.path.splitext(ns.file)[0] + "." + ext
+    out = ns.output or _strip_ext(ns.file) + "." + formats.EXTENSION[ns.format]
     try:
         formats.check_writable(out)
     except formats.FormatError as e:
@@ -173,56 +116,126 @@ def _convert(ns) -> int:
         pprof.write(out, rows, time_nanos=prof["time_nanos"],
                     duration_nanos=prof["duration_nanos"], comments=prof["comments"])
     elif ns.format == "text":
-        formats.write_text(out, text_table(stats_from_samples(rows), 20) + "\n")
+        formats.write_text(out, text_table(stats_from_samples(rows), 20, samples=rows) + "\n")
+    elif ns.format == "html":
+        formats.write_text(out, formats.html(rows, title=f"lockprof: {os.path.basename(ns.file)}",
+                                             meta=_meta(prof)))
     else:
         formats.write_text(out, formats.WRITERS[ns.format](rows))
     print(f"lockprof: wrote {out}", file=sys.stderr)
     return 0
 
 
+def _strip_ext(path: str) -> str:
+    for ext in (".pb.gz", ".speedscope.json", ".pprof", ".folded", ".collapsed", ".txt", ".html"):
+        if path.endswith(ext):
+            return path[:-len(ext)]
+    return os.path.splitext(path)[0]
+
+
+def _meta(prof) -> str:
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(prof["time_nanos"] / 1e9))
+    return (f"{when}, {prof['duration_nanos'] / 1e9:.1f} s; "
+            + "; ".join(c for c in prof["comments"] if c.startswith("lockprof sample_rate")))
+
+
+def _flamegraph(ns) -> int:
+    ns.format = "html"
+    return _convert(ns)
+
+
+def _merge_settings(ns) -> dict:
+    """defaults < environment < command line; repeatable options add up."""
+    settings = _config.defaults()
+    try:
+        env = _config.from_env(os.environ)
+    except _config.ConfigError as e:
+        raise _ArgError(str(e)) from None
+    settings.update(env)
+    for opt in _config.OPTIONS:
+        value = getattr(ns, opt.name)
+        if opt.repeat:
+            if value:
+                settings[opt.name] = tuple(settings[opt.name]) + tuple(
+                    m for group in value for m in group)
+        elif opt.parse is None:
+            settings[opt.name] = settings[opt.name] or value
+        elif value is not None:
+            settings[opt.name] = value
+    return settings
+
+
 def _run_target(ns) -> int:
-    code = 0
-    output = _check_output(ns)       # before any of the program runs
+    from lockprof._session import Session
+
+    settings = _merge_settings(ns)
+    if ns.module:
+        stem = ns.module.replace(".", "_")
+    elif ns.code is not None:
+        stem = "c"
+    else:
+        if not os.path.isfile(ns.script):
+            raise _ArgError(f"script {ns.script!r} not found")
+        stem = os.path.splitext(os.path.basename(ns.script))[0]
+    try:
+        session = Session(settings, stem)    # checks the output before the program runs
+    except Exception as e:
+        raise _ArgError(str(e)) from None
     if ns.module:
         sys.argv = [ns.module] + ns.args
         runner = lambda: runpy.run_module(ns.module, run_name="__main__", alter_sys=True)  # noqa
     elif ns.code is not None:
         sys.argv = ["-c"] + ns.args
-        runner = lambda: exec(compile(ns.code, "<string>", "exec"), {"__name__": "__main__"})  # noqa
+        sys.path.insert(0, "")
+        runner = lambda: exec(compile(ns.code, "<string>", "exec"), _main_globals())  # noqa
     else:
-        if not os.path.isfile(ns.script):
-            raise _ArgError(f"script {ns.script!r} not found")
         sys.argv = [ns.script] + ns.args
-        sys.path.insert(0, os.path.dirname(os.path.abspath(ns.script)))
+        sys.path[0] = os.path.dirname(os.path.abspath(ns.script))
         runner = lambda: runpy.run_path(ns.script, run_name="__main__")  # noqa
-    lockprof.start(ns.sample_rate, max_frames=ns.max_frames)
+    # the profile is written at exit, after the program's non-daemon threads
+    # and its own atexit handlers ran (they may take locks too)
+    session.start()
     try:
         runner()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if e.code is not None and not isinstance(e.code, int):
-            print(e.code, file=sys.stderr)
-    finally:
-        lockprof.stop()
-        lockprof.write(output, ns.format)
-        if not ns.quiet:
-            print(text_table(lockprof.stats(), ns.top, ns.sample_rate), file=sys.stderr)
-            print(f"lockprof: profile written to {output}; next: "
-                  + _next_command(output, ns.format), file=sys.stderr)
-    return code
+    except SystemExit:
+        raise
+    except BaseException:
+        # as python reports an uncaught exception: through sys.excepthook,
+        # with a traceback that starts in the program
+        etype, value, tb = sys.exc_info()
+        while tb is not None and _own_frame(tb.tb_frame):
+            tb = tb.tb_next
+        sys.excepthook(etype, value, tb)
+        if isinstance(value, KeyboardInterrupt):
+            session.finish()
+            _die_of(__import__("signal").SIGINT)
+        return 1
+    return 0
 
 
-def _next_command(path: str, fmt) -> str:
-    from lockprof import formats
+def _main_globals() -> dict:
+    import __main__
+    g = vars(__main__)
+    keep = {"__builtins__": g.get("__builtins__")}
+    g.clear()
+    g.update(keep, __name__="__main__", __doc__=None, __package__=None, __spec__=None,
+             __loader__=None)
+    return g
 
-    kind = formats.format_for(path, fmt)
-    if kind == "pprof":
-        return f"go tool pprof -http=: {path}  (or -top; the default view is delay)"
-    if kind == "speedscope":
-        return f"open {path} at speedscope.app or with `speedscope {path}`"
-    if kind == "collapsed":
-        return f"flamegraph.pl {path} > locks.svg"
-    return f"less {path}"
+
+def _own_frame(frame) -> bool:
+    f = frame.f_code.co_filename
+    return f == __file__ or f == "<frozen runpy>" or f.endswith(("/runpy.py", "\\runpy.py"))
+
+
+def _die_of(signum) -> None:
+    import signal
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def main(argv=None) -> int:
@@ -238,8 +251,7 @@ def main(argv=None) -> int:
                     head += rest[i:i + 2]
                     tail = rest[i + 2:]
                     break
-                if a in ("--sample-rate", "--top", "-o", "--output", "-f", "--format",
-                         "--max-frames"):
+                if a in _VALUE_FLAGS:
                     head += rest[i:i + 2]
                     i += 2
                     continue
@@ -252,7 +264,7 @@ def main(argv=None) -> int:
                 break
             else:
                 tail = []
-            ns = _parser(_env_defaults()).parse_args(head)
+            ns = _parser().parse_args(head)
             ns.args = tail
             return _run_target(ns)
         ns = _parser().parse_args(argv)
@@ -263,6 +275,8 @@ def main(argv=None) -> int:
             return _report(ns)
         if ns.command == "convert":
             return _convert(ns)
+        if ns.command == "flamegraph":
+            return _flamegraph(ns)
     except _ArgError as e:
         print(f"lockprof: error: {e}", file=sys.stderr)
         return 2

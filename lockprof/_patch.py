@@ -53,23 +53,28 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
                 _rebound.append((mod, attr, value, factory))
 
 
-def excluded_globals() -> list:
-    dicts = []
-    for name, mod in list(sys.modules.items()):
-        if mod is not None and (name in ("threading", "_threading_local")
-                                or name.startswith(("lockprof.", "asyncio."))
-                                or name == "lockprof"):
-            try:
-                dicts.append(vars(mod))
-            except TypeError:
-                pass
-    return dicts
+# code in these modules always gets native locks: the stdlib's own
+# synchronization (a Semaphore's inner Condition, an Event, a Barrier, asyncio's
+# internals) and lockprof itself
+DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "lockprof")
+
+
+def _sync_files() -> List[str]:
+    files = []
+    for name in ("threading", "asyncio.locks"):
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod, "__file__", None):
+            files.append(mod.__file__)
+    return files
 
 
 def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
-          wait_period_ns: int = 1_000_000, max_samples: int = 1 << 20) -> None:
+          wait_period_ns: int = 1_000_000, max_samples: int = 1 << 20,
+          exclude=(), include=()) -> None:
     global _running
     with _guard:
+        _lockprof.set_filters(DEFAULT_EXCLUDE + tuple(exclude), tuple(include))
+        _lockprof.set_name_skip(_sync_files())
         if _running:
             _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
                                 max_samples)
@@ -82,7 +87,6 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
             setattr(mod, attr, factory)
             _installed[key] = (modname, attr, orig, factory)
             by_id[id(orig)] = factory
-        _lockprof.set_excluded(excluded_globals())
         _scan_and_rebind(by_id)
         _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
                                 max_samples)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 
@@ -9,17 +10,40 @@ def _ms(ns: float) -> str:
     return f"{ns / 1e6:.2f}"
 
 
-def _site(r: Dict[str, Any]) -> str:
-    if not r.get("file"):
-        return "<unknown>"
-    path = r["file"]
+def _prefixes() -> List[str]:
+    import sysconfig
+    paths = sysconfig.get_paths()
+    out = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return sorted((p.rstrip(os.sep) + os.sep for p in out if p), key=len, reverse=True)
+
+
+def short_path(path: str) -> str:
+    """A path as the report shows it: relative to the working directory when
+    under it, relative to the stdlib or site-packages when there."""
     try:
         rel = os.path.relpath(path)
         if not rel.startswith(".."):
-            path = rel
+            return rel
     except ValueError:
         pass
-    name = f"{path}:{r['line']}"
+    for prefix in _prefixes():
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path
+
+
+def short_name(name: str) -> str:
+    """A lock name `path:line[:var]` with its path shortened."""
+    m = re.match(r"(.+?):(\d+)(:.*)?\Z", name)
+    if not m or m.group(1).startswith("<"):
+        return name
+    return f"{short_path(m.group(1))}:{m.group(2)}{m.group(3) or ''}"
+
+
+def _site(r: Dict[str, Any]) -> str:
+    if not r.get("file"):
+        return "<unknown>"
+    name = f"{short_path(r['file'])}:{r['line']}"
     return f"{name}:{r['var']}" if r.get("var") else name
 
 
@@ -85,7 +109,7 @@ def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float 
     body = []
     for r in rows:
         c = r["contentions"]
-        body.append([r["name"] if "file" not in r else _site(r), r["kind"], f"{c:.0f}",
+        body.append([short_name(r["name"]) if "file" not in r else _site(r), r["kind"], f"{c:.0f}",
                      _ms(r["wait_ns"]),
                      f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
                      _ms(r["max_wait_ns"]) if r.get("max_wait_ns") is not None else "-",

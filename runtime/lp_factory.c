@@ -20,9 +20,16 @@ static PyTypeObject *factory_type = NULL;
 static PyTypeObject **wrapper_types = NULL;
 static int n_wrapper_types = 0;
 
-/* module dicts whose code gets native locks (the stdlib's own
- * synchronization code and lockprof itself) */
-static PyObject *excluded = NULL;   /* tuple of dicts */
+/* Which code gets profiled locks: the module whose code calls the factory
+ * (its globals' __name__) is matched against prefixes, "a.b" matching "a.b"
+ * and "a.b.*".  Excluded modules (the stdlib's own synchronization code,
+ * lockprof, and the user's --exclude-module) get native locks; when include
+ * prefixes are set, only the modules they match get profiled ones.  The
+ * decision is cached by module name. */
+static PyObject *exclude_prefixes = NULL;   /* tuple of str */
+static PyObject *include_prefixes = NULL;   /* tuple of str, empty: all */
+static PyObject *decisions = NULL;          /* {module name: bool profiled} */
+static PyObject *str_name = NULL;           /* "__name__" */
 
 static int
 is_wrapper(PyObject *o)
@@ -37,19 +44,54 @@ is_wrapper(PyObject *o)
 }
 
 static int
-caller_excluded(void)
+prefix_match(PyObject *name, PyObject *prefixes)
 {
-    PyObject *g = PyEval_GetGlobals();   /* borrowed; the calling frame's */
-    if (g == NULL || excluded == NULL) {
-        return 0;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(excluded);
+    Py_ssize_t n = PyTuple_GET_SIZE(prefixes), len = PyUnicode_GET_LENGTH(name);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyTuple_GET_ITEM(excluded, i) == g) {
+        PyObject *p = PyTuple_GET_ITEM(prefixes, i);
+        Py_ssize_t plen = PyUnicode_GET_LENGTH(p);
+        if (plen > len || PyUnicode_Tailmatch(name, p, 0, plen, -1) != 1) {
+            continue;
+        }
+        if (plen == len || PyUnicode_READ_CHAR(name, plen) == '.') {
             return 1;
         }
     }
     return 0;
+}
+
+static int
+caller_excluded(void)
+{
+    PyObject *g = PyEval_GetGlobals();   /* borrowed; the calling frame's */
+    if (g == NULL || decisions == NULL || !PyDict_Check(g)) {
+        return 0;
+    }
+    PyObject *name = PyDict_GetItemWithError(g, str_name);   /* borrowed */
+    if (name == NULL || !PyUnicode_Check(name)) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            lp_count_error();
+        }
+        return PyTuple_GET_SIZE(include_prefixes) > 0;
+    }
+    PyObject *known = PyDict_GetItemWithError(decisions, name);
+    if (known != NULL) {
+        return known == Py_False;
+    }
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        lp_count_error();
+        return 1;
+    }
+    int profiled = !prefix_match(name, exclude_prefixes)
+                   && (PyTuple_GET_SIZE(include_prefixes) == 0
+                       || prefix_match(name, include_prefixes));
+    if (PyDict_SetItem(decisions, name, profiled ? Py_True : Py_False) < 0) {
+        PyErr_Clear();
+        lp_count_error();
+    }
+    return !profiled;
 }
 
 static PyObject *
@@ -328,16 +370,68 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
 }
 
 static PyObject *
-lp_py_set_excluded(PyObject *mod, PyObject *dicts)
+str_tuple(PyObject *seq, const char *what)
 {
-    PyObject *t = PySequence_Tuple(dicts);
+    PyObject *t = PySequence_Tuple(seq);
     if (t == NULL) {
         return NULL;
     }
-    PyObject *old = excluded;
-    excluded = t;
-    Py_XDECREF(old);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(t, i))) {
+            PyErr_Format(PyExc_TypeError, "%s: module names must be str, got %R", what,
+                         PyTuple_GET_ITEM(t, i));
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
+static PyObject *
+lp_py_set_filters(PyObject *mod, PyObject *args)
+{
+    PyObject *exc, *inc;
+    if (!PyArg_ParseTuple(args, "OO:set_filters", &exc, &inc)) {
+        return NULL;
+    }
+    PyObject *e = str_tuple(exc, "exclude");
+    if (e == NULL) {
+        return NULL;
+    }
+    PyObject *i = str_tuple(inc, "include");
+    if (i == NULL) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        Py_DECREF(e);
+        Py_DECREF(i);
+        return NULL;
+    }
+    PyObject *old_e = exclude_prefixes, *old_i = include_prefixes, *old_d = decisions;
+    exclude_prefixes = e;
+    include_prefixes = i;
+    decisions = d;
+    Py_XDECREF(old_e);
+    Py_XDECREF(old_i);
+    Py_XDECREF(old_d);
     Py_RETURN_NONE;
+}
+
+static PyObject *
+lp_py_profiles_module(PyObject *mod, PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "module name must be str");
+        return NULL;
+    }
+    if (exclude_prefixes == NULL) {
+        Py_RETURN_TRUE;
+    }
+    return PyBool_FromLong(!prefix_match(name, exclude_prefixes)
+                           && (PyTuple_GET_SIZE(include_prefixes) == 0
+                               || prefix_match(name, include_prefixes)));
 }
 
 static PyObject *
@@ -380,8 +474,11 @@ lp_py_is_wrapper(PyObject *mod, PyObject *obj)
 static PyMethodDef factory_module_methods[] = {
     {"make_factory", lp_py_make_factory, METH_VARARGS,
      "make_factory(key, original)\n--\n\nThe factory object that replaces `original`."},
-    {"set_excluded", lp_py_set_excluded, METH_O,
-     "set_excluded(dicts)\n--\n\nModule globals whose code gets native locks."},
+    {"set_filters", lp_py_set_filters, METH_VARARGS,
+     "set_filters(exclude, include)\n--\n\nModule-name prefixes whose code gets native locks, "
+     "and (when not empty) the only ones whose code gets profiled locks."},
+    {"profiles_module", lp_py_profiles_module, METH_O,
+     "profiles_module(name)\n--\n\nWhether locks made by code in module `name` are profiled."},
     {"wrap", lp_py_wrap, METH_VARARGS, "wrap(key, obj)\n--\n\nWrap an existing stdlib lock."},
     {"unwrap", lp_py_unwrap, METH_O, "unwrap(obj)\n--\n\nThe stdlib object inside a wrapper."},
     {"is_wrapper", lp_py_is_wrapper, METH_O, "is_wrapper(obj)\n--\n\nTrue for a lockprof wrapper."},
@@ -404,6 +501,10 @@ lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs)
     n_wrapper_types = ndefs;
     factory_type = (PyTypeObject *)PyType_FromSpec(&factory_spec);
     if (factory_type == NULL) {
+        return -1;
+    }
+    str_name = PyUnicode_InternFromString("__name__");
+    if (str_name == NULL) {
         return -1;
     }
     own_names = PySet_New(NULL);

@@ -4,8 +4,67 @@
  * through the raw instance __dict__ and __slots__ member descriptors, so no
  * property, __getattr__ or other user code ever runs. */
 #include "lp_record.h"
+#if PY_VERSION_HEX < 0x030B0000
+#  include <frameobject.h>
+#endif
 
 uint64_t lp_name_errors = 0;
+
+/* files of the stdlib's synchronization code (threading.py, asyncio/locks.py):
+ * a lock first used from there (a Condition's `self._lock`) is named from
+ * the first frame outside them, where the program's own name for it lives */
+static PyObject *skip_files = NULL;   /* frozenset of str */
+
+static PyObject *
+lp_py_set_name_skip(PyObject *mod, PyObject *files)
+{
+    PyObject *fs = PyFrozenSet_New(files);
+    if (fs == NULL) {
+        return NULL;
+    }
+    PyObject *old = skip_files;
+    skip_files = fs;
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef names_methods[] = {
+    {"set_name_skip", lp_py_set_name_skip, METH_O,
+     "set_name_skip(files)\n--\n\nFiles whose frames are passed over when naming a lock."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+lp_names_setup(PyObject *module)
+{
+    return PyModule_AddFunctions(module, names_methods);
+}
+
+/* the innermost frame outside skip_files (a new reference), or NULL */
+static PyFrameObject *
+naming_frame(void)
+{
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    for (int depth = 0; f != NULL && skip_files != NULL && depth < 8; depth++) {
+        PyCodeObject *co = PyFrame_GetCode(f);
+        PyObject *file = PyObject_GetAttrString((PyObject *)co, "co_filename");
+        Py_DECREF(co);
+        int skip = file != NULL && PySet_Contains(skip_files, file) == 1;
+        Py_XDECREF(file);
+        PyErr_Clear();
+        if (!skip) {
+            break;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        if (back == NULL) {
+            break;     /* keep the last one */
+        }
+        Py_DECREF(f);
+        f = back;
+    }
+    return f;
+}
 
 /* key of `obj` in mapping `m` (identity), new reference or NULL */
 static PyObject *
@@ -126,12 +185,27 @@ find_in_self(PyObject *self, PyObject *obj)
     return found;
 }
 
+/* instances of Python classes among the frame's variables: a lock reached
+ * as `account.lock` is named by the attribute (`lock`), as through self */
+#define LP_MAX_OBJECTS 16
+
+static void
+note_object(PyObject *objs, PyObject *v)
+{
+    if (objs != NULL && PyList_GET_SIZE(objs) < LP_MAX_OBJECTS
+        && PyType_HasFeature(Py_TYPE(v), Py_TPFLAGS_HEAPTYPE) && !PyType_Check(v)) {
+        if (PyList_Append(objs, v) < 0) {
+            PyErr_Clear();
+        }
+    }
+}
+
 #if PY_VERSION_HEX >= 0x030C0000
 /* 3.12+: read the frame's variables one by one, without materialising its
  * f_locals snapshot (which would keep the objects alive until the function
  * returns) */
 static PyObject *
-find_in_frame_vars(PyFrameObject *f, PyObject *obj, PyObject **self_out)
+find_in_frame_vars(PyFrameObject *f, PyObject *obj, PyObject **self_out, PyObject *objs)
 {
     PyCodeObject *co = PyFrame_GetCode(f);
     PyObject *found = NULL;
@@ -152,6 +226,9 @@ find_in_frame_vars(PyFrameObject *f, PyObject *obj, PyObject **self_out)
                 PyUnicode_CompareWithASCIIString(name, "self") == 0) {
                 *self_out = Py_NewRef(v);
             }
+            else {
+                note_object(objs, v);
+            }
             Py_DECREF(v);
         }
         Py_XDECREF(names);
@@ -165,19 +242,24 @@ find_in_frame_vars(PyFrameObject *f, PyObject *obj, PyObject **self_out)
 PyObject *
 lp_resolve_name(PyObject *obj)
 {
-    PyFrameObject *f = PyEval_GetFrame();
-    if (f == NULL) {
-        return NULL;
-    }
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);   /* never disturb the caller */
+    PyFrameObject *f = naming_frame();
+    if (f == NULL) {
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        return NULL;
+    }
     PyObject *locals = NULL, *self = NULL, *name = NULL;
+    PyObject *objs = PyList_New(0);
+    if (objs == NULL) {
+        PyErr_Clear();
+    }
     PyCodeObject *code = PyFrame_GetCode(f);
     int optimized = (code->co_flags & CO_OPTIMIZED) != 0;
     Py_DECREF(code);
 #if PY_VERSION_HEX >= 0x030C0000
     if (optimized) {
-        name = find_in_frame_vars(f, obj, &self);
+        name = find_in_frame_vars(f, obj, &self, objs);
     }
     else
 #endif
@@ -189,28 +271,53 @@ lp_resolve_name(PyObject *obj)
 #if PY_VERSION_HEX >= 0x030B0000
         locals = PyFrame_GetLocals(f);
 #else
-        locals = Py_XNewRef(PyEval_GetLocals());
+        /* frameobject.h's struct: the public way to a frame's namespaces
+         * before 3.11 */
+        if (PyFrame_FastToLocalsWithError(f) == 0) {
+            locals = Py_XNewRef(f->f_locals);
+        }
 #endif
         if (locals == NULL) {
             PyErr_Clear();
         }
         name = find_in_mapping(locals, obj);
         self = mapping_get(locals, "self");
+        if (name == NULL && optimized && locals != NULL && PyDict_Check(locals)) {
+            PyObject *k, *v;
+            Py_ssize_t pos = 0;
+            while (PyDict_Next(locals, &pos, &k, &v)) {
+                if (v != self) {
+                    note_object(objs, v);
+                }
+            }
+        }
     }
     if (name == NULL) {
         PyErr_Clear();
-        name = find_in_mapping(PyEval_GetGlobals(), obj);
+#if PY_VERSION_HEX >= 0x030B0000
+        PyObject *globals = PyFrame_GetGlobals(f);
+#else
+        PyObject *globals = Py_XNewRef(f->f_globals);
+#endif
+        name = find_in_mapping(globals, obj);
+        Py_XDECREF(globals);
     }
     if (name == NULL && self != NULL) {
         PyErr_Clear();
         name = find_in_self(self, obj);
     }
+    for (Py_ssize_t i = 0; name == NULL && objs != NULL && i < PyList_GET_SIZE(objs); i++) {
+        PyErr_Clear();
+        name = find_in_self(PyList_GET_ITEM(objs, i), obj);
+    }
+    Py_XDECREF(objs);
     Py_XDECREF(self);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         lp_name_errors++;
     }
     Py_XDECREF(locals);
+    Py_DECREF(f);
     PyErr_Restore(exc_type, exc_value, exc_tb);
     return name;
 }

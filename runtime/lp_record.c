@@ -112,6 +112,12 @@ static lp_lockrec overflow_rec;          /* events of locks past the cap */
 static uint64_t n_dropped_locks = 0;     /* locks folded into overflow_rec */
 static uint64_t n_errors = 0;            /* failures inside profiling */
 
+void
+lp_count_error(void)
+{
+    n_errors++;
+}
+
 static lp_lockrec *
 rec_for(lp_wrapper *w, int kind)
 {

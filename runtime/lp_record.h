@@ -41,6 +41,9 @@ uint32_t lp_record_site_here(void);
 /* The variable name `obj` has in the calling frame (new reference), or NULL;
  * never raises, never runs user code. */
 PyObject *lp_resolve_name(PyObject *obj);
+int lp_names_setup(PyObject *module);
+/* a failure inside profiling, absorbed (counted in counters()["errors"]) */
+void lp_count_error(void);
 extern uint64_t lp_name_errors;
 int lp_record_setup(PyObject *module);
 /* the wrapper owning `w->rec` is being freed */

@@ -597,7 +597,8 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
         Py_DECREF(row);
     }
     if (lp_record_set_kinds(kinds) < 0 || lp_record_setup(module) < 0 ||
-        lp_factory_setup(module, defs, ndefs) < 0 || lp_async_setup(module) < 0) {
+        lp_factory_setup(module, defs, ndefs) < 0 || lp_async_setup(module) < 0 ||
+        lp_names_setup(module) < 0) {
         goto error;
     }
     if (PyModule_AddObject(module, "TYPES", table) < 0) {

@@ -77,8 +77,8 @@ def test_existing_output_refused_before_the_program_runs(tmp_path, script):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--sample-rate", "2", "-c", "pass"], "sample rate '2' is not a number in [0, 1]"),
-    (["run", "--sample-rate", "x", "-c", "pass"], "sample rate 'x' is not a number in [0, 1]"),
+    (["run", "--sample-rate", "2", "-c", "pass"], "--sample-rate: '2' is not a number in [0, 1]"),
+    (["run", "--sample-rate", "x", "-c", "pass"], "--sample-rate: 'x' is not a number in [0, 1]"),
     (["run", "-o", "/nonexistent-dir/p.pprof", "-c", "pass"], "directory '/nonexistent-dir' does not exist"),
     (["run", "-o", "p.bin", "-c", "pass"], "cannot tell the format of 'p.bin'"),
     (["run", "missing_script.py"], "script 'missing_script.py' not found"),
@@ -225,4 +225,4 @@ def test_max_frames_option(tmp_path):
     rows = [s for s in pprof.read(str(tmp_path / "p.pprof"))["samples"] if s["event"] == "acquire"]
     assert [f[1] for f in rows[0]["frames"]] == ["c", "b"] and rows[0]["omitted"] >= 2
     r = _run(["run", "--max-frames", "0", "-c", "pass"], tmp_path)
-    assert r.returncode == 2 and "max frames '0' is not an integer in [1, 512]" in r.stderr
+    assert r.returncode == 2 and "--max-frames: '0' is not an integer in [1, 512]" in r.stderr

@@ -1,0 +1,148 @@
+"""The settings of a profiling session, each with a command-line option and an
+environment twin (LOCKPROF_<NAME>), parsed and checked in one place so that
+`lockprof run`, LOCKPROF_ENABLED start-up and their error messages agree."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+FORMATS = ("pprof", "collapsed", "speedscope", "html", "text")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+class ConfigError(ValueError):
+    """A setting's value is not accepted; the message names it and what is."""
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{text!r} is not a number in [0, 1]")
+    return value
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise ConfigError(f"{text!r} is not an integer in [{lo}, {hi}]")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 86400 * 7:
+        raise ConfigError(f"{text!r} is not a number of seconds in [0.1, 604800]")
+    return value
+
+
+def _format(text: str) -> str:
+    if text not in FORMATS:
+        raise ConfigError(f"{text!r} is not one of {', '.join(FORMATS)}")
+    return text
+
+
+def _modules(text: str) -> Tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for n in names:
+        if not _MODULE.match(n):
+            raise ConfigError(f"{n!r} is not a module name (dotted identifiers, "
+                              f"comma-separated: myapp,myapp.db)")
+    return names
+
+
+def _flag(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{text!r} is not one of 1, true, yes, on, 0, false, no, off")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str                    # attribute in the settings
+    flags: Tuple[str, ...]       # command line ((): environment only)
+    parse: Optional[Callable[[str], Any]]   # None: a flag without a value
+    default: Any
+    help: str
+    metavar: Optional[str] = None
+    repeat: bool = False         # may be given several times; values add up
+
+    @property
+    def env(self) -> str:
+        return "LOCKPROF_" + self.name.upper()
+
+
+OPTIONS: Sequence[Option] = (
+    Option("sample_rate", ("--sample-rate",), _rate, 0.01,
+           "probability that an acquisition is sampled; contentions are always counted "
+           "(default 0.01)", "R"),
+    Option("output", ("-o", "--output"), str, None,
+           "profile file; with --interval, a directory (default: lockprof-<program>.<pid>"
+           ".<ext>)", "PATH"),
+    Option("format", ("-f", "--format"), _format, None,
+           f"output format: {', '.join(FORMATS)} (default: from the output's extension, "
+           f"else pprof)", "FORMAT"),
+    Option("max_frames", ("--max-frames",), _int_in(1, 512), 64,
+           "frames kept per stack (default 64)", "N"),
+    Option("interval", ("--interval",), _seconds, None,
+           "write a fresh profile every SECONDS into the output directory, and the last one "
+           "at exit", "SECONDS"),
+    Option("keep", ("--keep",), _int_in(1, 100000), 24,
+           "with --interval, how many profiles to keep in the directory (default 24)", "N"),
+    Option("exclude_module", ("--exclude-module",), _modules, (),
+           "locks made by code in this module (and its submodules) stay native; "
+           "repeatable, comma-separated; adds to the built-in exclusions", "MODULE", True),
+    Option("include_module", ("--include-module",), _modules, (),
+           "profile only locks made by code in these modules; repeatable, comma-separated",
+           "MODULE", True),
+    Option("top", ("--top",), _int_in(0, 100000), 10,
+           "locks shown in the report at exit (default 10)", "N"),
+    Option("quiet", ("-q", "--quiet"), None, False, "print no report at exit"),
+    Option("force", ("--force",), None, False, "overwrite an existing output file"),
+)
+BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def parse_value(opt: Option, text: str, source: str) -> Any:
+    """The value of `opt` given as `text` by `source` (an option or a
+    variable name); ConfigError names the source and what is accepted."""
+    try:
+        return _flag(text) if opt.parse is None else opt.parse(text)
+    except ConfigError as e:
+        raise ConfigError(f"{source}={e}" if str(e).startswith(repr(text))
+                          else f"{source}={text!r}: {e}") from None
+
+
+def from_env(environ: Mapping[str, str]) -> Dict[str, Any]:
+    """The settings given by LOCKPROF_* variables (only those that are set)."""
+    out: Dict[str, Any] = {}
+    for opt in OPTIONS:
+        text = environ.get(opt.env)
+        if text is None or (opt.parse is not None and text == ""):
+            continue
+        out[opt.name] = parse_value(opt, text, opt.env)
+    return out
+
+
+def defaults() -> Dict[str, Any]:
+    return {o.name: o.default for o in OPTIONS}
+
+
+def enabled(environ: Mapping[str, str]) -> bool:
+    """LOCKPROF_ENABLED: start profiling at interpreter start."""
+    return parse_value(Option("enabled", (), None, False, ""), environ.get("LOCKPROF_ENABLED", ""),
+                       "LOCKPROF_ENABLED")
