@@ -179,6 +179,10 @@ def _run_target(ns) -> int:
         if not os.path.isfile(ns.script):
             raise _ArgError(f"script {ns.script!r} not found")
         stem = os.path.splitext(os.path.basename(ns.script))[0]
+    auto = sys.modules.get("lockprof._autostart")
+    if auto is not None and auto.session is not None:   # LOCKPROF_ENABLED too: run wins
+        auto.session.cancel()
+        auto.session = None
     try:
         session = Session(settings, stem)    # checks the output before the program runs
     except Exception as e:
@@ -207,6 +211,8 @@ def _run_target(ns) -> int:
         etype, value, tb = sys.exc_info()
         while tb is not None and _own_frame(tb.tb_frame):
             tb = tb.tb_next
+        if value is not None:
+            value.__traceback__ = tb
         sys.excepthook(etype, value, tb)
         if isinstance(value, KeyboardInterrupt):
             session.finish()
@@ -215,14 +221,19 @@ def _run_target(ns) -> int:
     return 0
 
 
+_own_main = None
+
+
 def _main_globals() -> dict:
-    import __main__
-    g = vars(__main__)
-    keep = {"__builtins__": g.get("__builtins__")}
-    g.clear()
-    g.update(keep, __name__="__main__", __doc__=None, __package__=None, __spec__=None,
-             __loader__=None)
-    return g
+    """A fresh __main__ module for -c code, as python gives it."""
+    import types
+    global _own_main
+    _own_main = sys.modules.get("__main__")   # lockprof's own, kept alive
+    mod = types.ModuleType("__main__")
+    mod.__dict__.update(__builtins__=__builtins__, __spec__=None, __loader__=None,
+                        __package__=None)
+    sys.modules["__main__"] = mod
+    return vars(mod)
 
 
 def _own_frame(frame) -> bool:

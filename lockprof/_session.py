@@ -22,10 +22,13 @@ class Session:
     environment and the command line).  stem names the program in default
     output names; interactive sessions print the report at exit."""
 
-    def __init__(self, settings: Dict[str, Any], stem: str, report: bool = True):
+    def __init__(self, settings: Dict[str, Any], stem: str, report: bool = True,
+                 announce: bool = True):
         self.s = dict(settings)
         self.stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "python"
         self.report = report and not self.s["quiet"]
+        self.announce = announce and not self.s["quiet"]
+        self.template = self.s["output"]
         self.fmt = self.s["format"]
         self.parent_pid = os.getpid()
         self.pid = os.getpid()
@@ -41,6 +44,8 @@ class Session:
     def _resolve_output(self) -> str:
         """Checks the output before anything runs; FormatError names it."""
         out = self.s["output"]
+        if out is not None:
+            out = out.replace("{pid}", str(self.pid))
         if self.s["interval"] is not None:
             directory = out or f"lockprof-{self.stem}.{self.pid}"
             if os.path.exists(directory) and not os.path.isdir(directory):
@@ -69,6 +74,8 @@ class Session:
                                 f"lockprof-{self.stem}.{pid}.{self._seq:06d}.{_EXT[self.fmt]}")
         if pid == self.parent_pid:
             return self.output
+        if self.template is not None and "{pid}" in self.template:
+            return self.template.replace("{pid}", str(pid))
         token = f".{self.parent_pid}."
         if token in self.output:
             return self.output.replace(token, f".{pid}.")
@@ -172,6 +179,17 @@ class Session:
         from multiprocessing import util
         util.Finalize(self, self.finish, exitpriority=-1000)
 
+    def cancel(self) -> None:
+        """Stop without writing (another session takes over)."""
+        self._done_pid = os.getpid()
+        atexit.unregister(self.finish)
+        if self._stop_interval is not None:
+            try:
+                self._stop_interval.release()
+            except RuntimeError:
+                pass
+        lockprof.stop()
+
     def finish(self) -> None:
         """Stop and write this process's last profile, once."""
         pid = os.getpid()
@@ -193,7 +211,7 @@ class Session:
             print(text_table(lockprof.stats(), self.s["top"], self.s["sample_rate"],
                              samples=lockprof.samples() if self.fmt != "text" else None),
                   file=sys.stderr)
-        if self.report or child:
+        if self.announce or child:
             where = (f"{len(self.written)} profiles in {self.output}"
                      if self.s["interval"] is not None else path)
             who = f" (child {pid})" if child else ""
