@@ -1,0 +1,142 @@
+"""The pytest plugin, run through pytester in a subprocess (a fresh
+interpreter: lockprof's tables are per process)."""
+import os
+import re
+import sys
+
+import pytest
+
+from lockprof import pprof
+
+CONTENDED = '''
+import threading, time
+
+def contend(lock, hold_s):
+    def holder():
+        with lock:
+            time.sleep(hold_s)
+    t = threading.Thread(target=holder)
+    t.start()
+    time.sleep(hold_s / 5)
+    with lock:
+        pass
+    t.join()
+
+def test_gate():
+    gate = threading.Lock()
+    with gate:           # first used here: named after this variable
+        pass
+    contend(gate, 0.06)
+
+def test_quiet():
+    calm = threading.Lock()
+    with calm:
+        pass
+'''
+
+
+def _run(pytester, *args):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+
+
+def test_registered_as_pytest11_entry_point():
+    from importlib import metadata
+    eps = metadata.entry_points()
+    group = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])
+    assert any(ep.value == "lockprof.pytest_plugin" for ep in group)
+
+
+def test_off_unless_asked(pytester):
+    pytester.makepyfile(test_off='''
+        import threading
+        from lockprof._lockprof import is_wrapper
+        def test_native():
+            assert not is_wrapper(threading.Lock())
+    ''')
+    r = _run(pytester)
+    r.assert_outcomes(passed=1)
+    assert "lockprof: lock contention" not in r.stdout.str()
+
+
+@pytest.mark.parametrize("how", ["flag", "ini"])
+def test_session_summary(pytester, how):
+    pytester.makepyfile(test_locks=CONTENDED)
+    if how == "ini":
+        pytester.makeini("[pytest]\nlockprof = true\nlockprof_sample_rate = 1\n")
+        r = _run(pytester)
+    else:
+        # at rate 1 the first event is the test's own `with gate:` (a lock is
+        # named where its first recorded event happens)
+        r = _run(pytester, "--lockprof", "--lockprof-sample-rate", "1")
+    r.assert_outcomes(passed=2)
+    out = r.stdout.str()
+    assert "lockprof: lock contention" in out
+    # the gate lock, with its one contention and about 48 ms of wait
+    row = next(line for line in out.splitlines() if re.match(r"test_locks\.py:\d+:gate ", line))
+    cells = row.split()
+    assert cells[1] == "threading.Lock" and cells[2] == "1"
+    assert 30 < float(cells[3]) < 500
+    assert re.search(r"tests with the most lock wait:\n\s+[0-9.]+ ms\s+test_locks\.py::test_gate",
+                     out)
+
+
+def test_per_test_profiles(pytester):
+    pytester.makepyfile(test_locks=CONTENDED)
+    r = _run(pytester, "--lockprof-dir", "profiles", "--lockprof-sample-rate", "1")
+    r.assert_outcomes(passed=2)
+    d = pytester.path / "profiles"
+    files = sorted(os.listdir(d))
+    assert files == ["test_locks.py_test_gate.pprof", "test_locks.py_test_quiet.pprof"]
+    gate = pprof.read(str(d / files[0]))["samples"]
+    quiet = pprof.read(str(d / files[1]))["samples"]
+    names = lambda rows: {r["lock_name"].rsplit(":", 1)[-1] for r in rows}  # noqa: E731
+    assert names(gate) == {"gate"} and names(quiet) == {"calm"}
+    assert sum(r["count"] for r in gate if r["event"] == "contention") == 1
+    assert sum(r["count"] for r in quiet if r["event"] == "acquire") == 1
+    assert "2 per-test profiles in profiles" in r.stdout.str()
+
+
+def test_limit_lock_wait_marker(pytester):
+    text = CONTENDED + '''
+import pytest
+
+@pytest.mark.limit_lock_wait("10 ms")
+def test_over():
+    shared = threading.Lock()
+    with shared:
+        pass
+    contend(shared, 0.08)
+
+@pytest.mark.limit_lock_wait("2 s")
+def test_under():
+    shared = threading.Lock()
+    contend(shared, 0.02)
+
+@pytest.mark.limit_lock_wait("ten minutes")
+def test_bad_budget():
+    pass
+
+@pytest.mark.limit_lock_wait(0.001)
+def test_fails_anyway():
+    assert 1 == 2
+'''
+    pytester.makepyfile(test_budget=text)
+    r = _run(pytester)      # the marker works without --lockprof
+    r.assert_outcomes(passed=3, failed=3)
+    out = r.stdout.str()
+    m = re.search(r"lock wait ([0-9.]+) ms exceeds the limit_lock_wait budget of 10\.00 ms", out)
+    assert m and 40 < float(m.group(1)) < 1000, out
+    # the lock's creation line in test_over, named where it was first recorded
+    line = text.strip().splitlines().index("    shared = threading.Lock()") + 1
+    assert re.search(rf"in 1 waits on test_budget\.py:{line}:\w+ \(threading\.Lock\)", out), out
+    assert re.search(r"100\.0% of wait: contend \(test_budget\.py:\d+\) <- test_over", out)
+    assert "'ten minutes' is not a duration" in out
+    assert "assert 1 == 2" in out        # the test's own failure is not replaced
+    assert "lockprof: lock contention" not in out
+
+
+def test_bad_options_are_usage_errors(pytester):
+    pytester.makepyfile(test_x="def test_x(): pass")
+    r = _run(pytester, "--lockprof", "--lockprof-sample-rate", "2")
+    assert r.ret == 4
+    assert "lockprof: --lockprof-sample-rate='2' is not a number in [0, 1]" in r.stderr.str()
