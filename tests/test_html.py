@@ -16,9 +16,12 @@ import lockprof
 from lockprof import formats
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+if BROWSER is None and os.environ.get("LOCKPROF_REQUIRE_BROWSER"):
+    raise RuntimeError("LOCKPROF_REQUIRE_BROWSER is set but chromium is not on PATH "
+                       "(apt-get install chromium)")
 needs_browser = pytest.mark.skipif(
-    BROWSER is None and not os.environ.get("LOCKPROF_REQUIRE_BROWSER"),
-    reason="no chromium on this machine (CI installs it and sets LOCKPROF_REQUIRE_BROWSER)")
+    BROWSER is None, reason="no chromium on this machine (CI installs it and sets "
+                            "LOCKPROF_REQUIRE_BROWSER)")
 
 
 def _contended_profile():

@@ -2,7 +2,6 @@
 interpreter: lockprof's tables are per process)."""
 import os
 import re
-import sys
 
 import pytest
 
