@@ -193,6 +193,10 @@ def _run_target(ns) -> int:
     elif ns.code is not None:
         sys.argv = ["-c"] + ns.args
         sys.path.insert(0, "")
+        if sys.version_info >= (3, 13):   # as python -c: tracebacks show the source
+            import linecache
+            linecache.cache["<string>"] = (len(ns.code), None, ns.code.splitlines(True),
+                                           "<string>")
         runner = lambda: exec(compile(ns.code, "<string>", "exec"), _main_globals())  # noqa
     else:
         sys.argv = [ns.script] + ns.args
