@@ -34,6 +34,22 @@ def transfer(src, dst, amount):
         time.sleep(0.00002)             # a slow audit write, inside the lock
 
 
+def auditor(accounts, done):
+    # every few milliseconds, a consistent total: all account locks, in order
+    while not done.wait(0.005):
+        held = []
+        for a in accounts:
+            a.lock.acquire()
+            held.append(a)
+        try:
+            total = sum(a.balance for a in accounts)
+            time.sleep(0.0005)          # a slow consistency check, inside the locks
+        finally:
+            for a in reversed(held):
+                a.lock.release()
+        assert total == len(accounts) * 1000
+
+
 def worker(jobs, accounts):
     while True:
         job = jobs.get()
@@ -47,6 +63,9 @@ def main():
     accounts = [Account(n, 1000) for n in range(N_ACCOUNTS)]
     jobs = queue.Queue(maxsize=100)
     threads = [threading.Thread(target=worker, args=(jobs, accounts)) for _ in range(N_WORKERS)]
+    done = threading.Event()
+    audit = threading.Thread(target=auditor, args=(accounts, done), name="auditor")
+    audit.start()
     for t in threads:
         t.start()
     for k in range(N_TRANSFERS):
@@ -57,6 +76,8 @@ def main():
         jobs.put(None)
     for t in threads:
         t.join()
+    done.set()
+    audit.join()
     total = sum(a.balance for a in accounts)
     print(f"bank: {len(ledger)} transfers, total balance {total}")
     assert total == N_ACCOUNTS * 1000

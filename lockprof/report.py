@@ -78,15 +78,22 @@ def _short(frame) -> str:
     return f"{func} ({os.path.basename(file)}:{line})" if file else func
 
 
+_BOOTSTRAP = ("run", "_bootstrap_inner", "_bootstrap")
+
+
 def hot_stacks(samples: List[Dict[str, Any]], lock_name: str, n: int = 2,
-               depth: int = 5) -> List[str]:
+               depth: int = 4) -> List[str]:
     """The lock's n stacks with the most wait (else the most acquisitions),
     innermost frame first, as one line each."""
     for event, field in (("contention", "value"), ("acquire", "count")):
         rows: Dict[Any, float] = {}
         for s in samples:
             if s["event"] == event and (s.get("lock_name") or "<unknown>") == lock_name:
-                key = tuple(s["frames"][:depth])
+                frames = list(s["frames"])
+                while frames and frames[-1][1] in _BOOTSTRAP and frames[-1][0].endswith(
+                        "threading.py"):
+                    frames.pop()
+                key = tuple(frames[:depth])
                 rows[key] = rows.get(key, 0) + s[field]
         if rows:
             total = sum(rows.values())
@@ -97,19 +104,44 @@ def hot_stacks(samples: List[Dict[str, Any]], lock_name: str, n: int = 2,
     return []
 
 
+_SUMMED = ("contentions", "wait_ns", "hold_ns", "acquisitions", "cond_waits", "cond_wait_ns")
+
+
+def group_by_name(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Locks that share a name (the same creation line and variable: the
+    `lock` of every Account) as one row, with `locks` counting them."""
+    out: Dict[Any, Dict[str, Any]] = {}
+    for r in records:
+        k = (r["name"], r["kind"])
+        g = out.get(k)
+        if g is None:
+            out[k] = dict(r, locks=r.get("locks", 1))
+            continue
+        g["locks"] += r.get("locks", 1)
+        for f in _SUMMED:
+            g[f] = g.get(f, 0) + r.get(f, 0)
+        if r.get("max_wait_ns") is not None:
+            g["max_wait_ns"] = max(g.get("max_wait_ns") or 0, r["max_wait_ns"])
+    return list(out.values())
+
+
 def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float = 0.0,
                sort: str = "wait", samples: Optional[List[Dict[str, Any]]] = None,
                stacks: int = 3) -> str:
     """The table of the top locks; with samples, each of the first `stacks`
     locks is followed by its hottest stacks."""
     key = SORT_KEYS[sort]
+    records = group_by_name(records)
     rows = sorted(records, key=lambda r: (-r[key], -r["wait_ns"]))[:top]
     head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us", "max wait ms",
             "hold ms", "acquisitions"]
     body = []
     for r in rows:
         c = r["contentions"]
-        body.append([short_name(r["name"]) if "file" not in r else _site(r), r["kind"], f"{c:.0f}",
+        shown = short_name(r["name"]) if "file" not in r else _site(r)
+        if r.get("locks", 1) > 1:
+            shown += f" (x{r['locks']})"
+        body.append([shown, r["kind"], f"{c:.0f}",
                      _ms(r["wait_ns"]),
                      f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
                      _ms(r["max_wait_ns"]) if r.get("max_wait_ns") is not None else "-",
@@ -117,7 +149,7 @@ def text_table(records: List[Dict[str, Any]], top: int = 10, sample_rate: float 
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     fmt = lambda row: "  ".join(  # noqa: E731
         c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    lines = [f"lockprof: top {len(rows)} of {len(records)} locks by {sort} "
+    lines = [f"lockprof: top {len(rows)} of {len(records)} lock names by {sort} "
              f"(sample rate {sample_rate:g}; contentions and waits exact, acquisitions and hold estimated)",
              fmt(head), fmt(["-" * w for w in widths])]
     lines += [fmt(b) for b in body]
