@@ -302,10 +302,16 @@ def _decode(data: bytes) -> Dict[str, Any]:
             meta[{9: "time_nanos", 10: "duration_nanos", 14: "default"}[field]] = value
         elif field == 13:
             comments.append(value)
-    names = [(strings[t], strings[u]) for t, u in types]
-    if [n for n, _ in names] != [n for n, _ in SAMPLE_TYPES]:
-        raise ProfileError("sample types are not lockprof's "
-                           f"({', '.join(n for n, _ in names) or 'none'})")
+    names = [strings[t] for t, _ in types]
+    # columns by sample-type name: lockprof's own files, and Go's mutex and
+    # block profiles (contentions/delay) or anything else carrying those
+    col = {n: i for i, n in enumerate(names)}
+    if "contentions" not in col or "delay" not in col:
+        raise ProfileError("it has no contentions/delay sample types, so it is not a lock "
+                           f"profile (its types: {', '.join(names) or 'none'})")
+    by_name = [n for n, _ in SAMPLE_TYPES]
+    columns = {event: tuple(col.get(by_name[c]) if c is not None else None for c in cols)
+               for event, cols in _COLUMNS.items()}
     rows = []
     for sraw in samples_raw:
         locs, values, labels = [], [], {}
@@ -328,9 +334,9 @@ def _decode(data: bytes) -> Dict[str, Any]:
                     omitted = int(m.group(1))
                 else:
                     frames.append((strings[file_i], name, line))
-        for event, (count_col, ns_col) in _COLUMNS.items():
-            count = values[count_col] if count_col is not None else 0
-            value = values[ns_col] if ns_col is not None else 0
+        for event, (count_col, ns_col) in columns.items():
+            count = values[count_col] if count_col is not None and count_col < len(values) else 0
+            value = values[ns_col] if ns_col is not None and ns_col < len(values) else 0
             if count or value:
                 rows.append({"event": event, "count": count, "value": value,
                              "frames": frames, "omitted": omitted,

@@ -116,3 +116,78 @@ def test_full_sample_table_is_counted_and_reported(tmp_path):
     path = tmp_path / "full.pprof"
     lockprof.write(str(path))
     assert f"lockprof dropped_samples={dropped}" in _go("-raw", str(path))
+
+
+GO_MUTEX = '''
+package main
+
+import (
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync"
+	"time"
+)
+
+func main() {
+	runtime.SetMutexProfileFraction(1)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 50; j++ {
+				mu.Lock()
+				time.Sleep(200 * time.Microsecond)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	f, _ := os.Create(os.Args[1])
+	pprof.Lookup("mutex").WriteTo(f, 0)
+	f.Close()
+}
+'''
+
+
+@needs_go
+def test_report_reads_a_go_mutex_profile(tmp_path):
+    # a profile lockprof did not write: Go's own mutex profile
+    src = tmp_path / "main.go"
+    src.write_text(GO_MUTEX)
+    env = dict(os.environ, GOCACHE=str(tmp_path / "gocache"), GOPATH=str(tmp_path / "gopath"),
+               GOFLAGS="-mod=mod", GO111MODULE="off")
+    out = tmp_path / "mutex.pprof"
+    subprocess.run([GO, "run", str(src), str(out)], env=env, check=True, timeout=300,
+                   capture_output=True)
+    from lockprof import pprof
+    prof = pprof.read(str(out))
+    delay = sum(r["value"] for r in prof["samples"] if r["event"] == "contention")
+    top = _go("-top", "-sample_index=delay", "-unit=ms", str(out))
+    go_ms = float(re.search(r"accounting for ([0-9.]+)ms", top).group(1))
+    assert delay > 0 and abs(delay / 1e6 - go_ms) < 0.01 + go_ms * 1e-4
+    assert any(r["frames"] and r["frames"][0][1].startswith("sync.") for r in prof["samples"])
+    import sys
+    r = subprocess.run([sys.executable, "-m", "lockprof", "report", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "top 1 of 1 lock names" in r.stdout, r.stderr
+
+
+def test_report_refuses_a_profile_without_lock_types(tmp_path):
+    from lockprof import pprof
+    path = tmp_path / "cpu.pprof"
+    # a cpu-like profile: sample types samples/count, cpu/nanoseconds
+    body = bytearray()
+    strings = ["", "samples", "count", "cpu", "nanoseconds"]
+    for t, u in ((1, 2), (3, 4)):
+        vt = bytes([0x08, t, 0x10, u])
+        body += bytes([0x0a, len(vt)]) + vt
+    for s in strings:
+        b = s.encode()
+        body += bytes([0x32, len(b)]) + b
+    path.write_bytes(gzip.compress(bytes(body)))
+    with pytest.raises(pprof.ProfileError, match=r"no contentions/delay sample types, so it is "
+                                                 r"not a lock profile \(its types: samples, cpu\)"):
+        pprof.read(str(path))
