@@ -1,4 +1,10 @@
-"""python -m bench [--quick] [--json FILE] [--md FILE]"""
+"""python -m bench [--quick] [--json FILE] [--md FILE] [--only micro,sampled,memory,service]
+
+Per-type microbenchmarks (native, lockprof stopped / rate 0 / default /
+rate 1, the seed-style pure-Python reference, ddtrace's lock profiler when
+installed: `pip install -e '.[bench]'`), the cost of a recorded event, memory,
+and a service-like workload; a Markdown report with the targets met or missed.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,52 +14,201 @@ import platform
 import subprocess
 import sys
 import time
+from typing import Any, Dict, List, Optional
 
-from . import micro, sampled
+from . import ddtrace_locks, memory, micro, sampled, service
+
+SECTIONS = ("micro", "sampled", "memory", "service")
 
 
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout.strip()
+                              text=True, cwd=os.path.dirname(os.path.dirname(__file__))
+                              ).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
 
 
-def table(results) -> str:
-    cols = [c for c, _ in micro.CONFIGS]
-    lines = ["| type | op | " + " | ".join(f"{c} ns" for c in cols) + " | default/native |",
-             "|---|---|" + "---|" * len(cols) + "---|"]
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def micro_table(results: List[Dict]) -> str:
+    cols = [c for c, _, _ in micro.CONFIGS if any(c in r["ns"] for r in results)]
+    lines = ["| type | op | " + " | ".join(cols) + " | default / native | added ns: lockprof"
+             " / ddtrace |",
+             "|---|---|" + "---:|" * len(cols) + "---:|---:|"]
     for r in results:
-        cells = " | ".join(f"{r['ns'][c]:.0f}" for c in cols)
-        lines.append(f"| {r['type']} | {r['op']} | {cells} | {r['ratio']['rate 0.01']:.2f}x |")
+        cells = " | ".join(f"{r['ns'][c]:.0f}" if c in r["ns"] else "n/a" for c in cols)
+        added = r["ns"][micro.DEFAULT] - r["ns"]["native"]
+        dd = r["ns"].get("ddtrace 1%")
+        vs = f"{added:.0f} / {dd - r['ns']['native']:.0f}" if dd is not None else f"{added:.0f} / n/a"
+        lines.append(f"| {r['type']} | {r['op']} | {cells} | "
+                     f"{r['ratio'][micro.DEFAULT]:.2f}x | {vs} |")
     return "\n".join(lines)
 
 
+def _ratio(results, type_, op, config=micro.DEFAULT) -> Optional[float]:
+    for r in results:
+        if r["type"] == type_ and r["op"] == op and config in r["ratio"]:
+            return r["ratio"][config]
+    return None
+
+
+def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Each target of issue #5: what was measured, met or not."""
+    out = []
+
+    def add(name, value, limit, ok, unit=""):
+        out.append({"target": name, "measured": value, "limit": limit, "met": ok, "unit": unit})
+
+    res = report.get("micro") or []
+    for t in ("threading.Lock", "threading.RLock"):
+        r = _ratio(res, t, "acquire+release")
+        if r is not None:
+            add(f"{t} acquire()+release() at the default rate", r, "<= 1.10x (hard 1.25x)",
+                r <= 1.10, "x")
+        r = _ratio(res, t, "with")
+        if r is not None:
+            add(f"{t} `with` at the default rate", r, "<= 1.00x", r <= 1.0, "x")
+    for t in ("threading.Semaphore", "threading.BoundedSemaphore", "threading.Condition"):
+        for op in ("acquire+release", "with"):
+            r = _ratio(res, t, op)
+            if r is not None:
+                add(f"{t} {op} at the default rate", r, "<= 1.03x", r <= 1.03, "x")
+    for t in ("asyncio.Lock", "asyncio.Semaphore", "asyncio.BoundedSemaphore", "asyncio.Condition"):
+        r = _ratio(res, t, "async with")
+        if r is not None:
+            add(f"{t} `async with` at the default rate", r, "<= 1.10x", r <= 1.10, "x")
+    uncontended = [r for r in res if "thread" not in r["op"] and "task" not in r["op"]
+                   and "round trip" not in r["op"] and "ddtrace 1%" in r["ns"]]
+    if uncontended:
+        factors = []
+        for r in uncontended:
+            ours = max(r["ns"][micro.DEFAULT] - r["ns"]["native"], 1.0)
+            theirs = r["ns"]["ddtrace 1%"] - r["ns"]["native"]
+            factors.append(theirs / ours)
+        worst = min(factors)
+        add("ddtrace's added cost / lockprof's, per uncontended operation (worst case)",
+            round(worst, 1), ">= 10x", worst >= 10, "x")
+    ev = {e["depth"]: e["ns_per_event"] for e in report.get("sampled_event") or []}
+    if 20 in ev:
+        add("one recorded event with a 20-frame stack", ev[20], "<= 1000 ns", ev[20] <= 1000, "ns")
+    mem = report.get("memory") or {}
+    for w in mem.get("per_wrapper", []):
+        add(f"bytes per {w['type']} wrapper", w["wrapper_bytes"], "<= 64 B",
+            w["wrapper_bytes"] <= 64, "B")
+    svc = (report.get("service") or {}).get("configs", {})
+    if "lockprof" in svc and "off" in svc:
+        for k, label in (("cpu_s", "CPU seconds"), ("p99_us", "p99 latency")):
+            v = svc["lockprof"]["vs_off"][k]
+            add(f"service workload {label}, lockprof default vs off", v, "<= 1.02x", v <= 1.02, "x")
+    return out
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    m = report["meta"]
+    parts = [f"{m['date']}, CPython {m['python']}, {m['cpu']}, {m['machine']}, commit "
+             f"{m['commit']}; ddtrace: {m['ddtrace']}. Microbenchmarks: ns per operation, "
+             f"min of {m['rounds']} interleaved rounds (medians in the JSON)."]
+    if report.get("micro"):
+        parts += ["", micro_table(report["micro"])]
+    if report.get("sampled_event"):
+        parts += ["", "One recorded event (a sampled acquisition or its hold, with its stack):", "",
+                  "| stack depth | ns per recorded event |", "|---|---:|"]
+        parts += [f"| {e['depth']} | {e['ns_per_event']:.0f} |" for e in report["sampled_event"]]
+        fe = report.get("first_event")
+        if fe:
+            parts += ["", f"A lock's first recorded event also creates its record and resolves its "
+                          f"name: {fe['ns_first_event']:.0f} ns more."]
+    mem = report.get("memory")
+    if mem:
+        parts += ["", "Memory (tracemalloc):", "",
+                  "| type | sys.getsizeof(wrapper) | bytes added per wrapped lock | lock record "
+                  "(first event) |", "|---|---:|---:|---:|"]
+        for w in mem["per_wrapper"]:
+            rec = "n/a" if w["record_bytes"] is None else f"{w['record_bytes']:.0f}"
+            parts.append(f"| {w['type']} | {w['getsizeof']} | {w['wrapper_bytes']:.0f} | {rec} |")
+        p = mem["profile"]
+        parts += ["", f"The profile after {p['events']:,} recorded events over {p['stacks']:,} "
+                      f"distinct stacks: {p['bytes'] / 1e6:.2f} MB ({p['bytes_per_stack']:.0f} B "
+                      f"per stack; repeated events on a known stack add nothing)."]
+    svc = report.get("service")
+    if svc and svc.get("configs"):
+        parts += ["", f"Service workload ({svc['requests']:,} requests, 16 clients, 8 workers; "
+                      f"median of {svc['rounds']} runs, each in a fresh interpreter, interleaved):",
+                  "", "| configuration | requests/s | p50 us | p99 us | CPU s | vs off: "
+                      "throughput, p50, p99, CPU |", "|---|---:|---:|---:|---:|---|"]
+        for c, v in svc["configs"].items():
+            r = v.get("vs_off", {})
+            parts.append(f"| {v['profiler']} | {v['throughput']:.0f} | {v['p50_us']:.0f} | "
+                         f"{v['p99_us']:.0f} | {v['cpu_s']:.2f} | "
+                         f"{r.get('throughput', 0):.2f}, {r.get('p50_us', 0):.2f}, "
+                         f"{r.get('p99_us', 0):.2f}, {r.get('cpu_s', 0):.2f} |")
+        for c, e in svc.get("errors", {}).items():
+            parts.append(f"\n{c}: not measured ({e})")
+    tg = report.get("targets")
+    if tg:
+        parts += ["", "Targets:", "", "| target | measured | limit | |", "|---|---:|---|---|"]
+        for t in tg:
+            parts.append(f"| {t['target']} | {t['measured']}{t['unit']} | {t['limit']} | "
+                         f"{'met' if t['met'] else '**missed**'} |")
+    return "\n".join(parts)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description="lockprof microbenchmarks")
-    p.add_argument("--quick", action="store_true", help="few rounds (smoke test)")
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few rounds and small sizes (smoke test)")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--loops", type=int, default=2000)
+    p.add_argument("--requests", type=int, default=20000, help="service workload requests")
+    p.add_argument("--service-rounds", type=int, default=5)
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections ({', '.join(SECTIONS)})")
     p.add_argument("--json", help="write results as JSON to this file")
-    p.add_argument("--md", help="write the Markdown table to this file")
+    p.add_argument("--md", help="write the Markdown report to this file")
     args = p.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    bad = only - set(SECTIONS)
+    if bad:
+        p.error(f"--only: unknown section(s) {', '.join(sorted(bad))}; accepted: "
+                f"{', '.join(SECTIONS)}")
     if args.quick:
-        args.rounds, args.loops = 2, 50
+        args.rounds, args.loops, args.requests, args.service_rounds = 2, 50, 800, 1
+    reason = ddtrace_locks.why_unavailable()
     meta = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.platform()}",
-            "commit": _commit(), "rounds": args.rounds, "loops": args.loops * micro.UNROLL}
-    results = micro.measure(rounds=args.rounds, loops=args.loops)
-    events = sampled.measure(rounds=args.rounds, loops=max(10, args.loops))
-    md = (f"{meta['date']}, CPython {meta['python']}, {meta['machine']}, commit {meta['commit']}; "
-          f"min of {meta['rounds']} interleaved rounds\n\n" + table(results) +
-          "\n\nOne recorded event (a sampled acquisition or its hold, with its stack):\n\n"
-          "| stack depth | ns per recorded event |\n|---|---|\n" +
-          "\n".join(f"| {e['depth']} | {e['ns_per_event']:.0f} |" for e in events))
+            "cpu": _cpu(), "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
+                                      f"{platform.platform()}",
+            "commit": _commit(), "rounds": args.rounds, "loops": args.loops,
+            "ddtrace": (f"{ddtrace_locks.version()} (lock collectors, 1% capture)"
+                        if reason is None else f"not measured ({reason})")}
+    report: Dict[str, Any] = {"meta": meta}
+    if "micro" in only:
+        report["micro"] = micro.measure(rounds=args.rounds, loops=args.loops)
+    if "sampled" in only:
+        report["sampled_event"] = sampled.measure(rounds=args.rounds, loops=max(10, args.loops))
+        report["first_event"] = sampled.first_event(rounds=args.rounds, n=max(10, args.loops))
+    if "memory" in only:
+        report["memory"] = {
+            "per_wrapper": memory.per_wrapper(500 if args.quick else 5000),
+            "profile": memory.profile_size(20_000 if args.quick else 1_000_000,
+                                           100 if args.quick else 1000)}
+    if "service" in only:
+        report["service"] = service.run(requests=args.requests, rounds=args.service_rounds)
+    report["targets"] = targets(report)
+    md = markdown(report)
     print(md)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results, "sampled_event": events}, f, indent=1)
+            json.dump(report, f, indent=1)
     if args.md:
         with open(args.md, "w") as f:
             f.write(md + "\n")

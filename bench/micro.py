@@ -1,38 +1,37 @@
-"""Per-type microbenchmarks: ns per operation, native against lockprof.
+"""Per-type microbenchmarks: ns per operation for native locks, lockprof in
+each configuration, the seed-style pure-Python reference and ddtrace.
 
 Every configuration is measured interleaved in one process (round after
-round), and the minimum over rounds is kept, so that a noisy neighbour slows
-every configuration alike instead of one.
+round, configurations in turn), and the minimum and median over rounds are
+kept, so that a noisy neighbour slows every configuration alike.
 """
 from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
 import threading
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import lockprof
 
+from . import ddtrace_locks, reference
+
 UNROLL = 20
 
-SYNC_OPS = {
-    "acquire+release": "l.acquire(); l.release()",
-    "with": "with l: pass",
-    "failed try": "l.acquire(False)",   # on a held lock
-}
-ASYNC_OPS = {
-    "async with": "async with l: pass",
-}
+# name -> (family, lockprof sampling rate while measuring)
+CONFIGS = [("native", "native", None), ("stopped", "lockprof", None),
+           ("rate 0", "lockprof", 0.0), ("rate 0.01", "lockprof", 0.01),
+           ("rate 1", "lockprof", 1.0), ("reference 1%", "reference", None),
+           ("ddtrace 1%", "ddtrace", None)]
+DEFAULT = "rate 0.01"
+
 SYNC_TYPES = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition"]
-ASYNC_TYPES = ["Lock", "Semaphore", "BoundedSemaphore"]
-
-# configuration -> sampling rate while measuring (None: profiling stopped)
-CONFIGS = [("native", None), ("stopped", None), ("rate 0", 0.0),
-           ("rate 0.01", 0.01), ("rate 1", 1.0)]
+ASYNC_TYPES = ["Lock", "Semaphore", "BoundedSemaphore", "Condition"]
 
 
-def _loop_fn(stmt: str, is_async: bool) -> Callable:
+def _unrolled(stmt: str, is_async: bool) -> Callable:
     """run(l, n): `stmt` unrolled UNROLL times inside an n-times loop."""
     body = "\n".join("        " + stmt for _ in range(UNROLL))
     src = f"{'async ' if is_async else ''}def run(l, n):\n    for _ in range(n):\n{body}\n"
@@ -41,67 +40,169 @@ def _loop_fn(stmt: str, is_async: bool) -> Callable:
     return ns["run"]
 
 
-def _make_locks(name: str, is_async: bool):
-    """(native, wrapped) instances of one type."""
-    mod = asyncio if is_async else threading
-    native = getattr(mod, name)()
+# -- operations: (ops per call, runner(lock, loops, loop) -> elapsed ns) ----
+
+def _uncontended(stmt: str, is_async: bool, prepare=None):
+    fn = _unrolled(stmt, is_async)
+
+    def run(lock, loops, loop):
+        if prepare:
+            prepare(lock)
+        try:
+            t0 = time.perf_counter_ns()
+            if is_async:
+                loop.run_until_complete(fn(lock, loops))
+            else:
+                fn(lock, loops)
+            return time.perf_counter_ns() - t0
+        finally:
+            if prepare:
+                lock.release()
+    return run, UNROLL
+
+
+def _threads(n_threads: int):
+    def worker(lock, n, start):
+        start.wait()
+        for _ in range(n):
+            with lock:
+                pass
+
+    def run(lock, loops, loop):
+        start = threading.Event()
+        ts = [threading.Thread(target=worker, args=(lock, loops, start)) for _ in range(n_threads)]
+        for t in ts:
+            t.start()
+        t0 = time.perf_counter_ns()
+        start.set()
+        for t in ts:
+            t.join()
+        return time.perf_counter_ns() - t0
+    return run, n_threads
+
+
+def _tasks(n_tasks: int):
+    async def worker(lock, n):
+        for _ in range(n):
+            async with lock:
+                await asyncio.sleep(0)
+
+    async def main(lock, n):
+        await asyncio.gather(*(worker(lock, n) for _ in range(n_tasks)))
+
+    def run(lock, loops, loop):
+        t0 = time.perf_counter_ns()
+        loop.run_until_complete(main(lock, loops))
+        return time.perf_counter_ns() - t0
+    return run, n_tasks
+
+
+def _round_trip():
+    """Two threads hand a turn back and forth through Condition wait/notify."""
+    def player(cond, me, turn, n):
+        for _ in range(n):
+            with cond:
+                while turn[0] != me:
+                    cond.wait()
+                turn[0] = 1 - me
+                cond.notify()
+
+    def run(cond, loops, loop):
+        turn = [0]
+        ts = [threading.Thread(target=player, args=(cond, me, turn, loops)) for me in (0, 1)]
+        t0 = time.perf_counter_ns()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return time.perf_counter_ns() - t0
+    return run, 1
+
+
+def cases() -> List[Dict[str, Any]]:
+    out = []
+    for t in SYNC_TYPES:
+        reentrant = t in ("RLock", "Condition")
+        out.append(dict(type=f"threading.{t}", kind=t, is_async=False, op="acquire+release",
+                        make=lambda: _uncontended("l.acquire(); l.release()", False)))
+        out.append(dict(type=f"threading.{t}", kind=t, is_async=False, op="with",
+                        make=lambda: _uncontended("with l: pass", False)))
+        if not reentrant:   # a try by the owner of a reentrant lock succeeds
+            out.append(dict(type=f"threading.{t}", kind=t, is_async=False, op="failed try",
+                            make=lambda: _uncontended("l.acquire(False)", False,
+                                                      prepare=lambda lk: lk.acquire())))
+        for n in (2, 8):
+            out.append(dict(type=f"threading.{t}", kind=t, is_async=False,
+                            op=f"with, {n} threads", make=lambda n=n: _threads(n), scale=0.05))
+    out.append(dict(type="threading.Condition", kind="Condition", is_async=False,
+                    op="notify/wait round trip", make=_round_trip, scale=0.02))
+    for t in ASYNC_TYPES:
+        out.append(dict(type=f"asyncio.{t}", kind=t, is_async=True, op="async with",
+                        make=lambda: _uncontended("async with l: pass", True)))
+        out.append(dict(type=f"asyncio.{t}", kind=t, is_async=True, op="async with, 8 tasks",
+                        make=lambda: _tasks(8), scale=0.1))
+    return out
+
+
+def _objects(case, configs) -> Dict[str, Optional[Any]]:
+    """One lock per family; None where a configuration has no such lock."""
+    mod = asyncio if case["is_async"] else threading
+    kind = case["kind"]
+    objs: Dict[str, Optional[Any]] = {"native": getattr(mod, kind)()}
     lockprof.start(0.0)
     try:
-        wrapped = getattr(mod, name)()
+        objs["lockprof"] = getattr(mod, kind)()
     finally:
         lockprof.stop()
-    assert type(wrapped) is not type(native), f"{name} was not wrapped"
-    return native, wrapped
+    assert type(objs["lockprof"]) is not type(objs["native"]), f"{kind} was not wrapped"
+    families = {fam for _, fam, _ in configs}
+    if "reference" in families:
+        objs["reference"] = (None if case["is_async"]
+                             else reference.Profiler(1.0).make(kind))
+    if "ddtrace" in families:
+        objs["ddtrace"] = (ddtrace_locks.make(kind, case["is_async"])
+                           if ddtrace_locks.why_unavailable() is None else None)
+    return objs
 
 
-def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None) -> List[dict]:
+def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None,
+            configs=None) -> List[dict]:
+    configs = [c for c in CONFIGS if configs is None or c[0] in configs]
     results = []
     loop = asyncio.new_event_loop()
     try:
-        cases: List[Tuple[str, str, bool, str, str]] = []
-        for t in SYNC_TYPES:
-            for op, stmt in SYNC_OPS.items():
-                if op == "failed try" and t in ("RLock", "Condition"):
-                    continue   # reentrant: a try by the owner succeeds
-                cases.append((f"threading.{t}", t, False, op, stmt))
-        for t in ASYNC_TYPES:
-            for op, stmt in ASYNC_OPS.items():
-                cases.append((f"asyncio.{t}", t, True, op, stmt))
-        for key, name, is_async, op, stmt in cases:
-            if types and key not in types:
+        for case in cases():
+            if (types and case["type"] not in types) or (ops and case["op"] not in ops):
                 continue
-            if ops and op not in ops:
-                continue
-            native, wrapped = _make_locks(name, is_async)
-            if op == "failed try":
-                native.acquire()
-                wrapped.acquire()
-            fn = _loop_fn(stmt, is_async)
-            best = {c: float("inf") for c, _ in CONFIGS}
+            objs = _objects(case, configs)
+            run, per_call = case["make"]()
+            n = max(1, int(loops * case.get("scale", 1.0)))
+            times: Dict[str, List[float]] = {c: [] for c, fam, _ in configs
+                                             if objs.get(fam) is not None}
             gc.disable()
             try:
                 for rnd in range(rounds + 1):   # round 0 warms up, unmeasured
-                    for cname, rate in CONFIGS:
-                        if rate is not None:
+                    for cname, fam, rate in configs:
+                        if cname not in times:
+                            continue
+                        if fam == "lockprof" and rate is not None:
                             lockprof.start(rate)
-                        obj = native if cname == "native" else wrapped
-                        t0 = time.perf_counter_ns()
-                        if is_async:
-                            loop.run_until_complete(fn(obj, loops))
-                        else:
-                            fn(obj, loops)
-                        dt = time.perf_counter_ns() - t0
-                        if rate is not None:
-                            lockprof.stop()
+                        try:
+                            dt = run(objs[fam], n, loop)
+                        finally:
+                            if fam == "lockprof" and rate is not None:
+                                lockprof.stop()
                         if rnd > 0:
-                            best[cname] = min(best[cname], dt / (loops * UNROLL))
+                            times[cname].append(dt / (n * per_call))
             finally:
                 gc.enable()
                 lockprof.reset()
+            best = {c: min(v) for c, v in times.items()}
             base = best["native"]
             results.append({
-                "type": key, "op": op,
+                "type": case["type"], "op": case["op"],
                 "ns": {c: round(v, 1) for c, v in best.items()},
+                "median_ns": {c: round(statistics.median(v), 1) for c, v in times.items()},
                 "ratio": {c: round(v / base, 3) for c, v in best.items()},
             })
     finally:

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.BoundedSemaphore: wrapper of asyncio.locks.BoundedSemaphore (generator/locks.json, line 133) */
+/* asyncio.BoundedSemaphore: wrapper of asyncio.locks.BoundedSemaphore (generator/locks.json, line 137) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -94,6 +94,17 @@ lp_asyncio_BoundedSemaphore_release_now(lp_wrapper *self)
     return lp_asyncio_BoundedSemaphore_release_impl(self, &lp_asyncio_BoundedSemaphore_m_release, NULL, 0, NULL);
 }
 
+/* asyncio.BoundedSemaphore.locked (role: forward): the wrapped object's bound method */
+static PyObject *
+lp_asyncio_BoundedSemaphore_locked_get(lp_wrapper *self, void *closure)
+{
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("locked")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttr(self->inner, name);
+}
+
 /* asyncio.BoundedSemaphore.acquire (role: async_acquire) */
 static PyObject *
 lp_asyncio_BoundedSemaphore_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -141,6 +152,7 @@ static PyMethodDef lp_asyncio_BoundedSemaphore_methods[] = {
 
 static PyGetSetDef lp_asyncio_BoundedSemaphore_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
+    {"locked", (getter)lp_asyncio_BoundedSemaphore_locked_get, NULL, PyDoc_STR("locked: the wrapped asyncio.locks.BoundedSemaphore's own (not recorded)."), NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

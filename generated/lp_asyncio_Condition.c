@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.Condition: wrapper of asyncio.locks.Condition (generator/locks.json, line 149) */
+/* asyncio.Condition: wrapper of asyncio.locks.Condition (generator/locks.json, line 154) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -116,6 +116,28 @@ lp_asyncio_Condition_release_now(lp_wrapper *self)
     return lp_asyncio_Condition_release_impl(self, &lp_asyncio_Condition_m_release, NULL, 0, NULL);
 }
 
+/* asyncio.Condition.notify (role: forward): the wrapped object's bound method */
+static PyObject *
+lp_asyncio_Condition_notify_get(lp_wrapper *self, void *closure)
+{
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("notify")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttr(self->inner, name);
+}
+
+/* asyncio.Condition.notify_all (role: forward): the wrapped object's bound method */
+static PyObject *
+lp_asyncio_Condition_notify_all_get(lp_wrapper *self, void *closure)
+{
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("notify_all")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttr(self->inner, name);
+}
+
 /* asyncio.Condition.acquire (role: async_acquire) */
 static PyObject *
 lp_asyncio_Condition_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -183,6 +205,8 @@ static PyMethodDef lp_asyncio_Condition_methods[] = {
 
 static PyGetSetDef lp_asyncio_Condition_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
+    {"notify", (getter)lp_asyncio_Condition_notify_get, NULL, PyDoc_STR("notify: the wrapped asyncio.locks.Condition's own (not recorded)."), NULL},
+    {"notify_all", (getter)lp_asyncio_Condition_notify_all_get, NULL, PyDoc_STR("notify_all: the wrapped asyncio.locks.Condition's own (not recorded)."), NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

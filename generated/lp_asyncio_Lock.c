@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.Lock: wrapper of asyncio.locks.Lock (generator/locks.json, line 101) */
+/* asyncio.Lock: wrapper of asyncio.locks.Lock (generator/locks.json, line 103) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -94,6 +94,17 @@ lp_asyncio_Lock_release_now(lp_wrapper *self)
     return lp_asyncio_Lock_release_impl(self, &lp_asyncio_Lock_m_release, NULL, 0, NULL);
 }
 
+/* asyncio.Lock.locked (role: forward): the wrapped object's bound method */
+static PyObject *
+lp_asyncio_Lock_locked_get(lp_wrapper *self, void *closure)
+{
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("locked")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttr(self->inner, name);
+}
+
 /* asyncio.Lock.acquire (role: async_acquire) */
 static PyObject *
 lp_asyncio_Lock_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -141,6 +152,7 @@ static PyMethodDef lp_asyncio_Lock_methods[] = {
 
 static PyGetSetDef lp_asyncio_Lock_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
+    {"locked", (getter)lp_asyncio_Lock_locked_get, NULL, PyDoc_STR("locked: the wrapped asyncio.locks.Lock's own (not recorded)."), NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -113,6 +113,28 @@ lp_threading_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
+/* threading.Condition.notify (role: forward): the wrapped object's bound method */
+static PyObject *
+lp_threading_Condition_notify_get(lp_wrapper *self, void *closure)
+{
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("notify")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttr(self->inner, name);
+}
+
+/* threading.Condition.notify_all (role: forward): the wrapped object's bound method */
+static PyObject *
+lp_threading_Condition_notify_all_get(lp_wrapper *self, void *closure)
+{
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("notify_all")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttr(self->inner, name);
+}
+
 /* threading.Condition.acquire (role: acquire) */
 static PyObject *
 lp_threading_Condition_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -180,6 +202,8 @@ static PyMethodDef lp_threading_Condition_methods[] = {
 
 static PyGetSetDef lp_threading_Condition_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
+    {"notify", (getter)lp_threading_Condition_notify_get, NULL, PyDoc_STR("notify: the wrapped threading.Condition's own (not recorded)."), NULL},
+    {"notify_all", (getter)lp_threading_Condition_notify_all_get, NULL, PyDoc_STR("notify_all: the wrapped threading.Condition's own (not recorded)."), NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -60,6 +60,10 @@ class Method:
     inner_c: str            # C variable of that lp_method
     guard: Optional[str]    # "PY_VERSION_HEX >= 0x030B0000" or None
     doc: str
+    # a "forward" of a Python class's method: exposed as a getter returning
+    # the wrapped object's bound method, so that the call stays Python to
+    # Python (a C method calling into Python costs a C-level frame)
+    as_getter: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,12 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         flags, inner_name = ROLES[role]
         inner_name = inner_name or name
         c_var = f"{prefix}_m_{_ident(inner_name)}"
+        if role == "forward" and not raw["native"]:
+            methods.append(Method(
+                name=name, role=role, c_name=f"{prefix}_{_ident(name) or name}",
+                meth_flags="", inner=inner_name, inner_c="", guard=guard,
+                doc=f"{name}: the wrapped {type_name}'s own (not recorded).", as_getter=True))
+            continue
         if inner_name not in inner:
             inner[inner_name] = InnerMethod(inner_name, c_var, guard)
         elif inner[inner_name].guard != guard and inner[inner_name].guard is not None:

@@ -1,21 +1,76 @@
-"""The benchmark runs (briefly) and measures what it claims, so it cannot rot."""
-from bench import micro, sampled
-from bench.__main__ import table
+"""Each benchmark runs briefly and measures what it claims, so none can rot."""
+import json
+
+from bench import __main__ as bench_main
+from bench import memory, micro, reference, sampled, service
 
 
 def test_micro_benchmark_smoke():
     res = micro.measure(rounds=1, loops=5, types={"threading.Lock", "asyncio.Lock"})
     assert {(r["type"], r["op"]) for r in res} == {
         ("threading.Lock", "acquire+release"), ("threading.Lock", "with"),
-        ("threading.Lock", "failed try"), ("asyncio.Lock", "async with")}
+        ("threading.Lock", "failed try"), ("threading.Lock", "with, 2 threads"),
+        ("threading.Lock", "with, 8 threads"), ("asyncio.Lock", "async with"),
+        ("asyncio.Lock", "async with, 8 tasks")}
     for r in res:
-        assert set(r["ns"]) == {c for c, _ in micro.CONFIGS}
+        assert {"native", "stopped", "rate 0", "rate 0.01", "rate 1"} <= set(r["ns"])
+        assert ("reference 1%" in r["ns"]) == r["type"].startswith("threading.")
         assert all(v > 0 for v in r["ns"].values())
         assert r["ratio"]["native"] == 1.0
-    assert "| threading.Lock | with |" in table(res)
+    table = bench_main.micro_table(res)
+    assert "| threading.Lock | with |" in table
+
+
+def test_condition_round_trip_smoke():
+    res = micro.measure(rounds=1, loops=50, types={"threading.Condition"},
+                        ops={"notify/wait round trip"}, configs={"native", "rate 0.01"})
+    assert len(res) == 1 and set(res[0]["ns"]) == {"native", "rate 0.01"}
+
+
+def test_reference_wrapper_records_like_the_seed_design():
+    prof = reference.Profiler(pct=50.0)
+    lock = prof.make("Lock")
+    for _ in range(10):
+        with lock:
+            pass
+    # a fixed period: every second acquisition, with its hold
+    kinds = [e[1] for e in prof.recorder.events]
+    assert kinds.count("acquire-wait") == 5 and kinds.count("hold") == 5
+    assert all(e[4] and e[4][0][1] == "test_reference_wrapper_records_like_the_seed_design"
+               for e in prof.recorder.events)
 
 
 def test_sampled_event_benchmark_smoke():
     res = sampled.measure(depths=(5, 20), rounds=1, loops=20)
     assert [r["depth"] for r in res] == [5, 20]
     assert all(r["ns_unsampled_with"] > 0 for r in res)
+    assert "ns_first_event" in sampled.first_event(rounds=1, n=20)
+
+
+def test_memory_benchmark_smoke():
+    per = memory.per_wrapper(200)
+    lock = next(w for w in per if w["type"] == "threading.Lock")
+    # a wrapped lock is a real object of its own: it costs something, not a page
+    assert 16 <= lock["wrapper_bytes"] <= 512 and lock["record_bytes"] > 0
+    prof = memory.profile_size(2000, 20)
+    assert prof["bytes"] > 0 and prof["stacks"] == 20
+
+
+def test_service_workload_smoke():
+    res = service.run(requests=320, rounds=1, configs=("off", "lockprof"))
+    assert set(res["configs"]) == {"off", "lockprof"}, res["errors"]
+    for c in res["configs"].values():
+        assert c["throughput"] > 0 and c["p99_us"] >= c["p50_us"] > 0
+    assert res["configs"]["off"]["vs_off"]["cpu_s"] == 1.0
+
+
+def test_bench_command_quick(tmp_path):
+    out = tmp_path / "r.json"
+    md = tmp_path / "r.md"
+    assert bench_main.main(["--quick", "--only", "sampled,memory", "--json", str(out),
+                            "--md", str(md)]) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["python"] and report["meta"]["commit"]
+    names = [t["target"] for t in report["targets"]]
+    assert "one recorded event with a 20-frame stack" in names
+    assert "Targets:" in md.read_text()
