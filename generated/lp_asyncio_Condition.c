@@ -49,8 +49,8 @@ lp_asyncio_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
     if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
         /* the lock's own C methods, resolved when the Condition was made */
         target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->acquire;
-        release = &((lp_cond_wrapper *)self)->release;
+        m = &((lp_cond_wrapper *)self)->methods->acquire;
+        release = &((lp_cond_wrapper *)self)->methods->release;
     }
     PyObject *r;
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
@@ -98,7 +98,7 @@ lp_asyncio_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *target = self->inner;
     if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
         target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->release;
+        m = &((lp_cond_wrapper *)self)->methods->release;
     }
     PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {

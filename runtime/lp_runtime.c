@@ -425,22 +425,39 @@ lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto)
 
 /* `bound` is the C method `name` of its own object's type: resolve it from
  * that type (as the wrapper types do) and return the object, else NULL. */
-static PyObject *
-bound_c_method(PyObject *bound, const char *name, lp_method *m)
+#define LP_LOCK_TYPES_CACHED 8
+static lp_lock_methods lock_methods[LP_LOCK_TYPES_CACHED];
+static int n_lock_methods = 0;
+
+/* the shared acquire/release of `type`, resolved on first use; NULL when
+ * they are not plain C methods */
+static const lp_lock_methods *
+lock_methods_for(PyTypeObject *type)
 {
-    if (bound == NULL || !PyCFunction_Check(bound) || PyCFunction_GET_SELF(bound) == NULL) {
+    for (int i = 0; i < n_lock_methods; i++) {
+        if (lock_methods[i].type == type) {
+            return lock_methods[i].acquire.descr != NULL ? &lock_methods[i] : NULL;
+        }
+    }
+    if (n_lock_methods == LP_LOCK_TYPES_CACHED) {
         return NULL;
     }
-    PyObject *self = PyCFunction_GET_SELF(bound);
-    if (lp_method_init(m, (PyObject *)Py_TYPE(self), name) < 0) {
+    lp_lock_methods *lm = &lock_methods[n_lock_methods];
+    if (lp_method_init(&lm->acquire, (PyObject *)type, "acquire") < 0 ||
+        lp_method_init(&lm->release, (PyObject *)type, "release") < 0) {
+        PyErr_Clear();
         return NULL;
     }
-    if (m->descr == NULL || m->meth != PyCFunction_GET_FUNCTION(bound)) {
-        Py_CLEAR(m->descr);
-        return NULL;
+    if (lm->acquire.descr == NULL || lm->release.descr == NULL) {
+        Py_CLEAR(lm->acquire.descr);
+        Py_CLEAR(lm->release.descr);
     }
-    return self;
+    lm->type = (PyTypeObject *)Py_NewRef(type);
+    n_lock_methods++;
+    return lm->acquire.descr != NULL ? lm : NULL;
 }
+
+static PyObject *str_acquire = NULL, *str_release = NULL;
 
 void
 lp_cond_bind(lp_cond_wrapper *w)
@@ -448,31 +465,37 @@ lp_cond_bind(lp_cond_wrapper *w)
     /* threading.Condition.__init__ does `self.acquire = lock.acquire`: when
      * that is a C method (the default RLock, a native Lock), call it
      * directly.  Anything else keeps the call by name. */
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    if (str_acquire == NULL) {
+        str_acquire = PyUnicode_InternFromString("acquire");
+        str_release = PyUnicode_InternFromString("release");
+    }
     PyObject *inner = w->base.inner;
-    PyObject *acq = PyObject_GetAttrString(inner, "acquire");
-    PyObject *rel = acq ? PyObject_GetAttrString(inner, "release") : NULL;
-    PyObject *s1 = bound_c_method(acq, "acquire", &w->acquire);
-    PyObject *s2 = s1 ? bound_c_method(rel, "release", &w->release) : NULL;
-    if (s1 != NULL && s1 == s2) {
-        w->lock = Py_NewRef(s1);
-    }
-    else {
-        Py_CLEAR(w->acquire.descr);
-        Py_CLEAR(w->release.descr);
-    }
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
+    PyObject *acq = str_release ? PyObject_GetAttr(inner, str_acquire) : NULL;
+    PyObject *rel = acq ? PyObject_GetAttr(inner, str_release) : NULL;
+    if (acq != NULL && rel != NULL && PyCFunction_Check(acq) && PyCFunction_Check(rel)) {
+        PyObject *self = PyCFunction_GET_SELF(acq);
+        const lp_lock_methods *lm =
+            (self != NULL && self == PyCFunction_GET_SELF(rel)) ? lock_methods_for(Py_TYPE(self))
+                                                                : NULL;
+        /* the bound methods must be the type's own (not an instance's) */
+        if (lm != NULL && lm->acquire.meth == PyCFunction_GET_FUNCTION(acq) &&
+            lm->release.meth == PyCFunction_GET_FUNCTION(rel)) {
+            w->lock = Py_NewRef(self);
+            w->methods = lm;
+        }
     }
     Py_XDECREF(acq);
     Py_XDECREF(rel);
+    PyErr_Clear();
+    PyErr_Restore(exc_type, exc_value, exc_tb);
 }
 
 int
 lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->lock);
-    Py_VISIT(self->acquire.descr);
-    Py_VISIT(self->release.descr);
     return lp_wrapper_traverse(&self->base, visit, arg);
 }
 
@@ -480,8 +503,6 @@ int
 lp_cond_clear(lp_cond_wrapper *self)
 {
     Py_CLEAR(self->lock);
-    Py_CLEAR(self->acquire.descr);
-    Py_CLEAR(self->release.descr);
     return lp_wrapper_clear(&self->base);
 }
 

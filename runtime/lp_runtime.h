@@ -144,11 +144,18 @@ typedef struct {
 /* Wrapper of a Condition whose acquire/release are its lock's methods, bound
  * per instance: when they are C methods, they are resolved once at wrap time
  * and called directly (lock == NULL: call by name on the Condition). */
+/* The C acquire/release of one lock type, resolved once and shared by every
+ * Condition over a lock of that type (kept for the process's lifetime). */
+typedef struct {
+    PyTypeObject *type;
+    lp_method acquire;
+    lp_method release;
+} lp_lock_methods;
+
 typedef struct {
     lp_wrapper base;
     PyObject *lock;             /* the object the cached methods are bound to */
-    lp_method acquire;
-    lp_method release;
+    const lp_lock_methods *methods;
 } lp_cond_wrapper;
 
 void lp_cond_bind(lp_cond_wrapper *w);
