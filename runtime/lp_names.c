@@ -48,10 +48,8 @@ naming_frame(void)
     Py_XINCREF(f);
     for (int depth = 0; f != NULL && skip_files != NULL && depth < 8; depth++) {
         PyCodeObject *co = PyFrame_GetCode(f);
-        PyObject *file = PyObject_GetAttrString((PyObject *)co, "co_filename");
+        int skip = PySet_Contains(skip_files, co->co_filename) == 1;
         Py_DECREF(co);
-        int skip = file != NULL && PySet_Contains(skip_files, file) == 1;
-        Py_XDECREF(file);
         PyErr_Clear();
         if (!skip) {
             break;
@@ -238,6 +236,26 @@ find_in_frame_vars(PyFrameObject *f, PyObject *obj, PyObject **self_out, PyObjec
     return found;
 }
 #endif
+
+void
+lp_naming_point(PyObject **code, int *pos)
+{
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyFrameObject *f = naming_frame();
+    *code = NULL;
+    *pos = 0;
+    if (f != NULL) {
+        *code = (PyObject *)PyFrame_GetCode(f);
+#if PY_VERSION_HEX >= 0x030B0000
+        *pos = PyFrame_GetLasti(f);
+#else
+        *pos = PyFrame_GetLineNumber(f);
+#endif
+        Py_DECREF(f);
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
 
 PyObject *
 lp_resolve_name(PyObject *obj)

@@ -9,6 +9,8 @@
 #  define LP_HAVE_LASTI 1
 #endif
 
+#define Py_XSETREF_LP(dst, src) do { PyObject *old_ = (dst); (dst) = (src); Py_XDECREF(old_); } while (0)
+
 /* ------------------------------------------------------------------------ */
 /* creation sites: (code object, instruction offset) interned to a uint32    */
 /* ------------------------------------------------------------------------ */
@@ -16,6 +18,12 @@
 typedef struct {
     PyObject *code;     /* strong reference; NULL for the unused slot 0 */
     int pos;            /* lasti (3.11+) or line number (3.9, 3.10) */
+    /* the last name resolved for a lock made here, and where: locks made at
+     * one site and first recorded at one place get that name without a new
+     * lookup (a Future's Condition, made and waited on per request) */
+    PyObject *name_code;
+    int name_pos;
+    PyObject *name;
 } lp_site;
 
 static lp_site *sites = NULL;
@@ -69,6 +77,9 @@ site_intern(PyObject *code, int pos)
     uint32_t id = nsites++;
     sites[id].code = Py_NewRef(code);
     sites[id].pos = pos;
+    sites[id].name_code = NULL;
+    sites[id].name_pos = 0;
+    sites[id].name = NULL;
     site_index.slots[j] = id;
     return id;
 }
@@ -118,6 +129,28 @@ lp_count_error(void)
     n_errors++;
 }
 
+static PyObject *
+name_for(lp_wrapper *w)
+{
+    PyObject *code = NULL;
+    int pos = 0;
+    lp_naming_point(&code, &pos);
+    if (code == NULL || w->site == 0 || w->site >= nsites) {
+        Py_XDECREF(code);
+        return lp_resolve_name((PyObject *)w);
+    }
+    if (sites[w->site].name_code == code && sites[w->site].name_pos == pos) {
+        Py_DECREF(code);
+        return Py_XNewRef(sites[w->site].name);
+    }
+    PyObject *name = lp_resolve_name((PyObject *)w);
+    lp_site *s = &sites[w->site];
+    Py_XSETREF_LP(s->name_code, code);     /* takes the reference */
+    s->name_pos = pos;
+    Py_XSETREF_LP(s->name, Py_XNewRef(name));
+    return name;
+}
+
 static lp_lockrec *
 rec_for(lp_wrapper *w, int kind)
 {
@@ -149,7 +182,7 @@ rec_for(lp_wrapper *w, int kind)
     r->id = ++nrecs;
     r->kind = kind;
     r->site = w->site;
-    r->name = lp_resolve_name((PyObject *)w);
+    r->name = name_for(w);
     r->release_thread = UINT32_MAX;     /* no release with waiters seen yet */
     recs[r->id - 1] = r;
     w->rec = r;

@@ -41,6 +41,10 @@ uint32_t lp_record_site_here(void);
 /* The variable name `obj` has in the calling frame (new reference), or NULL;
  * never raises, never runs user code. */
 PyObject *lp_resolve_name(PyObject *obj);
+/* where a lock's name would be looked up: the code object (new reference,
+ * or NULL) and instruction position of the first frame outside the stdlib's
+ * synchronization code */
+void lp_naming_point(PyObject **code, int *pos);
 int lp_names_setup(PyObject *module);
 /* a failure inside profiling, absorbed (counted in counters()["errors"]) */
 void lp_count_error(void);
