@@ -94,6 +94,27 @@ def stop() -> None:
     """Stop profiling: the stdlib's factories are restored; existing wrapped
     locks keep working as plain pass-through (no sampling, no clock)."""
     _patch.stop()
+    _warn_errors()
+
+
+_warned = {"errors": 0}
+
+
+def _warn_errors() -> None:
+    """Failures inside profiling never reach the program: they are counted
+    (counters()["errors"], ["name_errors"], in the profile's comments) and
+    told once, as a RuntimeWarning."""
+    try:
+        c = _lockprof.counters()
+    except Exception:
+        return
+    n = c.get("errors", 0) + c.get("name_errors", 0)
+    if n and not _warned["errors"]:
+        _warned["errors"] = n
+        import warnings
+        warnings.warn(f"lockprof: {n} failure(s) inside profiling were absorbed (the program "
+                      f"was not affected; see lockprof.counters()); the profile may miss "
+                      f"some events or names", RuntimeWarning, stacklevel=3)
 
 
 def is_running() -> bool:
@@ -225,6 +246,7 @@ def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> No
 
     fmt = formats.format_for(path, format)
     formats.check_writable(path)
+    _warn_errors()
     _write_window(path, fmt, _current(take=reset))
 
 

@@ -106,8 +106,16 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     if (inner == NULL) {
         return NULL;
     }
-    PyObject *w = lp_wrap(f->wtype, inner);
-    if (w != NULL && f->is_condition) {
+    Py_INCREF(inner);
+    PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(f->wtype, inner);
+    if (w == NULL) {
+        /* the program gets the stdlib's own object, unprofiled */
+        PyErr_Clear();
+        lp_count_error();
+        return inner;
+    }
+    Py_DECREF(inner);
+    if (f->is_condition) {
         /* Condition(lock): when the lock is ours, it does the recording */
         Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
         PyObject *lock = nargs >= 1 ? args[0] : NULL;

@@ -28,7 +28,22 @@ lp_py_set_name_skip(PyObject *mod, PyObject *files)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+lp_py_inject_faults(PyObject *mod, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int64_t old = lp_faults;
+    lp_faults = n < 0 ? 0 : n;
+    return PyLong_FromLongLong(old);
+}
+
 static PyMethodDef names_methods[] = {
+    {"_inject_faults", lp_py_inject_faults, METH_O,
+     "_inject_faults(n)\n--\n\nTests only: the next n fallible steps of the runtime fail; "
+     "returns the previous count left."},
     {"set_name_skip", lp_py_set_name_skip, METH_O,
      "set_name_skip(files)\n--\n\nFiles whose frames are passed over when naming a lock."},
     {NULL, NULL, 0, NULL},
@@ -262,7 +277,7 @@ lp_resolve_name(PyObject *obj)
 {
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);   /* never disturb the caller */
-    PyFrameObject *f = naming_frame();
+    PyFrameObject *f = lp_fault() ? NULL : naming_frame();
     if (f == NULL) {
         PyErr_Restore(exc_type, exc_value, exc_tb);
         return NULL;

@@ -167,7 +167,7 @@ rec_for(lp_wrapper *w, int kind)
                 caprecs = nc;
             }
         }
-        if (nrecs < caprecs) {
+        if (nrecs < caprecs && !lp_fault()) {
             r = PyMem_Calloc(1, sizeof(lp_lockrec));
         }
     }
@@ -202,7 +202,7 @@ lp_flush_acquire(lp_wrapper *w, int kind, int start_hold)
     }
     if (r->nholds >= r->capholds) {
         uint32_t nc = r->capholds ? r->capholds * 2 : 1;
-        lp_hold *nh = PyMem_Realloc(r->holds, nc * sizeof(lp_hold));
+        lp_hold *nh = lp_fault() ? NULL : PyMem_Realloc(r->holds, nc * sizeof(lp_hold));
         if (nh == NULL) {
             n_errors++;
             return;

@@ -105,6 +105,7 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
 /* ------------------------------------------------------------------------ */
 
 int64_t lp_countdown = INT64_MAX;
+int64_t lp_faults = 0;
 int lp_active = 0;
 double lp_sample_rate = 0.0;
 static uint64_t lp_rng_state;

@@ -180,6 +180,20 @@ int lp_cond_clear(lp_cond_wrapper *self);
 extern int64_t lp_countdown;
 extern int lp_active;           /* profiling is on: contention is timed */
 
+/* Fault injection for the tests of "a failure inside profiling never reaches
+ * the program": while lp_faults > 0, each fallible step of the runtime
+ * (allocations, wrapping, name lookup) fails as if out of memory. */
+extern int64_t lp_faults;
+static inline int
+lp_fault(void)
+{
+    if (LP_LIKELY(lp_faults <= 0)) {
+        return 0;
+    }
+    lp_faults--;
+    return 1;
+}
+
 int lp_sample_expired(void);    /* countdown ran out: 1 if this event is sampled */
 
 #define LP_SAMPLED() (LP_UNLIKELY(--lp_countdown <= 0) && lp_sample_expired())

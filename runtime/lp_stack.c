@@ -67,15 +67,17 @@ stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
     }
     if (nstacks >= capstacks) {
         uint32_t nc = capstacks ? capstacks * 2 : 256;
-        lp_stack *ns = PyMem_Realloc(stacks, nc * sizeof(lp_stack));
+        lp_stack *ns = lp_fault() ? NULL : PyMem_Realloc(stacks, nc * sizeof(lp_stack));
         if (ns == NULL) {
+            lp_dropped_stacks++;
             return 0;
         }
         stacks = ns;
         capstacks = nc;
     }
-    lp_frame *copy = PyMem_Malloc((n ? n : 1) * sizeof(lp_frame));
+    lp_frame *copy = lp_fault() ? NULL : PyMem_Malloc((n ? n : 1) * sizeof(lp_frame));
     if (copy == NULL) {
+        lp_dropped_stacks++;
         return 0;
     }
     for (uint32_t i = 0; i < n; i++) {
@@ -356,7 +358,7 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
     }
     if (nsamples >= capsamples) {
         uint32_t nc = capsamples ? capsamples * 2 : 256;
-        lp_sample *ns = PyMem_Realloc(samples, nc * sizeof(lp_sample));
+        lp_sample *ns = lp_fault() ? NULL : PyMem_Realloc(samples, nc * sizeof(lp_sample));
         if (ns == NULL) {
             lp_dropped_samples++;
             return;
