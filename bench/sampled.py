@@ -49,15 +49,22 @@ def measure(depths=(5, 20, 64), rounds: int = 7, loops: int = 2000) -> List[Dict
 
 def first_event(rounds: int = 7, n: int = 2000) -> Dict:
     """A lock's first recorded event also creates its record and resolves its
-    variable name (locals, globals, self): fresh locks, one `with` each, at
+    variable name (locals, globals, self): fresh locks, each made at a site of
+    its own (a name is reused for locks of one site), one `with` each, at
     rate 1 against rate 0; minus the two ordinary events that `with` records."""
+    makers = []
+    for i in range(n):
+        ns: Dict = {"threading": threading}
+        exec(compile(f"def make():\n    return threading.Lock()\n", f"<site {i}>", "exec"), ns)
+        makers.append(ns["make"])
+
     def run(rate: float) -> float:
         lockprof.start(rate)
         try:
-            locks = [threading.Lock() for _ in range(n)]
+            locks = [make() for make in makers]
             t0 = time.perf_counter_ns()
-            for lk in locks:
-                with lk:
+            for fresh_lock in locks:
+                with fresh_lock:
                     pass
             return (time.perf_counter_ns() - t0) / n
         finally:
