@@ -55,7 +55,7 @@ def first_event(rounds: int = 7, n: int = 2000) -> Dict:
     makers = []
     for i in range(n):
         ns: Dict = {"threading": threading}
-        exec(compile(f"def make():\n    return threading.Lock()\n", f"<site {i}>", "exec"), ns)
+        exec(compile("def make():\n    return threading.Lock()\n", f"<site {i}>", "exec"), ns)
         makers.append(ns["make"])
 
     def run(rate: float) -> float:

@@ -74,3 +74,14 @@ def test_bench_command_quick(tmp_path):
     names = [t["target"] for t in report["targets"]]
     assert "one recorded event with a 20-frame stack" in names
     assert "Targets:" in md.read_text()
+
+
+def test_instruction_count_smoke():
+    import pytest
+    from bench import instructions
+    if instructions.available() is not None:
+        pytest.skip(instructions.available())
+    res = instructions.measure(n=200, cases=[("threading.Lock", "with")])
+    r = res[0]
+    assert r["instructions"]["native"] > 0 and r["ratio"]["native"] == 1.0
+    assert 0.2 < r["ratio"]["0.01"] < 5

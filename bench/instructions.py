@@ -1,0 +1,94 @@
+"""Instructions per operation, counted by valgrind's callgrind: deterministic
+where wall-clock timing on a shared machine is not.
+
+Each (type, operation, configuration) runs in its own interpreter under
+callgrind twice, with N operations and with none; the difference divided by
+N is the cost of one operation, interpreter start and imports cancelling out.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+CASES = [
+    ("threading.Lock", "acquire+release"), ("threading.Lock", "with"),
+    ("threading.RLock", "acquire+release"), ("threading.RLock", "with"),
+    ("threading.Semaphore", "acquire+release"), ("threading.Semaphore", "with"),
+    ("threading.BoundedSemaphore", "acquire+release"), ("threading.BoundedSemaphore", "with"),
+    ("threading.Condition", "acquire+release"), ("threading.Condition", "with"),
+    ("asyncio.Lock", "async with"), ("asyncio.Semaphore", "async with"),
+    ("asyncio.Condition", "async with"),
+]
+STMTS = {"acquire+release": "l.acquire(); l.release()", "with": "with l: pass",
+         "async with": "async with l: pass"}
+
+SCRIPT = """
+import sys, asyncio, threading
+config, key, stmt, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if config != "native":
+    import lockprof
+    lockprof.start(float(config), seed=1)
+modname, kind = key.split(".")
+mod = asyncio if modname == "asyncio" else threading
+l = getattr(mod, kind)()
+body = "\\n".join("        " + stmt for _ in range(10))
+is_async = stmt.startswith("async")
+src = ("async " if is_async else "") + "def run(l, n):\\n    for _ in range(n):\\n" + body + "\\n"
+ns = {}
+exec(src, ns)
+if is_async:
+    asyncio.new_event_loop().run_until_complete(ns["run"](l, n // 10))
+else:
+    ns["run"](l, n // 10)
+"""
+
+
+def available() -> Optional[str]:
+    """None when callgrind can run, else the reason."""
+    if shutil.which("valgrind") is None:
+        return "valgrind is not installed (Debian package valgrind)"
+    return None
+
+
+def _count(config: str, key: str, op: str, n: int, script: str) -> int:
+    out = tempfile.mktemp(prefix="lockprof-cg-")
+    python = os.path.realpath(sys.executable)
+    try:
+        r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python,
+                            script, config, key, STMTS[op], str(n)],
+                           capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, PYTHONHASHSEED="0"))
+        m = re.search(r"Collected : (\d+)", r.stderr) or re.search(r"refs:\s+([\d,]+)", r.stderr)
+        if r.returncode != 0 or m is None:
+            raise RuntimeError(f"callgrind failed: {r.stderr.strip().splitlines()[-1:]}")
+        return int(m.group(1).replace(",", ""))
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+def measure(n: int = 20000, configs=("native", "0.01"), cases=None) -> List[Dict]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(SCRIPT)
+        script = f.name
+    results = []
+    try:
+        os.environ.setdefault("PYTHONPATH", root)
+        for key, op in cases or CASES:
+            per = {}
+            for config in configs:
+                per[config] = (_count(config, key, op, n, script)
+                               - _count(config, key, op, 0, script)) / n
+            base = per["native"]
+            results.append({"type": key, "op": op,
+                            "instructions": {c: round(v, 1) for c, v in per.items()},
+                            "ratio": {c: round(v / base, 3) for c, v in per.items()}})
+    finally:
+        os.unlink(script)
+    return results
