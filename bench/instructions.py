@@ -62,7 +62,8 @@ def _count(config: str, key: str, op: str, n: int, script: str) -> int:
         r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python,
                             script, config, key, STMTS[op], str(n)],
                            capture_output=True, text=True, timeout=600,
-                           env=dict(os.environ, PYTHONHASHSEED="0"))
+                           env={**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
+                                "PYTHONHASHSEED": "0"})
         m = re.search(r"Collected : (\d+)", r.stderr) or re.search(r"refs:\s+([\d,]+)", r.stderr)
         if r.returncode != 0 or m is None:
             raise RuntimeError(f"callgrind failed: {r.stderr.strip().splitlines()[-1:]}")

@@ -51,9 +51,10 @@ def _contended_profile():
 
 
 def _browser(*args, timeout=90):
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}   # (sanitizer runs)
     out = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu",
                           "--no-first-run", "--hide-scrollbars", *args],
-                         capture_output=True, text=True, timeout=timeout)
+                         capture_output=True, text=True, timeout=timeout, env=env)
     return out.stdout
 
 
