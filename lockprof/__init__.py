@@ -93,21 +93,37 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
 def stop() -> None:
     """Stop profiling: the stdlib's factories are restored; existing wrapped
     locks keep working as plain pass-through (no sampling, no clock)."""
+    _warn_errors()       # first: what was replaced is known while installed
     _patch.stop()
-    _warn_errors()
 
 
-_warned = {"errors": 0}
+_warned = {"errors": 0, "replaced": False}
 
 
 def _warn_errors() -> None:
     """Failures inside profiling never reach the program: they are counted
     (counters()["errors"], ["name_errors"], in the profile's comments) and
     told once, as a RuntimeWarning."""
+    gone = _patch.replaced()
+    if gone and not _warned["replaced"]:
+        _warned["replaced"] = True
+        import warnings
+        warnings.warn(f"lockprof: {', '.join(gone)} replaced after lockprof.start() (gevent's "
+                      f"monkey-patching, or a re-import?): locks made through the new ones are "
+                      f"not profiled; start lockprof after such patching", RuntimeWarning,
+                      stacklevel=3)
     try:
         c = _lockprof.counters()
     except Exception:
         return
+    foreign = c.get("foreign_locks", 0)
+    if foreign and not _warned.get("foreign"):
+        _warned["foreign"] = True
+        import warnings
+        warnings.warn(f"lockprof: {foreign} lock(s) made through a patched factory are of a "
+                      f"class lockprof was not built for (gevent's monkey-patching after "
+                      f"`import lockprof`?) and are not profiled; import lockprof after such "
+                      f"patching", RuntimeWarning, stacklevel=3)
     n = c.get("errors", 0) + c.get("name_errors", 0)
     if n and not _warned["errors"]:
         _warned["errors"] = n

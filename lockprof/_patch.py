@@ -68,6 +68,26 @@ def _sync_files() -> List[str]:
     return files
 
 
+def _after_fork_in_child() -> None:
+    """A forked child starts a fresh profile of its own; the guard another
+    thread may have held at the fork is made new."""
+    global _guard
+    try:
+        _guard._at_fork_reinit()
+    except AttributeError:
+        _guard = _thread.allocate_lock()
+    if _running:
+        try:
+            import lockprof
+            lockprof.reset()
+        except Exception:
+            pass
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
           wait_period_ns: int = 1_000_000, max_samples: int = 1 << 20,
           exclude=(), include=()) -> None:
@@ -112,6 +132,18 @@ def stop() -> None:
                 setattr(mod, attr, orig)
         _installed.clear()
         _running = False
+
+
+def replaced() -> List[str]:
+    """The factories someone else replaced while profiling runs (gevent's
+    monkey-patching, a re-import of threading): locks made through them are
+    not profiled."""
+    out = []
+    for key, (modname, attr, orig, factory) in list(_installed.items()):
+        mod = sys.modules.get(modname)
+        if mod is not None and getattr(mod, attr, None) is not factory:
+            out.append(f"{modname}.{attr}")
+    return out
 
 
 def is_running() -> bool:

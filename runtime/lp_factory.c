@@ -11,12 +11,14 @@ typedef struct {
     PyObject_HEAD
     PyObject *orig;             /* the stdlib's factory or class */
     PyTypeObject *wtype;        /* the generated wrapper type */
+    PyObject *inner_class;      /* the class the wrapper's methods are made for */
     int is_condition;
     int binds_lock;
     vectorcallfunc vectorcall;
 } lp_factory;
 
 static PyTypeObject *factory_type = NULL;
+uint64_t lp_foreign_locks = 0;   /* made by a factory, of a class not wrapped */
 static PyTypeObject **wrapper_types = NULL;
 static int n_wrapper_types = 0;
 
@@ -106,6 +108,13 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     if (inner == NULL) {
         return NULL;
     }
+    if ((PyObject *)Py_TYPE(inner) != f->inner_class) {
+        /* not the class our methods call into (gevent's lock after
+         * monkey-patching, a factory returning a subclass): left as it is,
+         * and counted (told once as a warning) */
+        lp_foreign_locks++;
+        return inner;
+    }
     Py_INCREF(inner);
     PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(f->wtype, inner);
     if (w == NULL) {
@@ -138,6 +147,7 @@ factory_traverse(lp_factory *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->orig);
     Py_VISIT(self->wtype);
+    Py_VISIT(self->inner_class);
     return 0;
 }
 
@@ -146,6 +156,7 @@ factory_clear(lp_factory *self)
 {
     Py_CLEAR(self->orig);
     Py_CLEAR(self->wtype);
+    Py_CLEAR(self->inner_class);
     return 0;
 }
 
@@ -366,6 +377,7 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
             }
             f->orig = Py_NewRef(orig);
             f->wtype = (PyTypeObject *)Py_NewRef(*type_defs[i].type_slot);
+            f->inner_class = Py_NewRef(*type_defs[i].inner_class);
             f->is_condition = type_defs[i].is_condition;
             f->binds_lock = type_defs[i].binds_lock;
             f->vectorcall = factory_vectorcall;
@@ -453,6 +465,11 @@ lp_py_wrap(PyObject *mod, PyObject *args)
     }
     for (int i = 0; i < n_type_defs; i++) {
         if (strcmp(type_defs[i].key, key) == 0) {
+            if ((PyObject *)Py_TYPE(obj) != *type_defs[i].inner_class) {
+                PyErr_Format(PyExc_TypeError, "wrap(%s, ...) needs a %R, got %R", key,
+                             *type_defs[i].inner_class, (PyObject *)Py_TYPE(obj));
+                return NULL;
+            }
             PyObject *w = lp_wrap(*type_defs[i].type_slot, Py_NewRef(obj));
             if (w != NULL && type_defs[i].binds_lock) {
                 lp_cond_bind((lp_cond_wrapper *)w);

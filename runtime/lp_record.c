@@ -506,8 +506,9 @@ lp_py_reset(PyObject *mod, PyObject *unused)
 static PyObject *
 lp_py_counters(PyObject *mod, PyObject *unused)
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
                          "name_errors", (unsigned long long)lp_name_errors,
+                         "foreign_locks", (unsigned long long)lp_foreign_locks,
                          "dropped_locks", (unsigned long long)n_dropped_locks,
                          "dropped_stacks", (unsigned long long)lp_dropped_stacks,
                          "dropped_samples", (unsigned long long)lp_dropped_samples,

@@ -48,6 +48,7 @@ void lp_naming_point(PyObject **code, int *pos);
 int lp_names_setup(PyObject *module);
 /* a failure inside profiling, absorbed (counted in counters()["errors"]) */
 void lp_count_error(void);
+extern uint64_t lp_foreign_locks;
 extern uint64_t lp_name_errors;
 int lp_record_setup(PyObject *module);
 /* the wrapper owning `w->rec` is being freed */
