@@ -256,3 +256,17 @@ def test_gevent_monkey_patching(order, expect):
     want = expect.split()
     assert [wrapped, acquisitions] == want[:2], (r.stdout, r.stderr)
     assert (int(warned) >= 1) == (want[2] == "1")     # told, or silent when all is well
+
+
+def test_reimporting_threading_is_told_not_silent():
+    r = _python("""
+        import importlib, threading, warnings
+        importlib.reload(threading)          # threading.Lock is the stdlib's again
+        lk = threading.Lock()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            lockprof.stop()
+        print(lockprof._lockprof.is_wrapper(lk), any("replaced" in str(x.message) for x in w))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
