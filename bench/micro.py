@@ -170,6 +170,7 @@ def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None,
     configs = [c for c in CONFIGS if configs is None or c[0] in configs]
     results = []
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)     # 3.9's asyncio locks bind to the current loop when made
     try:
         for case in cases():
             if (types and case["type"] not in types) or (ops and case["op"] not in ops):
@@ -206,5 +207,6 @@ def measure(rounds: int = 7, loops: int = 2000, types=None, ops=None,
                 "ratio": {c: round(v / base, 3) for c, v in best.items()},
             })
     finally:
+        asyncio.set_event_loop(None)
         loop.close()
     return results
