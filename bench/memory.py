@@ -36,6 +36,16 @@ def _traced(fn) -> int:
 def per_wrapper(n: int = 5000) -> List[Dict]:
     """Bytes a wrapped lock costs beyond the native lock it wraps, and the
     lock record its first recorded event adds."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)     # 3.9's asyncio locks bind to the current loop when made
+    try:
+        return _per_wrapper(n)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _per_wrapper(n: int) -> List[Dict]:
     out = []
     for modname, kind in TYPES:
         mod = threading if modname == "threading" else asyncio

@@ -81,7 +81,7 @@ def test_instruction_count_smoke():
     from bench import instructions
     if instructions.available() is not None:
         pytest.skip(instructions.available())
-    res = instructions.measure(n=200, cases=[("threading.Lock", "with")])
+    res = instructions.measure(n=5000, cases=[("threading.Lock", "with")])
     r = res[0]
     assert r["instructions"]["native"] > 0 and r["ratio"]["native"] == 1.0
     assert 0.2 < r["ratio"]["0.01"] < 5
