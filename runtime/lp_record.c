@@ -121,6 +121,11 @@ static uint32_t nrecs = 0, caprecs = 0;
 static uint32_t max_locks = 100000;
 static lp_lockrec overflow_rec;          /* events of locks past the cap */
 static uint64_t n_dropped_locks = 0;     /* locks folded into overflow_rec */
+static uint32_t n_orphans = 0;           /* records whose wrapper is gone */
+static uint64_t n_compactions = 0;
+static int busy = 0;                     /* a record is being made: no compaction */
+static int compact_pending = 0;
+static void compact(void);
 static uint64_t n_errors = 0;            /* failures inside profiling */
 
 void
@@ -158,6 +163,9 @@ rec_for(lp_wrapper *w, int kind)
         return w->rec;
     }
     lp_lockrec *r = NULL;
+    if (compact_pending || (nrecs >= max_locks && n_orphans > 0)) {
+        compact();      /* the dead locks' records make room */
+    }
     if (nrecs < max_locks) {
         if (nrecs >= caprecs) {
             uint32_t nc = caprecs ? caprecs * 2 : 64;
@@ -182,10 +190,14 @@ rec_for(lp_wrapper *w, int kind)
     r->id = ++nrecs;
     r->kind = kind;
     r->site = w->site;
-    r->name = name_for(w);
     r->release_thread = UINT32_MAX;     /* no release with waiters seen yet */
     recs[r->id - 1] = r;
     w->rec = r;
+    /* finding the name may run the garbage collector, and so free wrappers:
+     * no compaction until the record is complete */
+    busy++;
+    r->name = name_for(w);
+    busy--;
     return r;
 }
 
@@ -426,6 +438,9 @@ rec_empty(const lp_lockrec *r)
 static PyObject *
 lp_py_snapshot(PyObject *mod, PyObject *unused)
 {
+    if (n_orphans > 0) {
+        compact();      /* dead locks shown one record per site and name */
+    }
     PyObject *out = PyList_New(0);
     if (out == NULL) {
         return NULL;
@@ -469,8 +484,147 @@ lp_record_release_wrapper(lp_wrapper *w)
         w->rec->orphan = 1;
         w->rec->nholds = 0;
         w->rec->nwaiting = 0;
+        n_orphans++;
+        /* many short-lived locks (a Condition per Future, a lock per
+         * request): their records are folded per site, amortised O(1) */
+        if (n_orphans >= 4096 && n_orphans * 2 >= nrecs) {
+            compact();
+        }
     }
     w->rec = NULL;
+}
+
+/* --- compaction: the records of dead locks, merged per (site, kind, name) --- */
+
+static uint32_t
+group_hash(const lp_lockrec *r)
+{
+    uint64_t h = (uint64_t)r->site * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(unsigned)r->kind * 0xC2B2AE3D27D4EB4FULL;
+    if (r->name != NULL) {
+        Py_hash_t nh = PyObject_Hash(r->name);   /* a str: cached, never fails */
+        if (nh == -1) {
+            PyErr_Clear();
+            nh = 0;
+        }
+        h ^= (uint64_t)nh * 0x165667B19E3779F9ULL;
+    }
+    return (uint32_t)(h ^ (h >> 31));
+}
+
+static int
+same_group(const lp_lockrec *a, const lp_lockrec *b)
+{
+    if (a->site != b->site || a->kind != b->kind) {
+        return 0;
+    }
+    if (a->name == b->name) {
+        return 1;
+    }
+    if (a->name == NULL || b->name == NULL) {
+        return 0;
+    }
+    int eq = PyUnicode_Check(a->name) && PyUnicode_Check(b->name) &&
+             PyUnicode_Compare(a->name, b->name) == 0;
+    PyErr_Clear();
+    return eq;
+}
+
+static void
+merge_into(lp_lockrec *t, const lp_lockrec *r)
+{
+    t->acq_samples += r->acq_samples;
+    t->acq_estimate += r->acq_estimate;
+    t->contentions += r->contentions;
+    t->timeouts += r->timeouts;
+    t->wait_ns += r->wait_ns;
+    if (r->max_wait_ns > t->max_wait_ns) {
+        t->max_wait_ns = r->max_wait_ns;
+    }
+    t->hold_samples += r->hold_samples;
+    t->hold_ns_estimate += r->hold_ns_estimate;
+    t->cond_waits += r->cond_waits;
+    t->cond_wait_ns += r->cond_wait_ns;
+}
+
+static void
+compact(void)
+{
+    /* Every record of a dead lock joins the first dead record of its group
+     * (same site, kind and name), which stays as that group's record; live
+     * records keep their place.  Records are renumbered and the sample rows
+     * follow.  Nothing here runs Python code. */
+    if (busy) {
+        compact_pending = 1;
+        return;
+    }
+    compact_pending = 0;
+    uint32_t *newid = PyMem_Malloc((nrecs + 1) * sizeof(uint32_t));
+    uint32_t cap = 1024;
+    while (cap < 2 * n_orphans + 2) {
+        cap *= 2;
+    }
+    lp_lockrec **groups = PyMem_Calloc(cap, sizeof(lp_lockrec *));
+    if (newid == NULL || groups == NULL) {
+        PyMem_Free(newid);
+        PyMem_Free(groups);
+        n_errors++;
+        return;
+    }
+    newid[0] = 0;
+    uint32_t kept = 0;
+    lp_lockrec **dead = PyMem_Malloc((nrecs ? nrecs : 1) * sizeof(lp_lockrec *));
+    uint32_t ndead = 0;
+    if (dead == NULL) {
+        PyMem_Free(newid);
+        PyMem_Free(groups);
+        n_errors++;
+        return;
+    }
+    for (uint32_t i = 0; i < nrecs; i++) {
+        lp_lockrec *r = recs[i];
+        if (r->orphan) {
+            uint32_t j = group_hash(r) & (cap - 1);
+            while (groups[j] != NULL && !same_group(groups[j], r)) {
+                j = (j + 1) & (cap - 1);
+            }
+            if (groups[j] != NULL) {
+                merge_into(groups[j], r);
+                newid[i + 1] = newid[groups[j]->id];   /* the group's new number */
+                dead[ndead++] = r;
+                continue;
+            }
+            groups[j] = r;
+        }
+        newid[i + 1] = ++kept;
+        recs[kept - 1] = r;
+    }
+    uint32_t old_n = nrecs;
+    /* ids: each kept record takes its new number */
+    for (uint32_t i = 0; i < kept; i++) {
+        recs[i]->id = i + 1;
+    }
+    if (lp_samples_remap(newid, old_n) < 0) {
+        /* rows not remapped: they keep the old numbers, which now name other
+         * records; drop them rather than mislabel them */
+        lp_samples_reset();
+        n_errors++;
+    }
+    for (uint32_t i = 0; i < ndead; i++) {
+        Py_XDECREF(dead[i]->name);
+        PyMem_Free(dead[i]->holds);
+        PyMem_Free(dead[i]);
+    }
+    nrecs = kept;
+    /* what remains orphaned: one record per group */
+    uint32_t groups_left = 0;
+    for (uint32_t i = 0; i < cap; i++) {
+        groups_left += groups[i] != NULL;
+    }
+    n_orphans = groups_left;
+    n_compactions++;
+    PyMem_Free(dead);
+    PyMem_Free(groups);
+    PyMem_Free(newid);
 }
 
 static PyObject *
@@ -496,6 +650,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
         recs[kept++] = r;
     }
     nrecs = kept;
+    n_orphans = 0;
     rec_zero(&overflow_rec);
     lp_samples_reset();
     n_dropped_locks = 0;
@@ -506,7 +661,8 @@ lp_py_reset(PyObject *mod, PyObject *unused)
 static PyObject *
 lp_py_counters(PyObject *mod, PyObject *unused)
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
+                         "compactions", (unsigned long long)n_compactions,
                          "name_errors", (unsigned long long)lp_name_errors,
                          "foreign_locks", (unsigned long long)lp_foreign_locks,
                          "dropped_locks", (unsigned long long)n_dropped_locks,

@@ -34,7 +34,8 @@ typedef struct lp_lockrec {
     uint32_t nwaiting;          /* profiled acquires blocked on it now */
     uint32_t release_stack;     /* stack of the last release that had waiters */
     uint32_t release_thread;    /* and the thread (slot) that made it */
-    int orphan;                 /* its wrapper is gone: freed at the next reset */
+    int orphan;                 /* its wrapper is gone: merged into its site's retired
+                                 * record by the next compaction, freed at reset */
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);

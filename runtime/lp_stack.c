@@ -389,6 +389,59 @@ lp_samples_reset(void)
     lp_dropped_stacks = 0;
 }
 
+int
+lp_samples_remap(const uint32_t *newid, uint32_t n)
+{
+    if (nsamples == 0) {
+        return 0;
+    }
+    lp_sample *out = PyMem_Malloc(capsamples * sizeof(lp_sample));
+    lp_index ix = {NULL, 0};
+    if (out == NULL) {
+        return -1;
+    }
+    /* an index big enough for every row at once: no growth while filling */
+    uint32_t cap = 1024;
+    while (cap < 2 * nsamples + 2) {
+        cap *= 2;
+    }
+    ix.slots = PyMem_Calloc(cap, sizeof(uint32_t));
+    if (ix.slots == NULL) {
+        PyMem_Free(out);
+        return -1;
+    }
+    ix.mask = cap - 1;
+    uint32_t nout = 0;
+    for (uint32_t i = 0; i < nsamples; i++) {
+        lp_sample s = samples[i];
+        if (s.rec >= 1 && s.rec <= n) {
+            s.rec = newid[s.rec];
+        }
+        uint32_t j = sample_hash(s.rec, s.stack, s.event, s.thread, s.task) & ix.mask;
+        while (ix.slots[j]) {
+            lp_sample *o = &out[ix.slots[j] - 1];
+            if (o->rec == s.rec && o->stack == s.stack && o->event == s.event &&
+                o->thread == s.thread && o->task == s.task) {
+                o->count += s.count;
+                o->estimate += s.estimate;
+                o->value += s.value;
+                break;
+            }
+            j = (j + 1) & ix.mask;
+        }
+        if (!ix.slots[j]) {
+            out[nout++] = s;
+            ix.slots[j] = nout;
+        }
+    }
+    PyMem_Free(samples);
+    PyMem_Free(sample_index.slots);
+    samples = out;
+    nsamples = nout;
+    sample_index = ix;
+    return 0;
+}
+
 static const char *event_names[] = {"acquire", "contention", "hold", "cond_wait", "delay"};
 
 PyObject *

@@ -22,6 +22,10 @@ void lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate,
 /* the current thread's slot in the thread table */
 uint32_t lp_thread_slot(void);
 void lp_samples_reset(void);
+/* after records were merged: rows of record r become rows of newid[r] (r in
+ * 1..n; 0, the overflow record, stays), rows that now share a key are summed.
+ * Returns -1 (rows left as they were) when memory runs out. */
+int lp_samples_remap(const uint32_t *newid, uint32_t n);
 /* samples() of the Python API: one tuple per sample row */
 PyObject *lp_py_samples(PyObject *mod, PyObject *unused);
 int lp_stack_setup(PyObject *module);
