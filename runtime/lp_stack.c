@@ -240,18 +240,61 @@ asyncio_lookup(void)
     Py_DECREF(mod);
 }
 
-/* slot of the current asyncio task's name, UINT32_MAX when there is none */
+/* gevent: the current greenlet's name (a str, new reference) when it is a
+ * gevent.Greenlet (exactly: a subclass's `name` could be anyone's code), else
+ * NULL; looked up only while gevent is imported */
+#define Py_XSETREF_STACK(dst, src) do { PyObject *o_ = (dst); (dst) = (src); Py_XDECREF(o_); } while (0)
+static PyObject *gevent_str = NULL;
+static PyObject *gevent_module = NULL, *gevent_getcurrent = NULL, *gevent_greenlet = NULL;
+
+static PyObject *
+current_greenlet(void)
+{
+    if (gevent_str == NULL && (gevent_str = PyUnicode_InternFromString("gevent")) == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *mod = PyImport_GetModule(gevent_str);
+    if (mod == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (mod != gevent_module) {
+        Py_CLEAR(gevent_getcurrent);
+        Py_CLEAR(gevent_greenlet);
+        Py_XSETREF_STACK(gevent_module, Py_NewRef(mod));
+        gevent_getcurrent = PyObject_GetAttrString(mod, "getcurrent");
+        gevent_greenlet = PyObject_GetAttrString(mod, "Greenlet");
+        PyErr_Clear();
+    }
+    Py_DECREF(mod);
+    if (gevent_getcurrent == NULL || gevent_greenlet == NULL) {
+        return NULL;
+    }
+    PyObject *g = PyObject_CallNoArgs(gevent_getcurrent);
+    PyObject *name = NULL;
+    if (g != NULL && (PyObject *)Py_TYPE(g) == gevent_greenlet) {
+        name = PyObject_GetAttrString(g, "name");
+        if (name != NULL && !PyUnicode_Check(name)) {
+            Py_CLEAR(name);
+        }
+    }
+    Py_XDECREF(g);
+    PyErr_Clear();
+    return name;
+}
+
+/* slot of the current asyncio task's name (or gevent greenlet's), UINT32_MAX
+ * when there is none */
 static uint32_t
 task_slot(void)
 {
     if (!asyncio_looked_up) {
         asyncio_lookup();
     }
-    if (get_running_loop == NULL) {
-        return UINT32_MAX;
-    }
     uint32_t slot = UINT32_MAX;
-    PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+    PyObject *loop = get_running_loop != NULL ? PyObject_CallNoArgs(get_running_loop) : NULL;
+    PyErr_Clear();
     PyObject *task = NULL;
     if (loop != NULL && loop != Py_None) {
         if (current_task != NULL) {
@@ -261,8 +304,14 @@ task_slot(void)
             task = Py_XNewRef(PyDict_GetItemWithError(current_tasks, loop));
         }
     }
+    if (task == NULL || task == Py_None) {
+        /* no asyncio task: a gevent greenlet, when gevent is in use */
+        Py_XDECREF(task);
+        task = current_greenlet();
+    }
     if (task != NULL && task != Py_None) {
-        PyObject *name = PyObject_CallMethod(task, "get_name", NULL);
+        PyObject *name = PyUnicode_Check(task) ? Py_NewRef(task)
+                                               : PyObject_CallMethod(task, "get_name", NULL);
         if (name != NULL && PyUnicode_Check(name)) {
             if (task_slots == NULL) {
                 task_slots = PyDict_New();

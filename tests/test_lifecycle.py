@@ -212,6 +212,7 @@ def test_foreign_lock_class_is_never_wrapped():
 
 GEVENT = """
 {first}
+import sys
 import gevent.monkey
 {early}
 import lockprof, threading
@@ -229,6 +230,9 @@ with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     lockprof.stop()
 acq = sum(r["acquisitions"] for r in lockprof.stats() if r["var"] == "lk")
+tasks = sorted(set(s["task_name"] for s in lockprof.samples() if s["event"] == "acquire"
+                   and s["lock_name"].endswith(":lk")), key=str)
+print(lockprof._lockprof.is_wrapper(lk), int(acq), len(w), tasks, file=sys.stderr)
 print(lockprof._lockprof.is_wrapper(lk), int(acq), len(w))
 """
 
@@ -256,6 +260,10 @@ def test_gevent_monkey_patching(order, expect):
     want = expect.split()
     assert [wrapped, acquisitions] == want[:2], (r.stdout, r.stderr)
     assert (int(warned) >= 1) == (want[2] == "1")     # told, or silent when all is well
+    if wrapped == "True":
+        # greenlets are the tasks: each acquisition labelled with its greenlet
+        names = eval(r.stderr.strip().splitlines()[-1].split(" ", 3)[3])
+        assert len(names) == 4 and all(n and n.startswith("Greenlet-") for n in names), names
 
 
 def test_reimporting_threading_is_told_not_silent():
