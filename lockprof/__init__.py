@@ -156,7 +156,9 @@ def _stats(snapshot) -> List[Dict[str, Any]]:
 
 
 def stats() -> List[Dict[str, Any]]:
-    """One record per lock with recorded events, most waited-on first.
+    """One record per lock with recorded events, most waited-on first (locks
+    that no longer exist are folded into one record per creation site, kind
+    and name).
 
     Fields: kind, site (file:line of creation), acquisitions (estimated, scaled
     by the sampling rate), contentions and wait_ns (exact), max_wait_ns, hold_ns
@@ -298,16 +300,20 @@ class Profiler:
 
     def __init__(self, sample_rate: float = DEFAULT_SAMPLE_RATE, *,
                  max_locks: int = DEFAULT_MAX_LOCKS, max_frames: int = DEFAULT_MAX_FRAMES,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, exclude_modules: Sequence[str] = (),
+                 include_modules: Sequence[str] = ()):
         self.sample_rate = _check_rate(sample_rate)
         self.max_locks = _check_int("max_locks", max_locks, 1, 2**32 - 1)
         self.max_frames = _check_int("max_frames", max_frames, 1, 512)
+        self.exclude_modules = _check_modules("exclude_modules", exclude_modules)
+        self.include_modules = _check_modules("include_modules", include_modules)
         self.seed = seed
 
     def start(self) -> "Profiler":
         reset()
         start(self.sample_rate, max_locks=self.max_locks, max_frames=self.max_frames,
-              seed=self.seed)
+              seed=self.seed, exclude_modules=self.exclude_modules,
+              include_modules=self.include_modules)
         return self
 
     def stop(self) -> None:

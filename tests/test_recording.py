@@ -375,3 +375,17 @@ def test_dead_locks_records_are_folded_per_site():
     assert sum(s["count"] for s in rows if s["lock_name"].endswith(":per_request")) == 60000
     assert sum(s["count"] for s in rows if s["lock_name"].endswith(":keep")) == 20
     assert all(s["kind"] != "<other>" for s in rows)
+
+
+def test_module_filters_through_the_api():
+    import pytest as _pytest
+    with _pytest.raises(ValueError, match="exclude_modules: 'not a module' is not a module name"):
+        lockprof.start(exclude_modules=["not a module"])
+    with _pytest.raises(ValueError, match="include_modules: 3 is not a module name"):
+        lockprof.Profiler(include_modules=[3])
+    with lockprof.Profiler(1.0, exclude_modules=[__name__]):
+        mine = threading.Lock()
+    assert not lockprof._lockprof.is_wrapper(mine)
+    with lockprof.Profiler(1.0, include_modules=[__name__]):
+        mine = threading.Lock()
+    assert lockprof._lockprof.is_wrapper(mine)
