@@ -97,40 +97,40 @@ def stop() -> None:
     _patch.stop()
 
 
-_warned = {"errors": 0, "replaced": False}
+_warned = {"errors": False, "replaced": False, "foreign": False}
+
+
+def _tell_once(key: str, message: str) -> None:
+    if not _warned[key]:
+        _warned[key] = True
+        import warnings
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _warn_errors() -> None:
     """Failures inside profiling never reach the program: they are counted
     (counters()["errors"], ["name_errors"], in the profile's comments) and
-    told once, as a RuntimeWarning."""
+    told once, as a RuntimeWarning; so are locks lockprof could not wrap."""
     gone = _patch.replaced()
-    if gone and not _warned["replaced"]:
-        _warned["replaced"] = True
-        import warnings
-        warnings.warn(f"lockprof: {', '.join(gone)} replaced after lockprof.start() (gevent's "
-                      f"monkey-patching, or a re-import?): locks made through the new ones are "
-                      f"not profiled; start lockprof after such patching", RuntimeWarning,
-                      stacklevel=3)
+    if gone:
+        _tell_once("replaced", f"lockprof: {', '.join(gone)} replaced after lockprof.start() "
+                               f"(gevent's monkey-patching, or a re-import?): locks made through "
+                               f"the new ones are not profiled; start lockprof after such patching")
     try:
         c = _lockprof.counters()
     except Exception:
         return
     foreign = c.get("foreign_locks", 0)
-    if foreign and not _warned.get("foreign"):
-        _warned["foreign"] = True
-        import warnings
-        warnings.warn(f"lockprof: {foreign} lock(s) made through a patched factory are of a "
-                      f"class lockprof was not built for (gevent's monkey-patching after "
-                      f"`import lockprof`?) and are not profiled; import lockprof after such "
-                      f"patching", RuntimeWarning, stacklevel=3)
+    if foreign:
+        _tell_once("foreign", f"lockprof: {foreign} lock(s) made through a patched factory are of "
+                              f"a class lockprof was not built for (gevent's monkey-patching after "
+                              f"`import lockprof`?) and are not profiled; import lockprof after "
+                              f"such patching")
     n = c.get("errors", 0) + c.get("name_errors", 0)
-    if n and not _warned["errors"]:
-        _warned["errors"] = n
-        import warnings
-        warnings.warn(f"lockprof: {n} failure(s) inside profiling were absorbed (the program "
-                      f"was not affected; see lockprof.counters()); the profile may miss "
-                      f"some events or names", RuntimeWarning, stacklevel=3)
+    if n:
+        _tell_once("errors", f"lockprof: {n} failure(s) inside profiling were absorbed (the "
+                             f"program was not affected; see lockprof.counters()); the profile "
+                             f"may miss some events or names")
 
 
 def is_running() -> bool:
@@ -169,14 +169,17 @@ def stats() -> List[Dict[str, Any]]:
 _CLI_FILE = __file__[:-len("__init__.py")] + "__main__.py"
 
 
+def _is_runpy(filename: str) -> bool:
+    return filename == "<frozen runpy>" or filename.endswith(("/runpy.py", "\\runpy.py"))
+
+
 def _trim(frames, omitted):
     """Stacks end at the user's program: the frames of `lockprof run` and of
     runpy below it are not the program's and are cut."""
     for i, frame in enumerate(frames):
         if frame[0] == _CLI_FILE:
             frames, omitted = frames[:i], 0
-            while frames and (frames[-1][0] == "<frozen runpy>"
-                              or frames[-1][0].endswith(("/runpy.py", "\\runpy.py"))):
+            while frames and _is_runpy(frames[-1][0]):
                 frames = frames[:-1]
             break
     return tuple(frames), omitted
@@ -269,25 +272,20 @@ def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> No
 
 
 def _write_window(path: str, fmt: str, win: _Window) -> None:
+    import sys
+
     from . import formats, pprof
-    from .report import text_table
 
     rate = _window["sample_rate"]
-    if fmt == "text":
-        formats.write_text(path, text_table(win.records, 20, rate or 0.0, samples=win.rows) + "\n")
-    elif fmt == "html":
-        import sys
-        prog = " ".join(sys.argv[:1]) or "python"
-        meta = (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(win.time_ns / 1e9))}, "
-                f"{win.duration_ns / 1e9:.1f} s, sample rate {rate}; contentions and waits "
-                f"exact, acquisitions and hold estimated")
-        formats.write_text(path, formats.html(win.rows, title=f"lockprof: {prog}", meta=meta))
-    elif fmt in formats.WRITERS:
-        formats.write_text(path, formats.WRITERS[fmt](win.rows))
-    else:
-        pprof.write(path, win.rows, time_nanos=win.time_ns, duration_nanos=win.duration_ns,
-                    comments=pprof.profile_comments(rate, _window["wait_period_ns"],
-                                                    win.counters))
+    prog = " ".join(sys.argv[:1]) or "python"
+    meta = (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(win.time_ns / 1e9))}, "
+            f"{win.duration_ns / 1e9:.1f} s, sample rate {rate}; contentions and waits "
+            f"exact, acquisitions and hold estimated")
+    formats.write_rows(path, fmt, win.rows, records=win.records, sample_rate=rate,
+                       title=f"lockprof: {prog}", meta=meta, time_nanos=win.time_ns,
+                       duration_nanos=win.duration_ns,
+                       comments=pprof.profile_comments(rate, _window["wait_period_ns"],
+                                                       win.counters))
 
 
 def counters() -> Dict[str, int]:

@@ -100,37 +100,24 @@ def _report(ns) -> int:
 
 
 def _convert(ns) -> int:
-    from lockprof import formats, pprof
-    from lockprof.report import stats_from_samples
+    from lockprof import formats
 
     prof = _load(ns.file)
-    out = ns.output or _strip_ext(ns.file) + "." + formats.EXTENSION[ns.format]
+    stem, ext = formats.split_ext(ns.file)
+    out = ns.output or (stem if ext else os.path.splitext(ns.file)[0]) + "." + \
+        formats.EXTENSION[ns.format]
     try:
         formats.check_writable(out)
     except formats.FormatError as e:
         raise _ArgError(str(e)) from None
     if os.path.exists(out) and not ns.force:
         raise _ArgError(f"{out!r} exists; use --force to overwrite it")
-    rows = prof["samples"]
-    if ns.format == "pprof":
-        pprof.write(out, rows, time_nanos=prof["time_nanos"],
-                    duration_nanos=prof["duration_nanos"], comments=prof["comments"])
-    elif ns.format == "text":
-        formats.write_text(out, text_table(stats_from_samples(rows), 20, samples=rows) + "\n")
-    elif ns.format == "html":
-        formats.write_text(out, formats.html(rows, title=f"lockprof: {os.path.basename(ns.file)}",
-                                             meta=_meta(prof)))
-    else:
-        formats.write_text(out, formats.WRITERS[ns.format](rows))
+    formats.write_rows(out, ns.format, prof["samples"],
+                       title=f"lockprof: {os.path.basename(ns.file)}", meta=_meta(prof),
+                       time_nanos=prof["time_nanos"], duration_nanos=prof["duration_nanos"],
+                       comments=prof["comments"])
     print(f"lockprof: wrote {out}", file=sys.stderr)
     return 0
-
-
-def _strip_ext(path: str) -> str:
-    for ext in (".pb.gz", ".speedscope.json", ".pprof", ".folded", ".collapsed", ".txt", ".html"):
-        if path.endswith(ext):
-            return path[:-len(ext)]
-    return os.path.splitext(path)[0]
 
 
 def _meta(prof) -> str:
@@ -241,8 +228,10 @@ def _main_globals() -> dict:
 
 
 def _own_frame(frame) -> bool:
+    from lockprof import _is_runpy
+
     f = frame.f_code.co_filename
-    return f == __file__ or f == "<frozen runpy>" or f.endswith(("/runpy.py", "\\runpy.py"))
+    return f == __file__ or _is_runpy(f)
 
 
 def _die_of(signum) -> None:

@@ -79,11 +79,8 @@ class Session:
         token = f".{self.parent_pid}."
         if token in self.output:
             return self.output.replace(token, f".{pid}.")
-        for ext in sorted({"." + e for e in _EXT.values()} | {".pb.gz", ".collapsed", ".htm"},
-                          key=len, reverse=True):
-            if self.output.endswith(ext):
-                return self.output[:-len(ext)] + f".{pid}" + ext
-        return f"{self.output}.{pid}"
+        stem, ext = formats.split_ext(self.output)
+        return f"{stem}.{pid}{ext}"
 
     def _rotate(self) -> None:
         pattern = re.compile(re.escape(f"lockprof-{self.stem}.{os.getpid()}.") + r"\d{6}\.")
@@ -163,8 +160,7 @@ class Session:
             return
         self._lock = _thread.allocate_lock()
         self.pid = os.getpid()
-        self._seq = 0
-        lockprof.reset()
+        self._seq = 0          # (the tables were reset by lockprof's own fork hook)
         if self.s["interval"] is not None:
             self._start_interval()
         # multiprocessing's children end in os._exit, after its finalizers
@@ -179,15 +175,18 @@ class Session:
         from multiprocessing import util
         util.Finalize(self, self.finish, exitpriority=-1000)
 
-    def cancel(self) -> None:
-        """Stop without writing (another session takes over)."""
-        self._done_pid = os.getpid()
-        atexit.unregister(self.finish)
+    def _end_interval(self) -> None:
         if self._stop_interval is not None:
             try:
                 self._stop_interval.release()
             except RuntimeError:
                 pass
+
+    def cancel(self) -> None:
+        """Stop without writing (another session takes over)."""
+        self._done_pid = os.getpid()
+        atexit.unregister(self.finish)
+        self._end_interval()
         lockprof.stop()
 
     def finish(self) -> None:
@@ -196,11 +195,7 @@ class Session:
         if self._done_pid == pid:
             return
         self._done_pid = pid
-        if self._stop_interval is not None:
-            try:
-                self._stop_interval.release()
-            except RuntimeError:
-                pass
+        self._end_interval()
         lockprof.stop()
         path = self._write()
         if path is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 # measure -> (event, field, unit) in lockprof.samples() rows
 MEASURES: Dict[str, Tuple[str, str, str]] = {
@@ -43,7 +43,17 @@ def format_for(path: str, fmt: Optional[str] = None) -> str:
                       f"give one with -f/format=")
 
 
-def _frame_name(frame) -> str:
+def split_ext(path: str) -> Tuple[str, str]:
+    """(stem, extension) by the extensions lockprof knows (".speedscope.json"
+    is one); (path, "") for any other name."""
+    for ext in sorted((e for e, _ in _EXTENSIONS), key=len, reverse=True):
+        if path.endswith(ext):
+            return path[:-len(ext)], ext
+    return path, ""
+
+
+def frame_name(frame) -> str:
+    """`function (file.py:LINE)` of a (file, function, line) frame."""
     file, func, line = frame
     return f"{func} ({os.path.basename(file)}:{line})" if file else func
 
@@ -56,7 +66,7 @@ def collapsed(samples: List[Dict[str, Any]], measure: str = "delay") -> str:
     for s in samples:
         if s["event"] != event:
             continue
-        frames = [_frame_name(f) for f in reversed(s["frames"])]
+        frames = [frame_name(f) for f in reversed(s["frames"])]
         if s.get("omitted"):
             frames.insert(0, f"<{s['omitted']} frames omitted>")
         key = ";".join(frames + [f"[{s.get('lock_name') or s.get('site')}]"])
@@ -148,6 +158,28 @@ def html(samples: List[Dict[str, Any]], title: str = "lockprof", meta: str = "")
     page = resources.files(__package__).joinpath("flamegraph.html").read_text(encoding="utf-8")
     head, tail = page.split("__DATA__")
     return head.replace("__TITLE__", _html.escape(title)) + data + tail
+
+
+def write_rows(path: str, fmt: str, rows: List[Dict[str, Any]], *,
+               records: Optional[List[Dict[str, Any]]] = None, sample_rate: Optional[float] = None,
+               title: str = "lockprof", meta: str = "", time_nanos: int = 0,
+               duration_nanos: int = 0, comments: Sequence[str] = ()) -> None:
+    """Writes sample rows (lockprof.samples(), or a profile read back) in
+    `fmt`; the text table uses `records` (per-lock stats), else the totals of
+    the rows; pprof keeps the time window and comments."""
+    if fmt == "pprof":
+        from . import pprof
+        pprof.write(path, rows, time_nanos=time_nanos, duration_nanos=duration_nanos,
+                    comments=comments)
+    elif fmt == "text":
+        from .report import stats_from_samples, text_table
+        table = text_table(stats_from_samples(rows) if records is None else records, 20,
+                           sample_rate or 0.0, samples=rows)
+        write_text(path, table + "\n")
+    elif fmt == "html":
+        write_text(path, html(rows, title=title, meta=meta))
+    else:
+        write_text(path, WRITERS[fmt](rows))
 
 
 def _umask() -> int:

@@ -173,19 +173,12 @@ class LockprofPlugin:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:200]
         path = os.path.join(self.directory, f"{name}.{formats.EXTENSION[self.fmt]}")
         try:
-            if self.fmt == "pprof":
-                import time
-                pprof.write(path, rows, time_nanos=time.time_ns(), duration_nanos=0,
-                            comments=pprof.profile_comments(self.rate, None, lockprof.counters())
-                            + [f"lockprof test {nodeid}"])
-            elif self.fmt == "text":
-                from lockprof.report import stats_from_samples, text_table
-                formats.write_text(path, text_table(stats_from_samples(rows), 20, self.rate,
-                                                    samples=rows) + "\n")
-            elif self.fmt == "html":
-                formats.write_text(path, formats.html(rows, title=f"lockprof: {nodeid}"))
-            else:
-                formats.write_text(path, formats.WRITERS[self.fmt](rows))
+            import time
+            formats.write_rows(path, self.fmt, rows, sample_rate=self.rate,
+                               title=f"lockprof: {nodeid}", time_nanos=time.time_ns(),
+                               comments=pprof.profile_comments(self.rate, None,
+                                                               lockprof.counters())
+                               + [f"lockprof test {nodeid}"])
             self.written.append(path)
         except Exception as e:     # a profile that cannot be written never fails a test
             self.errors.append(f"{path}: {e}")

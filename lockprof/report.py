@@ -5,6 +5,8 @@ import os
 import re
 from typing import Any, Dict, List, Optional
 
+from .formats import frame_name
+
 
 def _ms(ns: float) -> str:
     return f"{ns / 1e6:.2f}"
@@ -73,11 +75,6 @@ def stats_from_samples(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(locks.values())
 
 
-def _short(frame) -> str:
-    file, func, line = frame
-    return f"{func} ({os.path.basename(file)}:{line})" if file else func
-
-
 _BOOTSTRAP = ("run", "_bootstrap_inner", "_bootstrap")
 
 
@@ -100,7 +97,7 @@ def hot_stacks(samples: List[Dict[str, Any]], lock_name: str, n: int = 2,
             best = sorted(rows.items(), key=lambda kv: -kv[1])[:n]
             what = "wait" if event == "contention" else "acquisitions"
             return [f"{100 * v / total:5.1f}% of {what}: "
-                    + " <- ".join(_short(f) for f in frames) for frames, v in best if v > 0]
+                    + " <- ".join(frame_name(f) for f in frames) for frames, v in best if v > 0]
     return []
 
 

@@ -429,13 +429,9 @@ lp_py_set_filters(PyObject *mod, PyObject *args)
         Py_DECREF(i);
         return NULL;
     }
-    PyObject *old_e = exclude_prefixes, *old_i = include_prefixes, *old_d = decisions;
-    exclude_prefixes = e;
-    include_prefixes = i;
-    decisions = d;
-    Py_XDECREF(old_e);
-    Py_XDECREF(old_i);
-    Py_XDECREF(old_d);
+    LP_XSETREF(exclude_prefixes, e);
+    LP_XSETREF(include_prefixes, i);
+    LP_XSETREF(decisions, d);
     Py_RETURN_NONE;
 }
 

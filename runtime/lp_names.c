@@ -252,36 +252,34 @@ find_in_frame_vars(PyFrameObject *f, PyObject *obj, PyObject **self_out, PyObjec
 }
 #endif
 
-void
-lp_naming_point(PyObject **code, int *pos)
-{
-    PyObject *exc_type, *exc_value, *exc_tb;
-    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    PyFrameObject *f = naming_frame();
-    *code = NULL;
-    *pos = 0;
-    if (f != NULL) {
-        *code = (PyObject *)PyFrame_GetCode(f);
-#if PY_VERSION_HEX >= 0x030B0000
-        *pos = PyFrame_GetLasti(f);
-#else
-        *pos = PyFrame_GetLineNumber(f);
-#endif
-        Py_DECREF(f);
-    }
-    PyErr_Restore(exc_type, exc_value, exc_tb);
-}
-
-PyObject *
-lp_resolve_name(PyObject *obj)
+PyFrameObject *
+lp_naming_frame(void)
 {
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);   /* never disturb the caller */
     PyFrameObject *f = lp_fault() ? NULL : naming_frame();
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return f;
+}
+
+int
+lp_frame_position(PyFrameObject *f)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(f);
+#else
+    return PyFrame_GetLineNumber(f);
+#endif
+}
+
+PyObject *
+lp_resolve_name(PyObject *obj, PyFrameObject *f)
+{
     if (f == NULL) {
-        PyErr_Restore(exc_type, exc_value, exc_tb);
         return NULL;
     }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);   /* never disturb the caller */
     PyObject *locals = NULL, *self = NULL, *name = NULL;
     PyObject *objs = PyList_New(0);
     if (objs == NULL) {
@@ -350,7 +348,6 @@ lp_resolve_name(PyObject *obj)
         lp_name_errors++;
     }
     Py_XDECREF(locals);
-    Py_DECREF(f);
     PyErr_Restore(exc_type, exc_value, exc_tb);
     return name;
 }

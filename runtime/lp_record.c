@@ -9,7 +9,6 @@
 #  define LP_HAVE_LASTI 1
 #endif
 
-#define Py_XSETREF_LP(dst, src) do { PyObject *old_ = (dst); (dst) = (src); Py_XDECREF(old_); } while (0)
 
 /* ------------------------------------------------------------------------ */
 /* creation sites: (code object, instruction offset) interned to a uint32    */
@@ -137,22 +136,27 @@ lp_count_error(void)
 static PyObject *
 name_for(lp_wrapper *w)
 {
-    PyObject *code = NULL;
-    int pos = 0;
-    lp_naming_point(&code, &pos);
-    if (code == NULL || w->site == 0 || w->site >= nsites) {
-        Py_XDECREF(code);
-        return lp_resolve_name((PyObject *)w);
+    PyFrameObject *f = lp_naming_frame();
+    if (f == NULL || w->site == 0 || w->site >= nsites) {
+        PyObject *name = lp_resolve_name((PyObject *)w, f);
+        Py_XDECREF(f);
+        return name;
     }
+    PyObject *code = (PyObject *)PyFrame_GetCode(f);
+    int pos = lp_frame_position(f);
+    PyObject *name;
     if (sites[w->site].name_code == code && sites[w->site].name_pos == pos) {
         Py_DECREF(code);
-        return Py_XNewRef(sites[w->site].name);
+        name = Py_XNewRef(sites[w->site].name);
     }
-    PyObject *name = lp_resolve_name((PyObject *)w);
-    lp_site *s = &sites[w->site];
-    Py_XSETREF_LP(s->name_code, code);     /* takes the reference */
-    s->name_pos = pos;
-    Py_XSETREF_LP(s->name, Py_XNewRef(name));
+    else {
+        name = lp_resolve_name((PyObject *)w, f);
+        lp_site *s = &sites[w->site];
+        LP_XSETREF(s->name_code, code);     /* takes the reference */
+        s->name_pos = pos;
+        LP_XSETREF(s->name, Py_XNewRef(name));
+    }
+    Py_DECREF(f);
     return name;
 }
 

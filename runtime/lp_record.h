@@ -39,13 +39,14 @@ typedef struct lp_lockrec {
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);
-/* The variable name `obj` has in the calling frame (new reference), or NULL;
- * never raises, never runs user code. */
-PyObject *lp_resolve_name(PyObject *obj);
-/* where a lock's name would be looked up: the code object (new reference,
- * or NULL) and instruction position of the first frame outside the stdlib's
- * synchronization code */
-void lp_naming_point(PyObject **code, int *pos);
+/* The frame a lock's name is looked up in: the first one outside the stdlib's
+ * synchronization code (new reference), or NULL. */
+PyFrameObject *lp_naming_frame(void);
+/* that frame's instruction offset (3.11+) or line (3.9, 3.10) */
+int lp_frame_position(PyFrameObject *f);
+/* The variable name `obj` has in frame `f` (borrowed; NULL gives NULL): a
+ * new reference, or NULL; never raises, never runs user code. */
+PyObject *lp_resolve_name(PyObject *obj, PyFrameObject *f);
 int lp_names_setup(PyObject *module);
 /* a failure inside profiling, absorbed (counted in counters()["errors"]) */
 void lp_count_error(void);

@@ -24,6 +24,11 @@
 #define LP_LIKELY(x) __builtin_expect(!!(x), 1)
 #define LP_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* dst = src (a new reference, or NULL), releasing the old value after the
+ * store (Py_XSETREF is public only from 3.12 on) */
+#define LP_XSETREF(dst, src) \
+    do { PyObject *lp_old_ = (PyObject *)(dst); (dst) = (src); Py_XDECREF(lp_old_); } while (0)
+
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *lp_newref(PyObject *o) { Py_INCREF(o); return o; }
 #  define Py_NewRef(o) lp_newref((PyObject *)(o))

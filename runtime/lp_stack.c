@@ -243,7 +243,6 @@ asyncio_lookup(void)
 /* gevent: the current greenlet's name (a str, new reference) when it is a
  * gevent.Greenlet (exactly: a subclass's `name` could be anyone's code), else
  * NULL; looked up only while gevent is imported */
-#define Py_XSETREF_STACK(dst, src) do { PyObject *o_ = (dst); (dst) = (src); Py_XDECREF(o_); } while (0)
 static PyObject *gevent_str = NULL;
 static PyObject *gevent_module = NULL, *gevent_getcurrent = NULL, *gevent_greenlet = NULL;
 
@@ -262,7 +261,7 @@ current_greenlet(void)
     if (mod != gevent_module) {
         Py_CLEAR(gevent_getcurrent);
         Py_CLEAR(gevent_greenlet);
-        Py_XSETREF_STACK(gevent_module, Py_NewRef(mod));
+        LP_XSETREF(gevent_module, Py_NewRef(mod));
         gevent_getcurrent = PyObject_GetAttrString(mod, "getcurrent");
         gevent_greenlet = PyObject_GetAttrString(mod, "Greenlet");
         PyErr_Clear();
