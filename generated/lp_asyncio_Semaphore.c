@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.Semaphore: wrapper of asyncio.locks.Semaphore (generator/locks.json, line 120) */
+/* asyncio.Semaphore: wrapper of asyncio.locks.Semaphore (generator/locks.json, line 121) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -38,13 +38,13 @@ lp_asyncio_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *r;
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         r = lp_call_false(m, target);
-        if (LP_UNLIKELY(r != Py_True)) {
+        if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
             if (r == NULL) {
                 return NULL;
             }
             Py_DECREF(r);
             r = lp_acquire_slow(self, LP_KIND_ASYNCIO_SEMAPHORE, target, m, release, args, 0, NULL, 1);
-            if (r != Py_True) {
+            if (!LP_ACQUIRED(r)) {
                 return r;
             }
         }
@@ -52,13 +52,13 @@ lp_asyncio_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
         /* acquire(False): never waits, so nothing to time */
         r = lp_call(m, target, args, 1, NULL);
-        if (r != Py_True) {
+        if (!LP_ACQUIRED(r)) {
             return r;
         }
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_ASYNCIO_SEMAPHORE, target, m, release, args, nargs, kwnames, 0);
-        if (r != Py_True) {
+        if (!LP_ACQUIRED(r)) {
             return r;
         }
     }
@@ -165,6 +165,12 @@ static PyMemberDef lp_asyncio_Semaphore_members[] = {
 static PyObject *
 lp_asyncio_Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
+    if (lp_resolve_def(&lp_asyncio_Semaphore_def) <= 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "asyncio.locks.Semaphore is not imported");
+        }
+        return NULL;
+    }
     PyObject *inner = PyObject_Call(lp_asyncio_Semaphore_inner_class, args, kwargs);
     if (inner == NULL) {
         return NULL;
@@ -196,12 +202,14 @@ const lp_typedef lp_asyncio_Semaphore_def = {
     .key = "asyncio.Semaphore",
     .factory_module = "asyncio",
     .factory_name = "Semaphore",
+    .made_by = NULL,
     .inner_type = "asyncio.locks.Semaphore",
     .type_module = "asyncio.locks",
     .spec = &lp_asyncio_Semaphore_spec,
     .init_methods = lp_asyncio_Semaphore_init_methods,
     .type_slot = &lp_asyncio_Semaphore_type,
     .inner_class = &lp_asyncio_Semaphore_inner_class,
+    .lazy = 1,
     .is_async = 1,
     .is_condition = 0,
     .binds_lock = 0,

@@ -19,6 +19,8 @@ static const lp_typedef *const lp_all_defs[LP_NKINDS] = {
     &lp_asyncio_Semaphore_def,
     &lp_asyncio_BoundedSemaphore_def,
     &lp_asyncio_Condition_def,
+    &lp_threading__RLock_def,
+    &lp_gevent_thread_LockType_def,
 };
 
 static struct PyModuleDef lp_moduledef = {

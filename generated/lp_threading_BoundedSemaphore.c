@@ -38,13 +38,13 @@ lp_threading_BoundedSemaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *r;
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         r = lp_call_false(m, target);
-        if (LP_UNLIKELY(r != Py_True)) {
+        if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
             if (r == NULL) {
                 return NULL;
             }
             Py_DECREF(r);
             r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, target, m, release, args, 0, NULL, 1);
-            if (r != Py_True) {
+            if (!LP_ACQUIRED(r)) {
                 return r;
             }
         }
@@ -52,13 +52,13 @@ lp_threading_BoundedSemaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
         /* acquire(False): never waits, so nothing to time */
         r = lp_call(m, target, args, 1, NULL);
-        if (r != Py_True) {
+        if (!LP_ACQUIRED(r)) {
             return r;
         }
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_THREADING_BOUNDEDSEMAPHORE, target, m, release, args, nargs, kwnames, 0);
-        if (r != Py_True) {
+        if (!LP_ACQUIRED(r)) {
             return r;
         }
     }
@@ -148,6 +148,12 @@ static PyMemberDef lp_threading_BoundedSemaphore_members[] = {
 static PyObject *
 lp_threading_BoundedSemaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
+    if (lp_resolve_def(&lp_threading_BoundedSemaphore_def) <= 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "threading.BoundedSemaphore is not imported");
+        }
+        return NULL;
+    }
     PyObject *inner = PyObject_Call(lp_threading_BoundedSemaphore_inner_class, args, kwargs);
     if (inner == NULL) {
         return NULL;
@@ -179,12 +185,14 @@ const lp_typedef lp_threading_BoundedSemaphore_def = {
     .key = "threading.BoundedSemaphore",
     .factory_module = "threading",
     .factory_name = "BoundedSemaphore",
+    .made_by = NULL,
     .inner_type = "threading.BoundedSemaphore",
     .type_module = "threading",
     .spec = &lp_threading_BoundedSemaphore_spec,
     .init_methods = lp_threading_BoundedSemaphore_init_methods,
     .type_slot = &lp_threading_BoundedSemaphore_type,
     .inner_class = &lp_threading_BoundedSemaphore_inner_class,
+    .lazy = 0,
     .is_async = 0,
     .is_condition = 0,
     .binds_lock = 0,

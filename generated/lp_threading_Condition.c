@@ -55,13 +55,13 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *r;
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         r = lp_call_false(m, target);
-        if (LP_UNLIKELY(r != Py_True)) {
+        if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
             if (r == NULL) {
                 return NULL;
             }
             Py_DECREF(r);
             r = lp_acquire_slow(self, LP_KIND_THREADING_CONDITION, target, m, release, args, 0, NULL, 1);
-            if (r != Py_True) {
+            if (!LP_ACQUIRED(r)) {
                 return r;
             }
         }
@@ -69,13 +69,13 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
     else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
         /* acquire(False): never waits, so nothing to time */
         r = lp_call(m, target, args, 1, NULL);
-        if (r != Py_True) {
+        if (!LP_ACQUIRED(r)) {
             return r;
         }
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_THREADING_CONDITION, target, m, release, args, nargs, kwnames, 0);
-        if (r != Py_True) {
+        if (!LP_ACQUIRED(r)) {
             return r;
         }
     }
@@ -216,6 +216,12 @@ static PyMemberDef lp_threading_Condition_members[] = {
 static PyObject *
 lp_threading_Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
+    if (lp_resolve_def(&lp_threading_Condition_def) <= 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "threading.Condition is not imported");
+        }
+        return NULL;
+    }
     PyObject *inner = PyObject_Call(lp_threading_Condition_inner_class, args, kwargs);
     if (inner == NULL) {
         return NULL;
@@ -251,12 +257,14 @@ const lp_typedef lp_threading_Condition_def = {
     .key = "threading.Condition",
     .factory_module = "threading",
     .factory_name = "Condition",
+    .made_by = NULL,
     .inner_type = "threading.Condition",
     .type_module = "threading",
     .spec = &lp_threading_Condition_spec,
     .init_methods = lp_threading_Condition_init_methods,
     .type_slot = &lp_threading_Condition_type,
     .inner_class = &lp_threading_Condition_inner_class,
+    .lazy = 0,
     .is_async = 0,
     .is_condition = 1,
     .binds_lock = 1,

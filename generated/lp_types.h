@@ -19,7 +19,9 @@
 #define LP_KIND_ASYNCIO_SEMAPHORE 6
 #define LP_KIND_ASYNCIO_BOUNDEDSEMAPHORE 7
 #define LP_KIND_ASYNCIO_CONDITION 8
-#define LP_NKINDS 9
+#define LP_KIND_THREADING__RLOCK 9
+#define LP_KIND_GEVENT_THREAD_LOCKTYPE 10
+#define LP_NKINDS 11
 
 extern const lp_typedef lp_threading_Lock_def;
 extern const lp_typedef lp_threading_RLock_def;
@@ -30,5 +32,7 @@ extern const lp_typedef lp_asyncio_Lock_def;
 extern const lp_typedef lp_asyncio_Semaphore_def;
 extern const lp_typedef lp_asyncio_BoundedSemaphore_def;
 extern const lp_typedef lp_asyncio_Condition_def;
+extern const lp_typedef lp_threading__RLock_def;
+extern const lp_typedef lp_gevent_thread_LockType_def;
 
 #endif

@@ -31,8 +31,10 @@ ROLES: Dict[str, Tuple[str, Optional[str]]] = {
 SYNC_ONLY = {"acquire", "enter", "exit", "wait"}
 ASYNC_ONLY = {"async_acquire", "aenter", "aexit", "async_wait"}
 FIELDS = {"key", "module", "factory", "inner_type", "type_name", "native", "async",
-          "reentrant", "condition", "methods", "bound_in_init", "busy_probe"}
-REQUIRED = FIELDS - {"type_name", "bound_in_init", "busy_probe"}
+          "reentrant", "condition", "methods", "bound_in_init", "busy_probe", "lazy",
+          "made_by"}
+REQUIRED = FIELDS - {"type_name", "bound_in_init", "busy_probe", "lazy", "made_by", "module",
+                     "factory"}
 
 
 class SpecError(ValueError):
@@ -40,7 +42,7 @@ class SpecError(ValueError):
 
 
 def _ident(text: str) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
+    return re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_")
 
 
 def _version_hex(since: str, where: str) -> str:
@@ -77,8 +79,8 @@ class InnerMethod:
 class LockType:
     key: str
     index: int              # the lock kind id used by the runtime
-    module: str
-    factory: str
+    module: Optional[str]   # where the factory is patched (None: made_by)
+    factory: Optional[str]
     inner_type: str
     type_name: str          # tp_name, as the stdlib's class has it
     type_module: str        # __module__ of the stdlib's class
@@ -89,6 +91,12 @@ class LockType:
     methods: Tuple[Method, ...]
     inner_methods: Tuple[InnerMethod, ...]
     spec_line: int
+    # the class is looked up only once the program has imported its module
+    # (lockprof never imports it; asyncio, gevent)
+    lazy: bool
+    # key of the entry whose factory returns this class once another library
+    # has replaced that factory (gevent's monkey-patching); no factory of its own
+    made_by: Optional[str]
     # derived
     prefix: str             # C prefix, e.g. lp_threading_Lock
     kind_macro: str         # e.g. LP_KIND_THREADING_LOCK
@@ -99,12 +107,20 @@ class LockType:
                             # instance: cached at wrap time (lp_cond_wrapper)
     release_method: Optional[Method]   # the release __aexit__ runs (async types)
     release_inner_c: str    # lp_method of the wrapped release (undoes a try)
+    # C initialisers of the lp_typedef's strings: a literal, or NULL
+    c_module: str
+    c_factory: str
+    c_made_by: str
 
 
 @dataclass(frozen=True)
 class Spec:
     path: str
     types: Tuple[LockType, ...]
+
+
+def _c_str(value: Optional[str]) -> str:
+    return "NULL" if value is None else json.dumps(value)
 
 
 def _line_of(text: str, key: str) -> int:
@@ -163,6 +179,9 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         inner_name = inner_name or name
         c_var = f"{prefix}_m_{_ident(inner_name)}"
         if role == "forward" and not raw["native"]:
+            if name == raw.get("busy_probe"):
+                # still called from C, as the probe
+                inner[name] = InnerMethod(name, c_var, guard)
             methods.append(Method(
                 name=name, role=role, c_name=f"{prefix}_{_ident(name) or name}",
                 meth_flags="", inner=inner_name, inner_c="", guard=guard,
@@ -189,11 +208,27 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         raise SpecError(f"{where}: 'bound_in_init' must be a list of method names")
     probe = raw.get("busy_probe")
     if probe is not None:
-        if not raw["native"] or not isinstance(probe, str) or probe not in inner:
-            raise SpecError(f"{where}: 'busy_probe' must name one of the entry's methods "
-                            "of a native type")
+        # exact only when the probe cannot switch threads: a C method
+        # (gevent's Cython semaphore qualifies), never Python code
+        if not isinstance(probe, str) or probe not in inner:
+            raise SpecError(f"{where}: 'busy_probe' must name one of the entry's methods")
+    lazy = raw.get("lazy", False)
+    if not isinstance(lazy, bool):
+        raise SpecError(f"{where}: 'lazy' must be true or false, got {lazy!r}")
+    made_by = raw.get("made_by")
+    if made_by is not None:
+        if not isinstance(made_by, str) or not made_by:
+            raise SpecError(f"{where}: 'made_by' must be the key of another entry")
+        if "module" in raw or "factory" in raw:
+            raise SpecError(f"{where}: an entry 'made_by' another has no 'module'/'factory' "
+                            "of its own")
+    else:
+        for f in ("module", "factory"):
+            if not isinstance(raw.get(f), str) or not raw.get(f):
+                raise SpecError(f"{where}: missing field {f!r} (or 'made_by')")
     return LockType(
-        key=key, index=index, module=raw["module"], factory=raw["factory"],
+        key=key, index=index, module=raw.get("module"), factory=raw.get("factory"),
+        lazy=lazy, made_by=made_by,
         inner_type=inner_type, type_name=type_name, type_module=type_module,
         native=native, is_async=is_async, reentrant=raw["reentrant"],
         condition=raw["condition"], methods=tuple(methods),
@@ -203,6 +238,8 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         release_inner_c=inner["release"].c_var,
         binds_lock={"acquire", "release"} <= set(bound),
         probe_c=inner[probe].c_var if probe else None,
+        c_module=_c_str(raw.get("module")), c_factory=_c_str(raw.get("factory")),
+        c_made_by=_c_str(made_by),
     )
 
 
@@ -220,4 +257,19 @@ def load(path: Path) -> Spec:
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise SpecError(f"{path}: key(s) listed twice: {sorted(dup)}")
+    prefixes = [t.prefix for t in types]
+    clash = sorted({p for p in prefixes if prefixes.count(p) > 1})
+    if clash:
+        raise SpecError(f"{path}: keys giving the same C prefix {clash}; make them differ "
+                        "in more than punctuation")
+    with_factory = {t.key: t for t in types if t.made_by is None}
+    for t in types:
+        if t.made_by is not None:
+            base = with_factory.get(t.made_by)
+            if base is None:
+                raise SpecError(f"{path}: {t.key!r}: made_by={t.made_by!r} names no entry with "
+                                f"a factory; accepted: {sorted(with_factory)}")
+            if (base.is_async, base.condition) != (t.is_async, t.condition):
+                raise SpecError(f"{path}: {t.key!r}: made_by={t.made_by!r} must agree with it "
+                                "on 'async' and 'condition'")
     return Spec(path=path.as_posix(), types=types)

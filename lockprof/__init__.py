@@ -113,9 +113,10 @@ def _warn_errors() -> None:
     told once, as a RuntimeWarning; so are locks lockprof could not wrap."""
     gone = _patch.replaced()
     if gone:
-        _tell_once("replaced", f"lockprof: {', '.join(gone)} replaced after lockprof.start() "
-                               f"(gevent's monkey-patching, or a re-import?): locks made through "
-                               f"the new ones are not profiled; start lockprof after such patching")
+        _tell_once("replaced", f"lockprof: {', '.join(gone)} replaced after lockprof.start() by "
+                               f"an assignment lockprof does not hear of (gevent's patching and "
+                               f"re-imports it does): locks made through the new ones are not "
+                               f"profiled; start lockprof after such patching")
     try:
         c = _lockprof.counters()
     except Exception:
@@ -123,9 +124,9 @@ def _warn_errors() -> None:
     foreign = c.get("foreign_locks", 0)
     if foreign:
         _tell_once("foreign", f"lockprof: {foreign} lock(s) made through a patched factory are of "
-                              f"a class lockprof was not built for (gevent's monkey-patching after "
-                              f"`import lockprof`?) and are not profiled; import lockprof after "
-                              f"such patching")
+                              f"a class lockprof has no wrapper for (another library's lock "
+                              f"class, or a class made anew by importlib.reload) and are not "
+                              f"profiled")
     n = c.get("errors", 0) + c.get("name_errors", 0)
     if n:
         _tell_once("errors", f"lockprof: {n} failure(s) inside profiling were absorbed (the "

@@ -22,13 +22,30 @@ _rebound: List[Tuple[object, str, object, object]] = []
 
 
 def _originals() -> Dict[str, Tuple[str, str, object]]:
+    """What each factory name holds now, for the modules already imported.
+    asyncio is never imported here: its factories are installed when the
+    program imports it (see _ImportWatch)."""
     out = {}
     for key, modname, attr, _wtype, _inner, _is_async, _is_cond in _lockprof.TYPES:
-        mod = sys.modules.get(modname) or __import__(modname)
-        current = getattr(mod, attr)
+        if modname is None:        # made_by another entry: no factory of its own
+            continue
+        mod = sys.modules.get(modname)
+        if mod is None:
+            continue
+        current = getattr(mod, attr, None)
+        if current is None:
+            continue
         orig = getattr(current, "__lockprof_original__", current)
         out[key] = (modname, attr, orig)
     return out
+
+
+def _defined_here(value, modname: str, attr: str) -> bool:
+    """The module defines `value` under this name (gevent.thread.LockType once
+    gevent patched threading.Lock with it): the definition stays as it is;
+    only other modules' imported names are rebound."""
+    return (getattr(value, "__module__", None) == modname
+            and getattr(value, "__name__", None) == attr)
 
 
 def _scan_and_rebind(by_id: Dict[int, object]) -> None:
@@ -46,6 +63,8 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
         for attr, value in items:
             factory = by_id.get(id(value))
             if factory is not None and not isinstance(value, _lockprof.Factory):
+                if _defined_here(value, name, attr):
+                    continue
                 try:
                     setattr(mod, attr, factory)
                 except Exception:
@@ -99,18 +118,112 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
             _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
                                 max_samples)
             return
-        origs = _originals()
-        by_id: Dict[int, object] = {}
-        for key, (modname, attr, orig) in origs.items():
-            factory = _lockprof.make_factory(key, orig)
-            mod = sys.modules[modname]
-            setattr(mod, attr, factory)
-            _installed[key] = (modname, attr, orig, factory)
-            by_id[id(orig)] = factory
+        by_id = _install_all()
         _scan_and_rebind(by_id)
+        if _watch not in sys.meta_path:
+            sys.meta_path.insert(0, _watch)
         _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
                                 max_samples)
         _running = True
+
+
+def _install_all() -> Dict[int, object]:
+    """Puts a factory wherever a factory name holds something else: at start,
+    and again when threading or asyncio was (re-)imported or gevent patched
+    them.  Returns {id(original): factory} of those installed now."""
+    by_id: Dict[int, object] = {}
+    for key, (modname, attr, orig) in _originals().items():
+        mod = sys.modules[modname]
+        current = getattr(mod, attr, None)
+        if key in _installed and _installed[key][3] is current:
+            continue               # ours, in place
+        # anything else, a factory left over from an earlier start() included
+        # (its original is what _originals() reports), gets a new one
+        try:
+            factory = _lockprof.make_factory(key, orig)
+        except LookupError:        # a lazy entry whose module is not imported
+            continue
+        setattr(mod, attr, factory)
+        _installed[key] = (modname, attr, orig, factory)   # stop() puts orig back
+        by_id[id(orig)] = factory
+    return by_id
+
+
+def reinstall() -> None:
+    """Called when threading or asyncio has been imported or re-imported, or
+    gevent has monkey-patched them, while profiling runs: the factory names
+    get lockprof's factories again, around what they hold now.  Never
+    raises; a failure is counted as a profiler error."""
+    try:
+        with _guard:
+            if not _running:
+                return
+            _install_all()
+            _lockprof.set_name_skip(_sync_files())
+    except Exception:
+        _lockprof.count_error()
+
+
+class _Loader:
+    """Runs a watched module's own loader, then tells lockprof; puts the
+    module's __loader__ and __spec__.loader back to that loader first, so
+    nothing of this remains visible."""
+
+    def __init__(self, loader, name: str) -> None:
+        self._loader = loader
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(self._loader, attr)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        try:
+            self._loader.exec_module(module)
+        finally:
+            spec = getattr(module, "__spec__", None)
+            if spec is not None and spec.loader is self:
+                spec.loader = self._loader
+            if getattr(module, "__loader__", None) is self:
+                module.__loader__ = self._loader
+        reinstall()
+
+
+class _ImportWatch:
+    """A sys.meta_path entry that finds nothing by itself.  For threading and
+    asyncio it asks the finders after it and wraps the loader they return,
+    so that asyncio imported after start() is profiled and a re-import of
+    threading or asyncio (importlib.reload) gets the factories back."""
+
+    WATCHED = frozenset(("threading", "asyncio"))
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.WATCHED:
+            return None
+        try:
+            finders = sys.meta_path[sys.meta_path.index(self) + 1:]
+        except ValueError:
+            return None
+        for finder in finders:
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if getattr(spec, "loader", None) is not None and hasattr(spec.loader, "exec_module"):
+            try:
+                spec.loader = _Loader(spec.loader, name)
+            except Exception:
+                pass
+        return spec
+
+
+_watch = _ImportWatch()
 
 
 def stop() -> None:
@@ -119,6 +232,10 @@ def stop() -> None:
         if not _running:
             return
         _lockprof.configure(False, 0.0)
+        try:
+            sys.meta_path.remove(_watch)
+        except ValueError:
+            pass
         for mod, attr, orig, factory in reversed(_rebound):
             try:
                 if getattr(mod, attr, None) is factory:

@@ -117,10 +117,10 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
     if ((a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) &&
         !(w->flags & LP_W_DELEGATED)) {
         if (a->t0 != 0) {
-            lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, value == Py_True);
+            lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, LP_ACQUIRED(value));
             a->t0 = 0;
         }
-        if (value == Py_True && LP_SAMPLED()) {
+        if (LP_ACQUIRED(value) && LP_SAMPLED()) {
             lp_flush_acquire(w, a->kind, 1);
         }
     }

@@ -14,6 +14,7 @@ typedef struct {
     PyObject *inner_class;      /* the class the wrapper's methods are made for */
     int is_condition;
     int binds_lock;
+    int def_index;              /* its entry in type_defs */
     vectorcallfunc vectorcall;
 } lp_factory;
 
@@ -21,6 +22,8 @@ static PyTypeObject *factory_type = NULL;
 uint64_t lp_foreign_locks = 0;   /* made by a factory, of a class not wrapped */
 static PyTypeObject **wrapper_types = NULL;
 static int n_wrapper_types = 0;
+static const lp_typedef *type_defs = NULL;
+static int n_type_defs = 0;
 
 /* Which code gets profiled locks: the module whose code calls the factory
  * (its globals' __name__) is matched against prefixes, "a.b" matching "a.b"
@@ -96,6 +99,28 @@ caller_excluded(void)
     return !profiled;
 }
 
+static const lp_typedef *
+made_by_entry(lp_factory *f, PyTypeObject *cls)
+{
+    const char *key = type_defs[f->def_index].key;
+    for (int i = 0; i < n_type_defs; i++) {
+        const lp_typedef *d = &type_defs[i];
+        if (d->made_by == NULL || strcmp(d->made_by, key) != 0) {
+            continue;
+        }
+        int r = lp_resolve_def(d);
+        if (r < 0) {
+            PyErr_Clear();
+            lp_count_error();
+            continue;
+        }
+        if (r > 0 && *d->inner_class == (PyObject *)cls) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
 static PyObject *
 factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
                    PyObject *kwnames)
@@ -108,15 +133,24 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     if (inner == NULL) {
         return NULL;
     }
-    if ((PyObject *)Py_TYPE(inner) != f->inner_class) {
-        /* not the class our methods call into (gevent's lock after
-         * monkey-patching, a factory returning a subclass): left as it is,
-         * and counted (told once as a warning) */
-        lp_foreign_locks++;
-        return inner;
+    PyTypeObject *wtype = f->wtype;
+    int binds_lock = f->binds_lock;
+    if (LP_UNLIKELY((PyObject *)Py_TYPE(inner) != f->inner_class)) {
+        /* Not the class our methods call into: gevent's lock after
+         * monkey-patching, threading's Python RLock once _CRLock is None.
+         * An entry made_by this factory's may be built for it; anything
+         * else (a subclass, another library's lock) is left as it is and
+         * counted (told once as a warning). */
+        const lp_typedef *d = made_by_entry(f, Py_TYPE(inner));
+        if (d == NULL) {
+            lp_foreign_locks++;
+            return inner;
+        }
+        wtype = *d->type_slot;
+        binds_lock = d->binds_lock;
     }
     Py_INCREF(inner);
-    PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(f->wtype, inner);
+    PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(wtype, inner);
     if (w == NULL) {
         /* the program gets the stdlib's own object, unprofiled */
         PyErr_Clear();
@@ -134,7 +168,7 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         if (lock != NULL && is_wrapper(lock)) {
             ((lp_wrapper *)w)->flags |= LP_W_DELEGATED;
         }
-        else if (f->binds_lock) {
+        else if (binds_lock) {
             lp_cond_bind((lp_cond_wrapper *)w);
         }
     }
@@ -358,9 +392,6 @@ static PyType_Spec factory_spec = {
 /* module functions                                                          */
 /* ------------------------------------------------------------------------ */
 
-static const lp_typedef *type_defs = NULL;
-static int n_type_defs = 0;
-
 static PyObject *
 lp_py_make_factory(PyObject *mod, PyObject *args)
 {
@@ -371,6 +402,12 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
     }
     for (int i = 0; i < n_type_defs; i++) {
         if (strcmp(type_defs[i].key, key) == 0) {
+            if (lp_resolve_def(&type_defs[i]) <= 0) {
+                if (!PyErr_Occurred()) {
+                    PyErr_Format(PyExc_LookupError, "%s is not imported", type_defs[i].inner_type);
+                }
+                return NULL;
+            }
             lp_factory *f = PyObject_GC_New(lp_factory, factory_type);
             if (f == NULL) {
                 return NULL;
@@ -380,6 +417,7 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
             f->inner_class = Py_NewRef(*type_defs[i].inner_class);
             f->is_condition = type_defs[i].is_condition;
             f->binds_lock = type_defs[i].binds_lock;
+            f->def_index = i;
             f->vectorcall = factory_vectorcall;
             PyObject_GC_Track(f);
             return (PyObject *)f;
@@ -461,6 +499,9 @@ lp_py_wrap(PyObject *mod, PyObject *args)
     }
     for (int i = 0; i < n_type_defs; i++) {
         if (strcmp(type_defs[i].key, key) == 0) {
+            if (lp_resolve_def(&type_defs[i]) < 0) {
+                return NULL;
+            }
             if ((PyObject *)Py_TYPE(obj) != *type_defs[i].inner_class) {
                 PyErr_Format(PyExc_TypeError, "wrap(%s, ...) needs a %R, got %R", key,
                              *type_defs[i].inner_class, (PyObject *)Py_TYPE(obj));
@@ -475,6 +516,38 @@ lp_py_wrap(PyObject *mod, PyObject *args)
     }
     PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", PyTuple_GET_ITEM(args, 0));
     return NULL;
+}
+
+static PyObject *
+lp_py_resolve(PyObject *mod, PyObject *arg)
+{
+    /* resolve(key): the class the entry wraps, None while its module is not
+     * imported (lazy entries) */
+    const char *key = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (key == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "resolve(key): key must be str");
+        }
+        return NULL;
+    }
+    for (int i = 0; i < n_type_defs; i++) {
+        if (strcmp(type_defs[i].key, key) == 0) {
+            int r = lp_resolve_def(&type_defs[i]);
+            if (r < 0) {
+                return NULL;
+            }
+            return Py_NewRef(r ? *type_defs[i].inner_class : Py_None);
+        }
+    }
+    PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", arg);
+    return NULL;
+}
+
+static PyObject *
+lp_py_count_error(PyObject *mod, PyObject *unused)
+{
+    lp_count_error();
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -501,6 +574,10 @@ static PyMethodDef factory_module_methods[] = {
     {"profiles_module", lp_py_profiles_module, METH_O,
      "profiles_module(name)\n--\n\nWhether locks made by code in module `name` are profiled."},
     {"wrap", lp_py_wrap, METH_VARARGS, "wrap(key, obj)\n--\n\nWrap an existing stdlib lock."},
+    {"count_error", lp_py_count_error, METH_NOARGS,
+     "count_error()\n--\n\nCounts a failure of lockprof's Python side as a profiler error."},
+    {"resolve", lp_py_resolve, METH_O,
+     "resolve(key)\n--\n\nThe class the entry wraps; None while its module is not imported."},
     {"unwrap", lp_py_unwrap, METH_O, "unwrap(obj)\n--\n\nThe stdlib object inside a wrapper."},
     {"is_wrapper", lp_py_is_wrapper, METH_O, "is_wrapper(obj)\n--\n\nTrue for a lockprof wrapper."},
     {NULL, NULL, 0, NULL},

@@ -23,6 +23,11 @@ typedef struct {
     PyObject *name_code;
     int name_pos;
     PyObject *name;
+    /* the live lock that name was resolved for (borrowed; cleared when it is
+     * freed): while it lives, another lock of the site is looked up anew,
+     * since two live locks of one site can have different names
+     * (`a, b = Lock(), Lock()`) */
+    lp_wrapper *name_owner;
 } lp_site;
 
 static lp_site *sites = NULL;
@@ -78,6 +83,7 @@ site_intern(PyObject *code, int pos)
     sites[id].pos = pos;
     sites[id].name_code = NULL;
     sites[id].name_pos = 0;
+    sites[id].name_owner = NULL;
     sites[id].name = NULL;
     site_index.slots[j] = id;
     return id;
@@ -145,17 +151,20 @@ name_for(lp_wrapper *w)
     PyObject *code = (PyObject *)PyFrame_GetCode(f);
     int pos = lp_frame_position(f);
     PyObject *name;
-    if (sites[w->site].name_code == code && sites[w->site].name_pos == pos) {
+    lp_site *s = &sites[w->site];
+    if (s->name_code == code && s->name_pos == pos &&
+        (s->name_owner == NULL || s->name_owner == w)) {
         Py_DECREF(code);
-        name = Py_XNewRef(sites[w->site].name);
+        name = Py_XNewRef(s->name);
     }
     else {
         name = lp_resolve_name((PyObject *)w, f);
-        lp_site *s = &sites[w->site];
+        s = &sites[w->site];                /* the lookup may have run code */
         LP_XSETREF(s->name_code, code);     /* takes the reference */
         s->name_pos = pos;
         LP_XSETREF(s->name, Py_XNewRef(name));
     }
+    s->name_owner = w;
     Py_DECREF(f);
     return name;
 }
@@ -484,6 +493,9 @@ rec_zero(lp_lockrec *r)
 void
 lp_record_release_wrapper(lp_wrapper *w)
 {
+    if (w->site != 0 && w->site < nsites && sites[w->site].name_owner == w) {
+        sites[w->site].name_owner = NULL;
+    }
     if (w->rec != NULL && w->rec != &overflow_rec) {
         w->rec->orphan = 1;
         w->rec->nholds = 0;

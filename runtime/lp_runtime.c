@@ -213,6 +213,23 @@ lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *
     return -1;
 }
 
+int
+lp_acquired_other(PyObject *r)
+{
+    if (r == NULL || r == Py_False || r == Py_None) {
+        return 0;
+    }
+    int t = PyObject_IsTrue(r);
+    if (t < 0) {
+        /* an acquire returning something without a truth value: the program
+         * gets it as it is; lockprof counts it as acquired */
+        PyErr_Clear();
+        lp_count_error();
+        return 1;
+    }
+    return t;
+}
+
 PyObject *
 lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
                 const lp_method *acquire, const lp_method *release,
@@ -251,7 +268,7 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
     PyObject *r = lp_call(acquire, target, args, nargs, kwnames);
     int64_t t1 = lp_now_ns();
     if (r != NULL) {
-        lp_flush_contended(w, kind, t1 - t0, r == Py_True);
+        lp_flush_contended(w, kind, t1 - t0, LP_ACQUIRED(r));
     }
     else {
         lp_wait_abort(w);
@@ -542,9 +559,10 @@ lp_runtime_setup(void)
 /* ------------------------------------------------------------------------ */
 
 static PyObject *
-import_dotted(const char *path)
+lookup_dotted(const char *path, int import)
 {
-    /* "a.b.C": import the longest importable module prefix, getattr the rest */
+    /* "a.b.C": the module "a.b" (imported when `import`, else only when the
+     * program already did: NULL without an exception otherwise), then C */
     const char *dot = strrchr(path, '.');
     if (dot == NULL) {
         PyErr_Format(PyExc_ImportError, "lockprof: bad type path %s", path);
@@ -554,7 +572,7 @@ import_dotted(const char *path)
     if (modname == NULL) {
         return NULL;
     }
-    PyObject *mod = PyImport_Import(modname);
+    PyObject *mod = import ? PyImport_Import(modname) : PyImport_GetModule(modname);
     Py_DECREF(modname);
     if (mod == NULL) {
         return NULL;
@@ -562,6 +580,29 @@ import_dotted(const char *path)
     PyObject *r = PyObject_GetAttrString(mod, dot + 1);
     Py_DECREF(mod);
     return r;
+}
+
+int
+lp_resolve_def(const lp_typedef *d)
+{
+    if (*d->inner_class != NULL) {
+        return 1;
+    }
+    PyObject *inner = lookup_dotted(d->inner_type, !d->lazy);
+    if (inner == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyType_Check(inner)) {
+        PyErr_Format(PyExc_TypeError, "lockprof: %s is not a class", d->inner_type);
+        Py_DECREF(inner);
+        return -1;
+    }
+    if (d->init_methods(inner) < 0) {
+        Py_DECREF(inner);
+        return -1;
+    }
+    *d->inner_class = inner;
+    return 1;
 }
 
 int
@@ -579,16 +620,9 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
     }
     for (int i = 0; i < ndefs; i++) {
         const lp_typedef *d = &defs[i];
-        PyObject *inner = import_dotted(d->inner_type);
-        if (inner == NULL || !PyType_Check(inner)) {
-            if (inner != NULL) {
-                PyErr_Format(PyExc_TypeError, "lockprof: %s is not a class", d->inner_type);
-                Py_DECREF(inner);
-            }
-            goto error;
-        }
-        *d->inner_class = inner;
-        if (d->init_methods(inner) < 0) {
+        /* entries marked lazy (asyncio, gevent) are looked up when first
+         * needed, so that importing lockprof imports neither */
+        if (!d->lazy && lp_resolve_def(d) < 0) {
             goto error;
         }
         PyObject *type = PyType_FromSpec(d->spec);
@@ -610,8 +644,8 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
         }
         Py_DECREF(tmod);
         PyTuple_SET_ITEM(kinds, i, PyUnicode_FromString(d->key));
-        PyObject *row = Py_BuildValue("(sssOOii)", d->key, d->factory_module, d->factory_name,
-                                      type, inner, d->is_async, d->is_condition);
+        PyObject *row = Py_BuildValue("(szzOzii)", d->key, d->factory_module, d->factory_name,
+                                      type, d->inner_type, d->is_async, d->is_condition);
         if (row == NULL || PyList_Append(table, row) < 0) {
             Py_XDECREF(row);
             goto error;

@@ -116,6 +116,11 @@ lp_call_false(const lp_method *m, PyObject *self)
     }
 }
 
+/* Whether what an acquire returned means "acquired": True, or any other true
+ * value (threading's Python RLock returns 1 for a reentrant acquire). */
+int lp_acquired_other(PyObject *r);
+#define LP_ACQUIRED(r) (LP_LIKELY((r) == Py_True) || lp_acquired_other(r))
+
 /* m(self, *args, **kw) as the caller gave them (vectorcall convention) */
 static inline PyObject *
 lp_call(const lp_method *m, PyObject *self, PyObject *const *args,
@@ -272,18 +277,25 @@ PyObject *lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto);
 /* One entry per spec entry, filled by the generated module file. */
 typedef struct {
     const char *key;             /* spec key, e.g. "threading.Lock" */
-    const char *factory_module;  /* where the factory is patched */
+    const char *factory_module;  /* where the factory is patched (NULL: made_by) */
     const char *factory_name;
+    const char *made_by;         /* key whose patched factory returns this class */
     const char *inner_type;      /* dotted path of the wrapped class */
     const char *type_module;     /* its __module__ */
     PyType_Spec *spec;
     int (*init_methods)(PyObject *inner_type);
     PyTypeObject **type_slot;    /* where the made type is stored */
     PyObject **inner_class;      /* where the wrapped class is stored */
+    int lazy;                    /* resolved once the program imported its module */
     int is_async;
     int is_condition;
     int binds_lock;              /* the type is an lp_cond_wrapper */
 } lp_typedef;
+
+/* The wrapped class of `d`, looked up (and its methods resolved) on first
+ * use: 1 when resolved, 0 when its module is not imported yet (a lazy entry;
+ * lockprof never imports it), -1 with an exception set. */
+int lp_resolve_def(const lp_typedef *d);
 
 /* Runtime module setup: module helpers, the factory type, the awaitable. */
 int lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs);

@@ -59,6 +59,10 @@ def test_generated_files_have_header():
      "since='three' is not a CPython version"),
     (lambda e: e["methods"].append({"name": "acquire", "role": "acquire"}), "listed twice"),
     (lambda e: e.pop("inner_type"), "missing field(s) ['inner_type']"),
+    (lambda e: e.pop("factory"), "missing field 'factory' (or 'made_by')"),
+    (lambda e: e.update(lazy="sometimes"), "'lazy' must be true or false"),
+    (lambda e: e.update(made_by="threading.Lock"), "has no 'module'/'factory' of its own"),
+    (lambda e: e.update(busy_probe="nope"), "'busy_probe' must name one of the entry's methods"),
 ])
 def test_spec_errors_name_the_entry(tmp_path, mutate, message):
     spec = json.loads((FIXTURES / "mini.json").read_text())
@@ -70,6 +74,36 @@ def test_spec_errors_name_the_entry(tmp_path, mutate, message):
     assert message in str(ei.value) and "spec entry #0" in str(ei.value)
 
 
+@pytest.mark.parametrize("extra, message", [
+    # made_by must name an entry that has a factory
+    ({"key": "x.Alt", "made_by": "x.Nowhere"}, "made_by='x.Nowhere' names no entry"),
+    # and agree with it on async/condition (its factory's result is handled alike)
+    ({"key": "x.Alt", "made_by": "KEY", "async": "FLIP"}, "must agree with it"),
+    # keys differing only in punctuation would give one C prefix
+    ({"key": "KEY_PUNCT"}, "the same C prefix"),
+])
+def test_spec_errors_across_entries(tmp_path, extra, message):
+    spec = json.loads((FIXTURES / "mini.json").read_text())
+    base = spec["locks"][0]
+    alt = json.loads(json.dumps(base))
+    for f in ("module", "factory"):
+        alt.pop(f)
+    alt.update(extra)
+    if alt["key"] == "KEY_PUNCT":        # same entry, key with different punctuation
+        alt = dict(json.loads(json.dumps(base)), key=base["key"].replace(".", ".."))
+    if alt.get("made_by") == "KEY":
+        alt["made_by"] = base["key"]
+    if alt.get("async") == "FLIP":
+        alt["async"] = not base["async"]
+        alt["methods"] = [m for m in base["methods"] if m["role"] in ("release", "forward")]
+    spec["locks"].append(alt)
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(spec))
+    with pytest.raises(model.SpecError) as ei:
+        model.load(p)
+    assert message in str(ei.value)
+
+
 def test_model_derives_flags():
     spec = model.load(render.DEFAULT_SPEC)
     by = {t.key: t for t in spec.types}
@@ -79,6 +113,14 @@ def test_model_derives_flags():
     assert by["threading.Lock"].release_method is None
     rc = [m for m in by["threading.RLock"].methods if m.name == "_recursion_count"][0]
     assert rc.guard == "PY_VERSION_HEX >= 0x030B0000"
+    # asyncio and gevent are looked up only once the program imported them;
+    # the entries made_by another have no factory and emit NULL for it
+    assert by["asyncio.Lock"].lazy and not by["threading.Lock"].lazy
+    g = by["gevent.thread.LockType"]
+    assert g.lazy and g.made_by == "threading.Lock" and g.c_module == "NULL"
+    assert by["threading._RLock"].prefix != by["threading.RLock"].prefix
+    # a busy probe of a Python class is still called from C
+    assert g.probe_c and any(im.name == "locked" for im in g.inner_methods)
 
 
 NEW_TYPE_MODULE = textwrap.dedent('''
