@@ -36,54 +36,6 @@ lp_asyncio_Condition_init_methods(PyObject *inner_type)
     return 0;
 }
 
-/* acquire: a non-blocking try first; the clock is read only when it fails */
-static inline PyObject *
-lp_asyncio_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
-    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    if (self->flags & LP_W_DELEGATED) {
-        return lp_call(m, self->inner, args, nargs, kwnames);
-    }
-    PyObject *target = self->inner;
-    const lp_method *release = &lp_asyncio_Condition_m_release;
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        /* the lock's own C methods, resolved when the Condition was made */
-        target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->methods->acquire;
-        release = &((lp_cond_wrapper *)self)->methods->release;
-    }
-    PyObject *r;
-    if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
-        r = lp_call_false(m, target);
-        if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
-            if (r == NULL) {
-                return NULL;
-            }
-            Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, target, m, release, args, 0, NULL, 1);
-            if (!LP_ACQUIRED(r)) {
-                return r;
-            }
-        }
-    }
-    else if (nargs == 1 && kwnames == NULL && args[0] == Py_False) {
-        /* acquire(False): never waits, so nothing to time */
-        r = lp_call(m, target, args, 1, NULL);
-        if (!LP_ACQUIRED(r)) {
-            return r;
-        }
-    }
-    else {
-        r = lp_acquire_slow(self, LP_KIND_ASYNCIO_CONDITION, target, m, release, args, nargs, kwnames, 0);
-        if (!LP_ACQUIRED(r)) {
-            return r;
-        }
-    }
-    if (LP_SAMPLED()) {
-        lp_flush_acquire(self, LP_KIND_ASYNCIO_CONDITION, 1);
-    }
-    return r;
-}
 
 /* release: ends this owner's sampled hold, if one is pending, and marks the
  * release others were waiting for */

@@ -107,6 +107,7 @@ class LockType:
                             # instance: cached at wrap time (lp_cond_wrapper)
     release_method: Optional[Method]   # the release __aexit__ runs (async types)
     release_inner_c: str    # lp_method of the wrapped release (undoes a try)
+    sync_acquire: bool      # has a threading-style acquire (emits acquire_impl)
     # C initialisers of the lp_typedef's strings: a literal, or NULL
     c_module: str
     c_factory: str
@@ -240,6 +241,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         probe_c=inner[probe].c_var if probe else None,
         c_module=_c_str(raw.get("module")), c_factory=_c_str(raw.get("factory")),
         c_made_by=_c_str(made_by),
+        sync_acquire=any(x.role in ("acquire", "enter") for x in methods),
     )
 
 
