@@ -343,10 +343,16 @@ def test_asyncio_is_not_imported_by_lockprof_and_profiled_when_imported_later():
             await asyncio.gather(*(t() for _ in range(3)))
             return lk, sem
         lk, sem = asyncio.run(main())
+        import importlib
+        importlib.reload(asyncio)            # asyncio.Lock & co. are the stdlib's again...
+        lk2, sem2 = asyncio.run(main())      # ...and get lockprof's factories back
         lockprof.stop()
-        acq = {r["var"]: int(r["acquisitions"]) for r in lockprof.stats()}
-        print(before, lockprof._lockprof.is_wrapper(lk), acq.get("lk"), acq.get("sem"),
-              asyncio.__loader__ is asyncio.__spec__.loader)
+        acq = {}
+        for row in lockprof.stats():
+            acq[row["var"]] = acq.get(row["var"], 0) + int(row["acquisitions"])
+        print(before, lockprof._lockprof.is_wrapper(lk), lockprof._lockprof.is_wrapper(lk2),
+              acq.get("lk"), acq.get("sem"), asyncio.__loader__ is asyncio.__spec__.loader)
     """)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["False", "True", "3", "3", "True"], r.stdout
+    # 3 tasks in each of the two runs, on two locks of each name
+    assert r.stdout.split() == ["False", "True", "True", "6", "6", "True"], r.stdout

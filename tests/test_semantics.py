@@ -518,3 +518,32 @@ def test_monkeypatched_stdlib_method_is_honoured():
         assert len(calls) == 1
     finally:
         lockprof.stop()
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__)
+def test_python_rlock_same_as_native(monkeypatch, scenario, rate):
+    # With threading._CRLock None (gevent sets it so), threading.RLock() makes
+    # threading's Python RLock, wrapped by the threading._RLock entry. Its
+    # reentrant acquire returns 1, not True: still "acquired".
+    monkeypatch.setattr(threading, "_CRLock", None)
+    native, wrapped = run_sync("RLock", scenario, rate)
+    assert wrapped == native
+    lockprof.start(rate)
+    try:
+        r = threading.RLock()
+    finally:
+        lockprof.stop()
+    assert _lockprof.is_wrapper(r) and type(_lockprof.unwrap(r)) is threading._PyRLock
+    lockprof.reset()
+    lockprof.start(1.0)
+    try:
+        r = threading.RLock()
+        with r:
+            with r:
+                assert r._is_owned() and "count=2" in repr(r)
+        assert not r._is_owned() and "count=0" in repr(r)
+    finally:
+        lockprof.stop()
+    rows = [x for x in lockprof.stats() if x["kind"] == "threading._RLock"]
+    assert [x["acquisitions"] for x in rows] == [2.0]
