@@ -1,6 +1,6 @@
 """A short workload for valgrind memcheck: every wrapped type, contention,
-Condition waits, asyncio, stacks, names, export, reset, stop."""
-import asyncio
+Condition waits, asyncio (imported after start: its types are looked up
+then), threading's Python RLock, stacks, names, export, reset, stop."""
 import os
 import sys
 import tempfile
@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lockprof  # noqa: E402
 
 lockprof.start(1.0, max_locks=50, max_samples=500)
+import asyncio  # noqa: E402  (after start: the import watch installs its factories)
 kinds = [threading.Lock, threading.RLock, threading.Semaphore, threading.BoundedSemaphore,
          threading.Condition]
 for round_ in range(3):
@@ -17,6 +18,14 @@ for round_ in range(3):
     for lk in locks:
         with lk:
             pass
+    saved, threading._CRLock = threading._CRLock, None    # as gevent leaves it
+    py_rlocks = [threading.RLock() for _ in range(5)]
+    threading._CRLock = saved
+    assert all(lockprof._lockprof.is_wrapper(r) for r in py_rlocks)
+    for rl in py_rlocks:
+        with rl:
+            with rl:
+                rl._is_owned()
     gate = threading.Lock()
     cond = threading.Condition()
     box = []
@@ -37,6 +46,7 @@ for round_ in range(3):
 
     async def aio():
         al, sem, ac = asyncio.Lock(), asyncio.Semaphore(2), asyncio.Condition()
+        assert lockprof._lockprof.is_wrapper(al) and lockprof._lockprof.is_wrapper(ac)
 
         async def task(i):
             async with al:
