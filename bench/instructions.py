@@ -23,18 +23,20 @@ CASES = [
     ("threading.Condition", "acquire+release"), ("threading.Condition", "with"),
     ("asyncio.Lock", "async with"), ("asyncio.Semaphore", "async with"),
     ("asyncio.Condition", "async with"),
+    # the stdlib's own user of Conditions over a wrapped lock (its mutex)
+    ("queue.Queue", "put+get"),
 ]
 STMTS = {"acquire+release": "l.acquire(); l.release()", "with": "with l: pass",
-         "async with": "async with l: pass"}
+         "async with": "async with l: pass", "put+get": "l.put(1); l.get()"}
 
 SCRIPT = """
-import sys, asyncio, threading
+import sys, asyncio, threading, queue
 config, key, stmt, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if config != "native":
     import lockprof
     lockprof.start(float(config), seed=1)
 modname, kind = key.split(".")
-mod = asyncio if modname == "asyncio" else threading
+mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
 l = getattr(mod, kind)()
 body = "\\n".join("        " + stmt for _ in range(10))
 is_async = stmt.startswith("async")

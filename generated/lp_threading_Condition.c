@@ -42,6 +42,12 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     if (self->flags & LP_W_DELEGATED) {
+        /* the Condition's lock is a wrapper of ours, which records */
+        if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+            /* its C acquire, resolved when the Condition was made */
+            return lp_call(&((lp_cond_wrapper *)self)->methods->acquire,
+                           ((lp_cond_wrapper *)self)->lock, args, nargs, kwnames);
+        }
         return lp_call(m, self->inner, args, nargs, kwnames);
     }
     PyObject *target = self->inner;

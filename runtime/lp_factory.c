@@ -168,7 +168,10 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         if (lock != NULL && is_wrapper(lock)) {
             ((lp_wrapper *)w)->flags |= LP_W_DELEGATED;
         }
-        else if (binds_lock) {
+        if (binds_lock) {
+            /* the lock's C acquire/release, called directly: the stdlib's
+             * own, or our wrapper's when delegated (queue.Queue's
+             * Conditions over its wrapped mutex) */
             lp_cond_bind((lp_cond_wrapper *)w);
         }
     }
