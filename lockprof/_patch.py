@@ -5,7 +5,7 @@ import _thread
 import sys
 from typing import Dict, List, Tuple
 
-from . import _lockprof
+from . import _lockprof, _names
 
 # Modules whose own code must keep native locks: the stdlib's synchronization
 # code (a Semaphore's inner Condition and Lock, an Event, a Barrier...) and
@@ -113,6 +113,7 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
     global _running
     with _guard:
         _lockprof.set_filters(DEFAULT_EXCLUDE + tuple(exclude), tuple(include))
+        _lockprof.set_target_finder(_names.assignment_target)
         _lockprof.set_name_skip(_sync_files())
         if _running:
             _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,

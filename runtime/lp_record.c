@@ -28,6 +28,10 @@ typedef struct {
      * since two live locks of one site can have different names
      * (`a, b = Lock(), Lock()`) */
     lp_wrapper *name_owner;
+    /* the variable the creating call stores the lock in (`x = Lock()`,
+     * `self.x = Lock()`), read once from the bytecode; NULL when none */
+    PyObject *target;
+    int target_known;
 } lp_site;
 
 static lp_site *sites = NULL;
@@ -85,6 +89,8 @@ site_intern(PyObject *code, int pos)
     sites[id].name_pos = 0;
     sites[id].name_owner = NULL;
     sites[id].name = NULL;
+    sites[id].target = NULL;
+    sites[id].target_known = 0;
     site_index.slots[j] = id;
     return id;
 }
@@ -139,9 +145,61 @@ lp_count_error(void)
     n_errors++;
 }
 
+/* lockprof._names.assignment_target, set by lockprof at start() */
+static PyObject *target_finder = NULL;
+
+static PyObject *
+site_target(uint32_t id)
+{
+#ifdef LP_HAVE_LASTI
+    lp_site *s = &sites[id];
+    if (!s->target_known && target_finder != NULL) {
+        s->target_known = 1;
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        PyObject *code = Py_NewRef(s->code);
+        PyObject *t = lp_fault() ? NULL
+                                 : PyObject_CallFunction(target_finder, "Oi", code, s->pos);
+        Py_DECREF(code);
+        if (t == NULL) {
+            PyErr_Clear();
+            lp_name_errors++;
+        }
+        else if (!PyUnicode_Check(t)) {
+            Py_CLEAR(t);
+        }
+        /* the call ran Python code: the table may have moved */
+        LP_XSETREF(sites[id].target, t);
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+    }
+    return Py_XNewRef(sites[id].target);
+#else
+    /* before 3.11 a site is a line, which may hold several creations */
+    (void)id;
+    return NULL;
+#endif
+}
+
+static PyObject *
+lp_py_set_target_finder(PyObject *mod, PyObject *fn)
+{
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "set_target_finder(fn): fn must be callable");
+        return NULL;
+    }
+    LP_XSETREF(target_finder, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 name_for(lp_wrapper *w)
 {
+    if (w->site != 0 && w->site < nsites) {
+        PyObject *t = site_target(w->site);
+        if (t != NULL) {
+            return t;
+        }
+    }
     PyFrameObject *f = lp_naming_frame();
     if (f == NULL || w->site == 0 || w->site >= nsites) {
         PyObject *name = lp_resolve_name((PyObject *)w, f);
@@ -763,6 +821,9 @@ lp_py_take(PyObject *mod, PyObject *unused)
 }
 
 static PyMethodDef record_methods[] = {
+    {"set_target_finder", lp_py_set_target_finder, METH_O,
+     "set_target_finder(fn)\n--\n\nfn(code, offset) -> the variable the call there stores "
+     "its result in, or None (lockprof._names.assignment_target)."},
     {"take", lp_py_take, METH_NOARGS,
      "take()\n--\n\n(snapshot(), samples()) and reset(), atomically."},
     {"snapshot", lp_py_snapshot, METH_NOARGS,

@@ -64,8 +64,8 @@ def test_session_summary(pytester, how):
         pytester.makeini("[pytest]\nlockprof = true\nlockprof_sample_rate = 1\n")
         r = _run(pytester)
     else:
-        # at rate 1 the first event is the test's own `with gate:` (a lock is
-        # named where its first recorded event happens)
+        # the lock is named `gate` after the variable it is made into (3.11+),
+        # or where its first recorded event happens, the test's own `with gate:`
         r = _run(pytester, "--lockprof", "--lockprof-sample-rate", "1")
     r.assert_outcomes(passed=2)
     out = r.stdout.str()
