@@ -163,7 +163,9 @@ def stats() -> List[Dict[str, Any]]:
 
     Fields: kind, site (file:line of creation), acquisitions (estimated, scaled
     by the sampling rate), contentions and wait_ns (exact), max_wait_ns, hold_ns
-    (estimated), cond_waits and cond_wait_ns (Condition.wait, exact)."""
+    (estimated), cond_waits and cond_wait_ns (Condition.wait, exact), locks
+    (how many locks the record stands for: more than 1 once dead ones were
+    folded)."""
     return _stats(_lockprof.snapshot())
 
 

@@ -259,6 +259,7 @@ rec_for(lp_wrapper *w, int kind)
         return w->rec;
     }
     r->id = ++nrecs;
+    r->nlocks = 1;
     r->kind = kind;
     r->site = w->site;
     r->release_thread = UINT32_MAX;     /* no release with waiters seen yet */
@@ -492,7 +493,8 @@ rec_to_dict(const lp_lockrec *r)
         put(d, "hold_samples", PyLong_FromUnsignedLongLong(r->hold_samples)) < 0 ||
         put(d, "hold_ns", PyFloat_FromDouble(r->hold_ns_estimate)) < 0 ||
         put(d, "cond_waits", PyLong_FromUnsignedLongLong(r->cond_waits)) < 0 ||
-        put(d, "cond_wait_ns", PyLong_FromLongLong(r->cond_wait_ns)) < 0) {
+        put(d, "cond_wait_ns", PyLong_FromLongLong(r->cond_wait_ns)) < 0 ||
+        put(d, "locks", PyLong_FromUnsignedLong(r->nlocks ? r->nlocks : 1)) < 0) {
         Py_DECREF(d);
         return NULL;
     }
@@ -618,6 +620,7 @@ merge_into(lp_lockrec *t, const lp_lockrec *r)
     t->hold_ns_estimate += r->hold_ns_estimate;
     t->cond_waits += r->cond_waits;
     t->cond_wait_ns += r->cond_wait_ns;
+    t->nlocks += r->nlocks;
 }
 
 static void

@@ -36,6 +36,7 @@ typedef struct lp_lockrec {
     uint32_t release_thread;    /* and the thread (slot) that made it */
     int orphan;                 /* its wrapper is gone: merged into its site's retired
                                  * record by the next compaction, freed at reset */
+    uint32_t nlocks;            /* locks it stands for: 1, more once dead ones merged */
 } lp_lockrec;
 
 uint32_t lp_record_site_here(void);

@@ -370,8 +370,9 @@ def test_dead_locks_records_are_folded_per_site():
     recs = [r for r in lockprof.stats() if r["var"] == "per_request"]
     assert len(recs) <= 2          # the group's record (and at most one live lock's)
     assert sum(r["acquisitions"] for r in recs) == 60000
+    assert sum(r["locks"] for r in recs) == 20000    # every lock still counted
     kept = [r for r in lockprof.stats() if r["var"] == "keep"]
-    assert len(kept) == 1 and kept[0]["acquisitions"] == 20
+    assert len(kept) == 1 and kept[0]["acquisitions"] == 20 and kept[0]["locks"] == 1
     rows = [s for s in lockprof.samples() if s["event"] == "acquire"]
     assert sum(s["count"] for s in rows if s["lock_name"].endswith(":per_request")) == 60000
     assert sum(s["count"] for s in rows if s["lock_name"].endswith(":keep")) == 20
