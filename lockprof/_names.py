@@ -4,53 +4,75 @@
 or class body, `LOCK = threading.Lock()` name the lock where it is made, so
 its name does not depend on where its first recorded event happens (inside a
 helper taking it as a parameter, say).  The C runtime calls this once per
-creation site (CPython 3.11+, where a site is an instruction), and falls back
-to looking the lock up in the recording frame when it returns None."""
+creation site (CPython 3.11+, where a site is an instruction), on the first
+recorded event of a lock made there, and falls back to looking the lock up in
+the recording frame when it returns None.
+
+It reads the two instructions after the call straight from `co_code`: a few
+dozen operations, whatever the size of the function (disassembling a module
+body with `dis` takes milliseconds, too long inside a recorded event)."""
 from __future__ import annotations
 
-import dis
-from typing import Optional
+import opcode as _opcode
+from typing import Optional, Tuple
 
-_STORES = frozenset(("STORE_FAST", "STORE_NAME", "STORE_GLOBAL", "STORE_DEREF", "STORE_ATTR"))
-_SKIP = frozenset(("CACHE", "EXTENDED_ARG", "NOP"))
+_NAMES = _opcode.opname
+_CACHE = _opcode.opmap.get("CACHE", -1)
+_EXTENDED_ARG = _opcode.opmap["EXTENDED_ARG"]
+_NOP = _opcode.opmap.get("NOP", -1)
+# stores whose argument indexes co_names, and those indexing the fast locals
+_BY_NAME = frozenset(("STORE_NAME", "STORE_GLOBAL"))
+_BY_LOCAL = frozenset(("STORE_FAST", "STORE_DEREF"))
 # `obj.x = Lock()`: the call, then obj loaded, then STORE_ATTR x
 _OWNER_LOADS = frozenset(("LOAD_FAST", "LOAD_NAME", "LOAD_GLOBAL", "LOAD_DEREF",
                           "LOAD_FAST_CHECK", "LOAD_FAST_AND_CLEAR"))
+
+
+def _next(raw: bytes, i: int) -> Tuple[Optional[str], int, int]:
+    """(opname, full argument, offset after) of the instruction at or after
+    byte i, past inline caches, padding and EXTENDED_ARG prefixes."""
+    arg = 0
+    while i + 1 < len(raw):
+        op, a = raw[i], raw[i + 1]
+        i += 2
+        if op == _CACHE or op == _NOP:
+            continue
+        if op == _EXTENDED_ARG:
+            arg = (arg | a) << 8
+            continue
+        return _NAMES[op], arg | a, i
+    return None, 0, i
+
+
+def _local(code, index: int) -> Optional[str]:
+    # 3.11+: STORE_FAST/STORE_DEREF index the frame's "fast locals plus"
+    # (arguments, locals, cells, free variables), as dis reads them
+    name_of = getattr(code, "_varname_from_oparg", None)
+    if name_of is None:
+        return None
+    name = name_of(index)
+    return name if isinstance(name, str) else None
 
 
 def assignment_target(code, offset: int) -> Optional[str]:
     """The name the call at byte `offset` of `code` stores its result in, or
     None when the result goes elsewhere (a list, an argument, a return) or
     the instruction there is not a call."""
-    it = dis.get_instructions(code)
-    for ins in it:
-        if ins.offset == offset:
-            if not ins.opname.startswith("CALL"):
-                return None
-            break
-    else:
+    try:
+        raw = code.co_code
+        if offset < 0 or offset + 1 >= len(raw) or not _NAMES[raw[offset]].startswith("CALL"):
+            return None
+        name, arg, i = _next(raw, offset + 2)
+        if name in _BY_NAME:
+            return code.co_names[arg]
+        if name in _BY_LOCAL:
+            return _local(code, arg)
+        if name == "STORE_FAST_LOAD_FAST":      # 3.13: `x = Lock()` then a use of x
+            return _local(code, arg >> 4)
+        if name in _OWNER_LOADS:
+            name, arg, _ = _next(raw, i)
+            if name == "STORE_ATTR":
+                return code.co_names[arg]
         return None
-    after = _take(it, 2)
-    if not after:
+    except (IndexError, AttributeError, TypeError, ValueError):
         return None
-    first = after[0]
-    if first.opname in _STORES and isinstance(first.argval, str):
-        return first.argval
-    if first.opname == "STORE_FAST_LOAD_FAST" and isinstance(first.argval, tuple):
-        return first.argval[0]          # 3.13: `x = Lock()` then a use of x
-    if (first.opname in _OWNER_LOADS and len(after) == 2 and after[1].opname == "STORE_ATTR"
-            and isinstance(after[1].argval, str)):
-        return after[1].argval
-    return None
-
-
-def _take(it, n: int):
-    """The next n instructions that are not caches or padding."""
-    out = []
-    for ins in it:
-        if ins.opname in _SKIP:
-            continue
-        out.append(ins)
-        if len(out) == n:
-            break
-    return out

@@ -449,3 +449,51 @@ def test_assignment_target_from_bytecode(src, want):
         assert got == want
     # an offset that is not a call: nothing
     assert _names.assignment_target(fn, 0) is None
+
+
+def _reference_target(code, offset):
+    """What `dis` says the call at offset stores into (the slow, obvious way)."""
+    import dis
+    ins = [i for i in dis.get_instructions(code) if i.opname not in ("CACHE", "NOP")]
+    at = next((k for k, i in enumerate(ins) if i.offset == offset), None)
+    if at is None or not ins[at].opname.startswith("CALL") or at + 1 >= len(ins):
+        return None
+    a = ins[at + 1]
+    if a.opname in ("STORE_FAST", "STORE_NAME", "STORE_GLOBAL", "STORE_DEREF"):
+        return a.argval
+    if a.opname == "STORE_FAST_LOAD_FAST":
+        return a.argval[0]
+    if (a.opname in ("LOAD_FAST", "LOAD_NAME", "LOAD_GLOBAL", "LOAD_DEREF", "LOAD_FAST_CHECK",
+                     "LOAD_FAST_AND_CLEAR") and at + 2 < len(ins)
+            and ins[at + 2].opname == "STORE_ATTR"):
+        return ins[at + 2].argval
+    return None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="used from 3.11 on")
+def test_assignment_target_agrees_with_dis_on_the_stdlib():
+    # every call of every function of a few stdlib modules: the byte reader
+    # gives what dis gives
+    import asyncio.locks
+    import concurrent.futures._base
+    import logging
+    import queue
+    from lockprof import _names
+
+    def codes(c):
+        yield c
+        for k in c.co_consts:
+            if hasattr(k, "co_code"):
+                yield from codes(k)
+    checked = named = 0
+    for mod in (threading, queue, logging, concurrent.futures._base, asyncio.locks):
+        top = compile(open(mod.__file__, encoding="utf-8").read(), mod.__file__, "exec")
+        for c in codes(top):
+            import dis
+            for ins in dis.get_instructions(c):
+                if ins.opname.startswith("CALL"):
+                    want = _reference_target(c, ins.offset)
+                    assert _names.assignment_target(c, ins.offset) == want, (c, ins)
+                    checked += 1
+                    named += want is not None
+    assert checked > 1000 and named > 200
