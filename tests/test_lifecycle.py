@@ -210,15 +210,10 @@ def test_foreign_lock_class_is_never_wrapped():
         lockprof._lockprof.wrap("threading.Lock", Other())
 
 
-GEVENT = """
-{first}
-import sys
-import gevent.monkey
-{early}
-import lockprof, threading
-lockprof.start(1.0)
-{late}
-import gevent
+# greenlets on a Lock, a (Python) RLock taken twice and a Semaphore; prints the
+# interleaving and the results to stderr, first line
+GEVENT_WORKLOAD = """
+import gevent, sys, threading
 lk, rl, sem = threading.Lock(), threading.RLock(), threading.Semaphore(2)
 order = []
 def g(i):
@@ -233,6 +228,17 @@ def g(i):
     return lk.acquire(timeout=0.01), lk.release(), rl._is_owned(), lk.locked()
 results = [x.value for x in gevent.joinall([gevent.spawn(g, i) for i in range(4)])]
 print(order, results, file=sys.stderr)
+"""
+
+GEVENT = """
+{first}
+import sys
+import gevent.monkey
+{early}
+import lockprof, threading
+lockprof.start(1.0)
+{late}
+{workload}
 import warnings
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
@@ -247,25 +253,7 @@ print(lockprof._lockprof.is_wrapper(lk), lockprof._lockprof.is_wrapper(rl), acq[
       acq["sem"], len(w))
 """
 
-BASELINE = """
-import gevent.monkey
-gevent.monkey.patch_all()
-import threading, gevent, sys
-lk, rl, sem = threading.Lock(), threading.RLock(), threading.Semaphore(2)
-order = []
-def g(i):
-    for n in range(3):
-        with lk:
-            with rl:
-                with rl:
-                    order.append((i, n))
-                    gevent.sleep(0)
-        with sem:
-            gevent.sleep(0)
-    return lk.acquire(timeout=0.01), lk.release(), rl._is_owned(), lk.locked()
-results = [x.value for x in gevent.joinall([gevent.spawn(g, i) for i in range(4)])]
-print(order, results)
-"""
+BASELINE = "import gevent.monkey\ngevent.monkey.patch_all()\n" + GEVENT_WORKLOAD
 
 
 @pytest.mark.parametrize("order", [
@@ -285,14 +273,15 @@ def test_gevent_monkey_patching(order):
         first="import lockprof" if order.startswith("import") else "",
         early="gevent.monkey.patch_all()" if order in ("patch, import, start",
                                                        "import, patch, start") else "",
-        late="gevent.monkey.patch_all()" if order == "import, start, patch" else "")
+        late="gevent.monkey.patch_all()" if order == "import, start, patch" else "",
+        workload=GEVENT_WORKLOAD)
     r = _python(code, start=False)
     assert r.returncode == 0, r.stderr
     base = _python(BASELINE, start=False)
     assert base.returncode == 0, base.stderr
     # the program behaves as it does unprofiled under gevent: same interleaving
     # of greenlets, same results
-    assert r.stderr.splitlines()[0] == base.stdout.strip(), (r.stderr, base.stdout)
+    assert r.stderr.splitlines()[0] == base.stderr.strip(), (r.stderr, base.stderr)
     # every lock wrapped and every acquisition counted (Lock: 3 rounds and one
     # timed acquire per greenlet; RLock: 2 per round);
     # nothing told, since nothing was missed
