@@ -497,3 +497,34 @@ def test_assignment_target_agrees_with_dis_on_the_stdlib():
                     checked += 1
                     named += want is not None
     assert checked > 1000 and named > 200
+
+
+def test_naming_through_attributes_leaves_instance_dicts_alone():
+    # A lock made in a helper (no assignment at its creation) and kept as an
+    # attribute is named from the attribute on its first recorded event. On
+    # 3.11+ that must not turn the instance's inline attributes into a real
+    # __dict__ (every later attribute access of the program would be slower):
+    # gc sees a dict among the object's referents once it exists (3.11, 3.12).
+    import gc
+
+    def make():
+        return threading.Lock()
+
+    class Box:
+        def __init__(self):
+            self.count = 0
+            self.guard = make()
+
+        def bump(self):
+            with self.guard:
+                self.count += 1
+
+    lockprof.start(1.0)
+    try:
+        b = Box()
+        b.bump()
+    finally:
+        lockprof.stop()
+    assert [r["var"] for r in lockprof.stats()] == ["guard"]
+    if sys.version_info >= (3, 11):
+        assert not any(type(x) is dict for x in gc.get_referents(b)), gc.get_referents(b)
