@@ -1,8 +1,10 @@
-/* lockprof runtime: the variable name of a lock, found once, on its first
+/* lockprof runtime: the variable name of a lock, when its creating call did
+ * not store it in one (see lockprof/_names.py), found once, on its first
  * recorded event, in the frame that used it: the caller's locals, then its
- * globals, then the attributes of its `self`.  Attributes are read only
- * through the raw instance __dict__ and __slots__ member descriptors, so no
- * property, __getattr__ or other user code ever runs. */
+ * globals, then the attributes of its `self` and of the objects among its
+ * locals.  Attributes are read through the raw instance __dict__ (3.11+:
+ * probed by name, never asking for a managed __dict__) and __slots__ member
+ * descriptors, so no property, __getattr__ or other user code ever runs. */
 #include "lp_record.h"
 #if PY_VERSION_HEX < 0x030B0000
 #  include <frameobject.h>
