@@ -8,10 +8,11 @@ from typing import Dict, List, Tuple
 from . import _lockprof, _names
 
 # Modules whose own code must keep native locks: the stdlib's synchronization
-# code (a Semaphore's inner Condition and Lock, an Event, a Barrier...) and
-# lockprof itself.  Their names are not rebound by the module scan either.
-_SKIP_PREFIXES = ("_thread", "threading", "asyncio.", "lockprof", "importlib", "_dummy_thread",
-                  "dummy_threading")
+# code (a Semaphore's inner Condition and Lock, an Event, a Barrier...),
+# gevent's, and lockprof itself.  Their names are not rebound by the module
+# scan either.
+_SKIP_PREFIXES = ("_thread", "threading", "asyncio.", "lockprof", "importlib", "gevent",
+                  "_dummy_thread", "dummy_threading")
 
 _guard = _thread.allocate_lock()   # never profiled: made before any patching
 _running = False
@@ -74,8 +75,9 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
 
 # code in these modules always gets native locks: the stdlib's own
 # synchronization (a Semaphore's inner Condition, an Event, a Barrier, asyncio's
-# internals) and lockprof itself
-DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "lockprof")
+# internals), gevent's (its hub, thread pool and monkey-patching), and
+# lockprof itself
+DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "gevent", "lockprof")
 
 
 def _sync_files() -> List[str]:
