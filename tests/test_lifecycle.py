@@ -345,3 +345,17 @@ def test_asyncio_is_not_imported_by_lockprof_and_profiled_when_imported_later():
     assert r.returncode == 0, r.stderr
     # 3 tasks in each of the two runs, on two locks of each name
     assert r.stdout.split() == ["False", "True", "True", "6", "6", "True"], r.stdout
+
+
+def test_import_watch_is_there_only_while_running():
+    import sys as _sys
+    from lockprof import _patch
+    assert _patch._watch not in _sys.meta_path
+    lockprof.start(0.01)
+    try:
+        assert _sys.meta_path[0] is _patch._watch
+        # it finds nothing by itself: other modules import as usual
+        assert _patch._watch.find_spec("json") is None
+    finally:
+        lockprof.stop()
+    assert _patch._watch not in _sys.meta_path
