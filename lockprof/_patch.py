@@ -179,6 +179,12 @@ class _Loader:
     def __getattr__(self, attr):
         return getattr(self._loader, attr)
 
+    @property
+    def __class__(self):
+        # `isinstance(spec.loader, SourceFileLoader)` answers as for the
+        # loader it stands for (importlib.util.find_spec hands specs out)
+        return type(self._loader)
+
     def create_module(self, spec):
         return self._loader.create_module(spec)
 

@@ -347,6 +347,17 @@ def test_asyncio_is_not_imported_by_lockprof_and_profiled_when_imported_later():
     assert r.stdout.split() == ["False", "True", "True", "6", "6", "True"], r.stdout
 
 
+def test_find_spec_of_a_watched_module_looks_as_usual():
+    r = _python("""
+        import importlib.machinery, importlib.util
+        spec = importlib.util.find_spec("asyncio")     # not imported yet: the watch wraps it
+        print(isinstance(spec.loader, importlib.machinery.SourceFileLoader),
+              spec.loader.is_package("asyncio"), spec.name)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "asyncio"]
+
+
 def test_import_watch_is_there_only_while_running():
     import sys as _sys
     from lockprof import _patch
