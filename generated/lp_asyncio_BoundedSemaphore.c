@@ -126,10 +126,7 @@ static PyMemberDef lp_asyncio_BoundedSemaphore_members[] = {
 static PyObject *
 lp_asyncio_BoundedSemaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (lp_resolve_def(&lp_asyncio_BoundedSemaphore_def) <= 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "asyncio.locks.BoundedSemaphore is not imported");
-        }
+    if (lp_require_def(&lp_asyncio_BoundedSemaphore_def, PyExc_TypeError) < 0) {
         return NULL;
     }
     PyObject *inner = PyObject_Call(lp_asyncio_BoundedSemaphore_inner_class, args, kwargs);

@@ -192,10 +192,7 @@ static PyMemberDef lp_gevent_thread_LockType_members[] = {
 static PyObject *
 lp_gevent_thread_LockType_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (lp_resolve_def(&lp_gevent_thread_LockType_def) <= 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "gevent.thread.LockType is not imported");
-        }
+    if (lp_require_def(&lp_gevent_thread_LockType_def, PyExc_TypeError) < 0) {
         return NULL;
     }
     PyObject *inner = PyObject_Call(lp_gevent_thread_LockType_inner_class, args, kwargs);

@@ -222,10 +222,7 @@ static PyMemberDef lp_threading_Condition_members[] = {
 static PyObject *
 lp_threading_Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (lp_resolve_def(&lp_threading_Condition_def) <= 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "threading.Condition is not imported");
-        }
+    if (lp_require_def(&lp_threading_Condition_def, PyExc_TypeError) < 0) {
         return NULL;
     }
     PyObject *inner = PyObject_Call(lp_threading_Condition_inner_class, args, kwargs);

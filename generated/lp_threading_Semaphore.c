@@ -148,10 +148,7 @@ static PyMemberDef lp_threading_Semaphore_members[] = {
 static PyObject *
 lp_threading_Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (lp_resolve_def(&lp_threading_Semaphore_def) <= 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "threading.Semaphore is not imported");
-        }
+    if (lp_require_def(&lp_threading_Semaphore_def, PyExc_TypeError) < 0) {
         return NULL;
     }
     PyObject *inner = PyObject_Call(lp_threading_Semaphore_inner_class, args, kwargs);

@@ -236,10 +236,7 @@ static PyMemberDef lp_threading__RLock_members[] = {
 static PyObject *
 lp_threading__RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    if (lp_resolve_def(&lp_threading__RLock_def) <= 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "threading._RLock is not imported");
-        }
+    if (lp_require_def(&lp_threading__RLock_def, PyExc_TypeError) < 0) {
         return NULL;
     }
     PyObject *inner = PyObject_Call(lp_threading__RLock_inner_class, args, kwargs);

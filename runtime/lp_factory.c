@@ -12,9 +12,7 @@ typedef struct {
     PyObject *orig;             /* the stdlib's factory or class */
     PyTypeObject *wtype;        /* the generated wrapper type */
     PyObject *inner_class;      /* the class the wrapper's methods are made for */
-    int is_condition;
-    int binds_lock;
-    int def_index;              /* its entry in type_defs */
+    const lp_typedef *def;      /* its spec entry */
     vectorcallfunc vectorcall;
 } lp_factory;
 
@@ -99,10 +97,11 @@ caller_excluded(void)
     return !profiled;
 }
 
+/* the entry made_by `base` whose class is `cls`, or NULL */
 static const lp_typedef *
-made_by_entry(lp_factory *f, PyTypeObject *cls)
+made_by_entry(const lp_typedef *base, PyTypeObject *cls)
 {
-    const char *key = type_defs[f->def_index].key;
+    const char *key = base->key;
     for (int i = 0; i < n_type_defs; i++) {
         const lp_typedef *d = &type_defs[i];
         if (d->made_by == NULL || strcmp(d->made_by, key) != 0) {
@@ -133,24 +132,22 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     if (inner == NULL) {
         return NULL;
     }
-    PyTypeObject *wtype = f->wtype;
-    int binds_lock = f->binds_lock;
+    const lp_typedef *d = f->def;
     if (LP_UNLIKELY((PyObject *)Py_TYPE(inner) != f->inner_class)) {
         /* Not the class our methods call into: gevent's lock after
          * monkey-patching, threading's Python RLock once _CRLock is None.
-         * An entry made_by this factory's may be built for it; anything
-         * else (a subclass, another library's lock) is left as it is and
-         * counted (told once as a warning). */
-        const lp_typedef *d = made_by_entry(f, Py_TYPE(inner));
+         * An entry made_by this factory's may be built for it (the model
+         * makes it agree on async and condition); anything else (a subclass,
+         * another library's lock) is left as it is and counted (told once as
+         * a warning). */
+        d = made_by_entry(f->def, Py_TYPE(inner));
         if (d == NULL) {
             lp_foreign_locks++;
             return inner;
         }
-        wtype = *d->type_slot;
-        binds_lock = d->binds_lock;
     }
     Py_INCREF(inner);
-    PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(wtype, inner);
+    PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(*d->type_slot, inner);
     if (w == NULL) {
         /* the program gets the stdlib's own object, unprofiled */
         PyErr_Clear();
@@ -158,7 +155,7 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         return inner;
     }
     Py_DECREF(inner);
-    if (f->is_condition) {
+    if (d->is_condition) {
         /* Condition(lock): when the lock is ours, it does the recording */
         Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
         PyObject *lock = nargs >= 1 ? args[0] : NULL;
@@ -168,7 +165,7 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
         if (lock != NULL && is_wrapper(lock)) {
             ((lp_wrapper *)w)->flags |= LP_W_DELEGATED;
         }
-        if (binds_lock) {
+        if (d->binds_lock) {
             /* the lock's C acquire/release, called directly: the stdlib's
              * own, or our wrapper's when delegated (queue.Queue's
              * Conditions over its wrapped mutex) */
@@ -395,6 +392,19 @@ static PyType_Spec factory_spec = {
 /* module functions                                                          */
 /* ------------------------------------------------------------------------ */
 
+/* the spec entry of `key`, or NULL with a KeyError */
+static const lp_typedef *
+def_by_key(const char *key)
+{
+    for (int i = 0; i < n_type_defs; i++) {
+        if (strcmp(type_defs[i].key, key) == 0) {
+            return &type_defs[i];
+        }
+    }
+    PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for '%s'", key);
+    return NULL;
+}
+
 static PyObject *
 lp_py_make_factory(PyObject *mod, PyObject *args)
 {
@@ -403,31 +413,21 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
     if (!PyArg_ParseTuple(args, "sO:make_factory", &key, &orig)) {
         return NULL;
     }
-    for (int i = 0; i < n_type_defs; i++) {
-        if (strcmp(type_defs[i].key, key) == 0) {
-            if (lp_resolve_def(&type_defs[i]) <= 0) {
-                if (!PyErr_Occurred()) {
-                    PyErr_Format(PyExc_LookupError, "%s is not imported", type_defs[i].inner_type);
-                }
-                return NULL;
-            }
-            lp_factory *f = PyObject_GC_New(lp_factory, factory_type);
-            if (f == NULL) {
-                return NULL;
-            }
-            f->orig = Py_NewRef(orig);
-            f->wtype = (PyTypeObject *)Py_NewRef(*type_defs[i].type_slot);
-            f->inner_class = Py_NewRef(*type_defs[i].inner_class);
-            f->is_condition = type_defs[i].is_condition;
-            f->binds_lock = type_defs[i].binds_lock;
-            f->def_index = i;
-            f->vectorcall = factory_vectorcall;
-            PyObject_GC_Track(f);
-            return (PyObject *)f;
-        }
+    const lp_typedef *d = def_by_key(key);
+    if (d == NULL || lp_require_def(d, PyExc_LookupError) < 0) {
+        return NULL;
     }
-    PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", PyTuple_GET_ITEM(args, 0));
-    return NULL;
+    lp_factory *f = PyObject_GC_New(lp_factory, factory_type);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->orig = Py_NewRef(orig);
+    f->wtype = (PyTypeObject *)Py_NewRef(*d->type_slot);
+    f->inner_class = Py_NewRef(*d->inner_class);
+    f->def = d;
+    f->vectorcall = factory_vectorcall;
+    PyObject_GC_Track(f);
+    return (PyObject *)f;
 }
 
 static PyObject *
@@ -500,25 +500,20 @@ lp_py_wrap(PyObject *mod, PyObject *args)
     if (!PyArg_ParseTuple(args, "sO:wrap", &key, &obj)) {
         return NULL;
     }
-    for (int i = 0; i < n_type_defs; i++) {
-        if (strcmp(type_defs[i].key, key) == 0) {
-            if (lp_resolve_def(&type_defs[i]) < 0) {
-                return NULL;
-            }
-            if ((PyObject *)Py_TYPE(obj) != *type_defs[i].inner_class) {
-                PyErr_Format(PyExc_TypeError, "wrap(%s, ...) needs a %R, got %R", key,
-                             *type_defs[i].inner_class, (PyObject *)Py_TYPE(obj));
-                return NULL;
-            }
-            PyObject *w = lp_wrap(*type_defs[i].type_slot, Py_NewRef(obj));
-            if (w != NULL && type_defs[i].binds_lock) {
-                lp_cond_bind((lp_cond_wrapper *)w);
-            }
-            return w;
-        }
+    const lp_typedef *d = def_by_key(key);
+    if (d == NULL || lp_resolve_def(d) < 0) {
+        return NULL;
     }
-    PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", PyTuple_GET_ITEM(args, 0));
-    return NULL;
+    if ((PyObject *)Py_TYPE(obj) != *d->inner_class) {
+        PyErr_Format(PyExc_TypeError, "wrap(%s, ...) needs a %R, got %R", key,
+                     *d->inner_class, (PyObject *)Py_TYPE(obj));
+        return NULL;
+    }
+    PyObject *w = lp_wrap(*d->type_slot, Py_NewRef(obj));
+    if (w != NULL && d->binds_lock) {
+        lp_cond_bind((lp_cond_wrapper *)w);
+    }
+    return w;
 }
 
 static PyObject *
@@ -533,17 +528,12 @@ lp_py_resolve(PyObject *mod, PyObject *arg)
         }
         return NULL;
     }
-    for (int i = 0; i < n_type_defs; i++) {
-        if (strcmp(type_defs[i].key, key) == 0) {
-            int r = lp_resolve_def(&type_defs[i]);
-            if (r < 0) {
-                return NULL;
-            }
-            return Py_NewRef(r ? *type_defs[i].inner_class : Py_None);
-        }
+    const lp_typedef *d = def_by_key(key);
+    int r = d == NULL ? -1 : lp_resolve_def(d);
+    if (r < 0) {
+        return NULL;
     }
-    PyErr_Format(PyExc_KeyError, "no lockprof wrapper type for %R", arg);
-    return NULL;
+    return Py_NewRef(r ? *d->inner_class : Py_None);
 }
 
 static PyObject *

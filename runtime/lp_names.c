@@ -198,10 +198,11 @@ find_in_self(PyObject *self, PyObject *obj, PyObject *names)
         found = find_by_names(self, obj, names);
     }
     else
+#else
+    (void)names;
 #endif
     {
         /* the instance dict, through the C getset that `type` installs */
-        (void)names;
         PyObject *key = PyUnicode_InternFromString("__dict__");
         PyObject *descr = key ? raw_class_attr(tp, key) : NULL;
         Py_XDECREF(key);

@@ -194,14 +194,15 @@ lp_py_set_target_finder(PyObject *mod, PyObject *fn)
 static PyObject *
 name_for(lp_wrapper *w)
 {
-    if (w->site != 0 && w->site < nsites) {
+    int has_site = w->site != 0 && w->site < nsites;
+    if (has_site) {
         PyObject *t = site_target(w->site);
         if (t != NULL) {
             return t;
         }
     }
     PyFrameObject *f = lp_naming_frame();
-    if (f == NULL || w->site == 0 || w->site >= nsites) {
+    if (f == NULL || !has_site) {
         PyObject *name = lp_resolve_name((PyObject *)w, f);
         Py_XDECREF(f);
         return name;

@@ -606,6 +606,16 @@ lp_resolve_def(const lp_typedef *d)
 }
 
 int
+lp_require_def(const lp_typedef *d, PyObject *exc_type)
+{
+    int r = lp_resolve_def(d);
+    if (r == 0) {
+        PyErr_Format(exc_type, "%s is not imported", d->inner_type);
+    }
+    return r > 0 ? 0 : -1;
+}
+
+int
 lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
 {
     if (lp_runtime_setup() < 0) {

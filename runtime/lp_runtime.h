@@ -296,6 +296,9 @@ typedef struct {
  * use: 1 when resolved, 0 when its module is not imported yet (a lazy entry;
  * lockprof never imports it), -1 with an exception set. */
 int lp_resolve_def(const lp_typedef *d);
+/* The same, where the class must be there: 0, or -1 with an exception
+ * (`exc_type` when its module is not imported yet). */
+int lp_require_def(const lp_typedef *d, PyObject *exc_type);
 
 /* Runtime module setup: module helpers, the factory type, the awaitable. */
 int lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs);
