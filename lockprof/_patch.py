@@ -97,6 +97,10 @@ def _after_fork_in_child() -> None:
         _guard._at_fork_reinit()
     except AttributeError:
         _guard = _thread.allocate_lock()
+    try:
+        _lockprof.after_fork()
+    except Exception:
+        pass
     if _running:
         try:
             import lockprof

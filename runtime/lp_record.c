@@ -38,6 +38,7 @@ static lp_site *sites = NULL;
 static uint32_t nsites = 1, capsites = 0;
 static lp_index site_index = {NULL, 0};
 static uint32_t max_sites = 1u << 20;
+static uint64_t n_dropped_sites = 0;    /* creations whose site did not fit */
 
 static inline uint32_t
 site_hash(PyObject *code, int pos)
@@ -67,12 +68,14 @@ site_intern(PyObject *code, int pos)
         j = (j + 1) & site_index.mask;
     }
     if (nsites >= max_sites) {
+        n_dropped_sites++;
         return 0;
     }
     if (nsites >= capsites) {
         uint32_t nc = capsites ? capsites * 2 : 256;
         lp_site *ns = PyMem_Realloc(sites, nc * sizeof(lp_site));
         if (ns == NULL) {
+            n_dropped_sites++;
             return 0;
         }
         if (capsites == 0) {
@@ -732,6 +735,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
     rec_zero(&overflow_rec);
     lp_samples_reset();
     n_dropped_locks = 0;
+    n_dropped_sites = 0;
     n_errors = 0;
     Py_RETURN_NONE;
 }
@@ -739,36 +743,57 @@ lp_py_reset(PyObject *mod, PyObject *unused)
 static PyObject *
 lp_py_counters(PyObject *mod, PyObject *unused)
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}",
+    /* what was dropped or folded, the tables' sizes, and their caps */
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
+                         "s:I,s:I,s:I,s:I,s:I,s:I,"
+                         "s:I,s:I,s:I,s:I,s:I,s:I}",
                          "compactions", (unsigned long long)n_compactions,
                          "name_errors", (unsigned long long)lp_name_errors,
                          "foreign_locks", (unsigned long long)lp_foreign_locks,
                          "dropped_locks", (unsigned long long)n_dropped_locks,
                          "dropped_stacks", (unsigned long long)lp_dropped_stacks,
                          "dropped_samples", (unsigned long long)lp_dropped_samples,
+                         "dropped_sites", (unsigned long long)n_dropped_sites,
+                         "dropped_thread_names", (unsigned long long)lp_labels_dropped(0),
+                         "dropped_task_names", (unsigned long long)lp_labels_dropped(1),
                          "errors", (unsigned long long)n_errors,
                          "locks", (unsigned int)nrecs,
                          "sites", (unsigned int)(nsites - 1),
-                         "max_locks", (unsigned int)max_locks);
+                         "stacks", (unsigned int)(lp_nstacks - 1),
+                         "samples", (unsigned int)lp_nsamples,
+                         "thread_names", (unsigned int)lp_label_count(0),
+                         "task_names", (unsigned int)lp_label_count(1),
+                         "max_locks", (unsigned int)max_locks,
+                         "max_sites", (unsigned int)max_sites,
+                         "max_stacks", (unsigned int)lp_max_stacks,
+                         "max_samples", (unsigned int)lp_max_samples,
+                         "max_thread_names", (unsigned int)lp_labels_max(0),
+                         "max_task_names", (unsigned int)lp_labels_max(1));
 }
 
 static PyObject *
 lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames",
-                             "wait_period_ns", "max_samples", NULL};
+                             "wait_period_ns", "max_samples", "max_stacks", "max_sites",
+                             "max_thread_names", "max_task_names", NULL};
     int active;
     double rate;
     unsigned int maxl = max_locks;
     PyObject *seed = Py_None;
     int maxf = lp_max_frames;
     long long period = lp_wait_period_ns;
-    unsigned int maxs = lp_max_samples;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLI:configure", kwlist,
-                                     &active, &rate, &maxl, &seed, &maxf, &period, &maxs)) {
+    unsigned int maxs = lp_max_samples, maxst = lp_max_stacks, maxsi = max_sites;
+    unsigned int maxth = lp_labels_max(0), maxta = lp_labels_max(1);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIII:configure", kwlist,
+                                     &active, &rate, &maxl, &seed, &maxf, &period, &maxs,
+                                     &maxst, &maxsi, &maxth, &maxta)) {
         return NULL;
     }
     lp_max_samples = maxs;
+    lp_max_stacks = maxst;
+    max_sites = maxsi;
+    lp_labels_configure(maxth, maxta);
     if (period < 1) {
         PyErr_Format(PyExc_ValueError, "wait_period_ns must be a positive integer, got %lld", period);
         return NULL;
@@ -824,7 +849,16 @@ lp_py_take(PyObject *mod, PyObject *unused)
     return out;
 }
 
+static PyObject *
+lp_py_after_fork(PyObject *mod, PyObject *unused)
+{
+    lp_labels_after_fork();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef record_methods[] = {
+    {"after_fork", lp_py_after_fork, METH_NOARGS,
+     "after_fork()\n--\n\nIn a forked child: the threads seen are the parent's."},
     {"set_target_finder", lp_py_set_target_finder, METH_O,
      "set_target_finder(fn)\n--\n\nfn(code, offset) -> the variable the call there stores "
      "its result in, or None (lockprof._names.assignment_target)."},

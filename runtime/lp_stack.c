@@ -7,6 +7,7 @@
  * allocation. */
 #include "lp_stack.h"
 #include "lp_index.h"
+#include "lp_record.h"
 
 #if PY_VERSION_HEX >= 0x030B0000
 #  define LP_HAVE_LASTI 1
@@ -14,31 +15,20 @@
 
 #define LP_FRAMES_CAP 512
 
-typedef struct {
-    PyObject *code;     /* strong reference once interned */
-    Py_ssize_t pos;     /* lasti (3.11+) or line (3.9, 3.10); word-sized so
-                           that frames compare with memcmp (no padding) */
-} lp_frame;
-
-typedef struct {
-    uint64_t hash;
-    uint32_t nframes;
-    uint32_t omitted;   /* frames past max_frames */
-    lp_frame *frames;   /* leaf first */
-} lp_stack;
 
 int lp_max_frames = 64;
 
-static lp_stack *stacks = NULL;          /* index 0 unused */
-static uint32_t nstacks = 1, capstacks = 0;
+lp_stack *lp_stacks = NULL;              /* index 0 unused */
+uint32_t lp_nstacks = 1;
+static uint32_t capstacks = 0;
 static lp_index stack_index = {NULL, 0};
-static uint32_t max_stacks = 1u << 18;
+uint32_t lp_max_stacks = 1u << 18;
 uint64_t lp_dropped_stacks = 0;
 
 static uint32_t
 stack_entry_hash(uint32_t id)
 {
-    return (uint32_t)stacks[id].hash;
+    return (uint32_t)lp_stacks[id].hash;
 }
 
 static uint32_t
@@ -49,30 +39,30 @@ stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
         h = (h ^ (uint64_t)(uintptr_t)frames[i].code) * 1099511628211ULL;
         h = (h ^ (uint64_t)(unsigned)frames[i].pos) * 1099511628211ULL;
     }
-    if (lp_index_reserve(&stack_index, nstacks, 1, nstacks, stack_entry_hash) < 0) {
+    if (lp_index_reserve(&stack_index, lp_nstacks, 1, lp_nstacks, stack_entry_hash) < 0) {
         return 0;
     }
     uint32_t j = (uint32_t)h & stack_index.mask;
     while (stack_index.slots[j]) {
-        const lp_stack *s = &stacks[stack_index.slots[j]];
+        const lp_stack *s = &lp_stacks[stack_index.slots[j]];
         if (s->hash == h && s->nframes == n && s->omitted == omitted &&
             memcmp(s->frames, frames, n * sizeof(lp_frame)) == 0) {
             return stack_index.slots[j];
         }
         j = (j + 1) & stack_index.mask;
     }
-    if (nstacks >= max_stacks) {
+    if (lp_nstacks >= lp_max_stacks) {
         lp_dropped_stacks++;
         return 0;
     }
-    if (nstacks >= capstacks) {
+    if (lp_nstacks >= capstacks) {
         uint32_t nc = capstacks ? capstacks * 2 : 256;
-        lp_stack *ns = lp_fault() ? NULL : PyMem_Realloc(stacks, nc * sizeof(lp_stack));
+        lp_stack *ns = lp_fault() ? NULL : PyMem_Realloc(lp_stacks, nc * sizeof(lp_stack));
         if (ns == NULL) {
             lp_dropped_stacks++;
             return 0;
         }
-        stacks = ns;
+        lp_stacks = ns;
         capstacks = nc;
     }
     lp_frame *copy = lp_fault() ? NULL : PyMem_Malloc((n ? n : 1) * sizeof(lp_frame));
@@ -84,11 +74,11 @@ stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
         copy[i].code = Py_NewRef(frames[i].code);
         copy[i].pos = frames[i].pos;
     }
-    uint32_t id = nstacks++;
-    stacks[id].hash = h;
-    stacks[id].nframes = n;
-    stacks[id].omitted = omitted;
-    stacks[id].frames = copy;
+    uint32_t id = lp_nstacks++;
+    lp_stacks[id].hash = h;
+    lp_stacks[id].nframes = n;
+    lp_stacks[id].omitted = omitted;
+    lp_stacks[id].frames = copy;
     stack_index.slots[j] = id;
     return id;
 }
@@ -126,25 +116,192 @@ lp_stack_here(void)
 }
 
 /* ------------------------------------------------------------------------ */
-/* threads: ident -> (native id, name), names read once per thread          */
+/* labels: the thread and task names rows are keyed by                      */
 /* ------------------------------------------------------------------------ */
 
+/* A row's thread and task come from code or from names the program chose,
+ * never from instance counters, so that the rows follow the program's code
+ * paths and not its traffic:
+ *   - a thread keeps the name the program gave it; threading's generated
+ *     names collapse to their stable part ("Thread-12 (worker)" is
+ *     "Thread (worker)", "Dummy-4" is "Dummy", a ThreadPoolExecutor's
+ *     "ThreadPoolExecutor-0_3" or "db_3" is "ThreadPoolExecutor" or "db");
+ *   - a task keeps the name the program gave it; an auto-named one
+ *     ("Task-123") is named after its coroutine's qualified name, and an
+ *     auto-named gevent Greenlet after its function's.
+ * Labels are interned (at most max_threads / max_tasks of each; past that,
+ * events are labelled "<other>" and counted).  The exact thread id of a
+ * label is kept while one thread only has carried it (MainThread, a named
+ * long-lived thread), at no cost in rows. */
+
 typedef struct {
-    unsigned long ident;
-    unsigned long native_id;
-    PyObject *name;         /* str, or NULL when unknown */
-} lp_thread;
+    PyObject *names;            /* list: label id -> str */
+    PyObject *ids;              /* dict: str -> label id */
+    uint32_t max;
+    uint64_t dropped;           /* events labelled <other>: the table was full */
+    unsigned long *ident;       /* thread labels: the one thread that carried it */
+    unsigned long *native;
+    uint8_t *multi;             /* several threads carried it */
+    uint32_t cap;
+} lp_labels;
 
-static lp_thread *threads = NULL;
-static uint32_t nthreads = 0, capthreads = 0;
-static uint32_t last_thread = UINT32_MAX;
-static uint32_t max_threads = 1u << 16;
+static lp_labels thread_labels = {NULL, NULL, 1u << 12, 0, NULL, NULL, NULL, 0};
+static lp_labels task_labels = {NULL, NULL, 1u << 12, 0, NULL, NULL, NULL, 0};
 
-/* threading.Thread's name, read from the instance dict (no user code) */
-static PyObject *
-current_thread_name(unsigned long ident)
+/* the label id of `name` (a str; reference borrowed), interned */
+static uint32_t
+label_intern(lp_labels *t, PyObject *name)
 {
-    PyObject *name = NULL;
+    if (t->ids == NULL) {
+        t->ids = PyDict_New();
+        t->names = PyList_New(0);
+        if (t->ids == NULL || t->names == NULL) {
+            Py_CLEAR(t->ids);
+            Py_CLEAR(t->names);
+            PyErr_Clear();
+            lp_count_error();
+            return LP_LABEL_NONE;
+        }
+    }
+    PyObject *s = PyDict_GetItemWithError(t->ids, name);
+    if (s != NULL) {
+        return (uint32_t)PyLong_AsUnsignedLong(s);
+    }
+    PyErr_Clear();
+    uint32_t n = (uint32_t)PyList_GET_SIZE(t->names);
+    if (n >= t->max) {
+        t->dropped++;
+        return LP_LABEL_OTHER;
+    }
+    if (t == &thread_labels) {
+        if (n >= t->cap) {
+            uint32_t nc = t->cap ? t->cap * 2 : 16;
+            unsigned long *ni = PyMem_Realloc(t->ident, nc * sizeof(unsigned long));
+            if (ni != NULL) {
+                t->ident = ni;
+            }
+            unsigned long *nn = PyMem_Realloc(t->native, nc * sizeof(unsigned long));
+            if (nn != NULL) {
+                t->native = nn;
+            }
+            uint8_t *nm = PyMem_Realloc(t->multi, nc);
+            if (nm != NULL) {
+                t->multi = nm;
+            }
+            if (ni == NULL || nn == NULL || nm == NULL) {
+                lp_count_error();
+                return LP_LABEL_NONE;
+            }
+            t->cap = nc;
+        }
+        t->ident[n] = 0;
+        t->native[n] = 0;
+        t->multi[n] = 0;
+    }
+    PyObject *id = PyLong_FromUnsignedLong(n);
+    if (id == NULL || PyDict_SetItem(t->ids, name, id) < 0 || PyList_Append(t->names, name) < 0) {
+        Py_XDECREF(id);
+        PyErr_Clear();
+        PyDict_DelItem(t->ids, name);
+        PyErr_Clear();
+        lp_count_error();
+        return LP_LABEL_NONE;
+    }
+    Py_DECREF(id);
+    return n;
+}
+
+/* "prefix-<digits>" at the start of s (n bytes): the offset after the
+ * digits, or 0 */
+static Py_ssize_t
+after_counter(const char *s, Py_ssize_t n, const char *prefix)
+{
+    Py_ssize_t k = (Py_ssize_t)strlen(prefix);
+    if (n <= k || memcmp(s, prefix, (size_t)k) != 0) {
+        return 0;
+    }
+    Py_ssize_t i = k;
+    while (i < n && s[i] >= '0' && s[i] <= '9') {
+        i++;
+    }
+    return i > k ? i : 0;
+}
+
+/* n when s ends in "_<digits>", at the offset of the '_'; else 0 */
+static Py_ssize_t
+counter_suffix(const char *s, Py_ssize_t n)
+{
+    Py_ssize_t i = n;
+    while (i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9') {
+        i--;
+    }
+    return (i < n && i > 1 && s[i - 1] == '_') ? i - 1 : 0;
+}
+
+/* whether `target` is concurrent.futures.thread's worker function */
+static int
+is_pool_worker(PyObject *target)
+{
+    if (target == NULL || !PyFunction_Check(target)) {
+        return 0;
+    }
+    PyObject *mod = PyFunction_GetModule(target);     /* borrowed */
+    return mod != NULL && PyUnicode_Check(mod) &&
+           PyUnicode_CompareWithASCIIString(mod, "concurrent.futures.thread") == 0;
+}
+
+/* The stable part of a thread's name (new reference), given the name and
+ * the Thread's instance dict (may be NULL). */
+PyObject *
+lp_thread_label_of(PyObject *name, PyObject *dict)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return Py_NewRef(name);
+    }
+    Py_ssize_t i;
+    if ((i = after_counter(s, n, "Thread-")) > 0 || (i = after_counter(s, n, "Dummy-")) > 0) {
+        /* threading's _newname: "Thread-N", "Thread-N (target)", "Dummy-N" */
+        if (i == n || s[i] == ' ') {
+            Py_ssize_t k = s[0] == 'T' ? 6 : 5;
+            PyObject *head = PyUnicode_FromStringAndSize(s, k);
+            PyObject *tail = head ? PyUnicode_FromStringAndSize(s + i, n - i) : NULL;
+            PyObject *out = tail ? PyUnicode_Concat(head, tail) : NULL;
+            Py_XDECREF(head);
+            Py_XDECREF(tail);
+            if (out == NULL) {
+                PyErr_Clear();
+                return Py_NewRef(name);
+            }
+            return out;
+        }
+    }
+    if ((i = after_counter(s, n, "ThreadPoolExecutor-")) > 0 && i < n && s[i] == '_' &&
+        counter_suffix(s, n) == i) {
+        return PyUnicode_FromString("ThreadPoolExecutor");
+    }
+    /* a pool's "<thread_name_prefix>_N": only for the pool's own workers, a
+     * program's "worker_3" is its choice */
+    if ((i = counter_suffix(s, n)) > 0 && dict != NULL &&
+        is_pool_worker(PyDict_GetItemString(dict, "_target"))) {
+        PyObject *out = PyUnicode_FromStringAndSize(s, i);
+        if (out == NULL) {
+            PyErr_Clear();
+            return Py_NewRef(name);
+        }
+        return out;
+    }
+    return Py_NewRef(name);
+}
+
+/* the current threading.Thread's label, read from its instance dict (no
+ * user code); NULL when the thread is not one of threading's */
+static PyObject *
+current_thread_label(unsigned long ident)
+{
+    PyObject *label = NULL;
     PyObject *modname = PyUnicode_FromString("threading");
     PyObject *threading = modname ? PyImport_GetModule(modname) : NULL;
     Py_XDECREF(modname);
@@ -161,7 +318,7 @@ current_thread_name(unsigned long ident)
         if (d != NULL && PyDict_Check(d)) {
             PyObject *n = PyDict_GetItemString(d, "_name");
             if (n != NULL && PyUnicode_Check(n)) {
-                name = Py_NewRef(n);
+                label = lp_thread_label_of(n, d);
             }
         }
         Py_XDECREF(d);
@@ -169,54 +326,75 @@ current_thread_name(unsigned long ident)
     Py_XDECREF(key);
     Py_XDECREF(active);
     PyErr_Clear();
-    return name;
+    return label;
 }
+
+/* the label of each thread seen lately: a direct-mapped cache by thread
+ * identity, so that the table does not grow with the threads a program
+ * starts (a thread evicted and seen again reads its name again) */
+#define LP_TCACHE 512
+typedef struct {
+    unsigned long ident, native;
+    uint32_t label;
+    uint32_t used;
+} lp_tcache_entry;
+static lp_tcache_entry tcache[LP_TCACHE];
 
 uint32_t
 lp_thread_slot(void)
 {
     unsigned long ident = PyThread_get_thread_ident();
     unsigned long native = PyThread_get_thread_native_id();
-    if (last_thread < nthreads && threads[last_thread].ident == ident &&
-        threads[last_thread].native_id == native) {
-        return last_thread;
+    uint64_t h = ((uint64_t)ident * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)native * 0xC2B2AE3D27D4EB4FULL);
+    lp_tcache_entry *e = &tcache[(h >> 40) & (LP_TCACHE - 1)];
+    if (e->used && e->ident == ident && e->native == native) {
+        return e->label;
     }
-    for (uint32_t i = 0; i < nthreads; i++) {
-        if (threads[i].ident == ident && threads[i].native_id == native) {
-            return last_thread = i;
-        }
-    }
-    if (nthreads >= max_threads) {
-        return UINT32_MAX;
-    }
-    if (nthreads >= capthreads) {
-        uint32_t nc = capthreads ? capthreads * 2 : 16;
-        lp_thread *nt = PyMem_Realloc(threads, nc * sizeof(lp_thread));
-        if (nt == NULL) {
-            return UINT32_MAX;
-        }
-        threads = nt;
-        capthreads = nc;
-    }
-    lp_thread *t = &threads[nthreads];
-    t->ident = ident;
-    t->native_id = native;
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    t->name = current_thread_name(ident);
+    PyObject *name = current_thread_label(ident);
+    uint32_t label = LP_LABEL_NONE;
+    if (name != NULL) {
+        label = label_intern(&thread_labels, name);
+        Py_DECREF(name);
+    }
     PyErr_Restore(exc_type, exc_value, exc_tb);
-    return last_thread = nthreads++;
+    if (label < LP_LABEL_OTHER && thread_labels.ident != NULL) {
+        if (thread_labels.ident[label] == 0 && !thread_labels.multi[label]) {
+            thread_labels.ident[label] = ident;
+            thread_labels.native[label] = native;
+        }
+        else if (thread_labels.ident[label] != ident || thread_labels.native[label] != native) {
+            thread_labels.multi[label] = 1;
+        }
+    }
+    e = &tcache[(h >> 40) & (LP_TCACHE - 1)];
+    e->ident = ident;
+    e->native = native;
+    e->label = label;
+    e->used = 1;
+    return label;
+}
+
+void
+lp_labels_after_fork(void)
+{
+    /* the child's threads are new threads: a label's single thread is not
+     * known any more, and cached identities may be reused */
+    memset(tcache, 0, sizeof(tcache));
+    for (uint32_t i = 0; i < thread_labels.cap; i++) {
+        thread_labels.ident[i] = 0;
+        thread_labels.native[i] = 0;
+        thread_labels.multi[i] = 0;
+    }
 }
 
 /* ------------------------------------------------------------------------ */
-/* asyncio tasks: the current task's name, interned                          */
+/* asyncio tasks (and gevent greenlets): the current task's label           */
 /* ------------------------------------------------------------------------ */
 
-static PyObject *task_names = NULL;      /* list: slot -> name */
-static PyObject *task_slots = NULL;      /* dict: name -> slot */
 static PyObject *get_running_loop = NULL, *current_task = NULL, *current_tasks = NULL;
 static int asyncio_looked_up = 0;
-static uint32_t max_tasks = 1u << 16;
 
 static void
 asyncio_lookup(void)
@@ -240,14 +418,55 @@ asyncio_lookup(void)
     Py_DECREF(mod);
 }
 
-/* gevent: the current greenlet's name (a str, new reference) when it is a
+/* the __qualname__ of a coroutine, generator or function (new reference),
+ * or NULL: only objects whose qualname is a plain field, so no user code */
+static PyObject *
+code_qualname(PyObject *o)
+{
+    if (o != NULL && PyMethod_Check(o)) {
+        o = PyMethod_GET_FUNCTION(o);
+    }
+    if (o == NULL || !(PyCoro_CheckExact(o) || PyGen_CheckExact(o) || PyFunction_Check(o))) {
+        return NULL;
+    }
+    PyObject *q = PyObject_GetAttrString(o, "__qualname__");
+    if (q != NULL && !PyUnicode_Check(q)) {
+        Py_CLEAR(q);
+    }
+    PyErr_Clear();
+    return q;
+}
+
+/* whether `name` is "<prefix><digits>", a generated name */
+static int
+is_counter_name(PyObject *name, const char *prefix)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    size_t k = strlen(prefix);
+    if ((size_t)n <= k || memcmp(s, prefix, k) != 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = (Py_ssize_t)k; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* gevent: the current greenlet's label (a str, new reference) when it is a
  * gevent.Greenlet (exactly: a subclass's `name` could be anyone's code), else
  * NULL; looked up only while gevent is imported */
 static PyObject *gevent_str = NULL;
 static PyObject *gevent_module = NULL, *gevent_getcurrent = NULL, *gevent_greenlet = NULL;
 
 static PyObject *
-current_greenlet(void)
+current_greenlet_label(void)
 {
     if (gevent_str == NULL && (gevent_str = PyUnicode_InternFromString("gevent")) == NULL) {
         PyErr_Clear();
@@ -277,13 +496,40 @@ current_greenlet(void)
         if (name != NULL && !PyUnicode_Check(name)) {
             Py_CLEAR(name);
         }
+        if (name != NULL && is_counter_name(name, "Greenlet-")) {
+            PyErr_Clear();
+            PyObject *run = PyObject_GetAttrString(g, "_run");
+            PyObject *q = code_qualname(run);
+            Py_XDECREF(run);
+            LP_XSETREF(name, q != NULL ? q : PyUnicode_FromString("Greenlet"));
+        }
     }
     Py_XDECREF(g);
     PyErr_Clear();
     return name;
 }
 
-/* slot of the current asyncio task's name (or gevent greenlet's), UINT32_MAX
+/* the label of an asyncio task (new reference) or NULL */
+static PyObject *
+task_label_of(PyObject *task)
+{
+    PyObject *name = PyObject_CallMethod(task, "get_name", NULL);
+    if (name == NULL || !PyUnicode_Check(name)) {
+        Py_XDECREF(name);
+        PyErr_Clear();
+        return NULL;
+    }
+    if (is_counter_name(name, "Task-")) {
+        PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
+        PyObject *q = code_qualname(coro);
+        Py_XDECREF(coro);
+        PyErr_Clear();
+        LP_XSETREF(name, q != NULL ? q : PyUnicode_FromString("Task"));
+    }
+    return name;
+}
+
+/* label of the current asyncio task (or gevent greenlet), LP_LABEL_NONE
  * when there is none */
 static uint32_t
 task_slot(void)
@@ -291,7 +537,6 @@ task_slot(void)
     if (!asyncio_looked_up) {
         asyncio_lookup();
     }
-    uint32_t slot = UINT32_MAX;
     PyObject *loop = get_running_loop != NULL ? PyObject_CallNoArgs(get_running_loop) : NULL;
     PyErr_Clear();
     PyObject *task = NULL;
@@ -303,56 +548,33 @@ task_slot(void)
             task = Py_XNewRef(PyDict_GetItemWithError(current_tasks, loop));
         }
     }
-    if (task == NULL || task == Py_None) {
-        /* no asyncio task: a gevent greenlet, when gevent is in use */
-        Py_XDECREF(task);
-        task = current_greenlet();
-    }
+    PyErr_Clear();
+    PyObject *label = NULL;
     if (task != NULL && task != Py_None) {
-        PyObject *name = PyUnicode_Check(task) ? Py_NewRef(task)
-                                               : PyObject_CallMethod(task, "get_name", NULL);
-        if (name != NULL && PyUnicode_Check(name)) {
-            if (task_slots == NULL) {
-                task_slots = PyDict_New();
-                task_names = PyList_New(0);
-            }
-            PyObject *s = task_slots ? PyDict_GetItemWithError(task_slots, name) : NULL;
-            if (s != NULL) {
-                slot = (uint32_t)PyLong_AsUnsignedLong(s);
-            }
-            else if (task_names != NULL && (uint32_t)PyList_GET_SIZE(task_names) < max_tasks) {
-                PyObject *n = PyLong_FromSsize_t(PyList_GET_SIZE(task_names));
-                if (n != NULL && PyDict_SetItem(task_slots, name, n) == 0 &&
-                    PyList_Append(task_names, name) == 0) {
-                    slot = (uint32_t)(PyList_GET_SIZE(task_names) - 1);
-                }
-                Py_XDECREF(n);
-            }
-        }
-        Py_XDECREF(name);
+        label = task_label_of(task);
+    }
+    else {
+        /* no asyncio task: a gevent greenlet, when gevent is in use */
+        label = current_greenlet_label();
+    }
+    uint32_t slot = LP_LABEL_NONE;
+    if (label != NULL) {
+        slot = label_intern(&task_labels, label);
+        Py_DECREF(label);
     }
     Py_XDECREF(task);
     Py_XDECREF(loop);
     PyErr_Clear();
     return slot;
 }
-
 /* ------------------------------------------------------------------------ */
 /* samples: (lock record, stack, event, thread, task) -> count, value        */
 /* ------------------------------------------------------------------------ */
 
-typedef struct {
-    uint32_t rec, stack;
-    uint32_t event;
-    uint32_t thread;        /* index into threads, UINT32_MAX if unknown */
-    uint32_t task;          /* index into task_names, UINT32_MAX if none */
-    uint64_t count;         /* stack samples taken */
-    double estimate;        /* events they stand for (scaled) */
-    double value;           /* ns they stand for (scaled) */
-} lp_sample;
 
-static lp_sample *samples = NULL;
-static uint32_t nsamples = 0, capsamples = 0;
+lp_sample *lp_samples = NULL;
+uint32_t lp_nsamples = 0;
+static uint32_t capsamples = 0;
 static lp_index sample_index = {NULL, 0};
 uint32_t lp_max_samples = 1u << 20;
 uint64_t lp_dropped_samples = 0;
@@ -366,11 +588,11 @@ sample_hash(uint32_t rec, uint32_t stack, uint32_t event, uint32_t thread, uint3
     return (uint32_t)(h ^ (h >> 29));
 }
 
-/* sample entries are numbered from 1: entry e is samples[e - 1] */
+/* sample entries are numbered from 1: entry e is lp_samples[e - 1] */
 static uint32_t
 sample_entry_hash(uint32_t e)
 {
-    const lp_sample *s = &samples[e - 1];
+    const lp_sample *s = &lp_samples[e - 1];
     return sample_hash(s->rec, s->stack, s->event, s->thread, s->task);
 }
 
@@ -384,13 +606,13 @@ void
 lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
                   uint32_t thread, uint32_t task)
 {
-    if (lp_index_reserve(&sample_index, nsamples, 1, nsamples + 1, sample_entry_hash) < 0) {
+    if (lp_index_reserve(&sample_index, lp_nsamples, 1, lp_nsamples + 1, sample_entry_hash) < 0) {
         lp_dropped_samples++;
         return;
     }
     uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread, task) & sample_index.mask;
     while (sample_index.slots[j]) {
-        lp_sample *s = &samples[sample_index.slots[j] - 1];
+        lp_sample *s = &lp_samples[sample_index.slots[j] - 1];
         if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event &&
             s->thread == thread && s->task == task) {
             s->count += 1;
@@ -400,21 +622,21 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
         }
         j = (j + 1) & sample_index.mask;
     }
-    if (nsamples >= lp_max_samples) {
+    if (lp_nsamples >= lp_max_samples) {
         lp_dropped_samples++;
         return;
     }
-    if (nsamples >= capsamples) {
+    if (lp_nsamples >= capsamples) {
         uint32_t nc = capsamples ? capsamples * 2 : 256;
-        lp_sample *ns = lp_fault() ? NULL : PyMem_Realloc(samples, nc * sizeof(lp_sample));
+        lp_sample *ns = lp_fault() ? NULL : PyMem_Realloc(lp_samples, nc * sizeof(lp_sample));
         if (ns == NULL) {
             lp_dropped_samples++;
             return;
         }
-        samples = ns;
+        lp_samples = ns;
         capsamples = nc;
     }
-    lp_sample *s = &samples[nsamples++];
+    lp_sample *s = &lp_samples[lp_nsamples++];
     s->rec = rec;
     s->stack = stack;
     s->event = (uint32_t)event;
@@ -423,24 +645,25 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
     s->count = 1;
     s->estimate = estimate;
     s->value = value;
-    sample_index.slots[j] = nsamples;
+    sample_index.slots[j] = lp_nsamples;
 }
 
 void
 lp_samples_reset(void)
 {
-    nsamples = 0;
+    lp_nsamples = 0;
     if (sample_index.slots != NULL) {
         memset(sample_index.slots, 0, (sample_index.mask + 1) * sizeof(uint32_t));
     }
     lp_dropped_samples = 0;
     lp_dropped_stacks = 0;
+    lp_labels_reset();
 }
 
 int
 lp_samples_remap(const uint32_t *newid, uint32_t n)
 {
-    if (nsamples == 0) {
+    if (lp_nsamples == 0) {
         return 0;
     }
     lp_sample *out = PyMem_Malloc(capsamples * sizeof(lp_sample));
@@ -450,7 +673,7 @@ lp_samples_remap(const uint32_t *newid, uint32_t n)
     }
     /* an index big enough for every row at once: no growth while filling */
     uint32_t cap = 1024;
-    while (cap < 2 * nsamples + 2) {
+    while (cap < 2 * lp_nsamples + 2) {
         cap *= 2;
     }
     ix.slots = PyMem_Calloc(cap, sizeof(uint32_t));
@@ -460,8 +683,8 @@ lp_samples_remap(const uint32_t *newid, uint32_t n)
     }
     ix.mask = cap - 1;
     uint32_t nout = 0;
-    for (uint32_t i = 0; i < nsamples; i++) {
-        lp_sample s = samples[i];
+    for (uint32_t i = 0; i < lp_nsamples; i++) {
+        lp_sample s = lp_samples[i];
         if (s.rec >= 1 && s.rec <= n) {
             s.rec = newid[s.rec];
         }
@@ -482,15 +705,87 @@ lp_samples_remap(const uint32_t *newid, uint32_t n)
             ix.slots[j] = nout;
         }
     }
-    PyMem_Free(samples);
+    PyMem_Free(lp_samples);
     PyMem_Free(sample_index.slots);
-    samples = out;
-    nsamples = nout;
+    lp_samples = out;
+    lp_nsamples = nout;
     sample_index = ix;
     return 0;
 }
 
+
+/* the label's name (borrowed), "<other>" past the cap, Py_None for none */
+static PyObject *other_str = NULL;
+
+PyObject *
+lp_label_name(int tasks, uint32_t id)
+{
+    const lp_labels *t = tasks ? &task_labels : &thread_labels;
+    if (id == LP_LABEL_OTHER) {
+        if (other_str == NULL) {
+            other_str = PyUnicode_InternFromString("<other>");
+        }
+        return other_str ? other_str : Py_None;
+    }
+    if (t->names != NULL && id < (uint32_t)PyList_GET_SIZE(t->names)) {
+        return PyList_GET_ITEM(t->names, id);
+    }
+    return Py_None;
+}
+
+uint32_t
+lp_label_count(int tasks)
+{
+    const lp_labels *t = tasks ? &task_labels : &thread_labels;
+    return t->names ? (uint32_t)PyList_GET_SIZE(t->names) : 0;
+}
+
+int
+lp_thread_label_ids(uint32_t id, unsigned long *ident, unsigned long *native)
+{
+    if (id >= thread_labels.cap || id >= lp_label_count(0) || thread_labels.multi[id] ||
+        thread_labels.ident[id] == 0) {
+        *ident = *native = 0;
+        return 0;
+    }
+    *ident = thread_labels.ident[id];
+    *native = thread_labels.native[id];
+    return 1;
+}
+
+uint64_t
+lp_labels_dropped(int tasks)
+{
+    return tasks ? task_labels.dropped : thread_labels.dropped;
+}
+
+void
+lp_labels_configure(uint32_t max_threads, uint32_t max_tasks)
+{
+    thread_labels.max = max_threads;
+    task_labels.max = max_tasks;
+}
+
+uint32_t
+lp_labels_max(int tasks)
+{
+    return tasks ? task_labels.max : thread_labels.max;
+}
+
+void
+lp_labels_reset(void)
+{
+    thread_labels.dropped = 0;
+    task_labels.dropped = 0;
+}
+
 static const char *event_names[] = {"acquire", "contention", "hold", "cond_wait", "delay"};
+
+const char *
+lp_event_name(uint32_t event)
+{
+    return event < 5 ? event_names[event] : "?";
+}
 
 PyObject *
 lp_py_samples(PyObject *mod, PyObject *unused)
@@ -499,15 +794,14 @@ lp_py_samples(PyObject *mod, PyObject *unused)
     if (out == NULL) {
         return NULL;
     }
-    for (uint32_t i = 0; i < nsamples; i++) {
-        const lp_sample *s = &samples[i];
-        const lp_thread *th = s->thread < nthreads ? &threads[s->thread] : NULL;
-        PyObject *task = (task_names != NULL && s->task < (uint32_t)PyList_GET_SIZE(task_names))
-                             ? PyList_GET_ITEM(task_names, s->task) : Py_None;
+    for (uint32_t i = 0; i < lp_nsamples; i++) {
+        const lp_sample *s = &lp_samples[i];
+        unsigned long ident, native;
+        lp_thread_label_ids(s->thread, &ident, &native);
         PyObject *t = Py_BuildValue("(IIsKdd(kkO)O)", s->rec, s->stack, event_names[s->event],
                                     (unsigned long long)s->count, s->estimate, s->value,
-                                    th ? th->ident : 0UL, th ? th->native_id : 0UL,
-                                    (th && th->name) ? th->name : Py_None, task);
+                                    ident, native, lp_label_name(0, s->thread),
+                                    lp_label_name(1, s->task));
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(out);
@@ -525,10 +819,10 @@ lp_py_stack(PyObject *mod, PyObject *arg)
     if (id == (unsigned long)-1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (id == 0 || id >= nstacks) {
+    if (id == 0 || id >= lp_nstacks) {
         return Py_BuildValue("([]I)", 0u);
     }
-    const lp_stack *s = &stacks[id];
+    const lp_stack *s = &lp_stacks[id];
     PyObject *frames = PyList_New(s->nframes);
     if (frames == NULL) {
         return NULL;

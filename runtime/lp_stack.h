@@ -7,6 +7,54 @@
 enum { LP_EV_ACQUIRE = 0, LP_EV_CONTENTION = 1, LP_EV_HOLD = 2, LP_EV_COND_WAIT = 3,
        LP_EV_DELAY = 4 };
 
+/* a captured frame: code object and instruction offset (3.11+) or line */
+typedef struct {
+    PyObject *code;     /* strong reference once interned */
+    Py_ssize_t pos;     /* lasti (3.11+) or line (3.9, 3.10); word-sized so
+                           that frames compare with memcmp (no padding) */
+} lp_frame;
+
+typedef struct {
+    uint64_t hash;
+    uint32_t nframes;
+    uint32_t omitted;   /* frames past max_frames */
+    lp_frame *frames;   /* leaf first */
+} lp_stack;
+
+/* one sample row: (lock record, stack, event, thread label, task label) */
+typedef struct {
+    uint32_t rec, stack;
+    uint32_t event;
+    uint32_t thread;        /* thread label, LP_LABEL_NONE if unknown */
+    uint32_t task;          /* task label, LP_LABEL_NONE if none */
+    uint64_t count;         /* stack samples taken */
+    double estimate;        /* events they stand for (scaled) */
+    double value;           /* ns they stand for (scaled) */
+} lp_sample;
+
+#define LP_LABEL_NONE UINT32_MAX
+#define LP_LABEL_OTHER (UINT32_MAX - 1)    /* the label table was full */
+
+/* the tables, read by the export (lp_export.c) */
+extern lp_stack *lp_stacks;            /* index 0 unused */
+extern uint32_t lp_nstacks;
+extern lp_sample *lp_samples;
+extern uint32_t lp_nsamples;
+extern uint32_t lp_max_stacks;
+
+/* labels: tasks = 0 for thread labels, 1 for task labels */
+PyObject *lp_label_name(int tasks, uint32_t id);        /* borrowed */
+uint32_t lp_label_count(int tasks);
+uint64_t lp_labels_dropped(int tasks);
+uint32_t lp_labels_max(int tasks);
+void lp_labels_configure(uint32_t max_threads, uint32_t max_tasks);
+/* the one thread that carried a thread label (1), or 0 when several did */
+int lp_thread_label_ids(uint32_t id, unsigned long *ident, unsigned long *native);
+void lp_labels_after_fork(void);
+void lp_labels_reset(void);
+PyObject *lp_thread_label_of(PyObject *name, PyObject *dict);
+const char *lp_event_name(uint32_t event);
+
 extern int lp_max_frames;
 extern uint32_t lp_max_samples;     /* (lock, stack, event, thread) rows kept */
 extern uint64_t lp_dropped_stacks, lp_dropped_samples;
