@@ -849,6 +849,66 @@ lp_py_take(PyObject *mod, PyObject *unused)
     return out;
 }
 
+/* --- what the export (lp_export.c) reads --- */
+
+uint32_t
+lp_records_for_export(lp_lockrec ***out)
+{
+    if (n_orphans > 0) {
+        compact();      /* dead locks shown one record per site and name */
+    }
+    *out = recs;
+    return nrecs;
+}
+
+lp_lockrec *
+lp_overflow_record(void)
+{
+    return &overflow_rec;
+}
+
+int
+lp_record_is_empty(const lp_lockrec *r)
+{
+    return rec_empty(r);
+}
+
+PyObject *
+lp_kind_name(int kind)
+{
+    static PyObject *other = NULL;
+    if (kind >= 0 && kind_names && kind < PyTuple_GET_SIZE(kind_names)) {
+        return PyTuple_GET_ITEM(kind_names, kind);
+    }
+    if (other == NULL) {
+        other = PyUnicode_InternFromString("<other>");
+    }
+    return other;
+}
+
+PyObject *
+lp_site_code(uint32_t site, int *line)
+{
+    if (site == 0 || site >= nsites) {
+        *line = 0;
+        return NULL;
+    }
+    *line = site_line(&sites[site]);
+    return sites[site].code;
+}
+
+PyObject *
+lp_records_reset(void)
+{
+    return lp_py_reset(NULL, NULL);
+}
+
+PyObject *
+lp_records_counters(void)
+{
+    return lp_py_counters(NULL, NULL);
+}
+
 static PyObject *
 lp_py_after_fork(PyObject *mod, PyObject *unused)
 {
@@ -880,7 +940,7 @@ lp_record_setup(PyObject *module)
 {
     overflow_rec.release_thread = UINT32_MAX;
     overflow_rec.kind = -1;             /* shown as "<other>": locks past max_locks */
-    if (lp_stack_setup(module) < 0) {
+    if (lp_stack_setup(module) < 0 || lp_export_setup(module) < 0) {
         return -1;
     }
     return PyModule_AddFunctions(module, record_methods);

@@ -58,6 +58,18 @@ int lp_record_setup(PyObject *module);
 void lp_record_release_wrapper(lp_wrapper *w);
 int lp_record_set_kinds(PyObject *names);
 
+/* for the export: the records (compacted first), the overflow record, a
+ * record with nothing recorded, a kind's name and a site's code object and
+ * line (borrowed), reset and counters as the Python API gives them */
+uint32_t lp_records_for_export(lp_lockrec ***out);
+lp_lockrec *lp_overflow_record(void);
+int lp_record_is_empty(const lp_lockrec *r);
+PyObject *lp_kind_name(int kind);
+PyObject *lp_site_code(uint32_t site, int *line);
+PyObject *lp_records_reset(void);
+PyObject *lp_records_counters(void);
+int lp_export_setup(PyObject *module);
+
 extern double lp_sample_rate;
 void lp_sampling_configure(int active, double rate);
 void lp_seed(uint64_t seed);

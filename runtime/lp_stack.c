@@ -13,7 +13,7 @@
 #  define LP_HAVE_LASTI 1
 #endif
 
-#define LP_FRAMES_CAP 512
+#define LP_FRAMES_CAP LP_MAX_FRAMES_CAP
 
 
 int lp_max_frames = 64;

@@ -32,6 +32,9 @@ typedef struct {
     double value;           /* ns they stand for (scaled) */
 } lp_sample;
 
+/* frames kept per stack at most (max_frames' upper bound) */
+#define LP_MAX_FRAMES_CAP 512
+
 #define LP_LABEL_NONE UINT32_MAX
 #define LP_LABEL_OTHER (UINT32_MAX - 1)    /* the label table was full */
 
