@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _lockprof, _patch
 
-__all__ = ["start", "stop", "is_running", "stats", "samples", "write", "reset", "Profiler",
-           "DEFAULT_SAMPLE_RATE"]
+__all__ = ["start", "stop", "is_running", "stats", "samples", "profile", "write", "reset",
+           "counters", "Profiler", "DEFAULT_SAMPLE_RATE", "CAPS"]
 
 # what the profile covers: since the last reset (or import), with which settings
 _window = {"time_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
@@ -32,6 +32,11 @@ DEFAULT_MAX_LOCKS = 100_000
 DEFAULT_MAX_FRAMES = 64
 DEFAULT_WAIT_PERIOD_NS = 1_000_000
 DEFAULT_MAX_SAMPLES = 1 << 20
+# every table's cap; what a cap drops or folds is counted in counters()
+# (dropped_*), written into the profile's comments and told in the report
+CAPS = {"max_locks": DEFAULT_MAX_LOCKS, "max_samples": DEFAULT_MAX_SAMPLES,
+        "max_stacks": 1 << 18, "max_sites": 1 << 20, "max_thread_names": 4096,
+        "max_task_names": 4096}
 
 
 def _check_rate(sample_rate: Any) -> float:
@@ -69,23 +74,36 @@ def _check_modules(name: str, value: Any) -> Tuple[str, ...]:
 def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_MAX_LOCKS,
           max_frames: int = DEFAULT_MAX_FRAMES, wait_period_ns: int = DEFAULT_WAIT_PERIOD_NS,
           max_samples: int = DEFAULT_MAX_SAMPLES, seed: Optional[int] = None,
-          exclude_modules: Sequence[str] = (), include_modules: Sequence[str] = ()) -> None:
+          exclude_modules: Sequence[str] = (), include_modules: Sequence[str] = (),
+          max_stacks: int = CAPS["max_stacks"], max_sites: int = CAPS["max_sites"],
+          max_thread_names: int = CAPS["max_thread_names"],
+          max_task_names: int = CAPS["max_task_names"]) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
     Locks are profiled by the module whose code creates them:
     exclude_modules (module names; a name covers its submodules) get native
     locks, in addition to the stdlib's synchronization code and lockprof;
     when include_modules is given, only code in those modules gets profiled
-    locks.  Idempotent; calling it while running changes the settings."""
+    locks.  Idempotent; calling it while running changes the settings.
+
+    The tables are capped, each by its max_* argument (see CAPS for the
+    defaults): locks (records of live locks; dead ones are folded per
+    creation site), samples (rows of (lock, stack, event, thread, task)),
+    stacks, sites (creation sites), thread_names and task_names (distinct
+    labels).  Whatever a full table drops is counted in counters()."""
     rate = _check_rate(sample_rate)
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
     _check_int("wait_period_ns", wait_period_ns, 1, 2**62)
     _check_int("max_samples", max_samples, 1, 2**32 - 1)
+    caps = {"max_stacks": max_stacks, "max_sites": max_sites,
+            "max_thread_names": max_thread_names, "max_task_names": max_task_names}
+    for name, value in caps.items():
+        _check_int(name, value, 1, 2**32 - 2)
     exclude = _check_modules("exclude_modules", exclude_modules)
     include = _check_modules("include_modules", include_modules)
     _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples,
-                 exclude=exclude, include=include)
+                 exclude=exclude, include=include, caps=caps)
     _window["sample_rate"] = rate
     _window["wait_period_ns"] = wait_period_ns
 
@@ -176,50 +194,32 @@ def _is_runpy(filename: str) -> bool:
     return filename == "<frozen runpy>" or filename.endswith(("/runpy.py", "\\runpy.py"))
 
 
-def _trim(frames, omitted):
-    """Stacks end at the user's program: the frames of `lockprof run` and of
-    runpy below it are not the program's and are cut."""
-    for i, frame in enumerate(frames):
-        if frame[0] == _CLI_FILE:
-            frames, omitted = frames[:i], 0
-            while frames and _is_runpy(frames[-1][0]):
-                frames = frames[:-1]
-            break
-    return tuple(frames), omitted
+def profile(reset: bool = False, title: Optional[str] = None):
+    """Everything recorded so far as one lockprof.export.Profile (the value
+    every writer reads); with reset=True the tables are cleared in the same
+    step, so the next profile starts exactly where this one ends.
 
+    Stacks end at the program: the frames of `lockprof run` and of runpy
+    below it are cut."""
+    import sys
 
-def _samples(snapshot, raw) -> List[Dict[str, Any]]:
-    locks = {r["id"]: r for r in snapshot}
-    stacks: Dict[int, Any] = {}
-    merged: Dict[Any, Dict[str, Any]] = {}
-    for lock_id, stack_id, event, count, estimate, value, thread, task in raw:
-        if stack_id not in stacks:
-            stacks[stack_id] = _trim(*_lockprof.stack(stack_id))
-        frames, omitted = stacks[stack_id]
-        # stacks are captured as instruction offsets; two offsets on one line
-        # (e.g. before and after CPython specialises a call) are one row here
-        key = (lock_id, event, frames, omitted, thread, task)
-        row = merged.get(key)
-        if row is None:
-            lock = locks.get(lock_id, {})
-            site = f"{lock['file']}:{lock['line']}" if lock.get("file") else "<unknown>"
-            merged[key] = {"lock_id": lock_id, "kind": lock.get("kind", "<other>"),
-                           "lock_name": f"{site}:{lock['var']}" if lock.get("var") else site,
-                           "site": site,
-                           "event": event, "samples": count, "count": estimate,
-                           "value": value,
-                           "frames": list(frames), "omitted": omitted,
-                           "thread_id": thread[0], "thread_native_id": thread[1],
-                           "thread_name": thread[2], "task_name": task}
-        else:
-            row["samples"] += count
-            row["count"] += estimate
-            row["value"] += value
-    return list(merged.values())
+    from .export import Profile
+
+    now = time.monotonic_ns()
+    snap = _lockprof.export(reset, _CLI_FILE)
+    p = Profile.from_snapshot(
+        snap, time_nanos=_window["time_ns"], duration_nanos=max(0, now - _window["mono_ns"]),
+        sample_rate=_window["sample_rate"], wait_period_ns=_window["wait_period_ns"],
+        title=title or f"lockprof: {' '.join(sys.argv[:1]) or 'python'}")
+    if reset:
+        _window["time_ns"] = time.time_ns()
+        _window["mono_ns"] = now
+    return p
 
 
 def samples() -> List[Dict[str, Any]]:
-    """Recorded events by lock and stack: one dict per (lock, stack, event).
+    """Recorded events by lock and stack: one dict per (lock name, stack,
+    event, thread label, task label).
 
     event is "acquire", "contention" (value: ns waited), "delay" (value: ns
     others waited, charged to the stack that released the lock), "hold"
@@ -227,36 +227,13 @@ def samples() -> List[Dict[str, Any]]:
     Condition.wait).  count and value are estimates scaled by the inverse of
     the sampling probability (acquisitions and holds: sample_rate; waits: in
     proportion to their length, see wait_period_ns); samples is how many
-    stacks were actually taken.  thread_id, thread_native_id and thread_name
-    say which thread, task_name which asyncio task (None outside one).  frames
-    lists (file, function, line) from the innermost frame out; omitted counts
-    the frames past max_frames."""
-    return _samples(_lockprof.snapshot(), _lockprof.samples())
-
-
-class _Window:
-    """What one export covers: records, sample rows and the time window."""
-
-    def __init__(self, records, rows, counters, time_ns, duration_ns):
-        self.records, self.rows, self.counters = records, rows, counters
-        self.time_ns, self.duration_ns = time_ns, duration_ns
-
-
-def _current(take: bool = False) -> _Window:
-    """Everything recorded so far; with take=True the tables are reset in the
-    same step, so the next window starts exactly where this one ends."""
-    counts = counters()
-    now = time.monotonic_ns()
-    if take:
-        snap, raw = _lockprof.take()
-    else:
-        snap, raw = _lockprof.snapshot(), _lockprof.samples()
-    win = _Window(_stats(snap), _samples(snap, raw), counts, _window["time_ns"],
-                  max(0, now - _window["mono_ns"]))
-    if take:
-        _window["time_ns"] = time.time_ns()
-        _window["mono_ns"] = now
-    return win
+    stacks were actually taken.  thread_name is the thread's label (the name
+    the program gave it, or the stable part of threading's generated name),
+    with thread_id and thread_native_id while one thread only carried that
+    label; task_name the asyncio task's (None outside one).  frames lists
+    (file, function, line) from the innermost frame out; omitted counts the
+    frames past max_frames."""
+    return profile().samples()
 
 
 def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> None:
@@ -266,29 +243,12 @@ def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> No
     default sample type is delay; collapsed stacks carry the delay at the
     waiting stacks.  With reset=True the recorded data is cleared in the same
     step (periodic export: each file covers the time since the last)."""
-    from . import formats
+    from . import export
 
-    fmt = formats.format_for(path, format)
-    formats.check_writable(path)
+    fmt = export.format_for(path, format)
+    export.check_writable(path)
     _warn_errors()
-    _write_window(path, fmt, _current(take=reset))
-
-
-def _write_window(path: str, fmt: str, win: _Window) -> None:
-    import sys
-
-    from . import formats, pprof
-
-    rate = _window["sample_rate"]
-    prog = " ".join(sys.argv[:1]) or "python"
-    meta = (f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(win.time_ns / 1e9))}, "
-            f"{win.duration_ns / 1e9:.1f} s, sample rate {rate}; contentions and waits "
-            f"exact, acquisitions and hold estimated")
-    formats.write_rows(path, fmt, win.rows, records=win.records, sample_rate=rate,
-                       title=f"lockprof: {prog}", meta=meta, time_nanos=win.time_ns,
-                       duration_nanos=win.duration_ns,
-                       comments=pprof.profile_comments(rate, _window["wait_period_ns"],
-                                                       win.counters))
+    export.write(profile(reset=reset), path, fmt)
 
 
 def counters() -> Dict[str, int]:
@@ -302,19 +262,24 @@ class Profiler:
     def __init__(self, sample_rate: float = DEFAULT_SAMPLE_RATE, *,
                  max_locks: int = DEFAULT_MAX_LOCKS, max_frames: int = DEFAULT_MAX_FRAMES,
                  seed: Optional[int] = None, exclude_modules: Sequence[str] = (),
-                 include_modules: Sequence[str] = ()):
+                 include_modules: Sequence[str] = (), **caps: int):
         self.sample_rate = _check_rate(sample_rate)
         self.max_locks = _check_int("max_locks", max_locks, 1, 2**32 - 1)
         self.max_frames = _check_int("max_frames", max_frames, 1, 512)
         self.exclude_modules = _check_modules("exclude_modules", exclude_modules)
         self.include_modules = _check_modules("include_modules", include_modules)
         self.seed = seed
+        unknown = sorted(set(caps) - set(CAPS))
+        if unknown:
+            raise TypeError(f"Profiler() got unexpected argument(s) {', '.join(unknown)}; "
+                            f"caps: {', '.join(CAPS)}")
+        self.caps = caps
 
     def start(self) -> "Profiler":
         reset()
         start(self.sample_rate, max_locks=self.max_locks, max_frames=self.max_frames,
               seed=self.seed, exclude_modules=self.exclude_modules,
-              include_modules=self.include_modules)
+              include_modules=self.include_modules, **self.caps)
         return self
 
     def stop(self) -> None:
@@ -325,6 +290,9 @@ class Profiler:
 
     def samples(self) -> List[Dict[str, Any]]:
         return samples()
+
+    def profile(self):
+        return profile()
 
     def write(self, path: str, format: Optional[str] = None) -> None:
         write(path, format)

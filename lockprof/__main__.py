@@ -7,7 +7,6 @@ import runpy
 import sys
 
 from lockprof import _config
-from lockprof.report import text_table
 
 
 class _ArgError(Exception):
@@ -75,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str):
-    from lockprof import pprof
+    from lockprof.export import pprof
 
     try:
         return pprof.read(path)
@@ -86,46 +85,35 @@ def _load(path: str):
 def _report(ns) -> int:
     import json
 
-    from lockprof.report import stats_from_samples
+    from lockprof.export import text
 
     prof = _load(ns.file)
-    records = stats_from_samples(prof["samples"])
     if ns.json:
-        print(json.dumps(records, indent=1))
+        # exact: the figures are the run's own counts (lockprof's file), not
+        # estimates from the file's samples
+        print(json.dumps([dict(lk, exact=prof.exact) for lk in prof.active_locks()], indent=1))
         return 0
-    rate = next((c.split("=", 1)[1] for c in prof["comments"]
-                 if c.startswith("lockprof sample_rate=")), "None")
-    print(text_table(records, ns.top, float(rate) if rate != "None" else 0.0, sort=ns.sort))
+    print(text.report(prof, ns.top, sort=ns.sort))
     return 0
 
 
 def _convert(ns) -> int:
-    from lockprof import formats
+    from lockprof import export
 
     prof = _load(ns.file)
-    stem, ext = formats.split_ext(ns.file)
+    stem, ext = export.split_ext(ns.file)
     out = ns.output or (stem if ext else os.path.splitext(ns.file)[0]) + "." + \
-        formats.EXTENSION[ns.format]
+        export.EXTENSION[ns.format]
     try:
-        formats.check_writable(out)
-    except formats.FormatError as e:
+        export.check_writable(out)
+    except export.FormatError as e:
         raise _ArgError(str(e)) from None
     if os.path.exists(out) and not ns.force:
         raise _ArgError(f"{out!r} exists; use --force to overwrite it")
-    formats.write_rows(out, ns.format, prof["samples"],
-                       title=f"lockprof: {os.path.basename(ns.file)}", meta=_meta(prof),
-                       time_nanos=prof["time_nanos"], duration_nanos=prof["duration_nanos"],
-                       comments=prof["comments"])
+    prof.title = f"lockprof: {os.path.basename(ns.file)}"
+    export.write(prof, out, ns.format)
     print(f"lockprof: wrote {out}", file=sys.stderr)
     return 0
-
-
-def _meta(prof) -> str:
-    import time
-
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(prof["time_nanos"] / 1e9))
-    return (f"{when}, {prof['duration_nanos'] / 1e9:.1f} s; "
-            + "; ".join(c for c in prof["comments"] if c.startswith("lockprof sample_rate")))
 
 
 def _flamegraph(ns) -> int:

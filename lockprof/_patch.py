@@ -115,7 +115,10 @@ if hasattr(__import__("os"), "register_at_fork"):
 
 def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
           wait_period_ns: int = 1_000_000, max_samples: int = 1 << 20,
-          exclude=(), include=()) -> None:
+          exclude=(), include=(), caps=None) -> None:
+    """caps: the other table caps (max_stacks, max_sites, max_thread_names,
+    max_task_names) by name."""
+    caps = dict(caps or {})
     global _running
     with _guard:
         _lockprof.set_filters(DEFAULT_EXCLUDE + tuple(exclude), tuple(include))
@@ -123,14 +126,14 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
         _lockprof.set_name_skip(_sync_files())
         if _running:
             _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
-                                max_samples)
+                                max_samples, **caps)
             return
         by_id = _install_all()
         _scan_and_rebind(by_id)
         if _watch not in sys.meta_path:
             sys.meta_path.insert(0, _watch)
         _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
-                                max_samples)
+                                max_samples, **caps)
         _running = True
 
 

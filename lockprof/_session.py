@@ -12,7 +12,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 import lockprof
-from lockprof import formats
+from lockprof import export as formats
 
 _EXT = formats.EXTENSION
 
@@ -38,6 +38,7 @@ class Session:
         self._stop_interval = None
         self.errors: List[str] = []
         self.written: List[str] = []
+        self.last = None
         self.output = self._resolve_output()
 
     # -- where profiles go -------------------------------------------------
@@ -100,7 +101,11 @@ class Session:
                 if self.s["interval"] is not None:
                     os.makedirs(self.output, exist_ok=True)
                 path = self._path()
-                lockprof.write(path, self.fmt, reset=self.s["interval"] is not None)
+                formats.check_writable(path)
+                lockprof._warn_errors()
+                # one model per write: the file and the report at exit read it
+                self.last = lockprof.profile(reset=self.s["interval"] is not None)
+                formats.write(self.last, path, self.fmt)
                 if self.s["interval"] is not None:
                     self._rotate()
                 self.written.append(path)
@@ -116,6 +121,7 @@ class Session:
     def start(self) -> None:
         s = self.s
         lockprof.start(s["sample_rate"], max_frames=s["max_frames"],
+                       **{cap: s[cap] for cap in lockprof.CAPS},
                        exclude_modules=s["exclude_module"], include_modules=s["include_module"])
         atexit.register(self.finish)
         if hasattr(os, "register_at_fork"):
@@ -201,10 +207,9 @@ class Session:
         if path is None:
             return
         child = pid != self.parent_pid
-        if self.report and not child and self.s["interval"] is None:
-            from lockprof.report import text_table
-            print(text_table(lockprof.stats(), self.s["top"], self.s["sample_rate"],
-                             samples=lockprof.samples() if self.fmt != "text" else None),
+        if self.report and not child and self.s["interval"] is None and self.last is not None:
+            from lockprof.export import text
+            print(text.report(self.last, self.s["top"], stacks=0 if self.fmt == "text" else 3),
                   file=sys.stderr)
         if self.announce or child:
             where = (f"{len(self.written)} profiles in {self.output}"

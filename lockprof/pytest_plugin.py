@@ -84,15 +84,16 @@ class LockprofPlugin:
         self.rate = rate
         self.fmt = fmt
         self.started = False
-        self.rows: List[Dict[str, Any]] = []          # every window's rows, merged
+        self.windows: List[Any] = []                  # every window's profile
         self.per_test: List[tuple] = []               # (wait ns, nodeid)
         self.written: List[str] = []
         self.errors: List[str] = []
-        self._pending: List[Dict[str, Any]] = []
+        self._pending: List[Any] = []
 
     @classmethod
     def from_config(cls, config) -> "LockprofPlugin":
-        from lockprof import _config, formats
+        from lockprof import _config
+        from lockprof import export as formats
 
         directory = _choice(config, "lockprof_dir", "lockprof_dir") or None
         enabled = bool(_choice(config, "lockprof", "lockprof")) or directory is not None
@@ -126,11 +127,15 @@ class LockprofPlugin:
         if not self.started and any(i.get_closest_marker("limit_lock_wait") for i in items):
             self._start()    # the marker alone: locks made from here on
 
-    def _take(self) -> List[Dict[str, Any]]:
+    def _take(self) -> List[Any]:
+        """This window's profile (cleared from the tables in the same step);
+        empty windows are not kept."""
         import lockprof
-        win = lockprof._current(take=True)
-        self.rows.extend(win.rows)
-        return win.rows
+        win = lockprof.profile(reset=True)
+        if win.nrows == 0 and not win.active_locks():
+            return []
+        self.windows.append(win)
+        return [win]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
@@ -145,8 +150,9 @@ class LockprofPlugin:
             return
         self._pending = self._take()            # setup's events
         outcome = yield
-        call = self._take()
-        self._pending = self._pending + call
+        windows = self._take()
+        call = _merged(windows)
+        self._pending = self._pending + windows
         try:
             budget = parse_budget(marker.args[0] if marker.args else marker.kwargs.get("budget"))
         except ValueError as e:
@@ -159,26 +165,22 @@ class LockprofPlugin:
     def pytest_runtest_logfinish(self, nodeid, location):
         if not self.started:
             return
-        rows = self._pending + self._take()
+        test = _merged(self._pending + self._take())
         self._pending = []
-        wait = sum(r["value"] for r in rows if r["event"] == "contention")
+        wait = sum(lk["wait_ns"] for lk in test.locks)
         self.per_test.append((wait, nodeid))
         if self.directory is not None:
-            self._write_test(nodeid, rows)
+            self._write_test(nodeid, test)
 
-    def _write_test(self, nodeid: str, rows):
-        import lockprof
-        from lockprof import formats, pprof
+    def _write_test(self, nodeid: str, test):
+        from lockprof import export
 
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:200]
-        path = os.path.join(self.directory, f"{name}.{formats.EXTENSION[self.fmt]}")
+        path = os.path.join(self.directory, f"{name}.{export.EXTENSION[self.fmt]}")
         try:
-            import time
-            formats.write_rows(path, self.fmt, rows, sample_rate=self.rate,
-                               title=f"lockprof: {nodeid}", time_nanos=time.time_ns(),
-                               comments=pprof.profile_comments(self.rate, None,
-                                                               lockprof.counters())
-                               + [f"lockprof test {nodeid}"])
+            test.title = f"lockprof: {nodeid}"
+            test.extra_comments.append(f"lockprof test {nodeid}")
+            export.write(test, path, self.fmt)
             self.written.append(path)
         except Exception as e:     # a profile that cannot be written never fails a test
             self.errors.append(f"{path}: {e}")
@@ -192,12 +194,11 @@ class LockprofPlugin:
     def pytest_terminal_summary(self, terminalreporter):
         if not self.enabled or not self.started:
             return
-        from lockprof.report import stats_from_samples, text_table
+        from lockprof.export import text
 
         tr = terminalreporter
         tr.section("lockprof: lock contention")
-        records = stats_from_samples(self.rows)
-        tr.write_line(text_table(records, 10, self.rate, samples=self.rows))
+        tr.write_line(text.report(_merged(self.windows), 10))
         slow = sorted((t for t in self.per_test if t[0] > 0), reverse=True)[:5]
         if slow:
             tr.write_line("")
@@ -210,25 +211,36 @@ class LockprofPlugin:
             tr.write_line(f"lockprof: could not write {err}")
 
 
-def over_budget(rows, budget_ns: float) -> Optional[str]:
-    """The failure message when the rows' total wait exceeds the budget."""
-    from lockprof.report import hot_stacks, short_name
+def _merged(windows):
+    """One profile of the windows (an empty one when there are none)."""
+    import lockprof
+    from lockprof.export import Profile
 
-    by_lock: Dict[str, List[float]] = {}
-    total = 0.0
-    for r in rows:
-        if r["event"] == "contention":
-            total += r["value"]
-            w = by_lock.setdefault(r["lock_name"], [0.0, 0, r["kind"]])
-            w[0] += r["value"]
-            w[1] += r["count"]
+    if len(windows) == 1:
+        return windows[0]
+    p = Profile.merge(windows)
+    if not windows:
+        p.sample_rate = lockprof._window["sample_rate"]
+    return p
+
+
+def over_budget(test, budget_ns: float) -> Optional[str]:
+    """The failure message when a test's total wait (exact) exceeds the budget."""
+    from lockprof.export import text
+
+    total = sum(lk["wait_ns"] for lk in test.locks)
     if total <= budget_ns:
         return None
     lines = [f"lock wait {_fmt_ns(total)} exceeds the limit_lock_wait budget of "
              f"{_fmt_ns(budget_ns)}"]
-    for name, (wait, count, kind) in sorted(by_lock.items(), key=lambda kv: -kv[1][0])[:3]:
-        lines.append(f"  {_fmt_ns(wait)} in {count:.0f} waits on {short_name(name)} ({kind})")
-        lines += [f"    {s}" for s in hot_stacks(rows, name, n=1, depth=4)]
+    worst = sorted(range(len(test.locks)), key=lambda i: -test.locks[i]["wait_ns"])[:3]
+    for i in worst:
+        lk = test.locks[i]
+        if not lk["wait_ns"]:
+            continue
+        lines.append(f"  {_fmt_ns(lk['wait_ns'])} in {lk['contentions']:.0f} waits on "
+                     f"{text.shown_name(lk)} ({lk['kind']})")
+        lines += [f"    {s}" for s in text.hot_stacks(test, i, n=1, depth=4)]
     return "\n".join(lines)
 
 

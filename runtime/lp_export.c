@@ -726,7 +726,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     uint32_t nrows = r_lock.n;
     result = Py_BuildValue(
-        "{s:O,s:O,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:O}",
+        "{s:O,s:O,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:O}",
         "locks", locks, "frames", x.frames,
         "stack_offsets", bytes_of(x.offsets.v, x.offsets.n * sizeof(uint32_t)),
         "stack_frames", bytes_of(x.flat.v, x.flat.n * sizeof(uint32_t)),

@@ -221,8 +221,8 @@ def test_max_frames_option(tmp_path):
               "import threading\ndef a(l):\n  b(l)\ndef b(l):\n  c(l)\ndef c(l):\n  l.acquire(); l.release()\n"
               "l = threading.Lock()\na(l)\n"], tmp_path)
     assert r.returncode == 0, r.stderr
-    from lockprof import pprof
-    rows = [s for s in pprof.read(str(tmp_path / "p.pprof"))["samples"] if s["event"] == "acquire"]
+    from lockprof.export import pprof
+    rows = [s for s in pprof.read(str(tmp_path / "p.pprof")).samples() if s["event"] == "acquire"]
     assert [f[1] for f in rows[0]["frames"]] == ["c", "b"] and rows[0]["omitted"] >= 2
     r = _run(["run", "--max-frames", "0", "-c", "pass"], tmp_path)
     assert r.returncode == 2 and "--max-frames: '0' is not an integer in [1, 512]" in r.stderr

@@ -127,8 +127,8 @@ def test_profiling_recovers_after_faults(tmp_path):
     recs = [r for r in lockprof.stats() if r["var"] == "healthy"]
     assert len(recs) == 1 and recs[0]["acquisitions"] == 3
     lockprof.write(str(tmp_path / "p.pprof"))
-    from lockprof import pprof
-    rows = pprof.read(str(tmp_path / "p.pprof"))["samples"]
+    from lockprof.export import pprof
+    rows = pprof.read(str(tmp_path / "p.pprof")).samples()
     assert sum(r["count"] for r in rows if r["event"] == "acquire") == 3
 
 

@@ -13,7 +13,8 @@ import zlib
 import pytest
 
 import lockprof
-from lockprof import formats
+from lockprof.export import html as html_writer
+from lockprof.export import model
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 if BROWSER is None and os.environ.get("LOCKPROF_REQUIRE_BROWSER"):
@@ -77,14 +78,21 @@ def test_page_is_self_contained(tmp_path):
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
     assert "@import" not in page and "url(" not in page
     data = json.loads(re.search(r'id="lockprof-data">(.*?)</script>', page, re.S).group(1))
-    assert [m["key"] for m in data["measures"]] == list(formats.MEASURES)
+    assert [m["key"] for m in data["measures"]] == list(model.MEASURES)
 
 
 def test_hostile_names_cannot_break_out_of_the_page():
-    rows = [{"event": "contention", "count": 1, "value": 10, "omitted": 0,
-             "frames": [("</script><script>alert(1)</script>", "<!--x", 3)],
-             "lock_name": "a</script>b"}]
-    page = formats.html(rows, title="</title><b>x")
+    from array import array
+    p = model.Profile(
+        locks=[{"name": "a</script>b", "kind": "threading.Lock", "contentions": 1,
+                "wait_ns": 10}],
+        frames=[("</script><script>alert(1)</script>", "<!--x", 3)],
+        stack_offsets=array("I", [0, 1]), stack_frames=array("I", [0]),
+        rows={"lock": array("I", [0]), "stack": array("I", [0]), "event": array("B", [1]),
+              "thread": array("I", [model.NONE]), "task": array("I", [model.NONE]),
+              "samples": array("Q", [1]), "count": array("d", [1]), "value": array("d", [10])},
+        threads=[], thread_ids=[], tasks=[], exact=True)
+    page = html_writer.render(p, title="</title><b>x")
     body = page.split('id="lockprof-data">', 1)[1]
     assert body.index("</script>") > body.index("alert(1)")   # the data ends at ours
     assert "<title>&lt;/title&gt;&lt;b&gt;x</title>" in page

@@ -162,13 +162,13 @@ def test_report_reads_a_go_mutex_profile(tmp_path):
     out = tmp_path / "mutex.pprof"
     subprocess.run([GO, "run", str(src), str(out)], env=env, check=True, timeout=300,
                    capture_output=True)
-    from lockprof import pprof
+    from lockprof.export import pprof
     prof = pprof.read(str(out))
-    delay = sum(r["value"] for r in prof["samples"] if r["event"] == "contention")
+    delay = sum(r["value"] for r in prof.samples() if r["event"] == "contention")
     top = _go("-top", "-sample_index=delay", "-unit=ms", str(out))
     go_ms = float(re.search(r"accounting for ([0-9.]+)ms", top).group(1))
     assert delay > 0 and abs(delay / 1e6 - go_ms) < 0.01 + go_ms * 1e-4
-    assert any(r["frames"] and r["frames"][0][1].startswith("sync.") for r in prof["samples"])
+    assert any(r["frames"] and r["frames"][0][1].startswith("sync.") for r in prof.samples())
     import sys
     r = subprocess.run([sys.executable, "-m", "lockprof", "report", str(out)],
                        capture_output=True, text=True, timeout=60)
@@ -176,7 +176,7 @@ def test_report_reads_a_go_mutex_profile(tmp_path):
 
 
 def test_report_refuses_a_profile_without_lock_types(tmp_path):
-    from lockprof import pprof
+    from lockprof.export import pprof
     path = tmp_path / "cpu.pprof"
     # a cpu-like profile: sample types samples/count, cpu/nanoseconds
     body = bytearray()

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from lockprof import pprof
+from lockprof.export import pprof
 
 CONTENDED = '''
 import threading, time
@@ -86,8 +86,8 @@ def test_per_test_profiles(pytester):
     d = pytester.path / "profiles"
     files = sorted(os.listdir(d))
     assert files == ["test_locks.py_test_gate.pprof", "test_locks.py_test_quiet.pprof"]
-    gate = pprof.read(str(d / files[0]))["samples"]
-    quiet = pprof.read(str(d / files[1]))["samples"]
+    gate = pprof.read(str(d / files[0])).samples()
+    quiet = pprof.read(str(d / files[1])).samples()
     names = lambda rows: {r["lock_name"].rsplit(":", 1)[-1] for r in rows}  # noqa: E731
     assert names(gate) == {"gate"} and names(quiet) == {"calm"}
     assert sum(r["count"] for r in gate if r["event"] == "contention") == 1

@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 import lockprof
-from lockprof import _config, pprof
+from lockprof import _config
+from lockprof.export import pprof
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(lockprof.__file__)))
 
@@ -31,7 +32,7 @@ def _run(args, cwd, env=None, timeout=120):
 
 def _acquisitions(path, var):
     """Acquisitions of the lock named `var` in a pprof file (rate 1: exact)."""
-    rows = pprof.read(str(path))["samples"]
+    rows = pprof.read(str(path)).samples()
     return sum(s["count"] for s in rows
                if s["event"] == "acquire" and s["lock_name"].endswith(":" + var))
 
@@ -200,7 +201,7 @@ def test_interval_export_covers_every_event_once(tmp_path):
     # windows are disjoint and complete: their sum is the exact count
     assert sum(_acquisitions(f, "tick") for f in files) == n
     # each covers its own slice of time
-    starts = [pprof.read(f)["time_nanos"] for f in files]
+    starts = [pprof.read(f).time_nanos for f in files]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
 
 
@@ -270,7 +271,8 @@ def test_exclusions_add_to_the_builtin_ones(tmp_path):
 BAD_ENV = {
     "sample_rate": "1.5", "format": "svg", "max_frames": "0", "interval": "0", "keep": "0",
     "exclude_module": "not-a-module", "include_module": "a..b", "top": "-1",
-    "quiet": "maybe", "force": "2",
+    "quiet": "maybe", "force": "2", "max_locks": "0", "max_stacks": "many",
+    "max_samples": "-5", "max_sites": "1.5", "max_thread_names": "0", "max_task_names": "x",
 }
 
 
@@ -292,7 +294,7 @@ def test_every_option_has_an_env_twin_checked_before_the_program_runs(tmp_path, 
     ("LOCKPROF_FORMAT", "text", lambda r, d: glob.glob(os.path.join(d, "lockprof-c.*.txt"))),
     ("LOCKPROF_FORCE", "yes", lambda r, d: r.returncode == 0),
     ("LOCKPROF_MAX_FRAMES", "1", lambda r, d: all(
-        len(s["frames"]) == 1 for s in pprof.read(os.path.join(d, "x.pprof"))["samples"])),
+        len(s["frames"]) == 1 for s in pprof.read(os.path.join(d, "x.pprof")).samples())),
 ])
 def test_env_twins_take_effect(tmp_path, name, value, check):
     (tmp_path / "x.pprof").write_bytes(b"")
@@ -337,7 +339,7 @@ def test_flamegraph_command(tmp_path):
     import json
     data = json.loads(re.search(r'id="lockprof-data">(.*?)</script>', page, re.S).group(1))
     delay = next(m for m in data["measures"] if m["key"] == "delay")
-    wait = sum(s["value"] for s in pprof.read(str(tmp_path / "p.pprof"))["samples"]
+    wait = sum(s["value"] for s in pprof.read(str(tmp_path / "p.pprof")).samples()
                if s["event"] == "contention")
     assert delay["total"] == pytest.approx(wait, abs=2) and delay["total"] > 20e6
     r = _run(["flamegraph", "p.pprof"], tmp_path)
@@ -408,4 +410,4 @@ def test_wheel_build_ships_the_hook(tmp_path):
     pth = (tmp_path / "lockprof-autostart.pth").read_text()
     assert pth.startswith("import ") and "LOCKPROF_ENABLED" in pth
     assert (tmp_path / "lockprof" / "_autostart.py").exists()
-    assert (tmp_path / "lockprof" / "flamegraph.html").exists()
+    assert (tmp_path / "lockprof" / "export" / "flamegraph.html").exists()

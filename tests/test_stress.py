@@ -91,9 +91,9 @@ def test_hammer_while_controlling(tmp_path):
         lk.release()
     lockprof.stop()
     # the profile is readable and consistent after all that
-    from lockprof import pprof
+    from lockprof.export import pprof
     lockprof.write(str(tmp_path / "final.pprof"))
-    rows = pprof.read(str(tmp_path / "final.pprof"))["samples"]
+    rows = pprof.read(str(tmp_path / "final.pprof")).samples()
     assert all(r["count"] >= 0 and r["value"] >= 0 for r in rows)
 
 

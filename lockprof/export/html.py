@@ -1,0 +1,64 @@
+"""A self-contained flame graph page (no network): one view per measure,
+zoom by click, regex search, hover details; state in the URL fragment
+(``#measure=hold&search=queue``)."""
+from __future__ import annotations
+
+import html as _html
+import json
+from importlib import resources
+from typing import Dict, List, Tuple
+
+from ._files import write_text
+from .model import EVENT_ID, MEASURES, LABELS, Profile
+
+
+def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
+    frames: List[List] = [[func, file, line, "py" if file else "omitted"]
+                          for file, func, line in p.frames]
+    lock_frame = []
+    for lk in p.locks:
+        name = lk["name"]
+        short = name.replace("\\", "/").rsplit("/", 1)[-1]
+        lock_frame.append(len(frames))
+        frames.append([f"[{short}]", name, 0, "lock"])
+    stacks: Dict[int, Tuple[int, ...]] = {}
+    ev, st, lk_col = p.rows["event"], p.rows["stack"], p.rows["lock"]
+    measures = []
+    for measure, (event, column, unit) in MEASURES.items():
+        e = EVENT_ID[event]
+        values = p.rows[column]
+        totals: Dict[Tuple[int, ...], int] = {}
+        for i in range(p.nrows):
+            if ev[i] != e:
+                continue
+            w = int(round(values[i]))
+            if w <= 0:
+                continue
+            s = st[i]
+            root_first = stacks.get(s)
+            if root_first is None:
+                root_first = stacks[s] = tuple(reversed(p.stack_ids(s)))
+            key = root_first + (lock_frame[lk_col[i]],)
+            totals[key] = totals.get(key, 0) + w
+        rows = [[list(k), v] for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+        measures.append({"key": measure, "label": LABELS[measure], "unit": unit,
+                         "total": sum(totals.values()), "stacks": rows})
+    data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures},
+                      separators=(",", ":"))
+    # inside <script>, "</" could end the element early; JSON allows "<\/"
+    data = data.replace("</", "<\\/").replace("<!--", "<\\u0021--")
+    page = resources.files(__package__).joinpath("flamegraph.html").read_text(encoding="utf-8")
+    head, tail = page.split("__DATA__")
+    return head.replace("__TITLE__", _html.escape(title)) + data + tail
+
+
+def write(p: Profile, path: str) -> None:
+    write_text(path, render(p, title=p.title, meta=meta_line(p)))
+
+
+def meta_line(p: Profile) -> str:
+    import time
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.time_nanos / 1e9))
+    figures = ("contentions and waits exact, acquisitions and hold estimated" if p.exact
+               else "figures estimated from the file's samples")
+    return f"{when}, {p.duration_nanos / 1e9:.1f} s, sample rate {p.sample_rate}; {figures}"

@@ -1,0 +1,335 @@
+"""The profile model: one value every writer reads.
+
+A Profile is built once per export, from the runtime's tables
+(Profile.from_snapshot, on what _lockprof.export() returns) or from a pprof
+file (lockprof.export.pprof.read).  It holds:
+
+- locks: one dict per lock name and kind (the locks of one creation line and
+  variable are one entry, `locks` says how many), with the exact figures
+  (contentions, timeouts, wait_ns, max_wait_ns, cond_waits, cond_wait_ns)
+  and the estimated ones (acquisitions, hold_ns);
+- frames: (file, function, line) tuples, each once;
+- stacks: a flat array of frame indices (leaf first) cut by stack_offsets;
+- rows: columns (lock, stack, event, thread, task, samples, count, value),
+  one entry per (lock, stack, event, thread label, task label);
+- threads / tasks: the labels the thread and task columns index (None where
+  a row has none), thread_ids: the one thread a label stood for, or 0;
+- the time window, the settings and the runtime's counters.
+
+Rows are never dicts inside the model; samples() makes them for the Python
+API and for tests.  Writers only read a Profile; none imports another.
+"""
+from __future__ import annotations
+
+import re
+from array import array
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+EVENTS: Tuple[str, ...] = ("acquire", "contention", "hold", "cond_wait", "delay")
+EVENT_ID = {e: i for i, e in enumerate(EVENTS)}
+
+# measure -> (event, column, unit)
+MEASURES: Dict[str, Tuple[str, str, str]] = {
+    "delay": ("contention", "value", "nanoseconds"),
+    "contentions": ("contention", "count", "none"),
+    "caused-delay": ("delay", "value", "nanoseconds"),
+    "acquisitions": ("acquire", "count", "none"),
+    "hold": ("hold", "value", "nanoseconds"),
+    "cond-wait": ("cond_wait", "value", "nanoseconds"),
+}
+LABELS = {"delay": "wait", "contentions": "contentions", "caused-delay": "wait caused (releaser)",
+          "acquisitions": "acquisitions", "hold": "hold", "cond-wait": "Condition.wait"}
+
+NONE = 0xFFFFFFFF          # a row with no thread or task label
+
+# the per-lock fields, in the order the runtime's export gives them
+_LOCK_FIELDS = ("kind", "file", "line", "function", "var", "locks", "acquisition_samples",
+                "acquisitions", "contentions", "timeouts", "wait_ns", "max_wait_ns",
+                "hold_samples", "hold_ns", "cond_waits", "cond_wait_ns")
+EXACT_FIELDS = ("contentions", "timeouts", "wait_ns", "max_wait_ns", "cond_waits",
+                "cond_wait_ns", "locks")
+
+# the runtime's caps: counter of what was dropped -> (cap, what it bounds,
+# the setting that raises it)
+CAPS: Dict[str, Tuple[str, str]] = {
+    "dropped_locks": ("max_locks", "locks past the cap were folded into one <other> record"),
+    "dropped_stacks": ("max_stacks", "events whose stack did not fit kept no stack"),
+    "dropped_samples": ("max_samples", "stack samples whose row did not fit were dropped"),
+    "dropped_sites": ("max_sites", "locks whose creation site did not fit have none"),
+    "dropped_thread_names": ("max_thread_names",
+                             "events of threads past the cap are labelled <other>"),
+    "dropped_task_names": ("max_task_names",
+                           "events of tasks past the cap are labelled <other>"),
+}
+COMMENT_COUNTERS = tuple(CAPS) + ("errors", "name_errors", "foreign_locks") + tuple(
+    cap for cap, _ in CAPS.values())
+
+
+def lock_name(file: Optional[str], line: int, var: Optional[str]) -> str:
+    site = f"{file}:{line}" if file else "<unknown>"
+    return f"{site}:{var}" if var else site
+
+
+def _u32(data: bytes = b"") -> memoryview:
+    return memoryview(data).cast("I") if data else memoryview(array("I"))
+
+
+class Profile:
+    """One export's data; see the module's docstring."""
+
+    def __init__(self, *, locks: List[Dict[str, Any]], frames: List[Tuple[str, str, int]],
+                 stack_offsets: Sequence[int], stack_frames: Sequence[int],
+                 rows: Dict[str, Sequence], threads: List[Optional[str]],
+                 thread_ids: List[int], tasks: List[Optional[str]], exact: bool,
+                 thread_native_ids: Optional[List[int]] = None,
+                 time_nanos: int = 0, duration_nanos: int = 0,
+                 sample_rate: Optional[float] = None, wait_period_ns: Optional[int] = None,
+                 counters: Optional[Dict[str, int]] = None, comments: Sequence[str] = (),
+                 title: str = "lockprof"):
+        self.locks = locks
+        self.frames = frames
+        self.stack_offsets = stack_offsets
+        self.stack_frames = stack_frames
+        self.rows = rows
+        self.threads = threads
+        self.thread_ids = thread_ids
+        self.thread_native_ids = thread_native_ids or [0] * len(thread_ids)
+        self.tasks = tasks
+        self.exact = exact
+        self.time_nanos = time_nanos
+        self.duration_nanos = duration_nanos
+        self.sample_rate = sample_rate
+        self.wait_period_ns = wait_period_ns
+        self.counters = dict(counters or {})
+        self.extra_comments = list(comments)
+        self.title = title
+
+    # -- building --------------------------------------------------------
+    @classmethod
+    def from_snapshot(cls, snap: Dict[str, Any], **meta) -> "Profile":
+        """From _lockprof.export()'s dict: columns stay the bytes it made."""
+        locks = []
+        for t in snap["locks"]:
+            d = dict(zip(_LOCK_FIELDS, t))
+            d["name"] = lock_name(d["file"], d["line"], d["var"])
+            d["site"] = f"{d['file']}:{d['line']}" if d["file"] else "<unknown>"
+            locks.append(d)
+        rows = {"lock": _u32(snap["row_lock"]), "stack": _u32(snap["row_stack"]),
+                "event": memoryview(snap["row_event"]),
+                "thread": _u32(snap["row_thread"]), "task": _u32(snap["row_task"]),
+                "samples": memoryview(snap["row_samples"]).cast("Q") if snap["row_samples"]
+                else memoryview(array("Q")),
+                "count": memoryview(snap["row_count"]).cast("d") if snap["row_count"]
+                else memoryview(array("d")),
+                "value": memoryview(snap["row_value"]).cast("d") if snap["row_value"]
+                else memoryview(array("d"))}
+        return cls(locks=locks, frames=snap["frames"],
+                   stack_offsets=_u32(snap["stack_offsets"]),
+                   stack_frames=_u32(snap["stack_frames"]), rows=rows,
+                   threads=snap["threads"], thread_ids=[i for i, _ in snap["thread_ids"]],
+                   thread_native_ids=[n for _, n in snap["thread_ids"]],
+                   tasks=snap["tasks"], exact=True, counters=snap["counters"], **meta)
+
+    # -- reading ---------------------------------------------------------
+    @property
+    def nrows(self) -> int:
+        return len(self.rows["lock"])
+
+    @property
+    def nstacks(self) -> int:
+        return len(self.stack_offsets) - 1
+
+    def stack(self, i: int) -> List[Tuple[str, str, int]]:
+        """Stack i's frames, innermost first."""
+        a, z = self.stack_offsets[i], self.stack_offsets[i + 1]
+        frames = self.frames
+        return [frames[f] for f in self.stack_frames[a:z]]
+
+    def stack_ids(self, i: int) -> Sequence[int]:
+        return self.stack_frames[self.stack_offsets[i]:self.stack_offsets[i + 1]]
+
+    def comments(self) -> List[str]:
+        """The settings, and every cap with what it dropped (never silent)."""
+        out = [f"lockprof sample_rate={self.sample_rate}",
+               f"lockprof wait_period_ns={self.wait_period_ns}"]
+        for key in COMMENT_COUNTERS:
+            if key in self.counters:
+                out.append(f"lockprof {key}={self.counters[key]}")
+        return out + [c for c in self.extra_comments if c not in out]
+
+    def cap_notes(self) -> List[str]:
+        """One line per cap that dropped or folded something."""
+        out = []
+        for key, (cap, what) in CAPS.items():
+            n = self.counters.get(key, 0)
+            if n:
+                limit = self.counters.get(cap)
+                out.append(f"{key}={n}: {cap}={limit} was reached; {what} "
+                           f"(raise it: lockprof.start({cap}=...))")
+        n = self.counters.get("errors", 0) + self.counters.get("name_errors", 0)
+        if n:
+            out.append(f"errors={n}: failures inside profiling were absorbed; some events or "
+                       f"names may be missing")
+        return out
+
+    def totals(self) -> Dict[str, float]:
+        """measure -> the sum of its column over the rows."""
+        ev, cnt, val = self.rows["event"], self.rows["count"], self.rows["value"]
+        out = {}
+        for measure, (event, col, _) in MEASURES.items():
+            e = EVENT_ID[event]
+            column = cnt if col == "count" else val
+            out[measure] = sum(column[i] for i in range(len(ev)) if ev[i] == e)
+        return out
+
+    def samples(self) -> List[Dict[str, Any]]:
+        """The rows as dicts (lockprof.samples()' shape)."""
+        return list(self.iter_samples())
+
+    def iter_samples(self) -> Iterator[Dict[str, Any]]:
+        r = self.rows
+        stacks: Dict[int, Tuple[List, int]] = {}
+        for i in range(self.nrows):
+            s = r["stack"][i]
+            got = stacks.get(s)
+            if got is None:
+                frames = self.stack(s)
+                omitted = 0
+                if frames and not frames[-1][0]:
+                    m = re.fullmatch(r"<(\d+) frames omitted>", frames[-1][1])
+                    if m:
+                        omitted = int(m.group(1))
+                        frames = frames[:-1]
+                got = stacks[s] = (frames, omitted)
+            lock = self.locks[r["lock"][i]]
+            th, tk = r["thread"][i], r["task"][i]
+            tid = self.thread_ids[th] if th < len(self.thread_ids) else 0
+            nid = self.thread_native_ids[th] if th < len(self.thread_native_ids) else 0
+            yield {"lock_id": r["lock"][i], "kind": lock["kind"], "lock_name": lock["name"],
+                   "site": lock.get("site"), "event": EVENTS[r["event"][i]],
+                   "samples": r["samples"][i], "count": r["count"][i], "value": r["value"][i],
+                   "frames": list(got[0]), "omitted": got[1],
+                   "thread_id": tid or None, "thread_native_id": nid or None,
+                   "thread_name": self.threads[th] if th < len(self.threads) else None,
+                   "task_name": self.tasks[tk] if tk < len(self.tasks) else None}
+
+    def active_locks(self) -> List[Dict[str, Any]]:
+        """The locks with any event in this profile."""
+        return [lk for lk in self.locks
+                if lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
+                or lk.get("acquisition_samples")]
+
+    # -- combining -------------------------------------------------------
+    @classmethod
+    def merge(cls, profiles: Sequence["Profile"], **meta) -> "Profile":
+        """One profile of several (the windows of one process, or the
+        per-test windows of a suite): locks by name and kind with their
+        figures summed, frames, stacks, labels and rows re-interned."""
+        locks: List[Dict[str, Any]] = []
+        lock_ix: Dict[Tuple, int] = {}
+        frames: List[Tuple[str, str, int]] = []
+        frame_ix: Dict[Tuple, int] = {}
+        offsets, flat = array("I", [0]), array("I")
+        stack_ix: Dict[Tuple[int, ...], int] = {}
+        threads: List[Optional[str]] = []
+        thread_ids: List[int] = []
+        thread_ix: Dict[Any, int] = {}
+        tasks: List[Optional[str]] = []
+        task_ix: Dict[Any, int] = {}
+        rows: Dict[Tuple, List[float]] = {}
+        counters: Dict[str, int] = {}
+        exact = all(p.exact for p in profiles)
+        for p in profiles:
+            lmap = []
+            for lk in p.locks:
+                k = (lk["name"], lk["kind"])
+                j = lock_ix.get(k)
+                if j is None:
+                    lock_ix[k] = len(locks)
+                    locks.append(dict(lk))
+                    lmap.append(len(locks) - 1)
+                    continue
+                lmap.append(j)
+                g = locks[j]
+                for f in ("locks", "acquisition_samples", "acquisitions", "contentions",
+                          "timeouts", "wait_ns", "hold_samples", "hold_ns", "cond_waits",
+                          "cond_wait_ns"):
+                    if g.get(f) is not None or lk.get(f) is not None:
+                        g[f] = (g.get(f) or 0) + (lk.get(f) or 0)
+                if lk.get("max_wait_ns") is not None:
+                    g["max_wait_ns"] = max(g.get("max_wait_ns") or 0, lk["max_wait_ns"])
+            fmap = []
+            for fr in p.frames:
+                j = frame_ix.get(fr)
+                if j is None:
+                    j = frame_ix[fr] = len(frames)
+                    frames.append(fr)
+                fmap.append(j)
+            smap = []
+            for s in range(p.nstacks):
+                key = tuple(fmap[f] for f in p.stack_ids(s))
+                j = stack_ix.get(key)
+                if j is None:
+                    j = stack_ix[key] = len(offsets) - 1
+                    flat.extend(key)
+                    offsets.append(len(flat))
+                smap.append(j)
+            thmap = []
+            for i, name in enumerate(p.threads):
+                tid = p.thread_ids[i] if i < len(p.thread_ids) else 0
+                j = thread_ix.get(name)
+                if j is None:
+                    j = thread_ix[name] = len(threads)
+                    threads.append(name)
+                    thread_ids.append(tid)
+                elif thread_ids[j] != tid:
+                    thread_ids[j] = 0
+                thmap.append(j)
+            tkmap = []
+            for name in p.tasks:
+                j = task_ix.get(name)
+                if j is None:
+                    j = task_ix[name] = len(tasks)
+                    tasks.append(name)
+                tkmap.append(j)
+            r = p.rows
+            for i in range(p.nrows):
+                th, tk = r["thread"][i], r["task"][i]
+                key = (lmap[r["lock"][i]], smap[r["stack"][i]], r["event"][i],
+                       thmap[th] if th < len(thmap) else NONE,
+                       tkmap[tk] if tk < len(tkmap) else NONE)
+                acc = rows.get(key)
+                if acc is None:
+                    rows[key] = [r["samples"][i], r["count"][i], r["value"][i]]
+                else:
+                    acc[0] += r["samples"][i]
+                    acc[1] += r["count"][i]
+                    acc[2] += r["value"][i]
+            for k, v in p.counters.items():
+                if k.startswith("max_"):
+                    counters[k] = v
+                elif isinstance(v, int):
+                    counters[k] = counters.get(k, 0) + v
+        cols = {"lock": array("I"), "stack": array("I"), "event": array("B"),
+                "thread": array("I"), "task": array("I"), "samples": array("Q"),
+                "count": array("d"), "value": array("d")}
+        for (lk, st, ev, th, tk), (n, c, v) in rows.items():
+            cols["lock"].append(lk)
+            cols["stack"].append(st)
+            cols["event"].append(ev)
+            cols["thread"].append(th)
+            cols["task"].append(tk)
+            cols["samples"].append(int(n))
+            cols["count"].append(c)
+            cols["value"].append(v)
+        first = profiles[0] if profiles else None
+        start = min((p.time_nanos for p in profiles if p.time_nanos), default=0)
+        end = max((p.time_nanos + p.duration_nanos for p in profiles if p.time_nanos),
+                  default=0)
+        meta.setdefault("time_nanos", start)
+        meta.setdefault("duration_nanos", max(0, end - start))
+        meta.setdefault("sample_rate", first.sample_rate if first else None)
+        meta.setdefault("wait_period_ns", first.wait_period_ns if first else None)
+        return cls(locks=locks, frames=frames, stack_offsets=offsets, stack_frames=flat,
+                   rows=cols, threads=threads, thread_ids=thread_ids, tasks=tasks,
+                   exact=exact, counters=counters, **meta)

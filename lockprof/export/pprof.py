@@ -1,0 +1,360 @@
+"""pprof (profile.proto, gzip-compressed): the writer and the reader.
+
+The writer hands the model's columns to the runtime's C encoder
+(_lockprof.encode_pprof) and compresses its bytes; nothing per row runs in
+Python.  Besides the samples, a lockprof file carries each lock's exact
+figures in the Profile message's field 1000 (one message per lock), which
+pprof readers skip as an unknown field: `go tool pprof` totals are those of
+the samples alone.  The reader rebuilds the same model from a file, lockprof's
+or another program's (Go's mutex and block profiles): a foreign file has no
+exact section, and its figures are estimates from its samples.
+"""
+from __future__ import annotations
+
+import gzip
+import zlib
+from array import array
+from typing import Any, Dict, List, Optional, Tuple
+
+from .. import _lockprof
+from ._files import write_atomic
+from .model import EVENT_ID, NONE, Profile, lock_name
+
+# (type, unit), in the order of the C encoder's columns: Go's names for the
+# first two, so that `go tool pprof -contentions / -total_delay` work as on
+# Go's profiles
+SAMPLE_TYPES: Tuple[Tuple[str, str], ...] = (
+    ("contentions", "count"),           # at the stack that waited
+    ("delay", "nanoseconds"),
+    ("caused-contentions", "count"),    # at the release that ended the wait
+    ("caused-delay", "nanoseconds"),
+    ("acquisitions", "count"),
+    ("hold", "nanoseconds"),            # at the releasing stack
+    ("cond-waits", "count"),
+    ("cond-wait", "nanoseconds"),
+)
+DEFAULT_SAMPLE_TYPE = "delay"
+# event -> (column of its count, column of its nanoseconds or None)
+COLUMNS = {
+    "contention": (0, 1),
+    "delay": (2, 3),
+    "acquire": (4, None),
+    "hold": (None, 5),
+    "cond_wait": (6, 7),
+}
+# the fields of one lock in the exact section, numbered from 1
+EXACT_SECTION = 1000
+_EXACT = ("name", "kind", "file", "line", "function", "var", "locks", "acquisition_samples",
+          "acquisitions", "contentions", "timeouts", "wait_ns", "max_wait_ns", "hold_samples",
+          "hold_ns", "cond_waits", "cond_wait_ns")
+_EXACT_STR = {"name", "kind", "file", "function", "var"}
+GZIP_LEVEL = 1
+
+
+class ProfileError(ValueError):
+    """A file that is not a readable pprof lock profile (the message says why)."""
+
+
+def _exact_tuple(lk: Dict[str, Any]) -> tuple:
+    out = []
+    for f in _EXACT:
+        v = lk.get(f)
+        if f in _EXACT_STR:
+            out.append(v if v else None)
+        elif v is None:
+            out.append(None)
+        else:
+            out.append(int(round(v)))
+    return tuple(out)
+
+
+def encode(p: Profile) -> bytes:
+    """The uncompressed profile.proto bytes of a profile."""
+    r = p.rows
+    return _lockprof.encode_pprof(
+        list(p.frames), p.stack_offsets, p.stack_frames, r["lock"], r["stack"], r["event"],
+        r["thread"], r["task"], r["count"], r["value"],
+        [(lk["name"], lk["kind"] or "<unknown>") for lk in p.locks], list(p.threads),
+        [int(t or 0) for t in p.thread_ids], list(p.tasks), p.comments(),
+        int(p.time_nanos), int(p.duration_nanos),
+        [_exact_tuple(lk) for lk in p.locks] if p.exact else None)
+
+
+def compress(data: bytes) -> bytes:
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)    # gzip framing, mtime 0
+    return c.compress(data) + c.flush()
+
+
+def dumps(p: Profile) -> bytes:
+    return compress(encode(p))
+
+
+def write(p: Profile, path: str) -> None:
+    """A gzip-compressed pprof file; a temporary name is renamed into place,
+    so a crash never leaves half a profile."""
+    write_atomic(path, dumps(p))
+
+
+# -- reading ------------------------------------------------------------------
+
+def _read_varint(buf: bytes, i: int) -> Tuple[int, int]:
+    shift = result = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ProfileError("truncated varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """(field, wire type, value) of one message; value is int or bytes."""
+    i, n = 0, len(buf)
+    while i < n:
+        key, i = _read_varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(buf, i)
+        elif wire == 2:
+            size, i = _read_varint(buf, i)
+            if i + size > n:
+                raise ProfileError("truncated field")
+            value, i = buf[i:i + size], i + size
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            raise ProfileError(f"unsupported wire type {wire}")
+        yield field, wire, value
+
+
+def _ints(value, wire) -> List[int]:
+    if wire == 0:
+        return [value]
+    out, i = [], 0
+    while i < len(value):
+        v, i = _read_varint(value, i)
+        out.append(v)
+    return out
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def read(path: str) -> Profile:
+    """A pprof file as a Profile.  Raises ProfileError, naming the file, on
+    anything that is not a lock profile or is damaged."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ProfileError(f"cannot read {path!r}: {e.strerror}") from None
+    return loads(raw, path)
+
+
+def loads(raw: bytes, path: str = "<bytes>") -> Profile:
+    try:
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise ProfileError(f"{path!r} is not a valid pprof file: {e}") from None
+    try:
+        return _decode(data)
+    except (ProfileError, IndexError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path!r} is not a valid pprof file: {e}") from None
+
+
+def _decode(data: bytes) -> Profile:
+    strings: List[str] = []
+    types, samples_raw, exact_raw, comments = [], [], [], []
+    locations: Dict[int, List[Tuple[int, int]]] = {}
+    functions: Dict[int, Tuple[int, int]] = {}
+    meta: Dict[str, int] = {}
+    for field, wire, value in _fields(data):
+        if field == 1:
+            t = {f: v for f, _, v in _fields(value)}
+            types.append((t.get(1, 0), t.get(2, 0)))
+        elif field == 2:
+            samples_raw.append(value)
+        elif field == 4:
+            lid, lines = 0, []
+            for f, w, v in _fields(value):
+                if f == 1:
+                    lid = v
+                elif f == 4:
+                    ln = {lf: lv for lf, _, lv in _fields(v)}
+                    lines.append((ln.get(1, 0), _signed(ln.get(2, 0))))
+            locations[lid] = lines
+        elif field == 5:
+            fn = {f: v for f, _, v in _fields(value)}
+            functions[fn.get(1, 0)] = (fn.get(2, 0), fn.get(4, 0))
+        elif field == 6:
+            strings.append(value.decode("utf-8"))
+        elif field in (9, 10):
+            meta[{9: "time_nanos", 10: "duration_nanos"}[field]] = _signed(value)
+        elif field == 13:
+            comments.append(value)
+        elif field == EXACT_SECTION and wire == 2:
+            exact_raw.append(value)
+    names = [strings[t] for t, _ in types]
+    col = {n: i for i, n in enumerate(names)}
+    if "contentions" not in col or "delay" not in col:
+        raise ProfileError("it has no contentions/delay sample types, so it is not a lock "
+                           f"profile (its types: {', '.join(names) or 'none'})")
+    by_name = [n for n, _ in SAMPLE_TYPES]
+    columns = [(EVENT_ID[event], col.get(by_name[c]) if c is not None else None,
+                col.get(by_name[n]) if n is not None else None)
+               for event, (c, n) in COLUMNS.items()]
+
+    frames: List[Tuple[str, str, int]] = []
+    frame_ix: Dict[Tuple[str, str, int], int] = {}
+    loc_frames: Dict[int, List[int]] = {}
+    for lid, lines in locations.items():
+        ids = []
+        for fid, line in lines:
+            name_i, file_i = functions.get(fid, (0, 0))
+            fr = (strings[file_i], strings[name_i], line)
+            j = frame_ix.get(fr)
+            if j is None:
+                j = frame_ix[fr] = len(frames)
+                frames.append(fr)
+            ids.append(j)
+        loc_frames[lid] = ids
+
+    locks: List[Dict[str, Any]] = []
+    lock_ix: Dict[Tuple[str, str], int] = {}
+    exact = bool(exact_raw)
+    for raw in exact_raw:
+        lk: Dict[str, Any] = {f: None if f in _EXACT_STR else 0 for f in _EXACT}
+        lk["max_wait_ns"] = 0
+        for f, w, v in _fields(raw):
+            if 1 <= f <= len(_EXACT):
+                name = _EXACT[f - 1]
+                lk[name] = (strings[v] or None) if name in _EXACT_STR else _signed(v)
+        lk["name"] = lk["name"] or lock_name(lk["file"], lk["line"], lk["var"])
+        lk["kind"] = lk["kind"] or "<unknown>"
+        lk["site"] = f"{lk['file']}:{lk['line']}" if lk["file"] else "<unknown>"
+        lock_ix[(lk["name"], lk["kind"])] = len(locks)
+        locks.append(lk)
+
+    offsets, flat = array("I", [0]), array("I")
+    stack_ix: Dict[Tuple[int, ...], int] = {}
+    threads: List[Optional[str]] = []
+    thread_ids: List[int] = []
+    thread_ix: Dict[str, int] = {}
+    tasks: List[Optional[str]] = []
+    task_ix: Dict[str, int] = {}
+    rows: Dict[Tuple, List[float]] = {}
+    for sraw in samples_raw:
+        locs: List[int] = []
+        values: List[int] = []
+        labels: Dict[str, Any] = {}
+        for f, w, v in _fields(sraw):
+            if f == 1:
+                locs += _ints(v, w)
+            elif f == 2:
+                values += [_signed(x) for x in _ints(v, w)]
+            elif f == 3:
+                lab = {lf: lv for lf, _, lv in _fields(v)}
+                key = strings[lab.get(1, 0)]
+                labels[key] = strings[lab[2]] if lab.get(2) else lab.get(3, 0)
+        key_frames = tuple(j for lid in locs for j in loc_frames.get(lid, ()))
+        st = stack_ix.get(key_frames)
+        if st is None:
+            st = stack_ix[key_frames] = len(offsets) - 1
+            flat.extend(key_frames)
+            offsets.append(len(flat))
+        name = labels.get("lock name") or "<unknown>"
+        kind = labels.get("lock kind") or "<unknown>"
+        lk = lock_ix.get((name, kind))
+        if lk is None:
+            lk = lock_ix[(name, kind)] = len(locks)
+            locks.append({"name": name, "kind": kind, "file": None, "line": 0, "var": None,
+                          "function": None, "site": name, "locks": 1,
+                          "acquisition_samples": 0, "acquisitions": 0, "contentions": 0,
+                          "timeouts": 0, "wait_ns": 0, "max_wait_ns": None,
+                          "hold_samples": 0, "hold_ns": 0, "cond_waits": 0,
+                          "cond_wait_ns": 0, "estimated": True})
+        th = NONE
+        tname = labels.get("thread name")
+        if tname is not None:
+            th = thread_ix.get(tname)
+            tid = labels.get("thread id") or 0
+            if th is None:
+                th = thread_ix[tname] = len(threads)
+                threads.append(tname)
+                thread_ids.append(tid)
+            elif thread_ids[th] != tid:
+                thread_ids[th] = 0
+        tk = NONE
+        kname = labels.get("task name")
+        if kname is not None:
+            tk = task_ix.get(kname)
+            if tk is None:
+                tk = task_ix[kname] = len(tasks)
+                tasks.append(kname)
+        for ev, c, n in columns:
+            count = values[c] if c is not None and c < len(values) else 0
+            value = values[n] if n is not None and n < len(values) else 0
+            if not (count or value):
+                continue
+            k = (lk, st, ev, th, tk)
+            acc = rows.get(k)
+            if acc is None:
+                rows[k] = [1, count, value]
+            else:
+                acc[0] += 1
+                acc[1] += count
+                acc[2] += value
+    cols = {"lock": array("I"), "stack": array("I"), "event": array("B"), "thread": array("I"),
+            "task": array("I"), "samples": array("Q"), "count": array("d"), "value": array("d")}
+    for (lk, st, ev, th, tk), (n, c, v) in rows.items():
+        cols["lock"].append(lk)
+        cols["stack"].append(st)
+        cols["event"].append(ev)
+        cols["thread"].append(th)
+        cols["task"].append(tk)
+        cols["samples"].append(n)
+        cols["count"].append(c)
+        cols["value"].append(v)
+        est = locks[lk]
+        if est.get("estimated"):
+            # a foreign (or exact-less) file: the lock's figures from its samples
+            if ev == EVENT_ID["contention"]:
+                est["contentions"] += c
+                est["wait_ns"] += v
+            elif ev == EVENT_ID["acquire"]:
+                est["acquisitions"] += c
+            elif ev == EVENT_ID["hold"]:
+                est["hold_ns"] += v
+            elif ev == EVENT_ID["cond_wait"]:
+                est["cond_waits"] += c
+                est["cond_wait_ns"] += v
+
+    texts = [strings[c] for c in comments]
+    counters: Dict[str, int] = {}
+    sample_rate: Optional[float] = None
+    wait_period: Optional[int] = None
+    other = []
+    for c in texts:
+        if c.startswith("lockprof ") and "=" in c:
+            k, _, v = c[len("lockprof "):].partition("=")
+            if k == "sample_rate":
+                sample_rate = None if v == "None" else float(v)
+                continue
+            if k == "wait_period_ns":
+                wait_period = None if v == "None" else int(v)
+                continue
+            if v.isdigit():
+                counters[k] = int(v)
+                continue
+        other.append(c)
+    return Profile(locks=locks, frames=frames, stack_offsets=offsets, stack_frames=flat,
+                   rows=cols, threads=threads, thread_ids=thread_ids, tasks=tasks,
+                   exact=exact, time_nanos=meta.get("time_nanos", 0),
+                   duration_nanos=meta.get("duration_nanos", 0), sample_rate=sample_rate,
+                   wait_period_ns=wait_period, counters=counters, comments=other)

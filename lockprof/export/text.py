@@ -1,0 +1,107 @@
+"""The text report: the top locks by wait (or another column), each of the
+first few followed by its hottest stacks, and a footer naming every cap
+that dropped or folded something."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from ._files import write_text
+from ._names import frame_name, short_name, short_path
+from .model import EVENT_ID, Profile
+
+SORT_KEYS = {"wait": "wait_ns", "hold": "hold_ns", "contentions": "contentions",
+             "acquisitions": "acquisitions"}
+_BOOTSTRAP = ("run", "_bootstrap_inner", "_bootstrap")
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.2f}"
+
+
+def shown_name(lk: Dict[str, Any]) -> str:
+    if lk.get("file"):
+        name = f"{short_path(lk['file'])}:{lk['line']}"
+        name = f"{name}:{lk['var']}" if lk.get("var") else name
+    else:
+        name = short_name(lk["name"])
+    if (lk.get("locks") or 1) > 1:
+        name += f" (x{lk['locks']})"
+    return name
+
+
+def hot_stacks(p: Profile, lock: int, n: int = 2, depth: int = 4) -> List[str]:
+    """Lock `lock`'s n stacks with the most wait (else the most
+    acquisitions), innermost frame first, one line each."""
+    ev, lk, st = p.rows["event"], p.rows["lock"], p.rows["stack"]
+    for event, column in (("contention", "value"), ("acquire", "count")):
+        e = EVENT_ID[event]
+        values = p.rows[column]
+        by: Dict[Tuple, float] = {}
+        for i in range(p.nrows):
+            if ev[i] != e or lk[i] != lock:
+                continue
+            frames = p.stack(st[i])
+            while frames and frames[-1][1] in _BOOTSTRAP and frames[-1][0].endswith("threading.py"):
+                frames.pop()
+            key = tuple(frames[:depth])
+            by[key] = by.get(key, 0) + values[i]
+        if by:
+            total = sum(by.values())
+            best = sorted(by.items(), key=lambda kv: -kv[1])[:n]
+            what = "wait" if event == "contention" else "acquisitions"
+            return [f"{100 * v / total:5.1f}% of {what}: "
+                    + " <- ".join(frame_name(f) for f in frames) for frames, v in best if v > 0]
+    return []
+
+
+def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> str:
+    key = SORT_KEYS[sort]
+    order = sorted(range(len(p.locks)),
+                   key=lambda i: (-p.locks[i][key], -p.locks[i]["wait_ns"]))
+    order = [i for i in order if _has_event(p.locks[i])]
+    shown = order[:top]
+    head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us",
+            "max wait ms", "hold ms", "acquisitions"]
+    body = []
+    for i in shown:
+        r = p.locks[i]
+        c = r["contentions"]
+        body.append([shown_name(r), r["kind"], f"{c:.0f}", _ms(r["wait_ns"]),
+                     f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
+                     _ms(r["max_wait_ns"]) if r.get("max_wait_ns") is not None else "-",
+                     _ms(r["hold_ns"]), f"{r['acquisitions']:.0f}"])
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+
+    def fmt(row):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths)))
+
+    rate = p.sample_rate if p.sample_rate is not None else 0.0
+    figures = ("contentions and waits exact, acquisitions and hold estimated" if p.exact else
+               "no exact figures in this file: every column is estimated from its samples")
+    lines = [f"lockprof: top {len(shown)} of {len(order)} lock names by {sort} "
+             f"(sample rate {rate:g}; {figures})", fmt(head), fmt(["-" * w for w in widths])]
+    lines += [fmt(b) for b in body]
+    if not shown:
+        lines.append("(no lock events recorded)")
+    blocks = []
+    for b, i in zip(body, shown[:stacks]):
+        found = hot_stacks(p, i)
+        if found:
+            blocks.append(f"  {b[0]}")
+            blocks += [f"    {line}" for line in found]
+    if blocks:
+        lines += ["", "hottest stacks (innermost first):"] + blocks
+    notes = p.cap_notes()
+    if notes:
+        lines += [""] + [f"lockprof: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def _has_event(lk: Dict[str, Any]) -> bool:
+    return bool(lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
+                or lk.get("acquisition_samples") or lk.get("hold_samples"))
+
+
+def write(p: Profile, path: str) -> None:
+    write_text(path, report(p, 20) + "\n")
