@@ -6,7 +6,7 @@ from __future__ import annotations
 import html as _html
 import json
 from importlib import resources
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from ._files import write_text
 from .model import EVENT_ID, MEASURES, LABELS, Profile
@@ -21,28 +21,35 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
         short = name.replace("\\", "/").rsplit("/", 1)[-1]
         lock_frame.append(len(frames))
         frames.append([f"[{short}]", name, 0, "lock"])
+    # one pass over the rows: each event feeds its measures
+    keys = list(MEASURES)
+    totals: List[Dict[Tuple[int, ...], int]] = [{} for _ in keys]
+    feeds: Dict[int, List[Tuple[Dict, Sequence]]] = {}
+    for m, (event, column, _) in enumerate(MEASURES.values()):
+        feeds.setdefault(EVENT_ID[event], []).append((totals[m], p.rows[column]))
     stacks: Dict[int, Tuple[int, ...]] = {}
     ev, st, lk_col = p.rows["event"], p.rows["stack"], p.rows["lock"]
-    measures = []
-    for measure, (event, column, unit) in MEASURES.items():
-        e = EVENT_ID[event]
-        values = p.rows[column]
-        totals: Dict[Tuple[int, ...], int] = {}
-        for i in range(p.nrows):
-            if ev[i] != e:
-                continue
+    for i in range(p.nrows):
+        feed = feeds.get(ev[i])
+        if feed is None:
+            continue
+        key = None
+        for tot, values in feed:
             w = int(round(values[i]))
             if w <= 0:
                 continue
-            s = st[i]
-            root_first = stacks.get(s)
-            if root_first is None:
-                root_first = stacks[s] = tuple(reversed(p.stack_ids(s)))
-            key = root_first + (lock_frame[lk_col[i]],)
-            totals[key] = totals.get(key, 0) + w
-        rows = [[list(k), v] for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+            if key is None:
+                s = st[i]
+                root_first = stacks.get(s)
+                if root_first is None:
+                    root_first = stacks[s] = tuple(reversed(p.stack_ids(s)))
+                key = root_first + (lock_frame[lk_col[i]],)
+            tot[key] = tot.get(key, 0) + w
+    measures = []
+    for m, (measure, (_, _, unit)) in enumerate(MEASURES.items()):
+        rows = sorted(totals[m].items(), key=lambda kv: -kv[1])
         measures.append({"key": measure, "label": LABELS[measure], "unit": unit,
-                         "total": sum(totals.values()), "stacks": rows})
+                         "total": sum(totals[m].values()), "stacks": rows})
     data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures},
                       separators=(",", ":"))
     # inside <script>, "</" could end the element early; JSON allows "<\/"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ._files import write_text
 from .model import EVENT_ID, MEASURES, Profile
@@ -16,28 +16,37 @@ def render(p: Profile, name: str = "lockprof") -> str:
     for lk in p.locks:
         lock_frame.append(len(frames))
         frames.append({"name": f"[{lk['name']}]"})
+    # one pass over the rows: each event feeds its measures
+    keys = list(MEASURES)
+    samples: List[List] = [[] for _ in keys]
+    weights: List[List[int]] = [[] for _ in keys]
+    feeds: Dict[int, List[Tuple[int, Sequence]]] = {}
+    for m, (event, column, _) in enumerate(MEASURES.values()):
+        feeds.setdefault(EVENT_ID[event], []).append((m, p.rows[column]))
     stacks: Dict[int, List[int]] = {}
     ev, st, lk_col = p.rows["event"], p.rows["stack"], p.rows["lock"]
-    profiles = []
-    for measure, (event, column, unit) in MEASURES.items():
-        e = EVENT_ID[event]
-        values = p.rows[column]
-        samples, weights = [], []
-        for i in range(p.nrows):
-            if ev[i] != e:
-                continue
+    for i in range(p.nrows):
+        feed = feeds.get(ev[i])
+        if feed is None:
+            continue
+        stack = None
+        for m, values in feed:
             w = int(round(values[i]))
             if w <= 0:
                 continue
-            s = st[i]
-            root_first = stacks.get(s)
-            if root_first is None:
-                root_first = stacks[s] = list(reversed(p.stack_ids(s)))
-            samples.append(root_first + [lock_frame[lk_col[i]]])
-            weights.append(w)
+            if stack is None:
+                s = st[i]
+                root_first = stacks.get(s)
+                if root_first is None:
+                    root_first = stacks[s] = list(reversed(p.stack_ids(s)))
+                stack = root_first + [lock_frame[lk_col[i]]]
+            samples[m].append(stack)
+            weights[m].append(w)
+    profiles = []
+    for m, (measure, (_, _, unit)) in enumerate(MEASURES.items()):
         profiles.append({"type": "sampled", "name": f"{name}: {measure}", "unit": unit,
-                         "startValue": 0, "endValue": sum(weights), "samples": samples,
-                         "weights": weights})
+                         "startValue": 0, "endValue": sum(weights[m]), "samples": samples[m],
+                         "weights": weights[m]})
     doc = {"$schema": "https://www.speedscope.app/file-format-schema.json",
            "shared": {"frames": frames}, "profiles": profiles, "name": name,
            "activeProfileIndex": 0, "exporter": "lockprof"}

@@ -36,15 +36,22 @@ def hot_stacks(p: Profile, lock: int, n: int = 2, depth: int = 4) -> List[str]:
     for event, column in (("contention", "value"), ("acquire", "count")):
         e = EVENT_ID[event]
         values = p.rows[column]
-        by: Dict[Tuple, float] = {}
+        per_stack: Dict[int, float] = {}
         for i in range(p.nrows):
-            if ev[i] != e or lk[i] != lock:
-                continue
-            frames = p.stack(st[i])
-            while frames and frames[-1][1] in _BOOTSTRAP and frames[-1][0].endswith("threading.py"):
-                frames.pop()
-            key = tuple(frames[:depth])
-            by[key] = by.get(key, 0) + values[i]
+            if ev[i] == e and lk[i] == lock:
+                per_stack[st[i]] = per_stack.get(st[i], 0) + values[i]
+        by: Dict[Tuple, float] = {}
+        for s, v in per_stack.items():
+            ids = p.stack_ids(s)
+            if len(ids) > depth + len(_BOOTSTRAP):
+                key = tuple(p.frames[f] for f in ids[:depth])   # the trimmed tail is deeper
+            else:
+                frames = [p.frames[f] for f in ids]
+                while frames and frames[-1][1] in _BOOTSTRAP and frames[-1][0].endswith(
+                        "threading.py"):
+                    frames.pop()
+                key = tuple(frames[:depth])
+            by[key] = by.get(key, 0) + v
         if by:
             total = sum(by.values())
             best = sorted(by.items(), key=lambda kv: -kv[1])[:n]
