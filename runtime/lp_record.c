@@ -734,6 +734,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
     n_orphans = 0;
     rec_zero(&overflow_rec);
     lp_samples_reset();
+    lp_labels_reset();
     n_dropped_locks = 0;
     n_dropped_sites = 0;
     n_errors = 0;

@@ -657,7 +657,6 @@ lp_samples_reset(void)
     }
     lp_dropped_samples = 0;
     lp_dropped_stacks = 0;
-    lp_labels_reset();
 }
 
 int
@@ -772,11 +771,25 @@ lp_labels_max(int tasks)
     return tasks ? task_labels.max : thread_labels.max;
 }
 
+/* at reset: the rows that named the labels are gone, so are the labels
+ * (a long run's labels are those of its last window, never of its life) */
 void
 lp_labels_reset(void)
 {
-    thread_labels.dropped = 0;
-    task_labels.dropped = 0;
+    lp_labels *all[2] = {&thread_labels, &task_labels};
+    for (int k = 0; k < 2; k++) {
+        lp_labels *t = all[k];
+        t->dropped = 0;
+        if (t->ids != NULL) {
+            PyDict_Clear(t->ids);
+        }
+        if (t->names != NULL && PyList_SetSlice(t->names, 0, PyList_GET_SIZE(t->names), NULL) < 0) {
+            PyErr_Clear();
+            Py_CLEAR(t->names);
+            Py_CLEAR(t->ids);
+        }
+    }
+    lp_labels_after_fork();
 }
 
 static const char *event_names[] = {"acquire", "contention", "hold", "cond_wait", "delay"};
