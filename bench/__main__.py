@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--json FILE] [--md FILE] [--only micro,sampled,memory,service]
+"""python -m bench [--quick] [--json FILE] [--md FILE] [--only micro,sampled,memory,service,scale]
 
 Per-type microbenchmarks (native, lockprof stopped / rate 0 / default /
 rate 1, the seed-style pure-Python reference, ddtrace's lock profiler when
@@ -16,9 +16,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import ddtrace_locks, instructions, memory, micro, sampled, service
+from . import ddtrace_locks, instructions, memory, micro, sampled, scale, service
 
-SECTIONS = ("micro", "instructions", "sampled", "memory", "service")
+SECTIONS = ("micro", "instructions", "sampled", "memory", "service", "scale")
 
 
 def _commit() -> str:
@@ -127,6 +127,28 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         for k, label in (("cpu_s", "CPU seconds"), ("p99_us", "p99 latency")):
             v = svc["lockprof"]["vs_off"][k]
             add(f"service workload {label}, lockprof default vs off", v, "<= 1.02x", v <= 1.02, "x")
+    sc = report.get("scale")
+    if sc:
+        by = {}
+        for r in sc["programs"]:
+            by.setdefault(r["program"], []).append(r)
+        for name in ("tasks", "threads", "tasks-contended"):
+            runs = sorted(by.get(name, []), key=lambda r: r["n"])
+            if len(runs) >= 2:
+                growth = runs[-1]["rows"] / max(runs[0]["rows"], 1)
+                add(f"scale: rows for x10 {name} ({runs[0]['n']:,} -> {runs[-1]['n']:,})",
+                    round(growth, 2), "<= 1.2x", growth <= 1.2, "x")
+        for r in by.get("tasks", [])[-1:]:
+            add(f"scale: `lockprof run` user CPU over plain, {r['n']:,} tasks",
+                round(r["cpu_ratio"], 3), "<= 1.05x", r["cpu_ratio"] <= 1.05, "x")
+        e = sc["export"]
+        us = e["us_per_row"]["pprof"]
+        add(f"scale: pprof export per row, C tables to file ({e['rows']:,} rows)", round(us, 2),
+            "<= 1 us", us <= 1.0, " us")
+        for r in by.get("stacks", []):
+            add(f"scale: exit after a {r['rows']:,}-row profile (lockprof run minus plain)",
+                round(r["exit_ms"]["lockprof"] - r["exit_ms"]["plain"]), "<= 100 ms",
+                r["exit_ms"]["lockprof"] - r["exit_ms"]["plain"] <= 100, " ms")
     return out
 
 
@@ -177,6 +199,11 @@ def markdown(report: Dict[str, Any]) -> str:
                          f"{r.get('p99_us', 0):.2f}, {r.get('cpu_s', 0):.2f} |")
         for c, e in svc.get("errors", {}).items():
             parts.append(f"\n{c}: not measured ({e})")
+    sc = report.get("scale")
+    if sc:
+        parts += ["", "Scale (each program in fresh interpreters, plain and under `lockprof run`, "
+                      "interleaved, medians; exit: from the program's last statement to the "
+                      "process's end):", ""] + scale.table(sc)
     tg = report.get("targets")
     if tg:
         parts += ["", "Targets:", "", "| target | measured | limit | |", "|---|---:|---|---|"]
@@ -229,6 +256,10 @@ def main(argv=None) -> int:
                                            100 if args.quick else 1000)}
     if "service" in only:
         report["service"] = service.run(requests=args.requests, rounds=args.service_rounds)
+    if "scale" in only:
+        report["scale"] = (scale.measure(n_tasks=500, n_threads=100, paths=100, rounds=1,
+                                         server_requests=400) if args.quick else
+                           scale.measure(rounds=max(3, args.service_rounds)))
     report["targets"] = targets(report)
     md = markdown(report)
     print(md)

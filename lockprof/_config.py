@@ -4,7 +4,6 @@ environment twin (LOCKPROF_<NAME>), parsed and checked in one place so that
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 FORMATS = ("pprof", "collapsed", "speedscope", "html", "text")
@@ -71,15 +70,22 @@ def _flag(text: str) -> bool:
     raise ConfigError(f"{text!r} is not one of 1, true, yes, on, 0, false, no, off")
 
 
-@dataclass(frozen=True)
 class Option:
-    name: str                    # attribute in the settings
-    flags: Tuple[str, ...]       # command line ((): environment only)
-    parse: Optional[Callable[[str], Any]]   # None: a flag without a value
-    default: Any
-    help: str
-    metavar: Optional[str] = None
-    repeat: bool = False         # may be given several times; values add up
+    """One setting: its command-line flags, parser, default and help.  (A
+    plain class: dataclasses would cost every `lockprof run` 5 ms of imports.)"""
+
+    __slots__ = ("name", "flags", "parse", "default", "help", "metavar", "repeat")
+
+    def __init__(self, name: str, flags: Tuple[str, ...],
+                 parse: Optional[Callable[[str], Any]], default: Any, help: str,
+                 metavar: Optional[str] = None, repeat: bool = False):
+        self.name = name              # attribute in the settings
+        self.flags = flags            # command line ((): environment only)
+        self.parse = parse            # None: a flag without a value
+        self.default = default
+        self.help = help
+        self.metavar = metavar
+        self.repeat = repeat          # may be given several times; values add up
 
     @property
     def env(self) -> str:

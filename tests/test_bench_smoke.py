@@ -85,3 +85,20 @@ def test_instruction_count_smoke():
     r = res[0]
     assert r["instructions"]["native"] > 0 and r["ratio"]["native"] == 1.0
     assert 0.2 < r["ratio"]["0.01"] < 5
+
+
+def test_scale_benchmark_smoke():
+    from bench import scale
+    res = scale.measure(n_tasks=200, n_threads=20, paths=30, rounds=1, server_requests=64,
+                        rate=1.0)
+    names = [(r["program"], r["n"]) for r in res["programs"]]
+    assert ("tasks", 200) in names and ("tasks", 2000) in names and ("server", 64) in names
+    for r in res["programs"]:
+        assert r["rows"] > 0 and r["bytes"] > 0 and r["user_s"]["plain"] > 0
+    tasks = sorted((r for r in res["programs"] if r["program"] == "tasks"), key=lambda r: r["n"])
+    assert tasks[0]["rows"] == tasks[1]["rows"]
+    e = res["export"]
+    assert e["rows"] == 2 * 30 * 30 and set(e["us_per_row"]) == {"pprof", "collapsed",
+                                                                "speedscope", "html", "text"}
+    lines = scale.table(res)
+    assert any(line.startswith("| tasks | 2,000 |") for line in lines)

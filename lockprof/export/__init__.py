@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from . import collapsed, html, pprof, speedscope, text
+import importlib
+
 from ._files import FormatError, check_writable, write_atomic, write_text
 from .model import MEASURES, Profile
 
@@ -22,8 +23,10 @@ EXTENSION = {"pprof": "pprof", "collapsed": "folded", "speedscope": "speedscope.
 _EXTENSIONS = ((".speedscope.json", "speedscope"), (".pb.gz", "pprof"), (".pprof", "pprof"),
                (".folded", "collapsed"), (".collapsed", "collapsed"), (".html", "html"),
                (".htm", "html"), (".txt", "text"))
-WRITERS = {"pprof": pprof.write, "collapsed": collapsed.write, "speedscope": speedscope.write,
-           "html": html.write, "text": text.write}
+# format -> its writer module (imported when first used: a `lockprof run`
+# that writes pprof never imports the page's or speedscope's)
+WRITERS = {"pprof": "pprof", "collapsed": "collapsed", "speedscope": "speedscope",
+           "html": "html", "text": "text"}
 
 
 def format_for(path: str, fmt: Optional[str] = None) -> str:
@@ -50,4 +53,4 @@ def split_ext(path: str) -> Tuple[str, str]:
 
 def write(p: Profile, path: str, fmt: str) -> None:
     """Writes profile p to path in format fmt (whole, or not at all)."""
-    WRITERS[fmt](p, path)
+    importlib.import_module(f"{__name__}.{WRITERS[fmt]}").write(p, path)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 
 class FormatError(ValueError):
@@ -25,6 +24,8 @@ def _umask() -> int:
 def write_atomic(path: str, data: bytes) -> None:
     """Temp file + rename: a crash never leaves half a file.  The file gets
     the permissions open() would give it (mkstemp's are 0600)."""
+    import tempfile
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lockprof-", suffix=".tmp")
     try:

@@ -3,9 +3,6 @@ zoom by click, regex search, hover details; state in the URL fragment
 (``#measure=hold&search=queue``)."""
 from __future__ import annotations
 
-import html as _html
-import json
-from importlib import resources
 from typing import Dict, List, Sequence, Tuple
 
 from ._files import write_text
@@ -13,6 +10,10 @@ from .model import EVENT_ID, MEASURES, LABELS, Profile
 
 
 def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
+    import html as _html
+    import json
+    from importlib import resources
+
     frames: List[List] = [[func, file, line, "py" if file else "omitted"]
                           for file, func, line in p.frames]
     lock_frame = []
