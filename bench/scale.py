@@ -10,7 +10,8 @@ program creates more tasks, threads and stacks.
   driven by a client in the same interpreter for a bounded request count.
 
 Each program runs in a fresh interpreter, plain (`python prog.py`) and under
-`python -m lockprof run`, interleaved; medians of the rounds.  User CPU
+`python -m lockprof run`, interleaved, after one warm-up run of each (with
+bytecode caching on); medians of the rounds.  User CPU
 is the reaped children's (getrusage); the exit time is from the program's last
 statement to the process's end.
 """
@@ -143,11 +144,16 @@ def run_program(name: str, n: int, rounds: int = 3, rate: float = 0.01) -> Dict[
         f.write(PROGRAMS[name])
     env = dict(os.environ)
     env.pop("LOCKPROF_ENABLED", None)
+    # bytecode cached, as where programs are deployed (a shell with
+    # PYTHONDONTWRITEBYTECODE set would compile lockprof anew in every run)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     out = os.path.join(d, "p.pprof")
     plain = [sys.executable, script, str(n)]
     prof = [sys.executable, "-m", "lockprof", "run", "-q", "--force", "--sample-rate", str(rate),
             "-o", out, script, str(n)]
     runs: Dict[str, List] = {"plain": [], "lockprof": []}
+    _measure(plain, d, env)         # warm-up: caches, bytecode
+    _measure(prof, d, env)
     for _ in range(rounds):
         runs["plain"].append(_measure(plain, d, env))
         runs["lockprof"].append(_measure(prof, d, env))

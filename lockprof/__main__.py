@@ -31,9 +31,22 @@ def _argtype(opt):
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
+COMMANDS = ("run", "report", "convert", "flamegraph")
+
+
+def _parser(only=None) -> argparse.ArgumentParser:
+    """The command line's parser; `only`: build that subcommand alone (each
+    argparse parser costs a few gettext lookups: `lockprof run` builds one)."""
     p = _Parser(prog="lockprof", description="Lock-contention profiler for CPython.")
     sub = p.add_subparsers(dest="command")
+    if only in (None, "run"):
+        _run_parser(sub)
+    if only in (None, "report", "convert", "flamegraph"):
+        _file_parsers(sub)
+    return p
+
+
+def _run_parser(sub) -> None:
     run = sub.add_parser(
         "run", help="run a Python program under the profiler",
         description="Run a Python program as `python` would, profiling its locks; the "
@@ -55,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("-c", dest="code", help="run a program passed as a string")
     target.add_argument("script", nargs="?", help="the script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
+
+
+def _file_parsers(sub) -> None:
     rep = sub.add_parser("report", help="the text report of a saved profile")
     rep.add_argument("file")
     rep.add_argument("--top", type=_config.BY_NAME["top"].parse, default=10)
@@ -70,7 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     fg.add_argument("file")
     fg.add_argument("-o", "--output", help="default: FILE with .html")
     fg.add_argument("--force", action="store_true")
-    return p
 
 
 def _load(path: str):
@@ -256,7 +271,7 @@ def main(argv=None) -> int:
                 break
             else:
                 tail = []
-            ns = _parser().parse_args(head)
+            ns = _parser("run").parse_args(head)
             ns.args = tail
             return _run_target(ns)
         ns = _parser().parse_args(argv)

@@ -50,6 +50,10 @@ def _defined_here(value, modname: str, attr: str) -> bool:
 
 
 def _scan_and_rebind(by_id: Dict[int, object]) -> None:
+    """Names other modules imported (`from threading import Lock`) are
+    rebound to the factories; the search is one C pass over the modules'
+    dicts."""
+    mods = []
     for name, mod in list(sys.modules.items()):
         if mod is None or name == "asyncio" or name.startswith(_SKIP_PREFIXES):
             continue
@@ -57,20 +61,24 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
             d = vars(mod)
         except TypeError:
             continue
-        try:
-            items = list(d.items())
-        except RuntimeError:
+        if isinstance(d, dict):
+            mods.append((name, mod, d))
+    originals = tuple(getattr(f, "__lockprof_original__", None) for f in by_id.values())
+    originals = tuple(o for o in originals if o is not None and id(o) in by_id)
+    if not originals:
+        return
+    for i, attr, value in _lockprof.find_refs([d for _, _, d in mods], originals):
+        name, mod, _ = mods[i]
+        factory = by_id.get(id(value))
+        if factory is None or isinstance(value, _lockprof.Factory):
             continue
-        for attr, value in items:
-            factory = by_id.get(id(value))
-            if factory is not None and not isinstance(value, _lockprof.Factory):
-                if _defined_here(value, name, attr):
-                    continue
-                try:
-                    setattr(mod, attr, factory)
-                except Exception:
-                    continue
-                _rebound.append((mod, attr, value, factory))
+        if _defined_here(value, name, attr):
+            continue
+        try:
+            setattr(mod, attr, factory)
+        except Exception:
+            continue
+        _rebound.append((mod, attr, value, factory))
 
 
 # code in these modules always gets native locks: the stdlib's own

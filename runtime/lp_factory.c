@@ -558,7 +558,50 @@ lp_py_is_wrapper(PyObject *mod, PyObject *obj)
     return PyBool_FromLong(is_wrapper(obj));
 }
 
+/* find_refs(dicts, targets): (index of the dict, key, value) for every
+ * value of the dicts that is one of the targets (by identity): the start-
+ * time scan of sys.modules for names bound to the stdlib's factories, one
+ * pointer compare per attribute instead of a Python loop */
+static PyObject *
+lp_py_find_refs(PyObject *mod, PyObject *args)
+{
+    PyObject *dicts, *targets;
+    if (!PyArg_ParseTuple(args, "O!O!:find_refs", &PyList_Type, &dicts, &PyTuple_Type, &targets)) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t nt = PyTuple_GET_SIZE(targets);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dicts); i++) {
+        PyObject *d = PyList_GET_ITEM(dicts, i);
+        if (!PyDict_Check(d)) {
+            continue;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(d, &pos, &key, &value)) {
+            for (Py_ssize_t k = 0; k < nt; k++) {
+                if (value == PyTuple_GET_ITEM(targets, k)) {
+                    PyObject *t = Py_BuildValue("(nOO)", i, key, value);
+                    if (t == NULL || PyList_Append(out, t) < 0) {
+                        Py_XDECREF(t);
+                        Py_DECREF(out);
+                        return NULL;
+                    }
+                    Py_DECREF(t);
+                    break;
+                }
+            }
+        }
+    }
+    return out;
+}
+
 static PyMethodDef factory_module_methods[] = {
+    {"find_refs", lp_py_find_refs, METH_VARARGS,
+     "find_refs(dicts, targets)\n--\n\n[(index, key, value)] of the dicts' values that are targets."},
     {"make_factory", lp_py_make_factory, METH_VARARGS,
      "make_factory(key, original)\n--\n\nThe factory object that replaces `original`."},
     {"set_filters", lp_py_set_filters, METH_VARARGS,
