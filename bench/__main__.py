@@ -145,6 +145,11 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         us = e["us_per_row"]["pprof"]
         add(f"scale: pprof export per row, C tables to file ({e['rows']:,} rows)", round(us, 2),
             "<= 1 us", us <= 1.0, " us")
+        lg = sc.get("long")
+        if lg:
+            add(f"scale: RSS growth of a long run ({lg['n']:,} requests), first fifth to end, "
+                f"lockprof run", lg["rss_growth_kb"]["lockprof"], "<= 2048 kB",
+                lg["rss_growth_kb"]["lockprof"] <= 2048, " kB")
         for r in by.get("stacks", []):
             add(f"scale: exit after a {r['rows']:,}-row profile (lockprof run minus plain)",
                 round(r["exit_ms"]["lockprof"] - r["exit_ms"]["plain"]), "<= 100 ms",
@@ -258,7 +263,9 @@ def main(argv=None) -> int:
         report["service"] = service.run(requests=args.requests, rounds=args.service_rounds)
     if "scale" in only:
         report["scale"] = (scale.measure(n_tasks=500, n_threads=100, paths=100, rounds=1,
-                                         server_requests=400) if args.quick else
+                                         server_requests=400, export_paths=100,
+                                         long_requests=20_000)
+                           if args.quick else
                            scale.measure(rounds=max(3, args.service_rounds)))
     report["targets"] = targets(report)
     md = markdown(report)

@@ -38,7 +38,7 @@ async def serve():
     for start in range(0, N, 1000):
         await asyncio.gather(*(handle(lock, i) for i in range(start, min(N, start + 1000))))
 asyncio.run(serve())
-print(time.time())
+import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time())
 """
 
 # the same, holding the lock across an await: every task queues behind the
@@ -58,7 +58,7 @@ for start in range(0, N, 50):
     batch = [threading.Thread(target=handle, args=(i,)) for i in range(start, min(N, start + 50))]
     for t in batch: t.start()
     for t in batch: t.join()
-print(time.time())
+import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time())
 """
 
 STACKS = r"""
@@ -74,7 +74,7 @@ for j in range(B):
     b = ns[f"b{j}"]
     for a in fa:
         b(a, lk)
-print(time.time())
+import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time())
 """
 
 SERVER = r"""
@@ -110,10 +110,43 @@ async def main():
     await server.wait_closed()
     assert hits[0] == conns * per
 asyncio.run(main())
-print(time.time())
+import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time())
 """
 
-PROGRAMS = {"tasks": TASKS, "tasks-contended": TASKS_CONTENDED, "threads": THREADS,
+# hours of a service, compressed: rounds of requests, each a task with a
+# lock of its own and the shared one, and a short thread per 50 requests;
+# RSS after the first fifth and at the end
+LONG = r"""
+import asyncio, resource, sys, threading, time
+N = int(sys.argv[1])
+shared = threading.Lock()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4     # resident pages, kB
+async def request(lock):
+    mine = asyncio.Lock()
+    async with mine:
+        async with lock:
+            await asyncio.sleep(0)
+def thread_work():
+    with shared:
+        pass
+async def main():
+    lock = asyncio.Lock()
+    for r in range(N // 1000):
+        await asyncio.gather(*(request(lock) for _ in range(1000)))
+        for _ in range(20):
+            t = threading.Thread(target=thread_work)
+            t.start()
+            t.join()
+        if r == N // 5000:
+            print("rss_at_fifth", rss())
+asyncio.run(main())
+print("rss_at_end", rss())
+import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time())
+"""
+
+PROGRAMS = {"long": LONG, "tasks": TASKS, "tasks-contended": TASKS_CONTENDED, "threads": THREADS,
             "stacks": STACKS, "server": SERVER}
 
 
@@ -123,16 +156,24 @@ def _run(argv: List[str], cwd: str, env: Dict[str, str]) -> Dict[str, float]:
     end = time.time()
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {err.decode()[-2000:]}")
-    return {"end": end, "last": float(out.split()[-1])}
+    words = out.split()
+    res = {"end": end, "last": float(words[-1]), "rss_kb": int(words[-2])}
+    for line in out.decode().splitlines():
+        if line.startswith("rss_at_"):
+            k, v = line.split()
+            res[k] = int(v)
+    return res
 
 
 def _measure(argv, cwd, env):
-    """(user CPU s, exit ms) of one run in a fresh interpreter."""
+    """(user CPU s, exit ms, max RSS kB at the program's end) of one run in a
+    fresh interpreter."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = _run(argv, cwd, env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     user = after.ru_utime - before.ru_utime
-    return user, max(0.0, (r["end"] - r["last"]) * 1e3)
+    return user, max(0.0, (r["end"] - r["last"]) * 1e3), r["rss_kb"], \
+        r.get("rss_at_end", 0) - r.get("rss_at_fifth", 0)
 
 
 def run_program(name: str, n: int, rounds: int = 3, rate: float = 0.01) -> Dict[str, Any]:
@@ -158,7 +199,7 @@ def run_program(name: str, n: int, rounds: int = 3, rate: float = 0.01) -> Dict[
         runs["plain"].append(_measure(plain, d, env))
         runs["lockprof"].append(_measure(prof, d, env))
     p = pprof.read(out)
-    med = {k: (statistics.median(u for u, _ in v), statistics.median(e for _, e in v))
+    med = {k: tuple(statistics.median(x[i] for x in v) for i in range(4))
            for k, v in runs.items()}
     labels = {"tasks": len({r["task_name"] for r in p.samples()}),
               "threads": len({r["thread_name"] for r in p.samples()})}
@@ -166,6 +207,9 @@ def run_program(name: str, n: int, rounds: int = 3, rate: float = 0.01) -> Dict[
             "bytes": os.path.getsize(out), "labels": labels,
             "user_s": {k: v[0] for k, v in med.items()},
             "exit_ms": {k: v[1] for k, v in med.items()},
+            "rss_kb": {k: v[2] for k, v in med.items()},
+            # the long program: RSS growth from its first fifth to its end
+            "rss_growth_kb": {k: v[3] for k, v in med.items()},
             "cpu_ratio": med["lockprof"][0] / max(med["plain"][0], 1e-9)}
 
 
@@ -222,9 +266,11 @@ def export_costs(paths: int = 320) -> Dict[str, Any]:
     return out
 
 
-def measure(n_tasks: int = 2000, n_threads: int = 500, paths: int = 320, rounds: int = 3,
-            server_requests: int = 4000, rate: float = 0.01) -> Dict[str, Any]:
-    """rate: the sample rate of every program but `stacks` (1.0: its rows)."""
+def measure(n_tasks: int = 2000, n_threads: int = 500, paths: int = 224, rounds: int = 3,
+            server_requests: int = 4000, rate: float = 0.01,
+            export_paths: int = 320, long_requests: int = 200_000) -> Dict[str, Any]:
+    """rate: the sample rate of every program but `stacks` (1.0: its rows;
+    224 x 224 paths give 100,352 rows)."""
     res: Dict[str, Any] = {"programs": []}
     for name, n, r in (("tasks", n_tasks, rate), ("tasks", 10 * n_tasks, rate),
                        ("tasks-contended", n_tasks, rate),
@@ -232,20 +278,31 @@ def measure(n_tasks: int = 2000, n_threads: int = 500, paths: int = 320, rounds:
                        ("threads", n_threads, rate), ("threads", 10 * n_threads, rate),
                        ("stacks", paths, 1.0), ("server", server_requests, rate)):
         res["programs"].append(run_program(name, n, rounds=rounds, rate=r))
-    res["export"] = export_costs(paths)
+    res["long"] = run_program("long", long_requests, rounds=1, rate=rate)
+    res["export"] = export_costs(export_paths)
     return res
 
 
 def table(res: Dict[str, Any]) -> List[str]:
     lines = ["| program | N | rate | rows | distinct task / thread labels | profile bytes | "
-             "user CPU s plain / lockprof run (ratio) | exit ms plain / lockprof |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
+             "user CPU s plain / lockprof run (ratio) | exit ms plain / lockprof | "
+             "max RSS MB plain / lockprof |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in res["programs"]:
         lines.append(f"| {r['program']} | {r['n']:,} | {r['rate']:g} | {r['rows']:,} | "
                      f"{r['labels']['tasks']} / {r['labels']['threads']} | {r['bytes']:,} | "
                      f"{r['user_s']['plain']:.3f} / {r['user_s']['lockprof']:.3f} "
                      f"({r['cpu_ratio']:.3f}x) | {r['exit_ms']['plain']:.0f} / "
-                     f"{r['exit_ms']['lockprof']:.0f} |")
+                     f"{r['exit_ms']['lockprof']:.0f} | {r['rss_kb']['plain'] / 1024:.1f} / "
+                     f"{r['rss_kb']['lockprof'] / 1024:.1f} |")
+    lg = res.get("long")
+    if lg:
+        lines += ["", f"A long run ({lg['n']:,} requests, each a task with a lock of its own and a "
+                      f"shared one, and a short thread per 50 requests): RSS grew "
+                      f"{lg['rss_growth_kb']['plain']:.0f} kB (plain) and "
+                      f"{lg['rss_growth_kb']['lockprof']:.0f} kB (lockprof run, rate "
+                      f"{lg['rate']:g}) from its first fifth to its end; the profile has "
+                      f"{lg['rows']:,} rows."]
     e = res["export"]
     lines += ["", f"Export of a {e['rows']:,}-row profile ({e['stacks']:,} stacks; rate 1.0), "
                   f"best of 3, from the C tables to the written file: snapshot "

@@ -90,7 +90,7 @@ def test_instruction_count_smoke():
 def test_scale_benchmark_smoke():
     from bench import scale
     res = scale.measure(n_tasks=200, n_threads=20, paths=30, rounds=1, server_requests=64,
-                        rate=1.0)
+                        rate=1.0, export_paths=30, long_requests=5000)
     names = [(r["program"], r["n"]) for r in res["programs"]]
     assert ("tasks", 200) in names and ("tasks", 2000) in names and ("server", 64) in names
     for r in res["programs"]:
@@ -100,5 +100,6 @@ def test_scale_benchmark_smoke():
     e = res["export"]
     assert e["rows"] == 2 * 30 * 30 and set(e["us_per_row"]) == {"pprof", "collapsed",
                                                                 "speedscope", "html", "text"}
+    assert res["long"]["rows"] > 0 and "rss_growth_kb" in res["long"]
     lines = scale.table(res)
     assert any(line.startswith("| tasks | 2,000 |") for line in lines)

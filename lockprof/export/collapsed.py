@@ -14,20 +14,18 @@ def render(p: Profile, measure: str = "delay") -> str:
     e = EVENT_ID[event]
     names = [frame_name(f) for f in p.frames]
     locks = [f"[{lk['name']}]" for lk in p.locks]
-    ev, st, lk, values = p.rows["event"], p.rows["stack"], p.rows["lock"], p.rows[column]
     prefixes: Dict[int, str] = {}
     totals: Dict[str, int] = {}
-    for i in range(p.nrows):
-        if ev[i] != e:
+    for ev, s, lk, value in zip(*p.columns("event", "stack", "lock", column)):
+        if ev != e:
             continue
-        v = int(round(values[i]))
+        v = int(round(value))
         if v <= 0:
             continue
-        s = st[i]
         prefix = prefixes.get(s)
         if prefix is None:
             prefix = prefixes[s] = "".join(names[f] + ";" for f in reversed(p.stack_ids(s)))
-        key = prefix + locks[lk[i]]
+        key = prefix + locks[lk]
         totals[key] = totals.get(key, 0) + v
     return "".join(f"{k} {v}\n" for k, v in sorted(totals.items()))
 

@@ -3,7 +3,7 @@ zoom by click, regex search, hover details; state in the URL fragment
 (``#measure=hold&search=queue``)."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 from ._files import write_text
 from .model import EVENT_ID, MEASURES, LABELS, Profile
@@ -22,33 +22,31 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
         short = name.replace("\\", "/").rsplit("/", 1)[-1]
         lock_frame.append(len(frames))
         frames.append([f"[{short}]", name, 0, "lock"])
-    # one pass over the rows: each event feeds its measures
-    keys = list(MEASURES)
-    totals: List[Dict[Tuple[int, ...], int]] = [{} for _ in keys]
-    feeds: Dict[int, List[Tuple[Dict, Sequence]]] = {}
-    for m, (event, column, _) in enumerate(MEASURES.values()):
-        feeds.setdefault(EVENT_ID[event], []).append((totals[m], p.rows[column]))
+    # one pass over the rows: each event feeds its measures, summed by
+    # (stack, lock) as one int; the stacks are built once per key at the end
+    nlocks = max(1, len(p.locks))
+    totals: List[Dict[int, int]] = [{} for _ in MEASURES]
+    counts, values = p.columns("count", "value")
+    column = {"count": counts, "value": values}
+    feeds: Dict[int, List[Tuple[Dict[int, int], List]]] = {}
+    for m, (event, col, _) in enumerate(MEASURES.values()):
+        feeds.setdefault(EVENT_ID[event], []).append((totals[m], column[col]))
+    for i, (e, s, lk) in enumerate(zip(*p.columns("event", "stack", "lock"))):
+        for tot, vals in feeds.get(e, ()):
+            w = int(round(vals[i]))
+            if w > 0:
+                key = s * nlocks + lk
+                tot[key] = tot.get(key, 0) + w
     stacks: Dict[int, Tuple[int, ...]] = {}
-    ev, st, lk_col = p.rows["event"], p.rows["stack"], p.rows["lock"]
-    for i in range(p.nrows):
-        feed = feeds.get(ev[i])
-        if feed is None:
-            continue
-        key = None
-        for tot, values in feed:
-            w = int(round(values[i]))
-            if w <= 0:
-                continue
-            if key is None:
-                s = st[i]
-                root_first = stacks.get(s)
-                if root_first is None:
-                    root_first = stacks[s] = tuple(reversed(p.stack_ids(s)))
-                key = root_first + (lock_frame[lk_col[i]],)
-            tot[key] = tot.get(key, 0) + w
     measures = []
     for m, (measure, (_, _, unit)) in enumerate(MEASURES.items()):
-        rows = sorted(totals[m].items(), key=lambda kv: -kv[1])
+        rows = []
+        for key, v in sorted(totals[m].items(), key=lambda kv: -kv[1]):
+            s, lk = divmod(key, nlocks)
+            root_first = stacks.get(s)
+            if root_first is None:
+                root_first = stacks[s] = tuple(reversed(p.stack_ids(s)))
+            rows.append((root_first + (lock_frame[lk],), v))
         measures.append({"key": measure, "label": LABELS[measure], "unit": unit,
                          "total": sum(totals[m].values()), "stacks": rows})
     data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures},

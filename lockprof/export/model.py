@@ -139,6 +139,10 @@ class Profile:
     def nstacks(self) -> int:
         return len(self.stack_offsets) - 1
 
+    def columns(self, *names: str) -> List[List]:
+        """Row columns as lists (faster to walk in Python than the arrays)."""
+        return [self.rows[n].tolist() for n in names]
+
     def stack(self, i: int) -> List[Tuple[str, str, int]]:
         """Stack i's frames, innermost first."""
         a, z = self.stack_offsets[i], self.stack_offsets[i + 1]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 from ._files import write_text
 from .model import EVENT_ID, MEASURES, Profile
@@ -16,37 +16,35 @@ def render(p: Profile, name: str = "lockprof") -> str:
     for lk in p.locks:
         lock_frame.append(len(frames))
         frames.append({"name": f"[{lk['name']}]"})
-    # one pass over the rows: each event feeds its measures
-    keys = list(MEASURES)
-    samples: List[List] = [[] for _ in keys]
-    weights: List[List[int]] = [[] for _ in keys]
-    feeds: Dict[int, List[Tuple[int, Sequence]]] = {}
-    for m, (event, column, _) in enumerate(MEASURES.values()):
-        feeds.setdefault(EVENT_ID[event], []).append((m, p.rows[column]))
-    stacks: Dict[int, List[int]] = {}
-    ev, st, lk_col = p.rows["event"], p.rows["stack"], p.rows["lock"]
-    for i in range(p.nrows):
-        feed = feeds.get(ev[i])
-        if feed is None:
-            continue
-        stack = None
-        for m, values in feed:
+    # one pass over the rows: each event feeds its measures, summed by
+    # (stack, lock) as one int; each sample's stack is built at the end
+    nlocks = max(1, len(p.locks))
+    totals: List[Dict[int, int]] = [{} for _ in MEASURES]
+    counts, vals = p.columns("count", "value")
+    column = {"count": counts, "value": vals}
+    feeds: Dict[int, List[Tuple[Dict[int, int], List]]] = {}
+    for m, (event, col, _) in enumerate(MEASURES.values()):
+        feeds.setdefault(EVENT_ID[event], []).append((totals[m], column[col]))
+    for i, (e, s, lk) in enumerate(zip(*p.columns("event", "stack", "lock"))):
+        for tot, values in feeds.get(e, ()):
             w = int(round(values[i]))
-            if w <= 0:
-                continue
-            if stack is None:
-                s = st[i]
-                root_first = stacks.get(s)
-                if root_first is None:
-                    root_first = stacks[s] = list(reversed(p.stack_ids(s)))
-                stack = root_first + [lock_frame[lk_col[i]]]
-            samples[m].append(stack)
-            weights[m].append(w)
+            if w > 0:
+                key = s * nlocks + lk
+                tot[key] = tot.get(key, 0) + w
+    stacks: Dict[int, List[int]] = {}
     profiles = []
     for m, (measure, (_, _, unit)) in enumerate(MEASURES.items()):
+        samples, weights = [], []
+        for key, w in totals[m].items():
+            s, lk = divmod(key, nlocks)
+            root_first = stacks.get(s)
+            if root_first is None:
+                root_first = stacks[s] = list(reversed(p.stack_ids(s)))
+            samples.append(root_first + [lock_frame[lk]])
+            weights.append(w)
         profiles.append({"type": "sampled", "name": f"{name}: {measure}", "unit": unit,
-                         "startValue": 0, "endValue": sum(weights[m]), "samples": samples[m],
-                         "weights": weights[m]})
+                         "startValue": 0, "endValue": sum(weights), "samples": samples,
+                         "weights": weights})
     doc = {"$schema": "https://www.speedscope.app/file-format-schema.json",
            "shared": {"frames": frames}, "profiles": profiles, "name": name,
            "activeProfileIndex": 0, "exporter": "lockprof"}

@@ -32,33 +32,43 @@ def shown_name(lk: Dict[str, Any]) -> str:
 def hot_stacks(p: Profile, lock: int, n: int = 2, depth: int = 4) -> List[str]:
     """Lock `lock`'s n stacks with the most wait (else the most
     acquisitions), innermost frame first, one line each."""
-    ev, lk, st = p.rows["event"], p.rows["lock"], p.rows["stack"]
-    for event, column in (("contention", "value"), ("acquire", "count")):
-        e = EVENT_ID[event]
-        values = p.rows[column]
-        per_stack: Dict[int, float] = {}
-        for i in range(p.nrows):
-            if ev[i] == e and lk[i] == lock:
-                per_stack[st[i]] = per_stack.get(st[i], 0) + values[i]
-        by: Dict[Tuple, float] = {}
-        for s, v in per_stack.items():
-            ids = p.stack_ids(s)
-            if len(ids) > depth + len(_BOOTSTRAP):
-                key = tuple(p.frames[f] for f in ids[:depth])   # the trimmed tail is deeper
-            else:
-                frames = [p.frames[f] for f in ids]
-                while frames and frames[-1][1] in _BOOTSTRAP and frames[-1][0].endswith(
-                        "threading.py"):
-                    frames.pop()
-                key = tuple(frames[:depth])
-            by[key] = by.get(key, 0) + v
-        if by:
-            total = sum(by.values())
-            best = sorted(by.items(), key=lambda kv: -kv[1])[:n]
-            what = "wait" if event == "contention" else "acquisitions"
-            return [f"{100 * v / total:5.1f}% of {what}: "
-                    + " <- ".join(frame_name(f) for f in frames) for frames, v in best if v > 0]
-    return []
+    return hot_stacks_of(p, [lock], n, depth)[lock]
+
+
+def hot_stacks_of(p: Profile, locks: List[int], n: int = 2,
+                  depth: int = 4) -> Dict[int, List[str]]:
+    """hot_stacks() of several locks, in one pass over the rows."""
+    wanted = set(locks)
+    wait_e, acq_e = EVENT_ID["contention"], EVENT_ID["acquire"]
+    per: Dict[Tuple[int, int], Dict[int, float]] = {}
+    for e, lk, s, c, v in zip(*p.columns("event", "lock", "stack", "count", "value")):
+        if lk in wanted and (e == wait_e or e == acq_e):
+            d = per.setdefault((lk, e), {})
+            d[s] = d.get(s, 0) + (v if e == wait_e else c)
+    out: Dict[int, List[str]] = {}
+    for lock in locks:
+        out[lock] = []
+        for e, what in ((wait_e, "wait"), (acq_e, "acquisitions")):
+            by: Dict[Tuple, float] = {}
+            for s, v in per.get((lock, e), {}).items():
+                ids = p.stack_ids(s)
+                if len(ids) > depth + len(_BOOTSTRAP):
+                    key = tuple(p.frames[f] for f in ids[:depth])   # the trimmed tail is deeper
+                else:
+                    frames = [p.frames[f] for f in ids]
+                    while frames and frames[-1][1] in _BOOTSTRAP and frames[-1][0].endswith(
+                            "threading.py"):
+                        frames.pop()
+                    key = tuple(frames[:depth])
+                by[key] = by.get(key, 0) + v
+            if by:
+                total = sum(by.values())
+                best = sorted(by.items(), key=lambda kv: -kv[1])[:n]
+                out[lock] = [f"{100 * v / total:5.1f}% of {what}: "
+                             + " <- ".join(frame_name(f) for f in frames)
+                             for frames, v in best if v > 0]
+                break
+    return out
 
 
 def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> str:
@@ -92,8 +102,9 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
     if not shown:
         lines.append("(no lock events recorded)")
     blocks = []
+    hot = hot_stacks_of(p, shown[:stacks]) if stacks else {}
     for b, i in zip(body, shown[:stacks]):
-        found = hot_stacks(p, i)
+        found = hot[i]
         if found:
             blocks.append(f"  {b[0]}")
             blocks += [f"    {line}" for line in found]
