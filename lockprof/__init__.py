@@ -13,6 +13,7 @@ counted exactly with its wait, acquisitions and hold times are sampled.
 """
 from __future__ import annotations
 
+import gc
 import math
 import re
 import time
@@ -206,7 +207,16 @@ def profile(reset: bool = False, title: Optional[str] = None):
     from .export import Profile
 
     now = time.monotonic_ns()
-    snap = _lockprof.export(reset, _CLI_FILE)
+    # the collector paused: no finalizer records an event while the tables
+    # are read (and the read takes no lock of the program's)
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        snap = _lockprof.export(reset, _CLI_FILE)
+    finally:
+        if paused:
+            gc.enable()
     p = Profile.from_snapshot(
         snap, time_nanos=_window["time_ns"], duration_nanos=max(0, now - _window["mono_ns"]),
         sample_rate=_window["sample_rate"], wait_period_ns=_window["wait_period_ns"],

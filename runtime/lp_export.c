@@ -264,6 +264,7 @@ typedef struct {
     lp_pmap by_hash;        /* (hash, n) -> first export stack with it */
     lp_vec chain;           /* next export stack with the same key */
     uint32_t *memo;         /* runtime stack id -> export stack */
+    uint32_t nmemo;         /* the stacks there were when the export began */
 } lp_exp;
 
 static int
@@ -356,15 +357,18 @@ frame_of(lp_exp *x, const lp_frame *fr)
 static uint32_t
 stack_of(lp_exp *x, uint32_t sid, uint32_t *scratch)
 {
-    if (sid < lp_nstacks && x->memo[sid] != UINT32_MAX) {
+    if (sid < x->nmemo && x->memo[sid] != UINT32_MAX) {
         return x->memo[sid];
     }
     uint32_t n = 0, omitted = 0;
-    if (sid > 0 && sid < lp_nstacks) {
-        const lp_stack *s = &lp_stacks[sid];
-        omitted = s->omitted;
-        for (uint32_t i = 0; i < s->nframes; i++) {
-            uint32_t f = frame_of(x, &s->frames[i]);
+    if (sid > 0 && sid < x->nmemo) {
+        /* a stack's frames never move (the table of stacks may, if a
+         * finalizer records an event while frames are looked up) */
+        const lp_frame *frames = lp_stacks[sid].frames;
+        uint32_t nframes = lp_stacks[sid].nframes;
+        omitted = lp_stacks[sid].omitted;
+        for (uint32_t i = 0; i < nframes; i++) {
+            uint32_t f = frame_of(x, &frames[i]);
             if (f == UINT32_MAX) {
                 return UINT32_MAX;
             }
@@ -424,7 +428,7 @@ stack_of(lp_exp *x, uint32_t sid, uint32_t *scratch)
             return UINT32_MAX;
         }
     }
-    if (sid < lp_nstacks) {
+    if (sid < x->nmemo) {
         x->memo[sid] = id;
     }
     return id;
@@ -521,6 +525,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
 
     PyObject *result = NULL, *locks = NULL, *groups_by_key = NULL, *counters = NULL;
+    int held = 0;
     uint32_t *rec_group = NULL, *scratch = NULL;
     lp_group *groups = NULL;
     lp_exp x;
@@ -536,8 +541,14 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (counters == NULL) {
         goto done;
     }
+    /* The export runs Python's allocator, so the garbage collector may run
+     * and free wrappers: records keep their numbers until it ends (the
+     * caller also pauses the collector, so no finalizer records an event
+     * here).  Rows are read by index: their table may move. */
     lp_lockrec **recs;
     uint32_t nrecs = lp_records_for_export(&recs);
+    lp_records_hold(1);
+    held = 1;
     lp_lockrec *overflow = lp_overflow_record();
 
     /* locks: grouped by (file, line, var, kind); record id -> group */
@@ -566,6 +577,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     for (uint32_t i = 0; i <= nrecs; i++) {
         /* id 0 is the overflow record (locks past max_locks) */
+        lp_records_for_export_nocompact(&recs);
         const lp_lockrec *r = i == 0 ? overflow : recs[i - 1];
         if (lp_record_is_empty(r) && rec_group[i] != UINT32_MAX - 1) {
             continue;
@@ -619,6 +631,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     /* frames and stacks */
     x.cut_file = cut;
     x.frames = PyList_New(0);
+    x.nmemo = lp_nstacks;
     x.memo = PyMem_Malloc((lp_nstacks + 1) * sizeof(uint32_t));
     scratch = PyMem_Malloc((LP_MAX_FRAMES_CAP + 2) * sizeof(uint32_t));
     if (x.frames == NULL || x.memo == NULL || scratch == NULL ||
@@ -740,6 +753,10 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         "row_value", bytes_of(r_value, nrows * sizeof(double)),
         "threads", threads, "thread_ids", thread_ids, "tasks", tasks,
         "counters", counters);
+    if (held) {
+        lp_records_hold(-1);
+        held = 0;
+    }
     if (result != NULL && take) {
         /* the next window starts exactly where this one ends: no Python
          * code ran in between */
@@ -751,6 +768,9 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
 
 done:
+    if (held) {
+        lp_records_hold(-1);
+    }
     Py_XDECREF(counters);
     Py_XDECREF(locks);
     Py_XDECREF(groups_by_key);

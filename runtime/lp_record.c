@@ -862,6 +862,22 @@ lp_records_for_export(lp_lockrec ***out)
     return nrecs;
 }
 
+uint32_t
+lp_records_for_export_nocompact(lp_lockrec ***out)
+{
+    *out = recs;
+    return nrecs;
+}
+
+void
+lp_records_hold(int delta)
+{
+    busy += delta;
+    if (busy == 0 && compact_pending) {
+        compact();
+    }
+}
+
 lp_lockrec *
 lp_overflow_record(void)
 {

@@ -62,7 +62,10 @@ int lp_record_set_kinds(PyObject *names);
  * record with nothing recorded, a kind's name and a site's code object and
  * line (borrowed), reset and counters as the Python API gives them */
 uint32_t lp_records_for_export(lp_lockrec ***out);
+uint32_t lp_records_for_export_nocompact(lp_lockrec ***out);   /* the same, as they are */
 lp_lockrec *lp_overflow_record(void);
+/* +1: no compaction (records keep their numbers) until the matching -1 */
+void lp_records_hold(int delta);
 int lp_record_is_empty(const lp_lockrec *r);
 PyObject *lp_kind_name(int kind);
 PyObject *lp_site_code(uint32_t site, int *line);
