@@ -248,12 +248,6 @@ bytes_of(const void *p, size_t n)
 /* ------------------------------------------------------------------------ */
 
 typedef struct {
-    uint64_t acq_samples, contentions, timeouts, hold_samples, cond_waits, nlocks;
-    double acq_estimate, hold_ns;
-    int64_t wait_ns, max_wait_ns, cond_wait_ns;
-} lp_group;
-
-typedef struct {
     /* frames: (code, pos) -> frame, then (code, line) -> frame */
     lp_pmap by_pos, by_line;
     PyObject *frames;       /* list of (file, function, line) */
@@ -435,7 +429,7 @@ stack_of(lp_exp *x, uint32_t sid, uint32_t *scratch)
 }
 
 static PyObject *
-lock_tuple(const lp_lockrec *r, const lp_group *g)
+lock_tuple(const lp_lockrec *r, const lp_lockrec *g)
 {
     int line = 0;
     PyObject *code = lp_site_code(r->site, &line);
@@ -458,30 +452,13 @@ lock_tuple(const lp_lockrec *r, const lp_group *g)
      * hold, Condition waits, Condition wait */
     return Py_BuildValue("(ONiNOKKdKKLLKdKL)", lp_kind_name(r->kind), file, line, func,
                          r->name ? r->name : Py_None,
-                         (unsigned long long)g->nlocks, (unsigned long long)g->acq_samples,
+                         (unsigned long long)(g->nlocks ? g->nlocks : 1),
+                         (unsigned long long)g->acq_samples,
                          g->acq_estimate, (unsigned long long)g->contentions,
                          (unsigned long long)g->timeouts, (long long)g->wait_ns,
                          (long long)g->max_wait_ns, (unsigned long long)g->hold_samples,
-                         g->hold_ns, (unsigned long long)g->cond_waits,
+                         g->hold_ns_estimate, (unsigned long long)g->cond_waits,
                          (long long)g->cond_wait_ns);
-}
-
-static void
-group_add(lp_group *g, const lp_lockrec *r)
-{
-    g->acq_samples += r->acq_samples;
-    g->acq_estimate += r->acq_estimate;
-    g->contentions += r->contentions;
-    g->timeouts += r->timeouts;
-    g->wait_ns += r->wait_ns;
-    if (r->max_wait_ns > g->max_wait_ns) {
-        g->max_wait_ns = r->max_wait_ns;
-    }
-    g->hold_samples += r->hold_samples;
-    g->hold_ns += r->hold_ns_estimate;
-    g->cond_waits += r->cond_waits;
-    g->cond_wait_ns += r->cond_wait_ns;
-    g->nlocks += r->nlocks ? r->nlocks : 1;
 }
 
 /* a label id as the snapshot numbers it: the label, `other` for the
@@ -527,7 +504,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL, *locks = NULL, *groups_by_key = NULL, *counters = NULL;
     int held = 0;
     uint32_t *rec_group = NULL, *scratch = NULL;
-    lp_group *groups = NULL;
+    lp_lockrec *groups = NULL;
     lp_exp x;
     memset(&x, 0, sizeof(x));
     lp_pmap rowmap;
@@ -553,7 +530,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 
     /* locks: grouped by (file, line, var, kind); record id -> group */
     rec_group = PyMem_Malloc((nrecs + 1) * sizeof(uint32_t));
-    groups = PyMem_Calloc(nrecs + 1, sizeof(lp_group));
+    groups = PyMem_Calloc(nrecs + 1, sizeof(lp_lockrec));
     locks = PyList_New(0);
     groups_by_key = PyDict_New();
     if (rec_group == NULL || groups == NULL || locks == NULL || groups_by_key == NULL) {
@@ -614,7 +591,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             first[gi] = r;
         }
         Py_DECREF(key);
-        group_add(&groups[gi], r);
+        lp_record_add(&groups[gi], r);
         rec_group[i] = gi;
     }
     for (uint32_t gi = 0; gi < ngroups; gi++) {

@@ -609,8 +609,8 @@ same_group(const lp_lockrec *a, const lp_lockrec *b)
     return eq;
 }
 
-static void
-merge_into(lp_lockrec *t, const lp_lockrec *r)
+void
+lp_record_add(lp_lockrec *t, const lp_lockrec *r)
 {
     t->acq_samples += r->acq_samples;
     t->acq_estimate += r->acq_estimate;
@@ -669,7 +669,7 @@ compact(void)
                 j = (j + 1) & (cap - 1);
             }
             if (groups[j] != NULL) {
-                merge_into(groups[j], r);
+                lp_record_add(groups[j], r);
                 newid[i + 1] = newid[groups[j]->id];   /* the group's new number */
                 dead[ndead++] = r;
                 continue;

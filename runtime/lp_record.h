@@ -64,6 +64,8 @@ int lp_record_set_kinds(PyObject *names);
 uint32_t lp_records_for_export(lp_lockrec ***out);
 uint32_t lp_records_for_export_nocompact(lp_lockrec ***out);   /* the same, as they are */
 lp_lockrec *lp_overflow_record(void);
+/* t's figures += r's (max wait: the larger; locks: the sum) */
+void lp_record_add(lp_lockrec *t, const lp_lockrec *r);
 /* +1: no compaction (records keep their numbers) until the matching -1 */
 void lp_records_hold(int delta);
 int lp_record_is_empty(const lp_lockrec *r);

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from ._files import write_text
-from .model import EVENT_ID, MEASURES, LABELS, Profile
+from .model import LABELS, MEASURES, Profile
 
 
 def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
@@ -22,21 +22,7 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
         short = name.replace("\\", "/").rsplit("/", 1)[-1]
         lock_frame.append(len(frames))
         frames.append([f"[{short}]", name, 0, "lock"])
-    # one pass over the rows: each event feeds its measures, summed by
-    # (stack, lock) as one int; the stacks are built once per key at the end
-    nlocks = max(1, len(p.locks))
-    totals: List[Dict[int, int]] = [{} for _ in MEASURES]
-    counts, values = p.columns("count", "value")
-    column = {"count": counts, "value": values}
-    feeds: Dict[int, List[Tuple[Dict[int, int], List]]] = {}
-    for m, (event, col, _) in enumerate(MEASURES.values()):
-        feeds.setdefault(EVENT_ID[event], []).append((totals[m], column[col]))
-    for i, (e, s, lk) in enumerate(zip(*p.columns("event", "stack", "lock"))):
-        for tot, vals in feeds.get(e, ()):
-            w = int(round(vals[i]))
-            if w > 0:
-                key = s * nlocks + lk
-                tot[key] = tot.get(key, 0) + w
+    nlocks, totals = p.sums_by_stack_lock()
     stacks: Dict[int, Tuple[int, ...]] = {}
     measures = []
     for m, (measure, (_, _, unit)) in enumerate(MEASURES.items()):

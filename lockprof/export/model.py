@@ -223,109 +223,49 @@ class Profile:
                 if lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
                 or lk.get("acquisition_samples")]
 
+    def sums_by_stack_lock(self) -> Tuple[int, List[Dict[int, int]]]:
+        """(n, totals): per measure (MEASURES' order), the rounded positive
+        values summed by stack * n + lock: what a flame graph draws, in one
+        pass over the rows."""
+        n = max(1, len(self.locks))
+        totals: List[Dict[int, int]] = [{} for _ in MEASURES]
+        counts, values = self.columns("count", "value")
+        column = {"count": counts, "value": values}
+        feeds: Dict[int, List[Tuple[Dict[int, int], List]]] = {}
+        for m, (event, col, _) in enumerate(MEASURES.values()):
+            feeds.setdefault(EVENT_ID[event], []).append((totals[m], column[col]))
+        for i, (e, s, lk) in enumerate(zip(*self.columns("event", "stack", "lock"))):
+            for tot, vals in feeds.get(e, ()):
+                w = int(round(vals[i]))
+                if w > 0:
+                    key = s * n + lk
+                    tot[key] = tot.get(key, 0) + w
+        return n, totals
+
     # -- combining -------------------------------------------------------
     @classmethod
     def merge(cls, profiles: Sequence["Profile"], **meta) -> "Profile":
         """One profile of several (the windows of one process, or the
         per-test windows of a suite): locks by name and kind with their
         figures summed, frames, stacks, labels and rows re-interned."""
-        locks: List[Dict[str, Any]] = []
-        lock_ix: Dict[Tuple, int] = {}
-        frames: List[Tuple[str, str, int]] = []
-        frame_ix: Dict[Tuple, int] = {}
-        offsets, flat = array("I", [0]), array("I")
-        stack_ix: Dict[Tuple[int, ...], int] = {}
-        threads: List[Optional[str]] = []
-        thread_ids: List[int] = []
-        thread_ix: Dict[Any, int] = {}
-        tasks: List[Optional[str]] = []
-        task_ix: Dict[Any, int] = {}
-        rows: Dict[Tuple, List[float]] = {}
+        b = Builder()
         counters: Dict[str, int] = {}
-        exact = all(p.exact for p in profiles)
         for p in profiles:
-            lmap = []
-            for lk in p.locks:
-                k = (lk["name"], lk["kind"])
-                j = lock_ix.get(k)
-                if j is None:
-                    lock_ix[k] = len(locks)
-                    locks.append(dict(lk))
-                    lmap.append(len(locks) - 1)
-                    continue
-                lmap.append(j)
-                g = locks[j]
-                for f in ("locks", "acquisition_samples", "acquisitions", "contentions",
-                          "timeouts", "wait_ns", "hold_samples", "hold_ns", "cond_waits",
-                          "cond_wait_ns"):
-                    if g.get(f) is not None or lk.get(f) is not None:
-                        g[f] = (g.get(f) or 0) + (lk.get(f) or 0)
-                if lk.get("max_wait_ns") is not None:
-                    g["max_wait_ns"] = max(g.get("max_wait_ns") or 0, lk["max_wait_ns"])
-            fmap = []
-            for fr in p.frames:
-                j = frame_ix.get(fr)
-                if j is None:
-                    j = frame_ix[fr] = len(frames)
-                    frames.append(fr)
-                fmap.append(j)
-            smap = []
-            for s in range(p.nstacks):
-                key = tuple(fmap[f] for f in p.stack_ids(s))
-                j = stack_ix.get(key)
-                if j is None:
-                    j = stack_ix[key] = len(offsets) - 1
-                    flat.extend(key)
-                    offsets.append(len(flat))
-                smap.append(j)
-            thmap = []
-            for i, name in enumerate(p.threads):
-                tid = p.thread_ids[i] if i < len(p.thread_ids) else 0
-                j = thread_ix.get(name)
-                if j is None:
-                    j = thread_ix[name] = len(threads)
-                    threads.append(name)
-                    thread_ids.append(tid)
-                elif thread_ids[j] != tid:
-                    thread_ids[j] = 0
-                thmap.append(j)
-            tkmap = []
-            for name in p.tasks:
-                j = task_ix.get(name)
-                if j is None:
-                    j = task_ix[name] = len(tasks)
-                    tasks.append(name)
-                tkmap.append(j)
-            r = p.rows
-            for i in range(p.nrows):
-                th, tk = r["thread"][i], r["task"][i]
-                key = (lmap[r["lock"][i]], smap[r["stack"][i]], r["event"][i],
-                       thmap[th] if th < len(thmap) else NONE,
-                       tkmap[tk] if tk < len(tkmap) else NONE)
-                acc = rows.get(key)
-                if acc is None:
-                    rows[key] = [r["samples"][i], r["count"][i], r["value"][i]]
-                else:
-                    acc[0] += r["samples"][i]
-                    acc[1] += r["count"][i]
-                    acc[2] += r["value"][i]
+            lmap = [b.lock(lk) for lk in p.locks]
+            fmap = [b.frame(fr) for fr in p.frames]
+            smap = [b.stack(tuple(fmap[f] for f in p.stack_ids(s))) for s in range(p.nstacks)]
+            thmap = [b.thread(name, p.thread_ids[i] if i < len(p.thread_ids) else 0)
+                     for i, name in enumerate(p.threads)]
+            tkmap = [b.task(name) for name in p.tasks]
+            for lk, st, ev, th, tk, n, c, v in zip(*p.columns(
+                    "lock", "stack", "event", "thread", "task", "samples", "count", "value")):
+                b.add(lmap[lk], smap[st], ev, thmap[th] if th < len(thmap) else NONE,
+                      tkmap[tk] if tk < len(tkmap) else NONE, n, c, v)
             for k, v in p.counters.items():
                 if k.startswith("max_"):
                     counters[k] = v
                 elif isinstance(v, int):
                     counters[k] = counters.get(k, 0) + v
-        cols = {"lock": array("I"), "stack": array("I"), "event": array("B"),
-                "thread": array("I"), "task": array("I"), "samples": array("Q"),
-                "count": array("d"), "value": array("d")}
-        for (lk, st, ev, th, tk), (n, c, v) in rows.items():
-            cols["lock"].append(lk)
-            cols["stack"].append(st)
-            cols["event"].append(ev)
-            cols["thread"].append(th)
-            cols["task"].append(tk)
-            cols["samples"].append(int(n))
-            cols["count"].append(c)
-            cols["value"].append(v)
         first = profiles[0] if profiles else None
         start = min((p.time_nanos for p in profiles if p.time_nanos), default=0)
         end = max((p.time_nanos + p.duration_nanos for p in profiles if p.time_nanos),
@@ -334,6 +274,109 @@ class Profile:
         meta.setdefault("duration_nanos", max(0, end - start))
         meta.setdefault("sample_rate", first.sample_rate if first else None)
         meta.setdefault("wait_period_ns", first.wait_period_ns if first else None)
-        return cls(locks=locks, frames=frames, stack_offsets=offsets, stack_frames=flat,
-                   rows=cols, threads=threads, thread_ids=thread_ids, tasks=tasks,
-                   exact=exact, counters=counters, **meta)
+        return b.build(exact=all(p.exact for p in profiles), counters=counters, **meta)
+
+
+_SUMMED = ("locks", "acquisition_samples", "acquisitions", "contentions", "timeouts", "wait_ns",
+           "hold_samples", "hold_ns", "cond_waits", "cond_wait_ns")
+
+
+class Builder:
+    """Builds a Profile piece by piece, interning as it goes: locks by name
+    and kind (their figures summed), frames, stacks (tuples of frame
+    indices), thread and task labels, and rows by their key.  The pprof
+    reader and Profile.merge build through it."""
+
+    def __init__(self) -> None:
+        self.locks: List[Dict[str, Any]] = []
+        self._lock_ix: Dict[Tuple, int] = {}
+        self.frames: List[Tuple[str, str, int]] = []
+        self._frame_ix: Dict[Tuple, int] = {}
+        self.offsets, self.flat = array("I", [0]), array("I")
+        self._stack_ix: Dict[Tuple[int, ...], int] = {}
+        self.threads: List[Optional[str]] = []
+        self.thread_ids: List[int] = []
+        self._thread_ix: Dict[Any, int] = {}
+        self.tasks: List[Optional[str]] = []
+        self._task_ix: Dict[Any, int] = {}
+        self._rows: Dict[Tuple, List[float]] = {}
+
+    def lock(self, lk: Dict[str, Any]) -> int:
+        """The index of lk's name and kind; a second lock of both adds up."""
+        k = (lk["name"], lk["kind"])
+        j = self._lock_ix.get(k)
+        if j is None:
+            self._lock_ix[k] = j = len(self.locks)
+            self.locks.append(dict(lk))
+            return j
+        g = self.locks[j]
+        for f in _SUMMED:
+            if g.get(f) is not None or lk.get(f) is not None:
+                g[f] = (g.get(f) or 0) + (lk.get(f) or 0)
+        if lk.get("max_wait_ns") is not None:
+            g["max_wait_ns"] = max(g.get("max_wait_ns") or 0, lk["max_wait_ns"])
+        return j
+
+    def find_lock(self, name: str, kind: str) -> Optional[int]:
+        return self._lock_ix.get((name, kind))
+
+    def frame(self, fr: Tuple[str, str, int]) -> int:
+        j = self._frame_ix.get(fr)
+        if j is None:
+            self._frame_ix[fr] = j = len(self.frames)
+            self.frames.append(fr)
+        return j
+
+    def stack(self, frames: Tuple[int, ...]) -> int:
+        j = self._stack_ix.get(frames)
+        if j is None:
+            self._stack_ix[frames] = j = len(self.offsets) - 1
+            self.flat.extend(frames)
+            self.offsets.append(len(self.flat))
+        return j
+
+    def thread(self, name: Optional[str], tid: int = 0) -> int:
+        """A thread label; its id stays only while one thread carried it."""
+        j = self._thread_ix.get(name)
+        if j is None:
+            self._thread_ix[name] = j = len(self.threads)
+            self.threads.append(name)
+            self.thread_ids.append(tid)
+        elif self.thread_ids[j] != tid:
+            self.thread_ids[j] = 0
+        return j
+
+    def task(self, name: Optional[str]) -> int:
+        j = self._task_ix.get(name)
+        if j is None:
+            self._task_ix[name] = j = len(self.tasks)
+            self.tasks.append(name)
+        return j
+
+    def add(self, lock: int, stack: int, event: int, thread: int, task: int,
+            samples: float, count: float, value: float) -> None:
+        key = (lock, stack, event, thread, task)
+        acc = self._rows.get(key)
+        if acc is None:
+            self._rows[key] = [samples, count, value]
+        else:
+            acc[0] += samples
+            acc[1] += count
+            acc[2] += value
+
+    def build(self, *, exact: bool, **meta) -> Profile:
+        cols = {"lock": array("I"), "stack": array("I"), "event": array("B"),
+                "thread": array("I"), "task": array("I"), "samples": array("Q"),
+                "count": array("d"), "value": array("d")}
+        for (lk, st, ev, th, tk), (n, c, v) in self._rows.items():
+            cols["lock"].append(lk)
+            cols["stack"].append(st)
+            cols["event"].append(ev)
+            cols["thread"].append(th)
+            cols["task"].append(tk)
+            cols["samples"].append(int(n))
+            cols["count"].append(c)
+            cols["value"].append(v)
+        return Profile(locks=self.locks, frames=self.frames, stack_offsets=self.offsets,
+                       stack_frames=self.flat, rows=cols, threads=self.threads,
+                       thread_ids=self.thread_ids, tasks=self.tasks, exact=exact, **meta)

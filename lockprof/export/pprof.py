@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from array import array
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _lockprof
 from ._files import write_atomic
-from .model import EVENT_ID, NONE, Profile, lock_name
+from .model import EVENT_ID, NONE, Builder, Profile, lock_name
 
 # (type, unit), in the order of the C encoder's columns: Go's names for the
 # first two, so that `go tool pprof -contentions / -total_delay` work as on
@@ -210,27 +209,16 @@ def _decode(data: bytes) -> Profile:
                 col.get(by_name[n]) if n is not None else None)
                for event, (c, n) in COLUMNS.items()]
 
-    frames: List[Tuple[str, str, int]] = []
-    frame_ix: Dict[Tuple[str, str, int], int] = {}
+    b = Builder()
     loc_frames: Dict[int, List[int]] = {}
     for lid, lines in locations.items():
-        ids = []
-        for fid, line in lines:
-            name_i, file_i = functions.get(fid, (0, 0))
-            fr = (strings[file_i], strings[name_i], line)
-            j = frame_ix.get(fr)
-            if j is None:
-                j = frame_ix[fr] = len(frames)
-                frames.append(fr)
-            ids.append(j)
-        loc_frames[lid] = ids
+        loc_frames[lid] = [b.frame((strings[functions.get(fid, (0, 0))[1]],
+                                    strings[functions.get(fid, (0, 0))[0]], line))
+                           for fid, line in lines]
 
-    locks: List[Dict[str, Any]] = []
-    lock_ix: Dict[Tuple[str, str], int] = {}
     exact = bool(exact_raw)
     for raw in exact_raw:
         lk: Dict[str, Any] = {f: None if f in _EXACT_STR else 0 for f in _EXACT}
-        lk["max_wait_ns"] = 0
         for f, w, v in _fields(raw):
             if 1 <= f <= len(_EXACT):
                 name = _EXACT[f - 1]
@@ -238,17 +226,9 @@ def _decode(data: bytes) -> Profile:
         lk["name"] = lk["name"] or lock_name(lk["file"], lk["line"], lk["var"])
         lk["kind"] = lk["kind"] or "<unknown>"
         lk["site"] = f"{lk['file']}:{lk['line']}" if lk["file"] else "<unknown>"
-        lock_ix[(lk["name"], lk["kind"])] = len(locks)
-        locks.append(lk)
+        b.lock(lk)
 
-    offsets, flat = array("I", [0]), array("I")
-    stack_ix: Dict[Tuple[int, ...], int] = {}
-    threads: List[Optional[str]] = []
-    thread_ids: List[int] = []
-    thread_ix: Dict[str, int] = {}
-    tasks: List[Optional[str]] = []
-    task_ix: Dict[str, int] = {}
-    rows: Dict[Tuple, List[float]] = {}
+    estimated: Dict[int, Dict[str, Any]] = {}     # locks the exact section lacks
     for sraw in samples_raw:
         locs: List[int] = []
         values: List[int] = []
@@ -262,78 +242,40 @@ def _decode(data: bytes) -> Profile:
                 lab = {lf: lv for lf, _, lv in _fields(v)}
                 key = strings[lab.get(1, 0)]
                 labels[key] = strings[lab[2]] if lab.get(2) else lab.get(3, 0)
-        key_frames = tuple(j for lid in locs for j in loc_frames.get(lid, ()))
-        st = stack_ix.get(key_frames)
-        if st is None:
-            st = stack_ix[key_frames] = len(offsets) - 1
-            flat.extend(key_frames)
-            offsets.append(len(flat))
+        st = b.stack(tuple(j for lid in locs for j in loc_frames.get(lid, ())))
         name = labels.get("lock name") or "<unknown>"
         kind = labels.get("lock kind") or "<unknown>"
-        lk = lock_ix.get((name, kind))
+        lk = b.find_lock(name, kind)
         if lk is None:
-            lk = lock_ix[(name, kind)] = len(locks)
-            locks.append({"name": name, "kind": kind, "file": None, "line": 0, "var": None,
-                          "function": None, "site": name, "locks": 1,
-                          "acquisition_samples": 0, "acquisitions": 0, "contentions": 0,
-                          "timeouts": 0, "wait_ns": 0, "max_wait_ns": None,
-                          "hold_samples": 0, "hold_ns": 0, "cond_waits": 0,
-                          "cond_wait_ns": 0, "estimated": True})
-        th = NONE
+            lk = b.lock({"name": name, "kind": kind, "file": None, "line": 0, "var": None,
+                         "function": None, "site": name, "locks": 1,
+                         "acquisition_samples": 0, "acquisitions": 0, "contentions": 0,
+                         "timeouts": 0, "wait_ns": 0, "max_wait_ns": None,
+                         "hold_samples": 0, "hold_ns": 0, "cond_waits": 0, "cond_wait_ns": 0})
+            estimated[lk] = b.locks[lk]
         tname = labels.get("thread name")
-        if tname is not None:
-            th = thread_ix.get(tname)
-            tid = labels.get("thread id") or 0
-            if th is None:
-                th = thread_ix[tname] = len(threads)
-                threads.append(tname)
-                thread_ids.append(tid)
-            elif thread_ids[th] != tid:
-                thread_ids[th] = 0
-        tk = NONE
+        th = b.thread(tname, labels.get("thread id") or 0) if tname is not None else NONE
         kname = labels.get("task name")
-        if kname is not None:
-            tk = task_ix.get(kname)
-            if tk is None:
-                tk = task_ix[kname] = len(tasks)
-                tasks.append(kname)
+        tk = b.task(kname) if kname is not None else NONE
         for ev, c, n in columns:
             count = values[c] if c is not None and c < len(values) else 0
             value = values[n] if n is not None and n < len(values) else 0
             if not (count or value):
                 continue
-            k = (lk, st, ev, th, tk)
-            acc = rows.get(k)
-            if acc is None:
-                rows[k] = [1, count, value]
-            else:
-                acc[0] += 1
-                acc[1] += count
-                acc[2] += value
-    cols = {"lock": array("I"), "stack": array("I"), "event": array("B"), "thread": array("I"),
-            "task": array("I"), "samples": array("Q"), "count": array("d"), "value": array("d")}
-    for (lk, st, ev, th, tk), (n, c, v) in rows.items():
-        cols["lock"].append(lk)
-        cols["stack"].append(st)
-        cols["event"].append(ev)
-        cols["thread"].append(th)
-        cols["task"].append(tk)
-        cols["samples"].append(n)
-        cols["count"].append(c)
-        cols["value"].append(v)
-        est = locks[lk]
-        if est.get("estimated"):
-            # a foreign (or exact-less) file: the lock's figures from its samples
-            if ev == EVENT_ID["contention"]:
-                est["contentions"] += c
-                est["wait_ns"] += v
-            elif ev == EVENT_ID["acquire"]:
-                est["acquisitions"] += c
-            elif ev == EVENT_ID["hold"]:
-                est["hold_ns"] += v
-            elif ev == EVENT_ID["cond_wait"]:
-                est["cond_waits"] += c
-                est["cond_wait_ns"] += v
+            b.add(lk, st, ev, th, tk, 1, count, value)
+            est = estimated.get(lk)
+            if est is not None:
+                # no exact figures for this lock: its figures from its samples
+                if ev == EVENT_ID["contention"]:
+                    est["contentions"] += count
+                    est["wait_ns"] += value
+                elif ev == EVENT_ID["acquire"]:
+                    est["acquisitions"] += count
+                elif ev == EVENT_ID["hold"]:
+                    est["hold_ns"] += value
+                elif ev == EVENT_ID["cond_wait"]:
+                    est["cond_waits"] += count
+                    est["cond_wait_ns"] += value
 
     texts = [strings[c] for c in comments]
     counters: Dict[str, int] = {}
@@ -353,8 +295,6 @@ def _decode(data: bytes) -> Profile:
                 counters[k] = int(v)
                 continue
         other.append(c)
-    return Profile(locks=locks, frames=frames, stack_offsets=offsets, stack_frames=flat,
-                   rows=cols, threads=threads, thread_ids=thread_ids, tasks=tasks,
-                   exact=exact, time_nanos=meta.get("time_nanos", 0),
+    return b.build(exact=exact, time_nanos=meta.get("time_nanos", 0),
                    duration_nanos=meta.get("duration_nanos", 0), sample_rate=sample_rate,
                    wait_period_ns=wait_period, counters=counters, comments=other)

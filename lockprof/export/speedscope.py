@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from ._files import write_text
-from .model import EVENT_ID, MEASURES, Profile
+from .model import MEASURES, Profile
 
 
 def render(p: Profile, name: str = "lockprof") -> str:
@@ -16,21 +16,7 @@ def render(p: Profile, name: str = "lockprof") -> str:
     for lk in p.locks:
         lock_frame.append(len(frames))
         frames.append({"name": f"[{lk['name']}]"})
-    # one pass over the rows: each event feeds its measures, summed by
-    # (stack, lock) as one int; each sample's stack is built at the end
-    nlocks = max(1, len(p.locks))
-    totals: List[Dict[int, int]] = [{} for _ in MEASURES]
-    counts, vals = p.columns("count", "value")
-    column = {"count": counts, "value": vals}
-    feeds: Dict[int, List[Tuple[Dict[int, int], List]]] = {}
-    for m, (event, col, _) in enumerate(MEASURES.values()):
-        feeds.setdefault(EVENT_ID[event], []).append((totals[m], column[col]))
-    for i, (e, s, lk) in enumerate(zip(*p.columns("event", "stack", "lock"))):
-        for tot, values in feeds.get(e, ()):
-            w = int(round(values[i]))
-            if w > 0:
-                key = s * nlocks + lk
-                tot[key] = tot.get(key, 0) + w
+    nlocks, totals = p.sums_by_stack_lock()
     stacks: Dict[int, List[int]] = {}
     profiles = []
     for m, (measure, (_, _, unit)) in enumerate(MEASURES.items()):
