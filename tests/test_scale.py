@@ -4,6 +4,7 @@ file tells the same truth as the report at exit."""
 import asyncio
 import gzip
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,42 +126,56 @@ def test_names_the_program_chose_are_kept():
     assert main == {threading.get_ident()}
 
 
+CAP_WORKLOAD = r"""
+import asyncio, threading
+locks = [
+    threading.Lock(),
+    threading.Lock(),
+    threading.Lock(),
+    threading.Lock(),
+    threading.Lock(),
+    threading.Lock(),
+]
+
+def take(lk):
+    with lk:
+        pass
+
+def worker(lk):
+    take(lk)
+
+for i, lk in enumerate(locks):
+    t = threading.Thread(target=worker, args=(lk,), name=f"named-{i}")
+    t.start()
+    t.join()
+for lk in locks:
+    (lambda: take(lk))()
+
+async def main():
+    alock = asyncio.Lock()
+
+    async def job():
+        async with alock:
+            pass
+    tasks = [asyncio.ensure_future(job()) for _ in range(6)]
+    for i, t in enumerate(tasks):
+        t.set_name(f"task-{i}")
+    await asyncio.gather(*tasks)
+
+asyncio.run(main())
+"""
+_runs = [0]
+
+
 def _cap_workload():
     """Something for every cap to drop: 6 live locks made on 6 lines, 6
-    named threads, 6 named tasks, 6 stacks."""
-    # made by code compiled afresh: 6 creation sites never seen before
-    made = {}
-    exec(compile("import threading\nlocks = [\n" + "threading.Lock(),\n" * 6 + "]\n",
-                 "made_here.py", "exec"), made)
-    locks = made["locks"]
-
-    def take(lk):
-        with lk:
-            pass
-
-    def worker(lk):
-        take(lk)
-
-    for i, lk in enumerate(locks):
-        t = threading.Thread(target=worker, args=(lk,), name=f"named-{i}")
-        t.start()
-        t.join()
-    for lk in locks:
-        (lambda: take(lk))()
-
-    async def main():
-        alock = asyncio.Lock()
-
-        async def job():
-            async with alock:
-                pass
-        tasks = [asyncio.ensure_future(job()) for _ in range(6)]
-        for i, t in enumerate(tasks):
-            t.set_name(f"task-{i}")
-        await asyncio.gather(*tasks)
-
-    asyncio.run(main())
-    return locks
+    named threads, 6 named tasks, 6 stacks; compiled afresh each time, so
+    that its sites and stacks are new to the runtime's tables (which keep
+    what they saw for the process's life)."""
+    _runs[0] += 1
+    ns = {}
+    exec(compile(CAP_WORKLOAD, f"cap_workload_{_runs[0]}.py", "exec"), ns)
+    return ns["locks"]
 
 
 @pytest.mark.parametrize("cap, dropped", [
@@ -240,7 +255,8 @@ def test_report_of_the_file_equals_the_report_at_exit(tmp_path):
     assert from_file == at_exit
     assert "contentions and waits exact" in from_file[0]
     # exact figures, not estimates from the samples: x4 accounts, max wait
-    assert any("app.py:5:lock (x4)" in line for line in from_file), from_file
+    # (before 3.11 the accounts' locks, first taken as `accounts[i].lock`, have no variable name)
+    assert any(re.search(r"app\.py:5(:lock)? \(x4\)", line) for line in from_file), from_file
     prof = pprof.read(str(tmp_path / "p.pprof"))
     ledger = next(lk for lk in prof.locks if lk["var"] == "ledger_lock")
     assert ledger["contentions"] > 0 and ledger["max_wait_ns"] > 0
