@@ -60,6 +60,10 @@ for round_ in range(3):
     with tempfile.TemporaryDirectory() as d:
         for ext in ("pprof", "folded", "speedscope.json", "html", "txt"):
             lockprof.write(os.path.join(d, "p." + ext))
+        # the C encoder on a model read back from a file (array columns)
+        from lockprof.export import pprof
+        pprof.write(pprof.read(os.path.join(d, "p.pprof")), os.path.join(d, "q.pprof"))
+        lockprof.profile(reset=True)
     lockprof.samples()
     lockprof.stats()
     del locks
