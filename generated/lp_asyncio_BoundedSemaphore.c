@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.BoundedSemaphore: wrapper of asyncio.locks.BoundedSemaphore (generator/locks.json, line 139) */
+/* asyncio.BoundedSemaphore: wrapper of asyncio.locks.BoundedSemaphore (generator/locks.json, line 140) */
 /* ======================================================================== */
 #include "lp_types.h"
 

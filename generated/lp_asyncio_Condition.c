@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.Condition: wrapper of asyncio.locks.Condition (generator/locks.json, line 157) */
+/* asyncio.Condition: wrapper of asyncio.locks.Condition (generator/locks.json, line 158) */
 /* ======================================================================== */
 #include "lp_types.h"
 

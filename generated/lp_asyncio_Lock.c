@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.Lock: wrapper of asyncio.locks.Lock (generator/locks.json, line 103) */
+/* asyncio.Lock: wrapper of asyncio.locks.Lock (generator/locks.json, line 104) */
 /* ======================================================================== */
 #include "lp_types.h"
 

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* asyncio.Semaphore: wrapper of asyncio.locks.Semaphore (generator/locks.json, line 121) */
+/* asyncio.Semaphore: wrapper of asyncio.locks.Semaphore (generator/locks.json, line 122) */
 /* ======================================================================== */
 #include "lp_types.h"
 

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* gevent.thread.LockType: wrapper of gevent.thread.LockType (generator/locks.json, line 199) */
+/* gevent.thread.LockType: wrapper of gevent.thread.LockType (generator/locks.json, line 201) */
 /* ======================================================================== */
 #include "lp_types.h"
 

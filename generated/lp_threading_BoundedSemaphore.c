@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* threading.BoundedSemaphore: wrapper of threading.BoundedSemaphore (generator/locks.json, line 66) */
+/* threading.BoundedSemaphore: wrapper of threading.BoundedSemaphore (generator/locks.json, line 67) */
 /* ======================================================================== */
 #include "lp_types.h"
 

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* threading.Condition: wrapper of threading.Condition (generator/locks.json, line 82) */
+/* threading.Condition: wrapper of threading.Condition (generator/locks.json, line 83) */
 /* ======================================================================== */
 #include "lp_types.h"
 

@@ -21,6 +21,9 @@ static lp_method lp_threading_RLock_m_acquire_restore;
 #if PY_VERSION_HEX >= 0x030B0000
 static lp_method lp_threading_RLock_m_recursion_count;
 #endif
+#if PY_VERSION_HEX >= 0x030E0000
+static lp_method lp_threading_RLock_m_locked;
+#endif
 static lp_method lp_threading_RLock_m_at_fork_reinit;
 
 static int
@@ -43,6 +46,11 @@ lp_threading_RLock_init_methods(PyObject *inner_type)
     }
 #if PY_VERSION_HEX >= 0x030B0000
     if (lp_method_init(&lp_threading_RLock_m_recursion_count, inner_type, "_recursion_count") < 0) {
+        return -1;
+    }
+#endif
+#if PY_VERSION_HEX >= 0x030E0000
+    if (lp_method_init(&lp_threading_RLock_m_locked, inner_type, "locked") < 0) {
         return -1;
     }
 #endif
@@ -190,6 +198,15 @@ lp_threading_RLock_recursion_count(lp_wrapper *self, PyObject *const *args, Py_s
 }
 #endif
 
+#if PY_VERSION_HEX >= 0x030E0000
+/* threading.RLock.locked (role: forward) */
+static PyObject *
+lp_threading_RLock_locked(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return lp_call(&lp_threading_RLock_m_locked, self->inner, args, nargs, kwnames);
+}
+#endif
+
 /* threading.RLock._at_fork_reinit (role: reinit) */
 static PyObject *
 lp_threading_RLock_at_fork_reinit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -220,6 +237,10 @@ static PyMethodDef lp_threading_RLock_methods[] = {
 #if PY_VERSION_HEX >= 0x030B0000
     {"_recursion_count", (PyCFunction)(void (*)(void))lp_threading_RLock_recursion_count, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_recursion_count: as _thread.RLock._recursion_count, recorded by lockprof (forward).")},
+#endif
+#if PY_VERSION_HEX >= 0x030E0000
+    {"locked", (PyCFunction)(void (*)(void))lp_threading_RLock_locked, METH_FASTCALL | METH_KEYWORDS,
+     PyDoc_STR("locked: as _thread.RLock.locked, recorded by lockprof (forward).")},
 #endif
     {"_at_fork_reinit", (PyCFunction)(void (*)(void))lp_threading_RLock_at_fork_reinit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_at_fork_reinit: as _thread.RLock._at_fork_reinit, recorded by lockprof (reinit).")},

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* threading.Semaphore: wrapper of threading.Semaphore (generator/locks.json, line 50) */
+/* threading.Semaphore: wrapper of threading.Semaphore (generator/locks.json, line 51) */
 /* ======================================================================== */
 #include "lp_types.h"
 

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* threading._RLock: wrapper of threading._RLock (generator/locks.json, line 179) */
+/* threading._RLock: wrapper of threading._RLock (generator/locks.json, line 180) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -127,6 +127,19 @@ lp_threading__RLock_recursion_count_get(lp_wrapper *self, void *closure)
 }
 #endif
 
+#if PY_VERSION_HEX >= 0x030E0000
+/* threading._RLock.locked (role: forward): the wrapped object's bound method */
+static PyObject *
+lp_threading__RLock_locked_get(lp_wrapper *self, void *closure)
+{
+    static PyObject *name = NULL;
+    if (name == NULL && (name = PyUnicode_InternFromString("locked")) == NULL) {
+        return NULL;
+    }
+    return PyObject_GetAttr(self->inner, name);
+}
+#endif
+
 /* threading._RLock.acquire (role: acquire) */
 static PyObject *
 lp_threading__RLock_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -223,6 +236,9 @@ static PyGetSetDef lp_threading__RLock_getset[] = {
     {"_is_owned", (getter)lp_threading__RLock_is_owned_get, NULL, PyDoc_STR("_is_owned: the wrapped threading._RLock's own (not recorded)."), NULL},
 #if PY_VERSION_HEX >= 0x030B0000
     {"_recursion_count", (getter)lp_threading__RLock_recursion_count_get, NULL, PyDoc_STR("_recursion_count: the wrapped threading._RLock's own (not recorded)."), NULL},
+#endif
+#if PY_VERSION_HEX >= 0x030E0000
+    {"locked", (getter)lp_threading__RLock_locked_get, NULL, PyDoc_STR("locked: the wrapped threading._RLock's own (not recorded)."), NULL},
 #endif
     {NULL, NULL, NULL, NULL, NULL},
 };

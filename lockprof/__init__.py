@@ -10,6 +10,12 @@ While running, threading.Lock/RLock/Semaphore/BoundedSemaphore/Condition and
 asyncio.Lock/Semaphore/BoundedSemaphore/Condition make wrapped locks whose
 methods are C functions generated from a spec; every contended acquisition is
 counted exactly with its wait, acquisitions and hold times are sampled.
+
+(PYTEST_DONT_REWRITE: lockprof's distribution carries a pytest plugin, so
+pytest marks this package for assertion rewriting at startup; a program that
+imported lockprof first, as `lockprof run -m pytest` does, would otherwise get
+"Module already imported so cannot be rewritten", an error under
+`filterwarnings = error`.  lockprof has no assertions to rewrite.)
 """
 from __future__ import annotations
 

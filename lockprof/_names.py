@@ -24,8 +24,12 @@ _NOP = _opcode.opmap.get("NOP", -1)
 _BY_NAME = frozenset(("STORE_NAME", "STORE_GLOBAL"))
 _BY_LOCAL = frozenset(("STORE_FAST", "STORE_DEREF"))
 # `obj.x = Lock()`: the call, then obj loaded, then STORE_ATTR x
+# (3.14 loads a local it only reads as LOAD_FAST_BORROW)
 _OWNER_LOADS = frozenset(("LOAD_FAST", "LOAD_NAME", "LOAD_GLOBAL", "LOAD_DEREF",
-                          "LOAD_FAST_CHECK", "LOAD_FAST_AND_CLEAR"))
+                          "LOAD_FAST_CHECK", "LOAD_FAST_AND_CLEAR", "LOAD_FAST_BORROW"))
+# every opcode this reader knows the meaning of after a call: the test that
+# compares it with dis fails on any other store or owner load it meets
+KNOWN = _BY_NAME | _BY_LOCAL | _OWNER_LOADS | {"STORE_FAST_LOAD_FAST", "STORE_ATTR"}
 
 
 def _next(raw: bytes, i: int) -> Tuple[Optional[str], int, int]:

@@ -264,8 +264,30 @@ factory_subclasscheck(lp_factory *self, PyObject *cls)
 static PyObject *
 factory_reduce(lp_factory *self, PyObject *unused)
 {
-    /* pickled by reference, as the original is */
-    return PyObject_GetAttrString(self->orig, "__qualname__");
+    /* Pickled by reference to the name it is installed under, resolved when
+     * unpickled: pkgutil.resolve_name("threading:Lock") gives the factory in
+     * a profiled process and the stdlib's own object in any other (the
+     * stream names only pkgutil, never lockprof).  A factory whose entry has
+     * no name of its own stands for its original. */
+    const lp_typedef *d = self->def;
+    if (d == NULL || d->factory_module == NULL || d->factory_name == NULL) {
+        return PyObject_GetAttrString(self->orig, "__qualname__");
+    }
+    PyObject *pkgutil = PyImport_ImportModule("pkgutil");
+    PyObject *resolve = pkgutil ? PyObject_GetAttrString(pkgutil, "resolve_name") : NULL;
+    Py_XDECREF(pkgutil);
+    if (resolve == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", resolve,
+                         PyUnicode_FromFormat("%s:%s", d->factory_module, d->factory_name));
+}
+
+static PyObject *
+factory_copy(lp_factory *self, PyObject *unused)
+{
+    /* copy.copy/deepcopy of a class or function is the object itself */
+    return Py_NewRef(self);
 }
 
 static PyObject *
@@ -356,6 +378,8 @@ static PyMethodDef factory_methods[] = {
     {"__instancecheck__", (PyCFunction)factory_instancecheck, METH_O, NULL},
     {"__subclasscheck__", (PyCFunction)factory_subclasscheck, METH_O, NULL},
     {"__reduce__", (PyCFunction)factory_reduce, METH_NOARGS, NULL},
+    {"__copy__", (PyCFunction)factory_copy, METH_NOARGS, NULL},
+    {"__deepcopy__", (PyCFunction)factory_copy, METH_O, NULL},
     {"__lockprof_new__", (PyCFunction)(void (*)(void))factory_new, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

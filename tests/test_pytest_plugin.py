@@ -139,3 +139,40 @@ def test_bad_options_are_usage_errors(pytester):
     r = _run(pytester, "--lockprof", "--lockprof-sample-rate", "2")
     assert r.ret == 4
     assert "lockprof: --lockprof-sample-rate='2' is not a number in [0, 1]" in r.stderr.str()
+
+
+@pytest.mark.parametrize("how", ["lockprof run", "import lockprof first"])
+def test_a_suite_treating_warnings_as_errors_starts_with_lockprof_imported(tmp_path, how):
+    """pytest marks the plugin's distribution for assertion rewriting; with
+    lockprof already imported that used to warn, which `filterwarnings =
+    error` turns into an abort at startup."""
+    import subprocess
+    import sys
+    (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
+    # what pytest does at startup for the packages of an installed (not
+    # editable) distribution that carries a pytest11 plugin
+    (tmp_path / "conftest.py").write_text(
+        "def pytest_configure(config):\n"
+        "    config.pluginmanager.rewrite_hook.mark_rewrite('lockprof')\n")
+    (tmp_path / "test_x.py").write_text("import threading\n"
+                                        "def test_x():\n    with threading.Lock():\n"
+                                        "        assert 1 + 1 == 2\n")
+    if how == "lockprof run":
+        argv = [sys.executable, "-m", "lockprof", "run", "-q", "-o", "p.pprof", "-m", "pytest",
+                "-q", "-p", "no:cacheprovider"]
+    else:
+        argv = [sys.executable, "-c", "import sys, lockprof, pytest; "
+                "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider']))"]
+    r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed" in r.stdout and "cannot be rewritten" not in r.stdout + r.stderr
+
+
+def test_plugin_under_pytester_with_warnings_as_errors(pytester):
+    import lockprof  # noqa: F401  (imported before the inner session starts)
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    pytester.makepyfile("import threading\n"
+                        "def test_x():\n    with threading.Lock():\n        pass\n")
+    r = pytester.runpytest_subprocess("--lockprof", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1)
+    assert "lockprof: lock contention" in r.stdout.str()

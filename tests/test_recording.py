@@ -459,12 +459,21 @@ def _reference_target(code, offset):
     if at is None or not ins[at].opname.startswith("CALL") or at + 1 >= len(ins):
         return None
     a = ins[at + 1]
+    # a store into a name, or a load of an owner followed by STORE_ATTR, that
+    # the byte reader has no knowledge of: a new CPython's opcode, named loudly
+    from lockprof import _names
+    b = ins[at + 2] if at + 2 < len(ins) else None
+    if a.opname.startswith("STORE_") and a.opname not in ("STORE_ATTR", "STORE_SUBSCR"):
+        assert a.opname in _names.KNOWN, f"opcode {a.opname} after a call is unknown to _names"
+    if a.opname.startswith("LOAD_") and b is not None and b.opname == "STORE_ATTR" \
+            and not a.opname.startswith(("LOAD_CONST", "LOAD_ATTR", "LOAD_SMALL")):
+        assert a.opname in _names.KNOWN, f"owner load {a.opname} before STORE_ATTR is unknown"
     if a.opname in ("STORE_FAST", "STORE_NAME", "STORE_GLOBAL", "STORE_DEREF"):
         return a.argval
     if a.opname == "STORE_FAST_LOAD_FAST":
         return a.argval[0]
     if (a.opname in ("LOAD_FAST", "LOAD_NAME", "LOAD_GLOBAL", "LOAD_DEREF", "LOAD_FAST_CHECK",
-                     "LOAD_FAST_AND_CLEAR") and at + 2 < len(ins)
+                     "LOAD_FAST_AND_CLEAR", "LOAD_FAST_BORROW") and at + 2 < len(ins)
             and ins[at + 2].opname == "STORE_ATTR"):
         return ins[at + 2].argval
     return None
