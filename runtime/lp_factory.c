@@ -391,7 +391,28 @@ static PyMemberDef factory_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* inspect.signature(threading.Semaphore) is the original's: (value=1) */
+static PyObject *
+factory_signature(lp_factory *self, void *closure)
+{
+    PyObject *inspect = PyImport_ImportModule("inspect");
+    PyObject *sig = inspect ? PyObject_CallMethod(inspect, "signature", "O", self->orig) : NULL;
+    Py_XDECREF(inspect);
+    if (sig == NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        /* the original has none either: let inspect say so itself */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return sig;
+}
+
+static PyGetSetDef factory_getset[] = {
+    {"__signature__", (getter)factory_signature, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyType_Slot factory_slots[] = {
+    {Py_tp_getset, factory_getset},
     {Py_tp_dealloc, factory_dealloc},
     {Py_tp_traverse, factory_traverse},
     {Py_tp_clear, factory_clear},
@@ -671,7 +692,8 @@ lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs)
     }
     const char *names[] = {"__mro_entries__", "__instancecheck__", "__subclasscheck__",
                            "__reduce__", "__reduce_ex__", "__lockprof_original__",
-                           "__lockprof_wrapper_type__", "__lockprof_new__", NULL};
+                           "__lockprof_wrapper_type__", "__lockprof_new__", "__signature__",
+                           NULL};
     for (int i = 0; names[i]; i++) {
         PyObject *s = PyUnicode_InternFromString(names[i]);
         if (s == NULL || PySet_Add(own_names, s) < 0) {

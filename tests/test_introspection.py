@@ -57,3 +57,24 @@ def test_process_pool_with_spawn_and_forkserver(profiling):
             assert list(pool.map(abs, [-1, -2, 3])) == [1, 2, 3]
     # and the locks made meanwhile are still profiled
     assert lockprof._lockprof.is_wrapper(threading.Lock())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signature_is_the_originals(name):
+    import inspect
+
+    def sig():
+        try:
+            return str(inspect.signature(_resolve(name)))
+        except ValueError as e:         # natively too, for some C functions
+            return f"ValueError: {e}"
+
+    native = sig()
+    lockprof.start(1.0)
+    try:
+        profiled = sig()
+    finally:
+        lockprof.stop()
+    assert profiled == native
+    if name in ("threading.Semaphore", "threading.BoundedSemaphore"):
+        assert native == "(value=1)"
