@@ -61,21 +61,25 @@ for start in range(0, N, 50):
 import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time())
 """
 
-STACKS = r"""
-import sys, threading, time
-A = B = int(sys.argv[1])
-src = "\n".join(f"def a{i}(lk):\n    with lk:\n        pass\n" for i in range(A))
-src += "\n" + "\n".join(f"def b{j}(fn, lk):\n    fn(lk)\n" for j in range(B))
-ns = {}
-exec(compile(src, "paths.py", "exec"), ns)
-lk = threading.Lock()
-fa = [ns[f"a{i}"] for i in range(A)]
-for j in range(B):
-    b = ns[f"b{j}"]
-    for a in fa:
-        b(a, lk)
-import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time())
+# one lock taken through n x n distinct call paths (a{i} called by b{j}):
+# n * n stacks, 2 n * n rows at rate 1.0
+PATHS = r"""
+def run_paths(n, lk):
+    src = "\n".join(f"def a{i}(lk):\n    with lk:\n        pass\n" for i in range(n))
+    src += "\n" + "\n".join(f"def b{j}(fn, lk):\n    fn(lk)\n" for j in range(n))
+    ns = {}
+    exec(compile(src, "paths.py", "exec"), ns)
+    fa = [ns[f"a{i}"] for i in range(n)]
+    for j in range(n):
+        b = ns[f"b{j}"]
+        for a in fa:
+            b(a, lk)
 """
+
+STACKS = ("import sys, threading, time\n" + PATHS +
+          "run_paths(int(sys.argv[1]), threading.Lock())\n"
+          "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+          "time.time())\n")
 
 SERVER = r"""
 import asyncio, sys, time
@@ -224,17 +228,10 @@ def export_costs(paths: int = 320) -> Dict[str, Any]:
 
     lockprof.stop()
     lockprof.reset()
-    src = "\n".join(f"def a{i}(lk):\n    with lk:\n        pass\n" for i in range(paths))
-    src += "\n" + "\n".join(f"def b{j}(fn, lk):\n    fn(lk)\n" for j in range(paths))
     ns: Dict[str, Any] = {}
-    exec(compile(src, "paths.py", "exec"), ns)
+    exec(PATHS, ns)
     lockprof.start(1.0)
-    lk = threading.Lock()
-    fa = [ns[f"a{i}"] for i in range(paths)]
-    for j in range(paths):
-        b = ns[f"b{j}"]
-        for a in fa:
-            b(a, lk)
+    ns["run_paths"](paths, threading.Lock())
     lockprof.stop()
     d = tempfile.mkdtemp(prefix="lockprof-export-")
     out: Dict[str, Any] = {}

@@ -84,7 +84,7 @@ class LockprofPlugin:
         self.rate = rate
         self.fmt = fmt
         self.started = False
-        self.windows: List[Any] = []                  # every window's profile
+        self.session = None     # lockprof.export.Builder: every window, folded as it comes
         self.per_test: List[tuple] = []               # (wait ns, nodeid)
         self.written: List[str] = []
         self.errors: List[str] = []
@@ -131,10 +131,13 @@ class LockprofPlugin:
         """This window's profile (cleared from the tables in the same step);
         empty windows are not kept."""
         import lockprof
+        from lockprof.export.model import Builder
         win = lockprof.profile(reset=True)
         if win.nrows == 0 and not win.active_locks():
             return []
-        self.windows.append(win)
+        if self.session is None:
+            self.session = Builder()
+        self.session.add_profile(win)       # the session's summary: nothing kept per window
         return [win]
 
     @pytest.hookimpl(tryfirst=True)
@@ -198,7 +201,13 @@ class LockprofPlugin:
 
         tr = terminalreporter
         tr.section("lockprof: lock contention")
-        tr.write_line(text.report(_merged(self.windows), 10))
+        import lockprof
+        if self.session is None:
+            summary = _merged([])
+        else:
+            summary = self.session.build(exact=self.session.exact,
+                                         sample_rate=lockprof._window["sample_rate"])
+        tr.write_line(text.report(summary, 10))
         slow = sorted((t for t in self.per_test if t[0] > 0), reverse=True)[:5]
         if slow:
             tr.write_line("")

@@ -324,15 +324,13 @@ frame_of_line(lp_exp *x, PyObject *code, int line)
 static uint32_t
 frame_of(lp_exp *x, const lp_frame *fr)
 {
-    int added;
-    uint32_t f = pmap_get_or_add(&x->by_pos, (uint64_t)(uintptr_t)fr->code, (uint64_t)fr->pos,
-                                 0, &added);
-    if (f == UINT32_MAX) {
+    if (pmap_grow(&x->by_pos) < 0) {
         PyErr_NoMemory();
-        return f;
+        return UINT32_MAX;
     }
-    uint32_t slot = pmap_slot(&x->by_pos, (uint64_t)(uintptr_t)fr->code, (uint64_t)fr->pos);
-    if (!added) {
+    uint64_t a = (uint64_t)(uintptr_t)fr->code, b = (uint64_t)fr->pos;
+    uint32_t slot = pmap_slot(&x->by_pos, a, b);
+    if (x->by_pos.val[slot] != UINT32_MAX) {
         return x->by_pos.val[slot];
     }
 #ifdef LP_HAVE_LASTI
@@ -341,7 +339,13 @@ frame_of(lp_exp *x, const lp_frame *fr)
     int line = (int)fr->pos;
 #endif
     uint32_t id = frame_of_line(x, fr->code, line);
-    x->by_pos.val[slot] = id;
+    if (id != UINT32_MAX) {
+        /* by_pos did not move: frame_of_line fills by_line only */
+        x->by_pos.ka[slot] = a;
+        x->by_pos.kb[slot] = b;
+        x->by_pos.val[slot] = id;
+        x->by_pos.count++;
+    }
     return id;
 }
 
@@ -861,6 +865,24 @@ put_label(lp_buf *b, int64_t key, int64_t str, int64_t num, int is_num)
     buf_free(&m);
 }
 
+/* bufs[i] += the label {key: names[i]} for every name that is not None */
+static int
+name_labels(lp_strings *st, PyObject *names, int64_t key, lp_buf *bufs)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        if (name == Py_None) {
+            continue;
+        }
+        int64_t n = str_id(st, name);
+        if (n < 0) {
+            return -1;
+        }
+        put_label(&bufs[i], key, n, 0, 0);
+    }
+    return 0;
+}
+
 typedef struct {
     Py_buffer view;
     int held;
@@ -1040,36 +1062,18 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         put_label(&lockb[i], k_lock, n, 0, 0);
         put_label(&lockb[i], k_kind, k, 0, 0);
     }
-    for (Py_ssize_t i = 0; i < nthreads; i++) {
-        PyObject *name = PyList_GET_ITEM(threads, i);
-        if (name == Py_None) {
-            continue;
-        }
-        int64_t n = str_id(&st, name);
-        if (n < 0) {
-            goto done;
-        }
-        put_label(&threadb[i], k_thread, n, 0, 0);
-        if (i < PyList_GET_SIZE(thread_ids)) {
-            long long id = PyLong_AsLongLong(PyList_GET_ITEM(thread_ids, i));
-            if (id == -1 && PyErr_Occurred()) {
-                goto done;
-            }
-            if (id) {
-                put_label(&threadb[i], k_tid, 0, id, 1);
-            }
-        }
+    if (name_labels(&st, threads, k_thread, threadb) < 0 ||
+        name_labels(&st, tasks, k_task, taskb) < 0) {
+        goto done;
     }
-    for (Py_ssize_t i = 0; i < ntasks; i++) {
-        PyObject *name = PyList_GET_ITEM(tasks, i);
-        if (name == Py_None) {
-            continue;
-        }
-        int64_t n = str_id(&st, name);
-        if (n < 0) {
+    for (Py_ssize_t i = 0; i < nthreads && i < PyList_GET_SIZE(thread_ids); i++) {
+        long long id = PyLong_AsLongLong(PyList_GET_ITEM(thread_ids, i));
+        if (id == -1 && PyErr_Occurred()) {
             goto done;
         }
-        put_label(&taskb[i], k_task, n, 0, 0);
+        if (id && PyList_GET_ITEM(threads, i) != Py_None) {
+            put_label(&threadb[i], k_tid, 0, id, 1);
+        }
     }
 
     /* samples */
@@ -1333,5 +1337,40 @@ static PyMethodDef export_methods[] = {
 int
 lp_export_setup(PyObject *module)
 {
+    /* the encoder's sample types and each event's (count, ns) columns, for
+     * the Python reader (lockprof.export.pprof): one table, here */
+    PyObject *types = PyTuple_New(LP_NTYPES);
+    PyObject *columns = PyDict_New();
+    if (types == NULL || columns == NULL) {
+        Py_XDECREF(types);
+        Py_XDECREF(columns);
+        return -1;
+    }
+    for (int i = 0; i < LP_NTYPES; i++) {
+        PyTuple_SET_ITEM(types, i, Py_BuildValue("(ss)", sample_types[i][0], sample_types[i][1]));
+    }
+    for (uint32_t e = 0; e < 5; e++) {
+        PyObject *c = event_columns[e][0] >= 0 ? PyLong_FromLong(event_columns[e][0]) : Py_NewRef(Py_None);
+        PyObject *n = event_columns[e][1] >= 0 ? PyLong_FromLong(event_columns[e][1]) : Py_NewRef(Py_None);
+        PyObject *pair = (c && n) ? PyTuple_Pack(2, c, n) : NULL;
+        Py_XDECREF(c);
+        Py_XDECREF(n);
+        if (pair == NULL || PyDict_SetItemString(columns, lp_event_name(e), pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(types);
+            Py_DECREF(columns);
+            return -1;
+        }
+        Py_DECREF(pair);
+    }
+    if (PyModule_AddObject(module, "PPROF_SAMPLE_TYPES", types) < 0) {
+        Py_DECREF(types);
+        Py_DECREF(columns);
+        return -1;
+    }
+    if (PyModule_AddObject(module, "PPROF_EVENT_COLUMNS", columns) < 0) {
+        Py_DECREF(columns);
+        return -1;
+    }
     return PyModule_AddFunctions(module, export_methods);
 }

@@ -822,34 +822,6 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-lp_py_take(PyObject *mod, PyObject *unused)
-{
-    /* snapshot + samples + reset with no Python code in between, so that a
-     * periodic export loses no event between two windows (stack ids stay
-     * valid: reset keeps the stack table) */
-    PyObject *snap = lp_py_snapshot(mod, NULL);
-    if (snap == NULL) {
-        return NULL;
-    }
-    PyObject *rows = lp_py_samples(mod, NULL);
-    if (rows == NULL) {
-        Py_DECREF(snap);
-        return NULL;
-    }
-    PyObject *r = lp_py_reset(mod, NULL);
-    if (r == NULL) {
-        Py_DECREF(snap);
-        Py_DECREF(rows);
-        return NULL;
-    }
-    Py_DECREF(r);
-    PyObject *out = PyTuple_Pack(2, snap, rows);
-    Py_DECREF(snap);
-    Py_DECREF(rows);
-    return out;
-}
-
 /* --- what the export (lp_export.c) reads --- */
 
 uint32_t
@@ -939,8 +911,6 @@ static PyMethodDef record_methods[] = {
     {"set_target_finder", lp_py_set_target_finder, METH_O,
      "set_target_finder(fn)\n--\n\nfn(code, offset) -> the variable the call there stores "
      "its result in, or None (lockprof._names.assignment_target)."},
-    {"take", lp_py_take, METH_NOARGS,
-     "take()\n--\n\n(snapshot(), samples()) and reset(), atomically."},
     {"snapshot", lp_py_snapshot, METH_NOARGS,
      "snapshot()\n--\n\nOne dict per lock with recorded events."},
     {"reset", lp_py_reset, METH_NOARGS, "reset()\n--\n\nZero every record."},

@@ -233,6 +233,16 @@ with cond:
 """
 
 
+def _run_app(tmp_path, rate, out, *flags):
+    """CONTENDED under `lockprof run`, writing `out` in tmp_path."""
+    (tmp_path / "app.py").write_text(CONTENDED)
+    r = subprocess.run([sys.executable, "-m", "lockprof", "run", *flags, "--sample-rate", rate,
+                        "-o", out, "app.py"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def _table(report):
     """The report's table: header line to the blank line after it."""
     lines = report.splitlines()
@@ -242,11 +252,7 @@ def _table(report):
 
 
 def test_report_of_the_file_equals_the_report_at_exit(tmp_path):
-    (tmp_path / "app.py").write_text(CONTENDED)
-    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "--sample-rate", "1",
-                        "-o", "p.pprof", "app.py"], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = _run_app(tmp_path, "1", "p.pprof")
     at_exit = _table(r.stderr)
     f = subprocess.run([sys.executable, "-m", "lockprof", "report", "p.pprof"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -273,11 +279,7 @@ def _go_total(path, index):
 
 @needs_go
 def test_exact_section_leaves_go_pprof_totals_unchanged(tmp_path):
-    (tmp_path / "app.py").write_text(CONTENDED)
-    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "-q", "--sample-rate", "1",
-                        "-o", "p.pprof", "app.py"], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr
+    _run_app(tmp_path, "1", "p.pprof", "-q")
     with_exact = str(tmp_path / "p.pprof")
     prof = pprof.read(with_exact)
     assert prof.exact and b"\xc2\x3e" in gzip.decompress(open(with_exact, "rb").read())
@@ -299,11 +301,7 @@ def test_exact_section_leaves_go_pprof_totals_unchanged(tmp_path):
 
 
 def test_model_round_trips_through_pprof(tmp_path):
-    (tmp_path / "app.py").write_text(CONTENDED)
-    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "-q", "--sample-rate", "0.5",
-                        "-o", "a.pprof", "app.py"], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr
+    _run_app(tmp_path, "0.5", "a.pprof", "-q")
     a = pprof.read(str(tmp_path / "a.pprof"))
     pprof.write(a, str(tmp_path / "b.pprof"))
     b = pprof.read(str(tmp_path / "b.pprof"))

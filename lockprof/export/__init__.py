@@ -23,10 +23,6 @@ EXTENSION = {"pprof": "pprof", "collapsed": "folded", "speedscope": "speedscope.
 _EXTENSIONS = ((".speedscope.json", "speedscope"), (".pb.gz", "pprof"), (".pprof", "pprof"),
                (".folded", "collapsed"), (".collapsed", "collapsed"), (".html", "html"),
                (".htm", "html"), (".txt", "text"))
-# format -> its writer module (imported when first used: a `lockprof run`
-# that writes pprof never imports the page's or speedscope's)
-WRITERS = {"pprof": "pprof", "collapsed": "collapsed", "speedscope": "speedscope",
-           "html": "html", "text": "text"}
 
 
 def format_for(path: str, fmt: Optional[str] = None) -> str:
@@ -52,5 +48,7 @@ def split_ext(path: str) -> Tuple[str, str]:
 
 
 def write(p: Profile, path: str, fmt: str) -> None:
-    """Writes profile p to path in format fmt (whole, or not at all)."""
-    importlib.import_module(f"{__name__}.{WRITERS[fmt]}").write(p, path)
+    """Writes profile p to path in format fmt (whole, or not at all).  Each
+    format's writer is the module of its name, imported when first used (a
+    `lockprof run` that writes pprof never imports the page's)."""
+    importlib.import_module(f"{__name__}.{fmt}").write(p, path)

@@ -65,6 +65,12 @@ COMMENT_COUNTERS = tuple(CAPS) + ("errors", "name_errors", "foreign_locks") + tu
     cap for cap, _ in CAPS.values())
 
 
+def has_event(lk: Dict[str, Any]) -> bool:
+    """Whether a lock's figures record anything."""
+    return bool(lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
+                or lk.get("acquisition_samples") or lk.get("hold_samples"))
+
+
 def lock_name(file: Optional[str], line: int, var: Optional[str]) -> str:
     site = f"{file}:{line}" if file else "<unknown>"
     return f"{site}:{var}" if var else site
@@ -176,16 +182,6 @@ class Profile:
                        f"names may be missing")
         return out
 
-    def totals(self) -> Dict[str, float]:
-        """measure -> the sum of its column over the rows."""
-        ev, cnt, val = self.rows["event"], self.rows["count"], self.rows["value"]
-        out = {}
-        for measure, (event, col, _) in MEASURES.items():
-            e = EVENT_ID[event]
-            column = cnt if col == "count" else val
-            out[measure] = sum(column[i] for i in range(len(ev)) if ev[i] == e)
-        return out
-
     def samples(self) -> List[Dict[str, Any]]:
         """The rows as dicts (lockprof.samples()' shape)."""
         return list(self.iter_samples())
@@ -219,9 +215,7 @@ class Profile:
 
     def active_locks(self) -> List[Dict[str, Any]]:
         """The locks with any event in this profile."""
-        return [lk for lk in self.locks
-                if lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
-                or lk.get("acquisition_samples")]
+        return [lk for lk in self.locks if has_event(lk)]
 
     def sums_by_stack_lock(self) -> Tuple[int, List[Dict[int, int]]]:
         """(n, totals): per measure (MEASURES' order), the rounded positive
@@ -249,23 +243,8 @@ class Profile:
         per-test windows of a suite): locks by name and kind with their
         figures summed, frames, stacks, labels and rows re-interned."""
         b = Builder()
-        counters: Dict[str, int] = {}
         for p in profiles:
-            lmap = [b.lock(lk) for lk in p.locks]
-            fmap = [b.frame(fr) for fr in p.frames]
-            smap = [b.stack(tuple(fmap[f] for f in p.stack_ids(s))) for s in range(p.nstacks)]
-            thmap = [b.thread(name, p.thread_ids[i] if i < len(p.thread_ids) else 0)
-                     for i, name in enumerate(p.threads)]
-            tkmap = [b.task(name) for name in p.tasks]
-            for lk, st, ev, th, tk, n, c, v in zip(*p.columns(
-                    "lock", "stack", "event", "thread", "task", "samples", "count", "value")):
-                b.add(lmap[lk], smap[st], ev, thmap[th] if th < len(thmap) else NONE,
-                      tkmap[tk] if tk < len(tkmap) else NONE, n, c, v)
-            for k, v in p.counters.items():
-                if k.startswith("max_"):
-                    counters[k] = v
-                elif isinstance(v, int):
-                    counters[k] = counters.get(k, 0) + v
+            b.add_profile(p)
         first = profiles[0] if profiles else None
         start = min((p.time_nanos for p in profiles if p.time_nanos), default=0)
         end = max((p.time_nanos + p.duration_nanos for p in profiles if p.time_nanos),
@@ -274,7 +253,7 @@ class Profile:
         meta.setdefault("duration_nanos", max(0, end - start))
         meta.setdefault("sample_rate", first.sample_rate if first else None)
         meta.setdefault("wait_period_ns", first.wait_period_ns if first else None)
-        return b.build(exact=all(p.exact for p in profiles), counters=counters, **meta)
+        return b.build(exact=all(p.exact for p in profiles), **meta)
 
 
 _SUMMED = ("locks", "acquisition_samples", "acquisitions", "contentions", "timeouts", "wait_ns",
@@ -300,6 +279,30 @@ class Builder:
         self.tasks: List[Optional[str]] = []
         self._task_ix: Dict[Any, int] = {}
         self._rows: Dict[Tuple, List[float]] = {}
+        self.counters: Dict[str, int] = {}
+        self.profiles = 0           # added whole by add_profile
+        self.exact = True           # every profile added had exact figures
+
+    def add_profile(self, p: "Profile") -> None:
+        """All of p: its locks, stacks, labels and rows re-interned, its
+        counters summed (caps: the last one's)."""
+        lmap = [self.lock(lk) for lk in p.locks]
+        fmap = [self.frame(fr) for fr in p.frames]
+        smap = [self.stack(tuple(fmap[f] for f in p.stack_ids(s))) for s in range(p.nstacks)]
+        thmap = [self.thread(name, p.thread_ids[i] if i < len(p.thread_ids) else 0)
+                 for i, name in enumerate(p.threads)]
+        tkmap = [self.task(name) for name in p.tasks]
+        for lk, st, ev, th, tk, n, c, v in zip(*p.columns(
+                "lock", "stack", "event", "thread", "task", "samples", "count", "value")):
+            self.add(lmap[lk], smap[st], ev, thmap[th] if th < len(thmap) else NONE,
+                     tkmap[tk] if tk < len(tkmap) else NONE, n, c, v)
+        for k, v in p.counters.items():
+            if k.startswith("max_"):
+                self.counters[k] = v
+            elif isinstance(v, int):
+                self.counters[k] = self.counters.get(k, 0) + v
+        self.profiles += 1
+        self.exact = self.exact and p.exact
 
     def lock(self, lk: Dict[str, Any]) -> int:
         """The index of lk's name and kind; a second lock of both adds up."""
@@ -365,6 +368,7 @@ class Builder:
             acc[2] += value
 
     def build(self, *, exact: bool, **meta) -> Profile:
+        meta.setdefault("counters", self.counters)
         cols = {"lock": array("I"), "stack": array("I"), "event": array("B"),
                 "thread": array("I"), "task": array("I"), "samples": array("Q"),
                 "count": array("d"), "value": array("d")}

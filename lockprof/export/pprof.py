@@ -19,28 +19,12 @@ from .. import _lockprof
 from ._files import write_atomic
 from .model import EVENT_ID, NONE, Builder, Profile, lock_name
 
-# (type, unit), in the order of the C encoder's columns: Go's names for the
-# first two, so that `go tool pprof -contentions / -total_delay` work as on
-# Go's profiles
-SAMPLE_TYPES: Tuple[Tuple[str, str], ...] = (
-    ("contentions", "count"),           # at the stack that waited
-    ("delay", "nanoseconds"),
-    ("caused-contentions", "count"),    # at the release that ended the wait
-    ("caused-delay", "nanoseconds"),
-    ("acquisitions", "count"),
-    ("hold", "nanoseconds"),            # at the releasing stack
-    ("cond-waits", "count"),
-    ("cond-wait", "nanoseconds"),
-)
+# (type, unit) of each column, and each event's (count column, ns column or
+# None): the C encoder's own table.  Go's names for the first two, so that
+# `go tool pprof -contentions / -total_delay` work as on Go's profiles.
+SAMPLE_TYPES: Tuple[Tuple[str, str], ...] = _lockprof.PPROF_SAMPLE_TYPES
 DEFAULT_SAMPLE_TYPE = "delay"
-# event -> (column of its count, column of its nanoseconds or None)
-COLUMNS = {
-    "contention": (0, 1),
-    "delay": (2, 3),
-    "acquire": (4, None),
-    "hold": (None, 5),
-    "cond_wait": (6, 7),
-}
+COLUMNS = dict(_lockprof.PPROF_EVENT_COLUMNS)
 # the fields of one lock in the exact section, numbered from 1
 EXACT_SECTION = 1000
 _EXACT = ("name", "kind", "file", "line", "function", "var", "locks", "acquisition_samples",

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 
 from ._files import write_text
 from ._names import frame_name, short_name, short_path
-from .model import EVENT_ID, Profile
+from .model import EVENT_ID, Profile, has_event
 
 SORT_KEYS = {"wait": "wait_ns", "hold": "hold_ns", "contentions": "contentions",
              "acquisitions": "acquisitions"}
@@ -75,7 +75,7 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
     key = SORT_KEYS[sort]
     order = sorted(range(len(p.locks)),
                    key=lambda i: (-p.locks[i][key], -p.locks[i]["wait_ns"]))
-    order = [i for i in order if _has_event(p.locks[i])]
+    order = [i for i in order if has_event(p.locks[i])]
     shown = order[:top]
     head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us",
             "max wait ms", "hold ms", "acquisitions"]
@@ -114,11 +114,6 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
     if notes:
         lines += [""] + [f"lockprof: {n}" for n in notes]
     return "\n".join(lines)
-
-
-def _has_event(lk: Dict[str, Any]) -> bool:
-    return bool(lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
-                or lk.get("acquisition_samples") or lk.get("hold_samples"))
 
 
 def write(p: Profile, path: str) -> None:
