@@ -261,6 +261,7 @@ const lp_typedef lp_threading_Lock_def = {
     .made_by = NULL,
     .inner_type = "_thread.LockType",
     .type_module = "_thread",
+    .type_name = NULL,
     .spec = &lp_threading_Lock_spec,
     .init_methods = lp_threading_Lock_init_methods,
     .type_slot = &lp_threading_Lock_type,

@@ -296,6 +296,7 @@ const lp_typedef lp_threading_RLock_def = {
     .made_by = NULL,
     .inner_type = "_thread.RLock",
     .type_module = "_thread",
+    .type_name = NULL,
     .spec = &lp_threading_RLock_spec,
     .init_methods = lp_threading_RLock_init_methods,
     .type_slot = &lp_threading_RLock_type,

@@ -52,6 +52,15 @@ def _version_hex(since: str, where: str) -> str:
     return "0x03%02X0000" % int(m.group(1))
 
 
+def _text_signature(name: str, sig: Optional[str]) -> str:
+    """The docstring's first lines from which CPython answers
+    inspect.signature() of a C method (bound: without $self)."""
+    if sig is None:
+        return ""
+    params = sig[1:-1].strip()
+    return f"{name}($self, /{', ' + params if params else ''})\n--\n\n"
+
+
 @dataclass(frozen=True)
 class Method:
     name: str               # Python-visible name on the wrapper
@@ -61,11 +70,16 @@ class Method:
     inner: str              # name of the wrapped method it calls
     inner_c: str            # C variable of that lp_method
     guard: Optional[str]    # "PY_VERSION_HEX >= 0x030B0000" or None
-    doc: str
+    doc: str                # may start with a text signature
     # a "forward" of a Python class's method: exposed as a getter returning
     # the wrapped object's bound method, so that the call stays Python to
     # Python (a C method calling into Python costs a C-level frame)
     as_getter: bool = False
+
+    @property
+    def c_doc(self) -> str:
+        """doc as a C string literal"""
+        return json.dumps(self.doc)
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ class LockType:
     module: Optional[str]   # where the factory is patched (None: made_by)
     factory: Optional[str]
     inner_type: str
-    type_name: str          # tp_name, as the stdlib's class has it
+    type_name: str          # the dotted name the type is made under
     type_module: str        # __module__ of the stdlib's class
     native: bool
     is_async: bool
@@ -112,6 +126,7 @@ class LockType:
     c_module: str
     c_factory: str
     c_made_by: str
+    c_short_name: str       # the bare name it is renamed to, or NULL
 
 
 @dataclass(frozen=True)
@@ -147,7 +162,11 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
     if not isinstance(inner_type, str) or "." not in inner_type:
         raise SpecError(f"{where}: 'inner_type' must be a dotted path like 'threading.Semaphore'")
     type_module, _, last = inner_type.rpartition(".")
+    # the type is made under a dotted name (its __module__ comes from it);
+    # a Python class's is then renamed to its bare name, as its tp_name is
+    # (error messages say 'Semaphore')
     type_name = raw.get("type_name") or inner_type
+    shown = type_name    # in docstrings
     prefix = "lp_" + _ident(key)
     is_async = raw["async"]
 
@@ -170,12 +189,18 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
             raise SpecError(f"{mwhere}: role {role!r} is for asyncio types; this entry is not async")
         if role in ("wait", "async_wait") and not raw["condition"]:
             raise SpecError(f"{mwhere}: role {role!r} needs \"condition\": true")
-        extra = set(m) - {"name", "role", "since"}
+        extra = set(m) - {"name", "role", "since", "signature"}
         if extra:
             raise SpecError(f"{mwhere}: unknown field(s) {sorted(extra)}")
         guard = None
         if "since" in m:
             guard = f"PY_VERSION_HEX >= {_version_hex(m['since'], mwhere)}"
+        sig = m.get("signature")
+        if sig is not None and (not isinstance(sig, str) or not re.fullmatch(r"\(.*\)", sig)
+                                or raw["native"]):
+            raise SpecError(f"{mwhere}: 'signature' must be the parameters after self, as "
+                            "'(blocking=True, timeout=None)', and only for a Python class "
+                            "(a C method's is taken from it at run time)")
         flags, inner_name = ROLES[role]
         inner_name = inner_name or name
         c_var = f"{prefix}_m_{_ident(inner_name)}"
@@ -186,7 +211,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
             methods.append(Method(
                 name=name, role=role, c_name=f"{prefix}_{_ident(name) or name}",
                 meth_flags="", inner=inner_name, inner_c="", guard=guard,
-                doc=f"{name}: the wrapped {type_name}'s own (not recorded).", as_getter=True))
+                doc=f"{name}: the wrapped {shown}'s own (not recorded).", as_getter=True))
             continue
         if inner_name not in inner:
             inner[inner_name] = InnerMethod(inner_name, c_var, guard)
@@ -195,7 +220,8 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         methods.append(Method(
             name=name, role=role, c_name=f"{prefix}_{_ident(name) or name}",
             meth_flags=flags, inner=inner_name, inner_c=c_var, guard=guard,
-            doc=f"{name}: as {type_name}.{inner_name}, recorded by lockprof ({role})."))
+            doc=_text_signature(name, sig)
+            + f"{name}: as {shown}.{inner_name}, recorded by lockprof ({role})."))
     release = None
     if any(x.role == "aexit" for x in methods):
         release = next((x for x in methods if x.name == "release"), None)
@@ -241,6 +267,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         probe_c=inner[probe].c_var if probe else None,
         c_module=_c_str(raw.get("module")), c_factory=_c_str(raw.get("factory")),
         c_made_by=_c_str(made_by),
+        c_short_name=_c_str(None if raw.get("type_name") else last),
         sync_acquire=any(x.role in ("acquire", "enter") for x in methods),
     )
 

@@ -70,8 +70,8 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
     for i, attr, value in _lockprof.find_refs([d for _, _, d in mods], originals):
         name, mod, _ = mods[i]
         factory = by_id.get(id(value))
-        if factory is None or isinstance(value, _lockprof.Factory):
-            continue
+        if factory is None or factory is value or isinstance(value, _lockprof.Factory):
+            continue            # (a class profiled in place is its own name)
         if _defined_here(value, name, attr):
             continue
         try:
@@ -148,7 +148,9 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
 def _install_all() -> Dict[int, object]:
     """Puts a factory wherever a factory name holds something else: at start,
     and again when threading or asyncio was (re-)imported or gevent patched
-    them.  Returns {id(original): factory} of those installed now."""
+    them.  A class written in Python (threading.Semaphore, asyncio.Lock) is
+    its own factory: it is hooked in place and the name keeps it.  Returns
+    {id(original): factory} of those installed now."""
     by_id: Dict[int, object] = {}
     for key, (modname, attr, orig) in _originals().items():
         mod = sys.modules[modname]
@@ -272,6 +274,7 @@ def stop() -> None:
             if mod is not None and getattr(mod, attr, None) is factory:
                 setattr(mod, attr, orig)
         _installed.clear()
+        _lockprof.unhook_classes()
         _running = False
 
 

@@ -14,6 +14,7 @@ typedef struct {
     PyObject *inner_class;      /* the class the wrapper's methods are made for */
     const lp_typedef *def;      /* its spec entry */
     vectorcallfunc vectorcall;
+    PyObject *weakreflist;
 } lp_factory;
 
 static PyTypeObject *factory_type = NULL;
@@ -120,34 +121,27 @@ made_by_entry(const lp_typedef *base, PyTypeObject *cls)
     return NULL;
 }
 
+/* The lock the program gets from `inner`, the stdlib object made by a call
+ * profiled under entry `d`: its wrapper, or `inner` itself when it is of a
+ * class no entry wraps or wrapping failed.  Steals `inner`. */
 static PyObject *
-factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
-                   PyObject *kwnames)
+wrap_made(const lp_typedef *d, PyObject *inner, PyObject *const *args, size_t nargsf,
+          PyObject *kwnames)
 {
-    lp_factory *f = (lp_factory *)self;
-    if (!lp_active || caller_excluded()) {
-        return PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
-    }
-    PyObject *inner = PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
-    if (inner == NULL) {
-        return NULL;
-    }
-    const lp_typedef *d = f->def;
-    if (LP_UNLIKELY((PyObject *)Py_TYPE(inner) != f->inner_class)) {
+    if (LP_UNLIKELY((PyObject *)Py_TYPE(inner) != *d->inner_class)) {
         /* Not the class our methods call into: gevent's lock after
          * monkey-patching, threading's Python RLock once _CRLock is None.
-         * An entry made_by this factory's may be built for it (the model
-         * makes it agree on async and condition); anything else (a subclass,
-         * another library's lock) is left as it is and counted (told once as
-         * a warning). */
-        d = made_by_entry(f->def, Py_TYPE(inner));
+         * An entry made_by this one may be built for it (the model makes it
+         * agree on async and condition); anything else (a subclass, another
+         * library's lock) is left as it is and counted (told once as a
+         * warning). */
+        d = made_by_entry(d, Py_TYPE(inner));
         if (d == NULL) {
             lp_foreign_locks++;
             return inner;
         }
     }
-    Py_INCREF(inner);
-    PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(*d->type_slot, inner);
+    PyObject *w = lp_fault() ? (PyErr_NoMemory(), NULL) : lp_wrap(*d->type_slot, Py_NewRef(inner));
     if (w == NULL) {
         /* the program gets the stdlib's own object, unprofiled */
         PyErr_Clear();
@@ -175,6 +169,271 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
     return w;
 }
 
+static PyObject *
+factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    lp_factory *f = (lp_factory *)self;
+    if (!lp_active || caller_excluded()) {
+        return PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
+    }
+    PyObject *inner = PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
+    if (inner == NULL) {
+        return NULL;
+    }
+    return wrap_made(f->def, inner, args, nargsf, kwnames);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Python classes, profiled in place                                         */
+/* ------------------------------------------------------------------------ */
+
+/* A lock class written in Python (threading.Semaphore, Condition, the asyncio
+ * locks) stays the very object its module names while profiling runs: its
+ * type object's own vectorcall (PyTypeObject.tp_vectorcall, used for calls
+ * of the class and never inherited) makes the instance as type.__call__
+ * does and wraps it.  Subclasses, isinstance, pickling, type() with three
+ * arguments, inspect.signature and every attribute are the class's own.
+ *
+ * On CPython 3.13+, a `__new__` that behaves as object.__new__ is also set
+ * in the class's dict while the hook is in: 3.13 specialises a call of a
+ * class whose __new__ is object's into an inline allocation and __init__
+ * call that never reads tp_vectorcall (3.9-3.12 do not, and 3.9's
+ * inspect.signature would not see __init__ past a __new__ in the dict).
+ * Both are taken out at stop(). */
+typedef struct {
+    PyTypeObject *cls;          /* strong */
+    const lp_typedef *def;
+    vectorcallfunc saved;       /* its tp_vectorcall before (NULL) */
+} lp_class_hook;
+
+#define LP_MAX_CLASS_HOOKS 32
+static lp_class_hook class_hooks[LP_MAX_CLASS_HOOKS];
+static int n_class_hooks = 0;
+static PyObject *class_new_func = NULL;   /* the builtin our __new__ is */
+static PyObject *class_new_static = NULL; /* staticmethod(class_new_func) */
+static PyObject *object_new = NULL;       /* object.__new__ */
+static PyObject *str_new = NULL;          /* "__new__" */
+static newfunc slot_new = NULL;           /* tp_new of a class with a __new__ */
+
+/* type.__call__(cls, *args, **kwargs), exactly */
+static PyObject *
+type_call(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *tuple = PyTuple_New(nargs);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    }
+    PyObject *kwargs = NULL;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        kwargs = PyDict_New();
+        if (kwargs == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                Py_DECREF(tuple);
+                Py_DECREF(kwargs);
+                return NULL;
+            }
+        }
+    }
+    PyObject *r = PyType_Type.tp_call(cls, tuple, kwargs);
+    Py_DECREF(tuple);
+    Py_XDECREF(kwargs);
+    return r;
+}
+
+static PyObject *
+class_vectorcall(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    const lp_typedef *d = NULL;
+    if (lp_active) {
+        for (int i = 0; i < n_class_hooks; i++) {
+            if ((PyObject *)class_hooks[i].cls == cls) {
+                d = class_hooks[i].def;
+                break;
+            }
+        }
+    }
+    if (d == NULL || caller_excluded()) {
+        return type_call(cls, args, nargsf, kwnames);
+    }
+    PyObject *inner = type_call(cls, args, nargsf, kwnames);
+    if (inner == NULL) {
+        return NULL;
+    }
+    return wrap_made(d, inner, args, nargsf, kwnames);
+}
+
+/* the class's __new__ while hooked: object.__new__, as the class has it
+ * natively (arguments beyond the class go to __init__ when no class of the
+ * MRO has a __new__ of its own, as object.__new__ lets them) */
+static PyObject *
+class_new(PyObject *unused, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs >= 1 && (nargs > 1 || kwnames != NULL) && PyType_Check(args[0])) {
+        PyObject *found = PyObject_GetAttr(args[0], str_new);
+        if (found == NULL) {
+            return NULL;
+        }
+        int ours = found == class_new_func;
+        Py_DECREF(found);
+        if (ours) {
+            return PyObject_Vectorcall(object_new, args, 1, NULL);
+        }
+    }
+    return PyObject_Vectorcall(object_new, args, (size_t)nargs, kwnames);
+}
+
+static PyMethodDef class_new_def = {
+    "__new__", (PyCFunction)(void (*)(void))class_new, METH_FASTCALL | METH_KEYWORDS,
+    "Create and return a new object.  See help(type) for accurate signature."};
+
+/* whether `orig` can be profiled in place: a mutable class written in
+ * Python, the very class entry `d` wraps */
+static int
+class_hookable(const lp_typedef *d, PyObject *orig)
+{
+    if (!PyType_Check(orig) || orig != *d->inner_class) {
+        return 0;
+    }
+    unsigned long fl = PyType_GetFlags((PyTypeObject *)orig);
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+    if (fl & Py_TPFLAGS_IMMUTABLETYPE) {
+        return 0;
+    }
+#endif
+    if (!(fl & Py_TPFLAGS_HEAPTYPE)) {
+        return 0;
+    }
+    /* hooked already, or with no vectorcall of its own and object's __new__
+     * (or ours, inherited from a hooked base: BoundedSemaphore's) */
+    PyTypeObject *t = (PyTypeObject *)orig;
+    if (t->tp_vectorcall == class_vectorcall) {
+        return 1;
+    }
+    if (t->tp_vectorcall != NULL) {
+        return 0;
+    }
+    if (t->tp_new == PyBaseObject_Type.tp_new) {
+        return 1;
+    }
+    if (slot_new == NULL || t->tp_new != slot_new) {
+        return 0;
+    }
+    PyObject *found = PyObject_GetAttr(orig, str_new);
+    if (found == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(found);
+    return found == class_new_func;
+}
+
+static int
+class_hook(const lp_typedef *d, PyTypeObject *cls)
+{
+    int i;
+    for (i = 0; i < n_class_hooks; i++) {
+        if (class_hooks[i].cls == cls) {
+            break;
+        }
+    }
+    if (i == n_class_hooks) {
+        if (n_class_hooks == LP_MAX_CLASS_HOOKS) {
+            PyErr_SetString(PyExc_RuntimeError, "too many lock classes hooked");
+            return -1;
+        }
+        class_hooks[i].cls = (PyTypeObject *)Py_NewRef(cls);
+        class_hooks[i].def = d;
+        class_hooks[i].saved = cls->tp_vectorcall;
+        n_class_hooks++;
+    }
+    if (cls->tp_vectorcall != class_vectorcall) {
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *own = PyDict_GetItemWithError(cls->tp_dict, str_new);   /* borrowed */
+        if (own == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+        if (own == NULL) {
+            if (PyObject_SetAttr((PyObject *)cls, str_new, class_new_static) < 0) {
+                return -1;
+            }
+            slot_new = cls->tp_new;   /* CPython's slot that calls __new__ */
+        }
+#endif
+        cls->tp_vectorcall = class_vectorcall;
+    }
+    return 0;
+}
+
+/* Deleting the __new__ leaves a class's tp_new (and its subclasses') on the
+ * slot that looks __new__ up, which then finds object.__new__ and refuses
+ * the arguments __init__ takes: CPython keeps a slot it cannot tell apart.
+ * Each class whose __new__ is object's again gets object's tp_new back, as
+ * creating it natively would have given it. */
+static void
+restore_object_new(PyTypeObject *t, int depth)
+{
+    if (slot_new == NULL || depth > 64) {
+        return;
+    }
+    if (t->tp_new == slot_new) {
+        PyObject *found = PyObject_GetAttr((PyObject *)t, str_new);
+        if (found == object_new) {
+            t->tp_new = PyBaseObject_Type.tp_new;
+            PyType_Modified(t);
+        }
+        else if (found == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(found);
+    }
+    PyObject *subs = PyObject_CallMethod((PyObject *)t, "__subclasses__", NULL);
+    if (subs == NULL || !PyList_Check(subs)) {
+        PyErr_Clear();
+        Py_XDECREF(subs);
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(subs); i++) {
+        restore_object_new((PyTypeObject *)PyList_GET_ITEM(subs, i), depth + 1);
+    }
+    Py_DECREF(subs);
+}
+
+/* every class hooked, back as it was */
+static PyObject *
+lp_py_unhook_classes(PyObject *mod, PyObject *unused)
+{
+    int failed = 0;
+    for (int i = 0; i < n_class_hooks; i++) {
+        PyTypeObject *cls = class_hooks[i].cls;
+        cls->tp_vectorcall = class_hooks[i].saved;
+        PyObject *own = PyDict_GetItemWithError(cls->tp_dict, str_new);   /* borrowed */
+        if (own == class_new_static && PyObject_DelAttr((PyObject *)cls, str_new) < 0) {
+            PyErr_Clear();
+            failed = 1;
+        }
+        else if (own == NULL && PyErr_Occurred()) {
+            PyErr_Clear();
+            failed = 1;
+        }
+        restore_object_new(cls, 0);
+        Py_DECREF(cls);
+    }
+    n_class_hooks = 0;
+    if (failed) {
+        lp_count_error();
+    }
+    Py_RETURN_NONE;
+}
+
 static int
 factory_traverse(lp_factory *self, visitproc visit, void *arg)
 {
@@ -199,6 +458,9 @@ factory_dealloc(lp_factory *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     factory_clear(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -217,13 +479,6 @@ static PyObject *own_names = NULL;
 static PyObject *
 factory_getattro(PyObject *self, PyObject *name)
 {
-    if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "__new__") == 0) {
-        static PyObject *alias = NULL;
-        if (alias == NULL && (alias = PyUnicode_InternFromString("__lockprof_new__")) == NULL) {
-            return NULL;
-        }
-        return PyObject_GenericGetAttr(self, alias);
-    }
     int own = PySet_Contains(own_names, name);
     if (own < 0) {
         return NULL;
@@ -291,60 +546,6 @@ factory_copy(lp_factory *self, PyObject *unused)
 }
 
 static PyObject *
-factory_new(lp_factory *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    /* copyreg.__newobj__(factory) calls factory.__new__(factory): make an
-     * instance of the original class, as a copy of the stdlib object would */
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "__new__(): not enough arguments");
-        return NULL;
-    }
-    PyObject *cls = args[0] == (PyObject *)self ? self->orig : args[0];
-    if (!PyType_Check(cls)) {
-        PyErr_Format(PyExc_TypeError, "__new__(X): X is not a type object (%s)",
-                     Py_TYPE(cls)->tp_name);
-        return NULL;
-    }
-    PyObject *rest = PyTuple_New(nargs - 1);
-    if (rest == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 1; i < nargs; i++) {
-        PyTuple_SET_ITEM(rest, i - 1, Py_NewRef(args[i]));
-    }
-    PyObject *r = ((PyTypeObject *)cls)->tp_new((PyTypeObject *)cls, rest, NULL);
-    Py_DECREF(rest);
-    return r;
-}
-
-PyObject *
-lp_factory_shadowing(PyObject *cls)
-{
-    PyObject *modname = PyObject_GetAttrString(cls, "__module__");
-    if (modname == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    PyObject *mod = PyImport_GetModule(modname);
-    Py_DECREF(modname);
-    if (mod == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    PyObject *f = PyObject_GetAttrString(mod, ((PyTypeObject *)cls)->tp_name);
-    Py_DECREF(mod);
-    if (f == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    if (Py_TYPE(f) == factory_type && ((lp_factory *)f)->orig == cls) {
-        return f;
-    }
-    Py_DECREF(f);
-    return NULL;
-}
-
-static PyObject *
 unwrap_factory(PyObject *o)
 {
     if (Py_TYPE(o) == factory_type) {
@@ -380,12 +581,12 @@ static PyMethodDef factory_methods[] = {
     {"__reduce__", (PyCFunction)factory_reduce, METH_NOARGS, NULL},
     {"__copy__", (PyCFunction)factory_copy, METH_NOARGS, NULL},
     {"__deepcopy__", (PyCFunction)factory_copy, METH_O, NULL},
-    {"__lockprof_new__", (PyCFunction)(void (*)(void))factory_new, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef factory_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(lp_factory, vectorcall), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(lp_factory, weakreflist), READONLY, NULL},
     {"__lockprof_original__", T_OBJECT, offsetof(lp_factory, orig), READONLY, NULL},
     {"__lockprof_wrapper_type__", T_OBJECT, offsetof(lp_factory, wtype), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -462,6 +663,13 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
     if (d == NULL || lp_require_def(d, PyExc_LookupError) < 0) {
         return NULL;
     }
+    if (class_hookable(d, orig)) {
+        /* a Python class: profiled in place, and its own name stays */
+        if (class_hook(d, (PyTypeObject *)orig) < 0) {
+            return NULL;
+        }
+        return Py_NewRef(orig);
+    }
     lp_factory *f = PyObject_GC_New(lp_factory, factory_type);
     if (f == NULL) {
         return NULL;
@@ -471,6 +679,7 @@ lp_py_make_factory(PyObject *mod, PyObject *args)
     f->inner_class = Py_NewRef(*d->inner_class);
     f->def = d;
     f->vectorcall = factory_vectorcall;
+    f->weakreflist = NULL;
     PyObject_GC_Track(f);
     return (PyObject *)f;
 }
@@ -648,7 +857,10 @@ static PyMethodDef factory_module_methods[] = {
     {"find_refs", lp_py_find_refs, METH_VARARGS,
      "find_refs(dicts, targets)\n--\n\n[(index, key, value)] of the dicts' values that are targets."},
     {"make_factory", lp_py_make_factory, METH_VARARGS,
-     "make_factory(key, original)\n--\n\nThe factory object that replaces `original`."},
+     "make_factory(key, original)\n--\n\nWhat the name of `original` holds while profiling runs: "
+     "`original` itself, hooked, for a class written in Python; else a factory object."},
+    {"unhook_classes", lp_py_unhook_classes, METH_NOARGS,
+     "unhook_classes()\n--\n\nPuts every class make_factory hooked back as it was."},
     {"set_filters", lp_py_set_filters, METH_VARARGS,
      "set_filters(exclude, include)\n--\n\nModule-name prefixes whose code gets native locks, "
      "and (when not empty) the only ones whose code gets profiled locks."},
@@ -683,7 +895,14 @@ lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs)
         return -1;
     }
     str_name = PyUnicode_InternFromString("__name__");
-    if (str_name == NULL) {
+    str_new = PyUnicode_InternFromString("__new__");
+    if (str_name == NULL || str_new == NULL) {
+        return -1;
+    }
+    object_new = PyObject_GetAttr((PyObject *)&PyBaseObject_Type, str_new);
+    class_new_func = PyCFunction_New(&class_new_def, NULL);
+    if (object_new == NULL || class_new_func == NULL ||
+        (class_new_static = PyStaticMethod_New(class_new_func)) == NULL) {
         return -1;
     }
     own_names = PySet_New(NULL);
@@ -692,7 +911,7 @@ lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs)
     }
     const char *names[] = {"__mro_entries__", "__instancecheck__", "__subclasscheck__",
                            "__reduce__", "__reduce_ex__", "__lockprof_original__",
-                           "__lockprof_wrapper_type__", "__lockprof_new__", "__signature__",
+                           "__lockprof_wrapper_type__", "__signature__",
                            NULL};
     for (int i = 0; names[i]; i++) {
         PyObject *s = PyUnicode_InternFromString(names[i]);

@@ -82,7 +82,6 @@ double lp_rand_unit(void);      /* uniform in [0, 1) */
 int lp_runtime_setup(void);
 int lp_async_setup(PyObject *module);
 /* the factory currently installed in place of class `cls`, or NULL */
-PyObject *lp_factory_shadowing(PyObject *cls);
 int lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs);
 
 #endif

@@ -393,48 +393,15 @@ lp_wrapper_get_class(lp_wrapper *self, void *closure)
 PyObject *
 lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto)
 {
-    /* Pickling and copying behave as they do for the wrapped object.  Its
-     * class may be shadowed by a lockprof factory while profiling runs
-     * (threading.Semaphore); the reduction then names the factory, which
-     * pickles by the same reference and makes the same kind of object. */
+    /* Pickling and copying behave as they do for the wrapped object: the
+     * reduction names its class, which makes a plain instance when called
+     * as __new__ (the class's own hook wraps only calls of the class) */
     static PyObject *name = NULL;
     if (name == NULL && (name = PyUnicode_InternFromString("__reduce_ex__")) == NULL) {
         return NULL;
     }
     PyObject *args[2] = {self->inner, proto};
-    PyObject *rv = PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (rv == NULL || !PyTuple_Check(rv) || PyTuple_GET_SIZE(rv) < 2) {
-        return rv;
-    }
-    PyObject *cargs = PyTuple_GET_ITEM(rv, 1);
-    if (!PyTuple_Check(cargs) || PyTuple_GET_SIZE(cargs) < 1 ||
-        PyTuple_GET_ITEM(cargs, 0) != (PyObject *)Py_TYPE(self->inner)) {
-        return rv;
-    }
-    PyObject *factory = lp_factory_shadowing(PyTuple_GET_ITEM(cargs, 0));
-    if (factory == NULL) {
-        return rv;
-    }
-    PyObject *nargs_ = PyTuple_GetSlice(cargs, 0, PyTuple_GET_SIZE(cargs));
-    PyObject *nrv = PyTuple_GetSlice(rv, 0, PyTuple_GET_SIZE(rv));
-    Py_DECREF(rv);
-    if (nargs_ == NULL || nrv == NULL) {
-        Py_XDECREF(nargs_);
-        Py_XDECREF(nrv);
-        Py_DECREF(factory);
-        return NULL;
-    }
-    PyObject *newobj = PyObject_GetAttrString(factory, "__lockprof_new__");
-    if (newobj == NULL) {
-        Py_DECREF(nargs_);
-        Py_DECREF(nrv);
-        Py_DECREF(factory);
-        return NULL;
-    }
-    Py_SETREF(((PyTupleObject *)nargs_)->ob_item[0], factory);
-    Py_SETREF(((PyTupleObject *)nrv)->ob_item[0], newobj);
-    Py_SETREF(((PyTupleObject *)nrv)->ob_item[1], nargs_);
-    return nrv;
+    return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -582,6 +549,74 @@ lookup_dotted(const char *path, int import)
     return r;
 }
 
+/* The wrapper's methods show the wrapped class's docstrings, and a C
+ * method's text signature (inspect.signature; Argument Clinic's differ
+ * between CPython versions, so they are read here, not generated).  A Python
+ * method keeps the text signature the spec gives it.  PyMethodDef docs are
+ * read when asked for, so this may run after the wrapper type was made.
+ * Best effort: a failure leaves the generated docstring. */
+static void
+adopt_docs(const lp_typedef *d, PyObject *inner)
+{
+    PyMethodDef *defs = NULL;
+    for (PyType_Slot *sl = d->spec->slots; sl->slot != 0; sl++) {
+        if (sl->slot == Py_tp_methods) {
+            defs = sl->pfunc;
+        }
+    }
+    for (; defs != NULL && defs->ml_name != NULL; defs++) {
+        if (defs->ml_doc == NULL) {
+            continue;
+        }
+        PyObject *attr = PyObject_GetAttrString(inner, defs->ml_name);
+        if (attr == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        PyObject *sig = NULL, *doc = NULL, *text = NULL;
+        if (PyObject_TypeCheck(attr, &PyMethodDescr_Type)) {
+            sig = PyObject_GetAttrString(attr, "__text_signature__");
+        }
+        else if (PyFunction_Check(attr)) {
+            const char *end = strstr(defs->ml_doc, "\n--\n\n");
+            sig = end == NULL ? Py_NewRef(Py_None)
+                              : PyUnicode_FromStringAndSize(defs->ml_doc, end - defs->ml_doc);
+        }
+        else {
+            Py_DECREF(attr);
+            continue;
+        }
+        doc = sig != NULL ? PyObject_GetAttrString(attr, "__doc__") : NULL;
+        if (doc != NULL) {
+            const char *body = PyUnicode_Check(doc) ? PyUnicode_AsUTF8(doc) : "";
+            if (body == NULL) {
+                PyErr_Clear();
+                body = "";
+            }
+            if (PyUnicode_Check(sig) && PyFunction_Check(attr)) {
+                text = PyUnicode_FromFormat("%U\n--\n\n%s", sig, body);
+            }
+            else if (PyUnicode_Check(sig)) {
+                text = PyUnicode_FromFormat("%s%U\n--\n\n%s", defs->ml_name, sig, body);
+            }
+            else {
+                text = PyUnicode_FromString(body);
+            }
+        }
+        const char *utf8 = text != NULL ? PyUnicode_AsUTF8(text) : NULL;
+        char *copy = utf8 != NULL ? PyMem_RawMalloc(strlen(utf8) + 1) : NULL;
+        if (copy != NULL) {
+            strcpy(copy, utf8);
+            defs->ml_doc = copy;    /* for the life of the process */
+        }
+        PyErr_Clear();
+        Py_XDECREF(text);
+        Py_XDECREF(doc);
+        Py_XDECREF(sig);
+        Py_DECREF(attr);
+    }
+}
+
 int
 lp_resolve_def(const lp_typedef *d)
 {
@@ -602,6 +637,7 @@ lp_resolve_def(const lp_typedef *d)
         return -1;
     }
     *d->inner_class = inner;
+    adopt_docs(d, inner);
     return 1;
 }
 
@@ -653,6 +689,14 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
             goto error;
         }
         Py_DECREF(tmod);
+        if (d->type_name != NULL) {
+            PyObject *short_name = PyUnicode_FromString(d->type_name);
+            if (short_name == NULL || PyObject_SetAttrString(type, "__name__", short_name) < 0) {
+                Py_XDECREF(short_name);
+                goto error;
+            }
+            Py_DECREF(short_name);
+        }
         PyTuple_SET_ITEM(kinds, i, PyUnicode_FromString(d->key));
         PyObject *row = Py_BuildValue("(szzOzii)", d->key, d->factory_module, d->factory_name,
                                       type, d->inner_type, d->is_async, d->is_condition);

@@ -282,6 +282,8 @@ typedef struct {
     const char *made_by;         /* key whose patched factory returns this class */
     const char *inner_type;      /* dotted path of the wrapped class */
     const char *type_module;     /* its __module__ */
+    const char *type_name;       /* __name__ (and tp_name) when not the spec's
+                                  * dotted name: a Python class's bare name */
     PyType_Spec *spec;
     int (*init_methods)(PyObject *inner_type);
     PyTypeObject **type_slot;    /* where the made type is stored */

@@ -78,3 +78,100 @@ def test_signature_is_the_originals(name):
     assert profiled == native
     if name in ("threading.Semaphore", "threading.BoundedSemaphore"):
         assert native == "(value=1)"
+
+
+# ---------------------------------------------------------------------------
+# The differential probe: every question tests/introspect_probe.py asks, of
+# the nine names and their objects, natively and profiled, on this CPython.
+# A difference must be one of these, each a consequence of a design choice
+# the README's "known differences" states; any other fails the test, and so
+# does a listed one that no longer shows (the list and README must follow).
+# ---------------------------------------------------------------------------
+ALL = ("threading.Lock", "threading.RLock", "threading.Semaphore",
+       "threading.BoundedSemaphore", "threading.Condition", "asyncio.Lock",
+       "asyncio.Semaphore", "asyncio.BoundedSemaphore", "asyncio.Condition")
+CLASSES = tuple(n for n in ALL if n != "threading.RLock")   # natively classes
+CONDITIONS = ("threading.Condition", "asyncio.Condition")
+KNOWN = [
+    ("an instance's type is its wrapper type (same name, module and repr; "
+     "obj.__class__ and isinstance answer as natively)",
+     CLASSES, ("type(obj) is N", "issubclass(type(obj), N)")),
+    ("the recorded methods are C methods of the wrapper type",
+     ALL, tuple(f"{q}(obj.{m})" for q in ("repr",) for m in ("acquire", "release", "wait"))
+     + tuple(f"obj.{m}.__qualname__" for m in ("acquire", "release"))),
+    ("a Condition's acquire and release are the wrapper's, not its lock's bound methods",
+     CONDITIONS, ("obj.acquire.__self__ is obj", "obj.release.__self__ is obj",
+                  "inspect.signature(obj.acquire)", "inspect.signature(obj.release)")),
+    ("methods passed through unrecorded are the wrapped object's bound methods",
+     ALL, ("obj.locked.__self__ is obj", "obj.notify.__self__ is obj")),
+    ("asyncio's acquire() returns lockprof's awaitable (asyncio.iscoroutine and "
+     "inspect.isawaitable still say True)",
+     tuple(n for n in ALL if n.startswith("asyncio.")), ("type(obj.acquire())",)),
+    ("threading.Lock and threading.RLock are factory objects, not the builtin "
+     "function, class or Python function (subclassing fails with another TypeError)",
+     ("threading.Lock", "threading.RLock"),
+     ("type", "type() with three arguments", "types.new_class")),
+]
+
+
+def _probe(mode):
+    import json
+    import os
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.pop("LOCKPROF_ENABLED", None)
+    r = subprocess.run([sys.executable, str(root / "tests" / "introspect_probe.py"), mode],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=str(root))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def differences():
+    native, profiled = _probe("native"), _probe("profiled")
+    kinds = profiled.pop("<profiled kinds>")["kinds"]
+    assert "<profiled kinds>" not in native
+    # the profiled run did profile every one of them
+    for name in ALL:
+        assert repr(name) in kinds, (name, kinds)
+    assert native.keys() == profiled.keys()
+    diffs = {}
+    for name in native:
+        assert native[name].keys() == profiled[name].keys(), name
+        for q, answer in native[name].items():
+            if profiled[name][q] != answer:
+                diffs[(name, q)] = (answer, profiled[name][q])
+    return diffs, native
+
+
+def _known(name, q):
+    return [i for i, (_, names, queries) in enumerate(KNOWN) if name in names and q in queries]
+
+
+def test_profiled_answers_equal_native_ones(differences):
+    differences, _ = differences
+    unexplained = {k: v for k, v in differences.items() if not _known(*k)}
+    assert not unexplained, "\n".join(
+        f"{name}: {q}\n  native:   {a}\n  profiled: {b}"
+        for (name, q), (a, b) in sorted(unexplained.items()))
+
+
+def test_every_known_difference_still_shows(differences):
+    differences, _ = differences
+    seen = {i for k in differences for i in _known(*k)}
+    stale = [KNOWN[i][0] for i in range(len(KNOWN)) if i not in seen]
+    assert not stale, f"no longer different (update KNOWN and the README): {stale}"
+
+
+def test_the_probe_asks_enough(differences):
+    # the comparison covers the questions the issue names, for every name
+    _, native = differences
+    for name in ALL:
+        asked = set(native[name])
+        for q in ("pickle by reference", "copy", "inspect.signature", "__name__", "__qualname__",
+                  "__module__", "__doc__", "type() with three arguments", "types.new_class",
+                  "class statement", "obj + 1", "await obj", "repr(obj)", "vars(obj)",
+                  "weakref", "dir(obj)", "iter(obj)"):
+            assert q in asked, (name, q)

@@ -1,0 +1,64 @@
+"""CPython's own tests of its synchronization primitives, run with every lock
+profiled (sample rate 1.0) under `lockprof run`: no test may fail that does
+not fail in the plain run of the same suite on the same interpreter.
+
+test_threading holds test.lock_tests' Lock, RLock, Condition, Semaphore,
+BoundedSemaphore, Event and Barrier tests. These take minutes, so they run
+when LOCKPROF_CPYTHON_SUITES=1 (CI sets it); then a missing `test` package
+(Debian ships it as libpython3.X-testsuite) is a failure, not a skip."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUITES = ["test.test_threading", "test.test_queue", "test.test_asyncio.test_locks",
+          "test.test_concurrent_futures"]
+DRIVER = Path(__file__).with_name("cpython_suites.py")
+RETRIES = 2        # a new failure must repeat in each retry to count
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("LOCKPROF_CPYTHON_SUITES") != "1",
+    reason="CPython's suites take minutes: LOCKPROF_CPYTHON_SUITES=1 runs them (CI does)")
+
+
+def _run(tmp_path, tag, names, profiled):
+    out = tmp_path / f"{tag}.json"
+    cmd = [sys.executable]
+    if profiled:
+        cmd += ["-m", "lockprof", "run", "--sample-rate", "1.0", "-q",
+                "-o", str(tmp_path / f"{tag}.pprof")]
+    cmd += [str(DRIVER), str(out)] + list(names)
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith("LOCKPROF_") and k != "LOCKPROF_CPYTHON_SUITES":
+            del env[k]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env,
+                       cwd=str(tmp_path))
+    assert out.exists(), f"{' '.join(cmd)} wrote no result (rc {r.returncode}):\n{r.stderr[-4000:]}"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_suite_passes_profiled_as_plain(suite, tmp_path):
+    if importlib.util.find_spec(suite.rpartition(".")[0] or suite) is None or \
+            importlib.util.find_spec(suite) is None:
+        pytest.fail(f"{suite} is not installed: CPython's test package is needed "
+                    "(Debian: libpython3.X-testsuite)")
+    plain = _run(tmp_path, "plain", [suite], profiled=False)
+    prof = _run(tmp_path, "profiled", [suite], profiled=True)
+    assert prof["profiled_locks"] > 0, "the profiled run profiled no lock"
+    assert prof["ran"] == plain["ran"] and prof["ran"] > 0
+    new = sorted(set(prof["bad"]) - set(plain["bad"]))
+    for attempt in range(RETRIES):
+        if not new:
+            break
+        again = _run(tmp_path, f"retry{attempt}", new, profiled=True)
+        new = sorted(t for t in new if t in again["bad"])
+    assert not new, "fail profiled only:\n" + "\n".join(f"{t}: {prof['bad'][t]}" for t in new)
+    print(f"{suite}: {plain['ran']} tests, plain {plain['seconds']} s, profiled "
+          f"{prof['seconds']} s, {prof['profiled_locks']} locks profiled, "
+          f"{len(plain['bad'])} failing in both")
