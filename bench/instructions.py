@@ -25,9 +25,12 @@ CASES = [
     ("asyncio.Condition", "async with"),
     # the stdlib's own user of Conditions over a wrapped lock (its mutex)
     ("queue.Queue", "put+get"),
+    # methods passed through unrecorded, on a held Condition
+    ("threading.Condition", "notify"), ("threading.Condition", "notify_all"),
 ]
 STMTS = {"acquire+release": "l.acquire(); l.release()", "with": "with l: pass",
-         "async with": "async with l: pass", "put+get": "l.put(1); l.get()"}
+         "async with": "async with l: pass", "put+get": "l.put(1); l.get()",
+         "notify": "l.notify()", "notify_all": "l.notify_all()"}
 
 SCRIPT = """
 import sys, asyncio, threading, queue
@@ -38,6 +41,8 @@ if config != "native":
 modname, kind = key.split(".")
 mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
 l = getattr(mod, kind)()
+if stmt.startswith("l.notify"):
+    l.acquire()
 body = "\\n".join("        " + stmt for _ in range(10))
 is_async = stmt.startswith("async")
 src = ("async " if is_async else "") + "def run(l, n):\\n    for _ in range(n):\\n" + body + "\\n"

@@ -12,6 +12,7 @@
 PyTypeObject *lp_asyncio_BoundedSemaphore_type = NULL;
 static PyObject *lp_asyncio_BoundedSemaphore_inner_class = NULL;
 
+
 /* methods of asyncio.locks.BoundedSemaphore called by this wrapper */
 static lp_method lp_asyncio_BoundedSemaphore_m_acquire;
 static lp_method lp_asyncio_BoundedSemaphore_m_release;
@@ -55,17 +56,6 @@ lp_asyncio_BoundedSemaphore_release_now(lp_wrapper *self)
     return lp_asyncio_BoundedSemaphore_release_impl(self, &lp_asyncio_BoundedSemaphore_m_release, NULL, 0, NULL);
 }
 
-/* asyncio.BoundedSemaphore.locked (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_asyncio_BoundedSemaphore_locked_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("locked")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-
 /* asyncio.BoundedSemaphore.acquire (role: async_acquire) */
 static PyObject *
 lp_asyncio_BoundedSemaphore_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -107,13 +97,14 @@ static PyMethodDef lp_asyncio_BoundedSemaphore_methods[] = {
     {"__aexit__", (PyCFunction)(void (*)(void))lp_asyncio_BoundedSemaphore_aexit, METH_FASTCALL,
      PyDoc_STR("__aexit__($self, /, exc_type, exc, tb)\n--\n\n__aexit__: as asyncio.locks.BoundedSemaphore.release, recorded by lockprof (aexit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
-    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef lp_asyncio_BoundedSemaphore_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
-    {"locked", (getter)lp_asyncio_BoundedSemaphore_locked_get, NULL, PyDoc_STR("locked: the wrapped asyncio.locks.BoundedSemaphore's own (not recorded)."), NULL},
+    /* the wrapped class's other attributes: forwarders put in the type's
+     * dict at run time (runtime/lp_attrs.c) */
+    {"__dict__", (getter)lp_wrapper_get_dict, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -172,4 +163,5 @@ const lp_typedef lp_asyncio_BoundedSemaphore_def = {
     .is_async = 1,
     .is_condition = 0,
     .binds_lock = 0,
+    .forward_attrs = 1,
 };

@@ -12,6 +12,7 @@
 PyTypeObject *lp_asyncio_Condition_type = NULL;
 static PyObject *lp_asyncio_Condition_inner_class = NULL;
 
+
 /* methods of asyncio.locks.Condition called by this wrapper */
 static lp_method lp_asyncio_Condition_m_acquire;
 static lp_method lp_asyncio_Condition_m_release;
@@ -66,28 +67,6 @@ static PyObject *
 lp_asyncio_Condition_release_now(lp_wrapper *self)
 {
     return lp_asyncio_Condition_release_impl(self, &lp_asyncio_Condition_m_release, NULL, 0, NULL);
-}
-
-/* asyncio.Condition.notify (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_asyncio_Condition_notify_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("notify")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-
-/* asyncio.Condition.notify_all (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_asyncio_Condition_notify_all_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("notify_all")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
 }
 
 /* asyncio.Condition.acquire (role: async_acquire) */
@@ -151,14 +130,14 @@ static PyMethodDef lp_asyncio_Condition_methods[] = {
     {"wait_for", (PyCFunction)(void (*)(void))lp_asyncio_Condition_wait_for, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("wait_for($self, /, predicate)\n--\n\nwait_for: as asyncio.locks.Condition.wait_for, recorded by lockprof (async_wait).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
-    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef lp_asyncio_Condition_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
-    {"notify", (getter)lp_asyncio_Condition_notify_get, NULL, PyDoc_STR("notify: the wrapped asyncio.locks.Condition's own (not recorded)."), NULL},
-    {"notify_all", (getter)lp_asyncio_Condition_notify_all_get, NULL, PyDoc_STR("notify_all: the wrapped asyncio.locks.Condition's own (not recorded)."), NULL},
+    /* the wrapped class's other attributes: forwarders put in the type's
+     * dict at run time (runtime/lp_attrs.c) */
+    {"__dict__", (getter)lp_wrapper_get_dict, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -221,4 +200,5 @@ const lp_typedef lp_asyncio_Condition_def = {
     .is_async = 1,
     .is_condition = 1,
     .binds_lock = 1,
+    .forward_attrs = 1,
 };

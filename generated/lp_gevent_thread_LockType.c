@@ -12,6 +12,7 @@
 PyTypeObject *lp_gevent_thread_LockType_type = NULL;
 static PyObject *lp_gevent_thread_LockType_inner_class = NULL;
 
+
 /* methods of gevent.thread.LockType called by this wrapper */
 static lp_method lp_gevent_thread_LockType_m_acquire;
 static lp_method lp_gevent_thread_LockType_m_release;
@@ -105,17 +106,6 @@ lp_gevent_thread_LockType_release_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
-/* gevent.thread.LockType.locked (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_gevent_thread_LockType_locked_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("locked")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-
 /* gevent.thread.LockType.acquire (role: acquire) */
 static PyObject *
 lp_gevent_thread_LockType_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -173,13 +163,14 @@ static PyMethodDef lp_gevent_thread_LockType_methods[] = {
     {"_at_fork_reinit", (PyCFunction)(void (*)(void))lp_gevent_thread_LockType_at_fork_reinit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_at_fork_reinit($self, /)\n--\n\n_at_fork_reinit: as gevent.thread.LockType._at_fork_reinit, recorded by lockprof (reinit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
-    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef lp_gevent_thread_LockType_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
-    {"locked", (getter)lp_gevent_thread_LockType_locked_get, NULL, PyDoc_STR("locked: the wrapped gevent.thread.LockType's own (not recorded)."), NULL},
+    /* the wrapped class's other attributes: forwarders put in the type's
+     * dict at run time (runtime/lp_attrs.c) */
+    {"__dict__", (getter)lp_wrapper_get_dict, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -238,4 +229,5 @@ const lp_typedef lp_gevent_thread_LockType_def = {
     .is_async = 0,
     .is_condition = 0,
     .binds_lock = 0,
+    .forward_attrs = 1,
 };

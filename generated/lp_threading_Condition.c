@@ -12,6 +12,7 @@
 PyTypeObject *lp_threading_Condition_type = NULL;
 static PyObject *lp_threading_Condition_inner_class = NULL;
 
+
 /* methods of threading.Condition called by this wrapper */
 static lp_method lp_threading_Condition_m_acquire;
 static lp_method lp_threading_Condition_m_release;
@@ -119,28 +120,6 @@ lp_threading_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
-/* threading.Condition.notify (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_threading_Condition_notify_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("notify")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-
-/* threading.Condition.notify_all (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_threading_Condition_notify_all_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("notify_all")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-
 /* threading.Condition.acquire (role: acquire) */
 static PyObject *
 lp_threading_Condition_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -202,14 +181,14 @@ static PyMethodDef lp_threading_Condition_methods[] = {
     {"wait_for", (PyCFunction)(void (*)(void))lp_threading_Condition_wait_for, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("wait_for($self, /, predicate, timeout=None)\n--\n\nwait_for: as threading.Condition.wait_for, recorded by lockprof (wait).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
-    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef lp_threading_Condition_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
-    {"notify", (getter)lp_threading_Condition_notify_get, NULL, PyDoc_STR("notify: the wrapped threading.Condition's own (not recorded)."), NULL},
-    {"notify_all", (getter)lp_threading_Condition_notify_all_get, NULL, PyDoc_STR("notify_all: the wrapped threading.Condition's own (not recorded)."), NULL},
+    /* the wrapped class's other attributes: forwarders put in the type's
+     * dict at run time (runtime/lp_attrs.c) */
+    {"__dict__", (getter)lp_wrapper_get_dict, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -272,4 +251,5 @@ const lp_typedef lp_threading_Condition_def = {
     .is_async = 0,
     .is_condition = 1,
     .binds_lock = 1,
+    .forward_attrs = 1,
 };

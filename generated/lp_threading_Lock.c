@@ -12,6 +12,7 @@
 PyTypeObject *lp_threading_Lock_type = NULL;
 static PyObject *lp_threading_Lock_inner_class = NULL;
 
+
 /* methods of _thread.LockType called by this wrapper */
 static lp_method lp_threading_Lock_m_acquire;
 static lp_method lp_threading_Lock_m_acquire_lock;
@@ -270,4 +271,5 @@ const lp_typedef lp_threading_Lock_def = {
     .is_async = 0,
     .is_condition = 0,
     .binds_lock = 0,
+    .forward_attrs = 0,
 };

@@ -12,6 +12,7 @@
 PyTypeObject *lp_threading_RLock_type = NULL;
 static PyObject *lp_threading_RLock_inner_class = NULL;
 
+
 /* methods of _thread.RLock called by this wrapper */
 static lp_method lp_threading_RLock_m_acquire;
 static lp_method lp_threading_RLock_m_release;
@@ -305,4 +306,5 @@ const lp_typedef lp_threading_RLock_def = {
     .is_async = 0,
     .is_condition = 0,
     .binds_lock = 0,
+    .forward_attrs = 0,
 };

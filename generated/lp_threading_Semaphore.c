@@ -12,6 +12,7 @@
 PyTypeObject *lp_threading_Semaphore_type = NULL;
 static PyObject *lp_threading_Semaphore_inner_class = NULL;
 
+
 /* methods of threading.Semaphore called by this wrapper */
 static lp_method lp_threading_Semaphore_m_acquire;
 static lp_method lp_threading_Semaphore_m_release;
@@ -130,12 +131,14 @@ static PyMethodDef lp_threading_Semaphore_methods[] = {
     {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Semaphore_exit, METH_FASTCALL,
      PyDoc_STR("__exit__($self, /, t, v, tb)\n--\n\n__exit__: as threading.Semaphore.release, recorded by lockprof (exit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
-    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef lp_threading_Semaphore_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
+    /* the wrapped class's other attributes: forwarders put in the type's
+     * dict at run time (runtime/lp_attrs.c) */
+    {"__dict__", (getter)lp_wrapper_get_dict, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -194,4 +197,5 @@ const lp_typedef lp_threading_Semaphore_def = {
     .is_async = 0,
     .is_condition = 0,
     .binds_lock = 0,
+    .forward_attrs = 1,
 };

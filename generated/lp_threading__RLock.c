@@ -12,6 +12,7 @@
 PyTypeObject *lp_threading__RLock_type = NULL;
 static PyObject *lp_threading__RLock_inner_class = NULL;
 
+
 /* methods of threading._RLock called by this wrapper */
 static lp_method lp_threading__RLock_m_acquire;
 static lp_method lp_threading__RLock_m_release;
@@ -103,43 +104,6 @@ lp_threading__RLock_release_impl(lp_wrapper *self, const lp_method *m,
     return r;
 }
 
-/* threading._RLock._is_owned (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_threading__RLock_is_owned_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("_is_owned")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-
-#if PY_VERSION_HEX >= 0x030B0000
-/* threading._RLock._recursion_count (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_threading__RLock_recursion_count_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("_recursion_count")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-#endif
-
-#if PY_VERSION_HEX >= 0x030E0000
-/* threading._RLock.locked (role: forward): the wrapped object's bound method */
-static PyObject *
-lp_threading__RLock_locked_get(lp_wrapper *self, void *closure)
-{
-    static PyObject *name = NULL;
-    if (name == NULL && (name = PyUnicode_InternFromString("locked")) == NULL) {
-        return NULL;
-    }
-    return PyObject_GetAttr(self->inner, name);
-}
-#endif
-
 /* threading._RLock.acquire (role: acquire) */
 static PyObject *
 lp_threading__RLock_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -227,19 +191,14 @@ static PyMethodDef lp_threading__RLock_methods[] = {
     {"_at_fork_reinit", (PyCFunction)(void (*)(void))lp_threading__RLock_at_fork_reinit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_at_fork_reinit($self, /)\n--\n\n_at_fork_reinit: as threading._RLock._at_fork_reinit, recorded by lockprof (reinit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
-    {"__getattr__", (PyCFunction)lp_wrapper_getattr_fallback, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef lp_threading__RLock_getset[] = {
     {"__class__", (getter)lp_wrapper_get_class, NULL, NULL, NULL},
-    {"_is_owned", (getter)lp_threading__RLock_is_owned_get, NULL, PyDoc_STR("_is_owned: the wrapped threading._RLock's own (not recorded)."), NULL},
-#if PY_VERSION_HEX >= 0x030B0000
-    {"_recursion_count", (getter)lp_threading__RLock_recursion_count_get, NULL, PyDoc_STR("_recursion_count: the wrapped threading._RLock's own (not recorded)."), NULL},
-#endif
-#if PY_VERSION_HEX >= 0x030E0000
-    {"locked", (getter)lp_threading__RLock_locked_get, NULL, PyDoc_STR("locked: the wrapped threading._RLock's own (not recorded)."), NULL},
-#endif
+    /* the wrapped class's other attributes: forwarders put in the type's
+     * dict at run time (runtime/lp_attrs.c) */
+    {"__dict__", (getter)lp_wrapper_get_dict, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -298,4 +257,5 @@ const lp_typedef lp_threading__RLock_def = {
     .is_async = 0,
     .is_condition = 0,
     .binds_lock = 0,
+    .forward_attrs = 1,
 };

@@ -51,7 +51,7 @@ lp_method_init(lp_method *m, PyObject *type, const char *name)
         }
     }
     if (PyFunction_Check(d) && PyType_Check(type) &&
-        (((PyTypeObject *)type)->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        lp_tag_current((PyTypeObject *)type, ((PyTypeObject *)type)->tp_version_tag)) {
         /* A Python method: call the function itself while the class is
          * unchanged; a later monkeypatch changes the version tag and sends
          * calls back to the lookup by name. */
@@ -87,8 +87,7 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
         /* the descriptor converts the call to the method's convention */
         r = PyObject_Vectorcall(m->descr, stack, 1 + nargs, kwnames);
     }
-    else if (m->func != NULL && Py_TYPE(self) == m->owner && m->tag != 0 &&
-             m->owner->tp_version_tag == m->tag) {
+    else if (m->func != NULL && Py_TYPE(self) == m->owner && lp_tag_current(m->owner, m->tag)) {
         r = PyObject_Vectorcall(m->func, stack, 1 + nargs, kwnames);
     }
     else {
@@ -371,20 +370,6 @@ lp_wrapper_repr(lp_wrapper *self)
 }
 
 PyObject *
-lp_wrapper_getattr_fallback(PyObject *self, PyObject *name)
-{
-    /* __getattr__: what the wrapper type does not define comes from the
-     * wrapped object */
-    return PyObject_GetAttr(((lp_wrapper *)self)->inner, name);
-}
-
-int
-lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value)
-{
-    return PyObject_SetAttr(((lp_wrapper *)self)->inner, name, value);
-}
-
-PyObject *
 lp_wrapper_get_class(lp_wrapper *self, void *closure)
 {
     return Py_NewRef((PyObject *)Py_TYPE(self->inner));
@@ -617,6 +602,24 @@ adopt_docs(const lp_typedef *d, PyObject *inner)
     }
 }
 
+/* A Python class's wrapper type: the class's docstring, and a forwarder
+ * for each of its attributes (lp_attrs.c) */
+static int
+adopt_attrs(const lp_typedef *d)
+{
+    if (!d->forward_attrs) {
+        return 0;
+    }
+    PyObject *type = (PyObject *)*d->type_slot, *inner = *d->inner_class;
+    PyObject *doc = PyObject_GetAttrString(inner, "__doc__");
+    if (doc == NULL || PyObject_SetAttrString(type, "__doc__", doc) < 0) {
+        Py_XDECREF(doc);
+        return -1;
+    }
+    Py_DECREF(doc);
+    return lp_attrs_install((PyTypeObject *)type, (PyTypeObject *)inner);
+}
+
 int
 lp_resolve_def(const lp_typedef *d)
 {
@@ -638,6 +641,9 @@ lp_resolve_def(const lp_typedef *d)
     }
     *d->inner_class = inner;
     adopt_docs(d, inner);
+    if (*d->type_slot != NULL && adopt_attrs(d) < 0) {
+        return -1;
+    }
     return 1;
 }
 
@@ -654,7 +660,7 @@ lp_require_def(const lp_typedef *d, PyObject *exc_type)
 int
 lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
 {
-    if (lp_runtime_setup() < 0) {
+    if (lp_runtime_setup() < 0 || lp_attrs_setup(module) < 0) {
         return -1;
     }
     PyObject *kinds = PyTuple_New(ndefs);
@@ -676,19 +682,15 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
             goto error;
         }
         *d->type_slot = (PyTypeObject *)type;
-        /* Setting __getattr__ again after creation makes CPython install its
-         * getattr hook (generic lookup, then __getattr__), which 3.12+
-         * still specialises for method calls, unlike a custom tp_getattro. */
-        PyObject *ga = PyDict_GetItemString(((PyTypeObject *)type)->tp_dict, "__getattr__");
-        if (ga != NULL && PyObject_SetAttrString(type, "__getattr__", ga) < 0) {
-            goto error;
-        }
         PyObject *tmod = PyUnicode_FromString(d->type_module);
         if (tmod == NULL || PyObject_SetAttrString(type, "__module__", tmod) < 0) {
             Py_XDECREF(tmod);
             goto error;
         }
         Py_DECREF(tmod);
+        if (*d->inner_class != NULL && adopt_attrs(d) < 0) {
+            goto error;
+        }
         if (d->type_name != NULL) {
             PyObject *short_name = PyUnicode_FromString(d->type_name);
             if (short_name == NULL || PyObject_SetAttrString(type, "__name__", short_name) < 0) {

@@ -57,6 +57,20 @@ typedef struct {
     unsigned int tag;
 } lp_method;
 
+/* `t` is unchanged since version tag `tag` was read from it.  Before 3.13
+ * a change clears Py_TPFLAGS_VALID_VERSION_TAG and may leave the old tag
+ * until the next lookup; 3.13+ zeroes the tag and no longer uses the flag. */
+static inline int
+lp_tag_current(PyTypeObject *t, unsigned int tag)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    if (!(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        return 0;
+    }
+#endif
+    return tag != 0 && t->tp_version_tag == tag;
+}
+
 extern PyObject *lp_empty_tuple;
 extern PyObject *lp_false_tuple;   /* (False,) */
 
@@ -147,8 +161,8 @@ typedef struct {
     PyObject *weakreflist;
     struct lp_lockrec *rec;     /* runtime record, made on the first recorded event */
     uint32_t site;              /* creation site id (0: unknown) */
-    uint32_t depth : 29;        /* recursion depth, reentrant types only */
-    uint32_t flags : 3;         /* LP_W_* */
+    uint32_t depth : 28;        /* recursion depth, reentrant types only */
+    uint32_t flags : 4;         /* LP_W_* */
 } lp_wrapper;
 
 /* Wrapper of a Condition whose acquire/release are its lock's methods, bound
@@ -178,6 +192,8 @@ int lp_cond_clear(lp_cond_wrapper *self);
 #define LP_W_ON_RELEASE (LP_W_HOLDING | LP_W_WAITERS)
 #define LP_W_DELEGATED 0x2      /* a Condition over a lockprof-wrapped lock:
                                    the lock records, the Condition does not */
+#define LP_W_ATTRS_SET 0x8      /* the program set an attribute through this
+                                   wrapper (lp_attrs.c) */
 
 /* ------------------------------------------------------------------------ */
 /* Sampling: a random geometric countdown, decremented under the GIL         */
@@ -265,8 +281,11 @@ int lp_wrapper_traverse(lp_wrapper *self, visitproc visit, void *arg);
 int lp_wrapper_clear(lp_wrapper *self);
 void lp_wrapper_dealloc(lp_wrapper *self);
 PyObject *lp_wrapper_repr(lp_wrapper *self);
-PyObject *lp_wrapper_getattr_fallback(PyObject *self, PyObject *name);
+/* lp_attrs.c: the attribute model of the wrappers of Python classes */
 int lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value);
+PyObject *lp_wrapper_get_dict(lp_wrapper *self, void *closure);
+int lp_attrs_install(PyTypeObject *wtype, PyTypeObject *owner);
+int lp_attrs_setup(PyObject *module);
 PyObject *lp_wrapper_get_class(lp_wrapper *self, void *closure);
 PyObject *lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto);
 
@@ -292,6 +311,8 @@ typedef struct {
     int is_async;
     int is_condition;
     int binds_lock;              /* the type is an lp_cond_wrapper */
+    int forward_attrs;           /* a Python class's: its other attributes are
+                                  * forwarded (lp_attrs.c) */
 } lp_typedef;
 
 /* The wrapped class of `d`, looked up (and its methods resolved) on first

@@ -12,7 +12,7 @@ import json
 import pickle
 import re
 import sys
-import threading
+import threading  # noqa: F401  (the names are looked up in sys.modules)
 import types
 import weakref
 

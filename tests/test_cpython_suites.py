@@ -32,7 +32,9 @@ def _run(tmp_path, tag, names, profiled):
         cmd += ["-m", "lockprof", "run", "--sample-rate", "1.0", "-q",
                 "-o", str(tmp_path / f"{tag}.pprof")]
     cmd += [str(DRIVER), str(out)] + list(names)
-    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     for k in list(env):
         if k.startswith("LOCKPROF_") and k != "LOCKPROF_CPYTHON_SUITES":
             del env[k]

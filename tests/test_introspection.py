@@ -175,3 +175,49 @@ def test_the_probe_asks_enough(differences):
                   "class statement", "obj + 1", "await obj", "repr(obj)", "vars(obj)",
                   "weakref", "dir(obj)", "iter(obj)"):
             assert q in asked, (name, q)
+
+
+# ---------------------------------------------------------------------------
+# The attribute model of the wrappers of Python classes (runtime/lp_attrs.c):
+# generic attribute lookup (the interpreter's method-call fast path), and the
+# class's other attributes forwarded, as natively looked up.
+# ---------------------------------------------------------------------------
+def test_wrappers_keep_the_generic_attribute_lookup(profiling):
+    import asyncio
+
+    async def alock():                  # 3.9 binds it to the running loop
+        return asyncio.Lock()
+    for obj in (threading.Semaphore(), threading.Condition(), asyncio.run(alock())):
+        assert lockprof._lockprof.is_wrapper(obj)
+        t = type(obj)
+        assert t.__getattribute__ is object.__getattribute__
+        assert "__getattr__" not in vars(t)
+
+
+def test_instance_and_class_attributes_forwarded(profiling):
+    from unittest import mock
+    s, c = threading.Semaphore(3), threading.Condition()
+    assert s._value == 3 and c._waiters is lockprof._lockprof.unwrap(c)._waiters
+    s.label = "db"                          # set through the wrapper: on the stdlib object
+    assert s.label == "db" and lockprof._lockprof.unwrap(s).label == "db"
+    del s.label
+    with pytest.raises(AttributeError) as ei:
+        s.label
+    assert str(ei.value) == "'Semaphore' object has no attribute 'label'"
+    calls = []
+    with c:
+        c.notify()                          # the class's function, bound to the stdlib object
+        with mock.patch.object(threading.Condition, "notify", lambda self, n=1: calls.append(n)):
+            c.notify(2)                     # the class patched after the wrapper was made
+        c.notify()
+        c.notify = lambda n=1: calls.append(("instance", n))
+        c.notify(3)                         # an instance attribute shadows the class's
+    assert calls == [2, ("instance", 3)]
+    assert c.notify.__name__ == "<lambda>"
+
+
+def test_forwarded_method_is_bound_to_the_stdlib_object(profiling):
+    c = threading.Condition()
+    m = c.notify_all
+    assert m.__func__ is threading.Condition.notify_all
+    assert m.__self__ is lockprof._lockprof.unwrap(c)
