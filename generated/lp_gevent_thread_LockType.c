@@ -45,6 +45,7 @@ lp_gevent_thread_LockType_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *target = self->inner;
     const lp_method *release = &lp_gevent_thread_LockType_m_release;
     PyObject *r;
+    int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         /* gevent.thread.LockType is free exactly when the probe says so (we hold the
          * GIL), and then the argument-free acquire cannot wait */
@@ -74,15 +75,17 @@ lp_gevent_thread_LockType_acquire_impl(lp_wrapper *self, const lp_method *m,
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = 0;
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_GEVENT_THREAD_LOCKTYPE, target, m, release, args, nargs, kwnames, 0);
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = lp_waits_forever(args, nargs, kwnames);
     }
     if (LP_SAMPLED()) {
-        lp_flush_acquire(self, LP_KIND_GEVENT_THREAD_LOCKTYPE, 1);
+        lp_flush_acquire(self, LP_KIND_GEVENT_THREAD_LOCKTYPE, 1, forever);
     }
     return r;
 }

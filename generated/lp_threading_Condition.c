@@ -60,6 +60,7 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
         release = &((lp_cond_wrapper *)self)->methods->release;
     }
     PyObject *r;
+    int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         r = lp_call_false(m, target);
         if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
@@ -79,16 +80,18 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = 0;
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_THREADING_CONDITION, target, m, release, args, nargs, kwnames, 0);
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = lp_waits_forever(args, nargs, kwnames);
     }
     self->depth++;
     if (LP_SAMPLED()) {
-        lp_flush_acquire(self, LP_KIND_THREADING_CONDITION, self->depth == 1);
+        lp_flush_acquire(self, LP_KIND_THREADING_CONDITION, self->depth == 1, forever);
     }
     return r;
 }

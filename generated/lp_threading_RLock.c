@@ -69,6 +69,7 @@ lp_threading_RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *target = self->inner;
     const lp_method *release = &lp_threading_RLock_m_release;
     PyObject *r;
+    int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         r = lp_call_false(m, target);
         if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
@@ -88,16 +89,18 @@ lp_threading_RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = 0;
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_THREADING_RLOCK, target, m, release, args, nargs, kwnames, 0);
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = lp_waits_forever(args, nargs, kwnames);
     }
     self->depth++;
     if (LP_SAMPLED()) {
-        lp_flush_acquire(self, LP_KIND_THREADING_RLOCK, self->depth == 1);
+        lp_flush_acquire(self, LP_KIND_THREADING_RLOCK, self->depth == 1, forever);
     }
     return r;
 }
@@ -186,6 +189,10 @@ lp_threading_RLock_acquire_restore(lp_wrapper *self, PyObject *const *args, Py_s
     PyObject *r = lp_call(&lp_threading_RLock_m_acquire_restore, self->inner, args, nargs, kwnames);
     if (r != NULL && nargs >= 1) {
         self->depth = lp_state_count(args[0]);
+    }
+    if (r != NULL && LP_UNLIKELY(lp_lock_order) && lp_active) {
+        /* a Condition's wait retakes the lock: held again, no new edge */
+        lp_order_reacquired(self, LP_KIND_THREADING_RLOCK);
     }
     return r;
 }

@@ -37,6 +37,7 @@ lp_threading_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *target = self->inner;
     const lp_method *release = &lp_threading_Semaphore_m_release;
     PyObject *r;
+    int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         r = lp_call_false(m, target);
         if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
@@ -56,15 +57,17 @@ lp_threading_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = 0;
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_THREADING_SEMAPHORE, target, m, release, args, nargs, kwnames, 0);
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = lp_waits_forever(args, nargs, kwnames);
     }
     if (LP_SAMPLED()) {
-        lp_flush_acquire(self, LP_KIND_THREADING_SEMAPHORE, 1);
+        lp_flush_acquire(self, LP_KIND_THREADING_SEMAPHORE, 1, forever);
     }
     return r;
 }

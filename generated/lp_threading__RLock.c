@@ -49,6 +49,7 @@ lp_threading__RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *target = self->inner;
     const lp_method *release = &lp_threading__RLock_m_release;
     PyObject *r;
+    int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
         r = lp_call_false(m, target);
         if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
@@ -68,16 +69,18 @@ lp_threading__RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = 0;
     }
     else {
         r = lp_acquire_slow(self, LP_KIND_THREADING__RLOCK, target, m, release, args, nargs, kwnames, 0);
         if (!LP_ACQUIRED(r)) {
             return r;
         }
+        forever = lp_waits_forever(args, nargs, kwnames);
     }
     self->depth++;
     if (LP_SAMPLED()) {
-        lp_flush_acquire(self, LP_KIND_THREADING__RLOCK, self->depth == 1);
+        lp_flush_acquire(self, LP_KIND_THREADING__RLOCK, self->depth == 1, forever);
     }
     return r;
 }
@@ -159,6 +162,10 @@ lp_threading__RLock_acquire_restore(lp_wrapper *self, PyObject *const *args, Py_
     PyObject *r = lp_call(&lp_threading__RLock_m_acquire_restore, self->inner, args, nargs, kwnames);
     if (r != NULL && nargs >= 1) {
         self->depth = lp_state_count(args[0]);
+    }
+    if (r != NULL && LP_UNLIKELY(lp_lock_order) && lp_active) {
+        /* a Condition's wait retakes the lock: held again, no new edge */
+        lp_order_reacquired(self, LP_KIND_THREADING__RLOCK);
     }
     return r;
 }

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from . import _lockprof, _patch
 
 __all__ = ["start", "stop", "is_running", "stats", "samples", "profile", "write", "reset",
-           "counters", "Profiler", "DEFAULT_SAMPLE_RATE", "CAPS"]
+           "counters", "lock_order_cycles", "Profiler", "DEFAULT_SAMPLE_RATE", "CAPS"]
 
 # what the profile covers: since the last reset (or import), with which settings
 _window = {"time_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
@@ -84,7 +84,8 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
           exclude_modules: Sequence[str] = (), include_modules: Sequence[str] = (),
           max_stacks: int = CAPS["max_stacks"], max_sites: int = CAPS["max_sites"],
           max_thread_names: int = CAPS["max_thread_names"],
-          max_task_names: int = CAPS["max_task_names"]) -> None:
+          max_task_names: int = CAPS["max_task_names"], lock_order: bool = False,
+          max_order_edges: int = 10000) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
     Locks are profiled by the module whose code creates them:
@@ -97,7 +98,12 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     defaults): locks (records of live locks; dead ones are folded per
     creation site), samples (rows of (lock, stack, event, thread, task)),
     stacks, sites (creation sites), thread_names and task_names (distinct
-    labels).  Whatever a full table drops is counted in counters()."""
+    labels).  Whatever a full table drops is counted in counters().
+
+    lock_order: record which locks are taken while others are held and
+    report each cycle (a potential deadlock, found before it happens) in
+    lock_order_cycles(); max_order_edges caps the pairs kept (of lock
+    classes, and of instances of one class), counted when full."""
     rate = _check_rate(sample_rate)
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
@@ -109,6 +115,10 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
         _check_int(name, value, 1, 2**32 - 2)
     exclude = _check_modules("exclude_modules", exclude_modules)
     include = _check_modules("include_modules", include_modules)
+    if not isinstance(lock_order, bool):
+        raise TypeError(f"lock_order must be True or False, got {lock_order!r}")
+    _check_int("max_order_edges", max_order_edges, 1, 2**31 - 1)
+    caps = dict(caps, lock_order=lock_order, max_order_edges=max_order_edges)
     _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples,
                  exclude=exclude, include=include, caps=caps)
     _window["sample_rate"] = rate
@@ -269,7 +279,17 @@ def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> No
 
 def counters() -> Dict[str, int]:
     """Runtime counters: errors inside profiling, locks past the cap, table sizes."""
-    return _lockprof.counters()
+    return dict(_lockprof.counters(), **_lockprof.lock_order_counters())
+
+
+def lock_order_cycles() -> List[List[Dict[str, Any]]]:
+    """The potential deadlocks found with start(lock_order=True): each a cycle
+    of edges, every edge a dict with `held` and `acquired` (lock names,
+    file:line:var), `thread_name`, `task_name`, and `held_frames` and
+    `acquired_frames` (where each was taken: (file, line, function),
+    innermost first).  An edge says: `acquired` was taken while `held` was
+    held.  Each cycle is found once, on the run where nothing went wrong."""
+    return _lockprof.lock_order_cycles()
 
 
 class Profiler:

@@ -128,6 +128,11 @@ OPTIONS: Sequence[Option] = (
     Option("include_module", ("--include-module",), _modules, (),
            "profile only locks made by code in these modules; repeatable, comma-separated",
            "MODULE", True),
+    Option("lock_order", ("--lock-order",), None, False,
+           "find lock-order inversions (potential deadlocks), reported at exit even with -q"),
+    Option("max_order_edges", ("--max-order-edges",), _int_in(1, 2**31 - 1), 10000,
+           "cap: lock-order pairs kept, of lock classes and of same-class instances, each "
+           "(default 10000)", "N"),
     Option("top", ("--top",), _int_in(0, 100000), 10,
            "locks shown in the report at exit (default 10)", "N"),
     Option("quiet", ("-q", "--quiet"), None, False, "print no report at exit"),

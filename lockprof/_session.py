@@ -122,7 +122,8 @@ class Session:
         s = self.s
         lockprof.start(s["sample_rate"], max_frames=s["max_frames"],
                        **{cap: s[cap] for cap in lockprof.CAPS},
-                       exclude_modules=s["exclude_module"], include_modules=s["include_module"])
+                       exclude_modules=s["exclude_module"], include_modules=s["include_module"],
+                       lock_order=s["lock_order"], max_order_edges=s["max_order_edges"])
         atexit.register(self.finish)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork_child)
@@ -203,6 +204,12 @@ class Session:
         self._done_pid = pid
         self._end_interval()
         lockprof.stop()
+        if self.s["lock_order"]:
+            # a finding, not a table: printed even with -q
+            from lockprof import _order
+            text_ = _order.report(lockprof.lock_order_cycles())
+            if text_:
+                print(text_, file=sys.stderr)
         path = self._write()
         if path is None:
             return

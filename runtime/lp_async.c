@@ -121,7 +121,7 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
             a->t0 = 0;
         }
         if (LP_ACQUIRED(value) && LP_SAMPLED()) {
-            lp_flush_acquire(w, a->kind, 1);
+            lp_flush_acquire(w, a->kind, 1, 1);
         }
     }
     else if (a->mode == LP_AW_WAIT && a->t0 != 0) {

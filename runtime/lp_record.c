@@ -231,6 +231,8 @@ name_for(lp_wrapper *w)
     return name;
 }
 
+static uint64_t next_serial = 1;
+
 static lp_lockrec *
 rec_for(lp_wrapper *w, int kind)
 {
@@ -267,6 +269,7 @@ rec_for(lp_wrapper *w, int kind)
     r->kind = kind;
     r->site = w->site;
     r->release_thread = UINT32_MAX;     /* no release with waiters seen yet */
+    r->serial = next_serial++;
     recs[r->id - 1] = r;
     w->rec = r;
     /* finding the name may run the garbage collector, and so free wrappers:
@@ -278,8 +281,18 @@ rec_for(lp_wrapper *w, int kind)
 }
 
 void
-lp_flush_acquire(lp_wrapper *w, int kind, int start_hold)
+lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
 {
+    if (lp_lock_order) {
+        /* every acquire comes here (lp_sample_expired): the order first,
+         * then the sampling decision, on a countdown of its own */
+        if (start_hold) {
+            lp_order_acquired(w, kind, forever);
+        }
+        if (!lp_order_sampled()) {
+            return;
+        }
+    }
     lp_lockrec *r = rec_for(w, kind);
     double scale = 1.0 / lp_sample_rate;
     r->acq_samples++;
@@ -308,6 +321,9 @@ lp_flush_acquire(lp_wrapper *w, int kind, int start_hold)
 void
 lp_flush_release(lp_wrapper *w, int64_t t_release)
 {
+    if (w->flags & LP_W_ORDER) {
+        lp_order_released(w);
+    }
     lp_lockrec *r = w->rec;
     if (r == NULL) {
         w->flags &= ~LP_W_ON_RELEASE;
@@ -554,9 +570,36 @@ rec_zero(lp_lockrec *r)
     /* pending holds are kept: their release may come after the reset */
 }
 
+lp_lockrec *
+lp_rec_for(lp_wrapper *w, int kind)
+{
+    return rec_for(w, kind);
+}
+
+/* file:line:var of a lock (file:line when unnamed), for reports */
+PyObject *
+lp_lock_display_name(lp_wrapper *w, int kind)
+{
+    lp_lockrec *r = w->rec != NULL ? w->rec : (kind >= 0 ? rec_for(w, kind) : NULL);
+    uint32_t site = r != NULL && r != &overflow_rec ? r->site : w->site;
+    PyObject *var = r != NULL ? r->name : NULL;
+    if (site == 0 || site >= nsites) {
+        return var != NULL ? PyUnicode_FromFormat("<unknown>:%U", var)
+                           : PyUnicode_FromString("<unknown>");
+    }
+    const lp_site *s = &sites[site];
+    PyObject *file = ((PyCodeObject *)s->code)->co_filename;
+    int line = site_line(s);
+    return var != NULL ? PyUnicode_FromFormat("%U:%d:%U", file, line, var)
+                       : PyUnicode_FromFormat("%U:%d", file, line);
+}
+
 void
 lp_record_release_wrapper(lp_wrapper *w)
 {
+    if (w->flags & LP_W_ORDER) {
+        lp_order_forget(w);
+    }
     if (w->site != 0 && w->site < nsites && sites[w->site].name_owner == w) {
         sites[w->site].name_owner = NULL;
     }
@@ -777,7 +820,8 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames",
                              "wait_period_ns", "max_samples", "max_stacks", "max_sites",
-                             "max_thread_names", "max_task_names", NULL};
+                             "max_thread_names", "max_task_names", "lock_order",
+                             "max_order_edges", NULL};
     int active;
     double rate;
     unsigned int maxl = max_locks;
@@ -786,11 +830,14 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     long long period = lp_wait_period_ns;
     unsigned int maxs = lp_max_samples, maxst = lp_max_stacks, maxsi = max_sites;
     unsigned int maxth = lp_labels_max(0), maxta = lp_labels_max(1);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIII:configure", kwlist,
+    int order = lp_lock_order;
+    unsigned int maxoe = lp_max_order_edges;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIIIpI:configure", kwlist,
                                      &active, &rate, &maxl, &seed, &maxf, &period, &maxs,
-                                     &maxst, &maxsi, &maxth, &maxta)) {
+                                     &maxst, &maxsi, &maxth, &maxta, &order, &maxoe)) {
         return NULL;
     }
+    lp_max_order_edges = maxoe;
     lp_max_samples = maxs;
     lp_max_stacks = maxst;
     max_sites = maxsi;
@@ -818,6 +865,7 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
         lp_seed(s);
     }
     max_locks = maxl;
+    lp_lock_order = order;
     lp_sampling_configure(active, rate);
     Py_RETURN_NONE;
 }

@@ -37,7 +37,14 @@ typedef struct lp_lockrec {
     int orphan;                 /* its wrapper is gone: merged into its site's retired
                                  * record by the next compaction, freed at reset */
     uint32_t nlocks;            /* locks it stands for: 1, more once dead ones merged */
+    uint64_t serial;            /* this lock among all recorded (lock order); 0: shared */
+    uint32_t order_holds;       /* times it is held now, in lock-order tracking */
 } lp_lockrec;
+
+/* a lock's record (made on first use) and its display name file:line:var */
+lp_lockrec *lp_rec_for(lp_wrapper *w, int kind);
+PyObject *lp_lock_display_name(lp_wrapper *w, int kind);
+int lp_kind_is_async(int kind);
 
 uint32_t lp_record_site_here(void);
 /* The frame a lock's name is looked up in: the first one outside the stdlib's

@@ -160,12 +160,30 @@ lp_draw_countdown(void)
     return (int64_t)g;
 }
 
+static int64_t order_countdown = INT64_MAX;
+
 int
 lp_sample_expired(void)
 {
+    if (lp_lock_order) {
+        /* lock-order tracking sees every acquire: the countdown stays run
+         * out, and the sampling draws on order_countdown instead */
+        lp_countdown = 0;
+        return lp_active;
+    }
     /* The event that brought the countdown to zero is the sampled one. */
     lp_countdown = lp_draw_countdown();
     return lp_active && lp_sample_rate > 0.0;
+}
+
+int
+lp_order_sampled(void)
+{
+    if (--order_countdown > 0) {
+        return 0;
+    }
+    order_countdown = lp_draw_countdown();
+    return lp_sample_rate > 0.0;
 }
 
 void
@@ -173,7 +191,16 @@ lp_sampling_configure(int active, double rate)
 {
     lp_sample_rate = rate;
     lp_active = active;
-    lp_countdown = lp_draw_countdown();
+    lp_countdown = lp_lock_order ? 0 : lp_draw_countdown();
+    order_countdown = lp_draw_countdown();
+}
+
+static unsigned char kind_async[64];
+
+int
+lp_kind_is_async(int kind)
+{
+    return kind >= 0 && kind < 64 && kind_async[kind];
 }
 
 /* ------------------------------------------------------------------------ */
@@ -210,6 +237,13 @@ lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *
     }
     /* Anything else: let the wrapped method interpret it, errors included. */
     return -1;
+}
+
+int
+lp_waits_forever(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    int more = 0;
+    return lp_is_blocking(args, nargs, kwnames, &more) == 1 && !more;
 }
 
 int
@@ -283,11 +317,16 @@ lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
         return lp_call(m, w->inner, args, nargs, kwnames);
     }
     int64_t t0 = lp_now_ns();
+    int ordered = (w->flags & LP_W_ORDER) != 0;
     if (w->flags & LP_W_ON_RELEASE) {
         /* the wait releases the lock: the sampled hold ends here */
         lp_flush_release(w, t0);
     }
     PyObject *r = lp_call(m, w->inner, args, nargs, kwnames);
+    if (ordered && lp_lock_order) {
+        /* retaken by the wait: held again, no new edge */
+        lp_order_reacquired(w, kind);
+    }
     int64_t t1 = lp_now_ns();
     if (r != NULL) {
         lp_flush_cond_wait(w, kind, t1 - t0);
@@ -660,7 +699,7 @@ lp_require_def(const lp_typedef *d, PyObject *exc_type)
 int
 lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
 {
-    if (lp_runtime_setup() < 0 || lp_attrs_setup(module) < 0) {
+    if (lp_runtime_setup() < 0 || lp_attrs_setup(module) < 0 || lp_order_setup(module) < 0) {
         return -1;
     }
     PyObject *kinds = PyTuple_New(ndefs);
@@ -672,6 +711,9 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
     }
     for (int i = 0; i < ndefs; i++) {
         const lp_typedef *d = &defs[i];
+        if (i < 64) {
+            kind_async[i] = (unsigned char)d->is_async;
+        }
         /* entries marked lazy (asyncio, gevent) are looked up when first
          * needed, so that importing lockprof imports neither */
         if (!d->lazy && lp_resolve_def(d) < 0) {

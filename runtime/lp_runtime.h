@@ -161,8 +161,8 @@ typedef struct {
     PyObject *weakreflist;
     struct lp_lockrec *rec;     /* runtime record, made on the first recorded event */
     uint32_t site;              /* creation site id (0: unknown) */
-    uint32_t depth : 28;        /* recursion depth, reentrant types only */
-    uint32_t flags : 4;         /* LP_W_* */
+    uint32_t depth : 27;        /* recursion depth, reentrant types only */
+    uint32_t flags : 5;         /* LP_W_* */
 } lp_wrapper;
 
 /* Wrapper of a Condition whose acquire/release are its lock's methods, bound
@@ -182,6 +182,16 @@ typedef struct {
     const lp_lock_methods *methods;
 } lp_cond_wrapper;
 
+/* lp_order.c: lock-order inversion detection */
+extern int lp_lock_order;
+extern uint32_t lp_max_order_edges;
+void lp_order_acquired(lp_wrapper *w, int kind, int forever);
+void lp_order_reacquired(lp_wrapper *w, int kind);
+void lp_order_released(lp_wrapper *w);
+void lp_order_forget(lp_wrapper *w);
+void lp_order_after_fork(void);
+int lp_order_setup(PyObject *module);
+
 void lp_cond_bind(lp_cond_wrapper *w);
 int lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg);
 int lp_cond_clear(lp_cond_wrapper *self);
@@ -189,7 +199,8 @@ int lp_cond_clear(lp_cond_wrapper *self);
 #define LP_W_HOLDING   0x1      /* a sampled acquire awaits its release */
 #define LP_W_WAITERS   0x4      /* a profiled acquire is blocked on this lock:
                                    its release stack is charged the delay */
-#define LP_W_ON_RELEASE (LP_W_HOLDING | LP_W_WAITERS)
+#define LP_W_ORDER     0x10     /* held in lock-order tracking (lp_order.c) */
+#define LP_W_ON_RELEASE (LP_W_HOLDING | LP_W_WAITERS | LP_W_ORDER)
 #define LP_W_DELEGATED 0x2      /* a Condition over a lockprof-wrapped lock:
                                    the lock records, the Condition does not */
 #define LP_W_ATTRS_SET 0x8      /* the program set an attribute through this
@@ -231,7 +242,13 @@ int64_t lp_now_ns(void);
 /* ------------------------------------------------------------------------ */
 
 /* A sampled acquisition: count it, start the hold of this owner. */
-void lp_flush_acquire(lp_wrapper *w, int kind, int start_hold);
+/* an acquire(...) call of these arguments can wait without end: blocking,
+ * and no timeout */
+int lp_waits_forever(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+/* forever: the acquire could have waited without end (no timeout, blocking) */
+void lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever);
+/* with lock order on: whether this acquire is also a sampled one */
+int lp_order_sampled(void);
 /* A profiled acquire is about to block (or an asyncio one suspended). */
 void lp_wait_begin(lp_wrapper *w, int kind);
 /* ... and did not complete (an exception, a cancellation). */

@@ -531,8 +531,9 @@ task_label_of(PyObject *task)
 
 /* label of the current asyncio task (or gevent greenlet), LP_LABEL_NONE
  * when there is none */
-static uint32_t
-task_slot(void)
+/* the asyncio task running in this thread (new reference), or NULL */
+PyObject *
+lp_current_task(void)
 {
     if (!asyncio_looked_up) {
         asyncio_lookup();
@@ -549,6 +550,26 @@ task_slot(void)
         }
     }
     PyErr_Clear();
+    Py_XDECREF(loop);
+    if (task == Py_None) {
+        Py_CLEAR(task);
+    }
+    return task;
+}
+
+static uint32_t task_slot(void);
+
+/* the current task's label slot */
+uint32_t
+lp_task_slot(void)
+{
+    return task_slot();
+}
+
+static uint32_t
+task_slot(void)
+{
+    PyObject *task = lp_current_task();
     PyObject *label = NULL;
     if (task != NULL && task != Py_None) {
         label = task_label_of(task);
@@ -563,7 +584,6 @@ task_slot(void)
         Py_DECREF(label);
     }
     Py_XDECREF(task);
-    Py_XDECREF(loop);
     PyErr_Clear();
     return slot;
 }

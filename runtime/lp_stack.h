@@ -72,6 +72,10 @@ void lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate,
                        uint32_t thread, uint32_t task);
 /* the current thread's slot in the thread table */
 uint32_t lp_thread_slot(void);
+/* the current task's label slot (LP_LABEL_NONE: none), and the task itself
+ * (a new reference, or NULL) */
+uint32_t lp_task_slot(void);
+PyObject *lp_current_task(void);
 void lp_samples_reset(void);
 /* after records were merged: rows of record r become rows of newid[r] (r in
  * 1..n; 0, the overflow record, stays), rows that now share a key are summed.

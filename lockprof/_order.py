@@ -1,0 +1,61 @@
+"""The text of lock-order inversion reports (lock_order=True): one block per
+potential deadlock, the cycle of locks first, then each edge with its
+thread or task and the two stacks, innermost first."""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Dict, List, Sequence
+
+HEAD = "lockprof: potential deadlock (lock-order inversion):"
+_OWN = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_THREADING = getattr(threading, "__file__", None)
+
+
+def _outer(file: str) -> bool:
+    """a frame every thread or program starts with: threading's bootstrap,
+    runpy, lockprof's own"""
+    return (file == _THREADING or file.endswith("runpy.py") or file == "<frozen runpy>"
+            or file.startswith(_OWN))
+
+
+def trim(frames: Sequence[Sequence[Any]]) -> List[Sequence[Any]]:
+    out = list(frames)
+    while len(out) > 1 and _outer(out[-1][0]):
+        out.pop()
+    return out
+
+
+def _frames(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[str]:
+    frames = trim(frames)
+    out = [f"{indent}{file}:{line} in {func}" for file, line, func in list(frames)[:limit]]
+    if len(frames) > limit:
+        out.append(f"{indent}... {len(frames) - limit} more")
+    return out
+
+
+def _short(name: str) -> str:
+    """file:line:var with the directory left out"""
+    head, sep, tail = name.rpartition("/")
+    return tail if sep else name
+
+
+def block(cycle: List[Dict[str, Any]], limit: int = 12) -> str:
+    names = [_short(e["held"]) for e in cycle]
+    lines = [f"{HEAD} {' -> '.join(names + [names[0]])}"]
+    for i, e in enumerate(cycle, 1):
+        who = e.get("task_name") and f"task {e['task_name']!r} in thread {e['thread_name']!r}" \
+            or f"thread {e.get('thread_name')!r}"
+        lines.append(f"  edge {i} of {len(cycle)}: {e['acquired']} taken while holding "
+                     f"{e['held']}, by {who}")
+        lines.append(f"    {_short(e['acquired'])} taken at:")
+        lines.extend(_frames(e["acquired_frames"], "      ", limit))
+        lines.append(f"    {_short(e['held'])} held since:")
+        lines.extend(_frames(e["held_frames"], "      ", limit))
+    lines.append("  Each edge happened on this run without deadlocking; run concurrently, "
+                 "they can deadlock. Take these locks in one order everywhere.")
+    return "\n".join(lines)
+
+
+def report(cycles: List[List[Dict[str, Any]]]) -> str:
+    return "\n\n".join(block(c) for c in cycles)

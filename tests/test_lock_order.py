@@ -1,0 +1,169 @@
+"""Lock-order inversion detection (issue 13): small programs with a known
+answer, each run under `lockprof run --lock-order`; the reports on stderr
+and lock_order_cycles() are what is checked."""
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import lockprof
+from lockprof import _order
+
+FIX = Path(__file__).parent / "fixtures" / "order"
+HEAD = "lockprof: potential deadlock (lock-order inversion):"
+
+
+def _run(tmp_path, name, *args, quiet=True):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent)]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    for k in list(env):
+        if k.startswith("LOCKPROF_"):
+            del env[k]
+    cmd = [sys.executable, "-m", "lockprof", "run", "--lock-order", "--force", "-o",
+           str(tmp_path / "out.pprof")] + (["-q"] if quiet else []) + [str(FIX / name), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    blocks = [b for b in r.stderr.split("\n\n") if b.startswith(HEAD)]
+    assert r.stderr.count(HEAD) == len(blocks)
+    return blocks, r.stderr
+
+
+def _cycle_names(block):
+    first = block.splitlines()[0][len(HEAD):].strip()
+    return first.split(" -> ")
+
+
+def test_opposite_orders_in_two_threads_is_one_report(tmp_path):
+    blocks, _ = _run(tmp_path, "opposite.py")
+    assert len(blocks) == 1
+    names = _cycle_names(blocks[0])
+    assert sorted(set(names)) == ["opposite.py:5:ledger_lock", "opposite.py:6:audit_lock"]
+    b = blocks[0]
+    # both edges, their threads, both stacks, innermost first
+    assert "by thread 'post'" in b and "by thread 'audit'" in b
+    assert "opposite.py:11 in post" in b and "opposite.py:10 in post" in b
+    assert "opposite.py:17 in audit" in b and "opposite.py:16 in audit" in b
+    lines = b.splitlines()
+    taken = lines.index("    opposite.py:6:audit_lock taken at:") if \
+        "    opposite.py:6:audit_lock taken at:" in lines else None
+    assert taken is not None and "opposite.py:11 in post" in lines[taken + 1]
+
+
+def test_one_order_from_eight_threads_is_none(tmp_path):
+    blocks, _ = _run(tmp_path, "same_order.py")
+    assert blocks == []
+
+
+def test_one_lock_per_account(tmp_path):
+    assert _run(tmp_path, "accounts.py", "sorted")[0] == []
+    blocks, _ = _run(tmp_path, "accounts.py", "args")
+    assert len(blocks) == 1
+    assert _cycle_names(blocks[0]) == ["accounts.py:11:lock"] * 3
+
+
+def test_a_cycle_through_three_locks_of_three_types(tmp_path):
+    blocks, _ = _run(tmp_path, "three.py")
+    assert len(blocks) == 1
+    names = _cycle_names(blocks[0])
+    assert len(names) == 4 and names[0] == names[-1]
+    assert sorted(names[:3]) == ["three.py:4:lock", "three.py:5:rlock", "three.py:6:sem"]
+    assert blocks[0].count("  edge ") == 3
+
+
+def test_two_asyncio_tasks_in_opposite_orders(tmp_path):
+    blocks, _ = _run(tmp_path, "tasks.py")
+    assert len(blocks) == 1
+    assert sorted(set(_cycle_names(blocks[0]))) == ["tasks.py:7:a", "tasks.py:8:b"]
+    assert "by task 'forward'" in blocks[0] and "by task 'backward'" in blocks[0]
+
+
+def test_reentrancy_condition_wait_and_tries_are_not_inversions(tmp_path):
+    assert _run(tmp_path, "not_inversions.py")[0] == []
+
+
+def test_printed_even_quiet_and_with_the_report(tmp_path):
+    quiet, err_q = _run(tmp_path, "opposite.py", quiet=True)
+    loud, err_l = _run(tmp_path, "opposite.py", quiet=False)
+    assert len(quiet) == len(loud) == 1
+    assert "profile written" not in err_q and "profile written" in err_l
+
+
+def test_api_cycles_and_counters():
+    a, b = threading.Lock(), threading.Lock()   # made before start: not profiled
+    lockprof.start(0.01, lock_order=True)
+    try:
+        a, b = threading.Lock(), threading.Lock()
+        with a:
+            with b:
+                pass
+        with b:
+            with a:
+                pass
+        cycles = lockprof.lock_order_cycles()
+        assert len(cycles) == 1 and len(cycles[0]) == 2
+        edge = cycles[0][0]
+        assert set(edge) == {"held", "acquired", "thread_name", "task_name", "held_frames",
+                             "acquired_frames"}
+        assert {e["held"].rsplit(":", 1)[1] for e in cycles[0]} == {"a", "b"}
+        assert edge["thread_name"] == "MainThread" and edge["task_name"] is None
+        file, line, func = edge["acquired_frames"][0]
+        assert file == __file__ and func == "test_api_cycles_and_counters"
+        c = lockprof.counters()
+        assert c["order_edges"] == 2 and c["order_cycles"] == 1 and c["dropped_order_edges"] == 0
+        assert _order.report(cycles).startswith(HEAD)
+    finally:
+        lockprof.stop()
+        lockprof._lockprof.lock_order_clear()
+        lockprof.reset()
+
+
+def test_off_by_default_records_no_order():
+    lockprof.start(1.0)
+    try:
+        a, b = threading.Lock(), threading.Lock()
+        with a:
+            with b:
+                pass
+        with b:
+            with a:
+                pass
+        assert lockprof.lock_order_cycles() == []
+        assert lockprof.counters()["order_edges"] == 0
+    finally:
+        lockprof.stop()
+        lockprof.reset()
+
+
+def test_the_pair_cap_is_counted():
+    lockprof.start(0.01, lock_order=True, max_order_edges=2)
+    try:
+        locks = [threading.Lock() for _ in range(4)]
+        for i in range(4):
+            for j in range(4):
+                if i < j:
+                    with locks[i]:
+                        with locks[j]:
+                            pass
+        c = lockprof.counters()
+        assert c["max_order_edges"] == 2 and c["order_instance_pairs"] == 2
+        assert c["dropped_order_edges"] == 4     # 6 same-class pairs, 2 kept
+    finally:
+        lockprof.stop()
+        lockprof._lockprof.lock_order_clear()
+        lockprof.reset()
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_bad_env_value_is_one_line(tmp_path, value):
+    env = dict(os.environ, LOCKPROF_LOCK_ORDER=value, PYTHONPATH=str(Path(__file__).resolve()
+                                                                       .parent.parent))
+    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "-q", "-o",
+                        str(tmp_path / "o.pprof"), "-c", "pass"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "LOCKPROF_LOCK_ORDER" in r.stderr
+    assert "Traceback" not in r.stderr
