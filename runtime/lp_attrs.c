@@ -26,6 +26,8 @@
 typedef struct {
     PyObject_HEAD
     PyObject *name;             /* interned */
+    PyTypeObject *wtype;        /* the wrapper type whose dict holds it (lives
+                                   as long as the module) */
     PyTypeObject *owner;        /* the wrapped class (strong) */
     PyObject *func;             /* its function under `name`, valid at `tag` */
     unsigned int tag;
@@ -90,6 +92,12 @@ forward_get(lp_forward *f, PyObject *obj, PyObject *type)
     if (obj == NULL || obj == Py_None) {
         /* on the wrapper type: the wrapped class's attribute */
         return PyObject_GetAttr((PyObject *)f->owner, f->name);
+    }
+    if (Py_TYPE(obj) != f->wtype) {
+        /* __get__ called by hand on something else */
+        PyErr_Format(PyExc_TypeError, "descriptor '%U' for '%s' objects doesn't apply to a '%s' "
+                     "object", f->name, f->owner->tp_name, Py_TYPE(obj)->tp_name);
+        return NULL;
     }
     lp_wrapper *w = (lp_wrapper *)obj;
     PyObject *inner = w->inner;
@@ -180,6 +188,7 @@ add_forwarder(PyTypeObject *wtype, PyTypeObject *owner, PyObject *name, int shad
     Py_INCREF(name);
     PyUnicode_InternInPlace(&name);
     f->name = name;
+    f->wtype = wtype;
     f->owner = (PyTypeObject *)Py_NewRef(owner);
     f->func = NULL;
     f->tag = 0;

@@ -221,3 +221,10 @@ def test_forwarded_method_is_bound_to_the_stdlib_object(profiling):
     m = c.notify_all
     assert m.__func__ is threading.Condition.notify_all
     assert m.__self__ is lockprof._lockprof.unwrap(c)
+
+
+def test_forwarder_refuses_another_object(profiling):
+    fwd = vars(type(threading.Condition()))["notify"]
+    with pytest.raises(TypeError, match="doesn't apply to a 'int' object"):
+        fwd.__get__(1, int)
+    assert fwd.__get__(None, type(threading.Condition())) is threading.Condition.notify
