@@ -4,8 +4,10 @@ not fail in the plain run of the same suite on the same interpreter.
 
 test_threading holds test.lock_tests' Lock, RLock, Condition, Semaphore,
 BoundedSemaphore, Event and Barrier tests. These take minutes, so they run
-when LOCKPROF_CPYTHON_SUITES=1 (CI sets it); then a missing `test` package
-(Debian ships it as libpython3.X-testsuite) is a failure, not a skip."""
+when LOCKPROF_CPYTHON_SUITES is set (CI sets it): `all` (or 1) runs the four,
+`locks` all but test_concurrent_futures (2.5 of its 3 minutes); a missing
+`test` package (Debian ships it as libpython3.X-testsuite) is then a failure,
+not a skip.  The plain and the profiled run of a suite go side by side."""
 import importlib.util
 import json
 import os
@@ -15,14 +17,16 @@ from pathlib import Path
 
 import pytest
 
-SUITES = ["test.test_threading", "test.test_queue", "test.test_asyncio.test_locks",
-          "test.test_concurrent_futures"]
+LOCK_SUITES = ["test.test_threading", "test.test_queue", "test.test_asyncio.test_locks"]
+SUITES = LOCK_SUITES + ["test.test_concurrent_futures"]
+MODE = os.environ.get("LOCKPROF_CPYTHON_SUITES", "")
+SELECTED = SUITES if MODE in ("1", "all") else LOCK_SUITES if MODE == "locks" else []
 DRIVER = Path(__file__).with_name("cpython_suites.py")
 RETRIES = 2        # a new failure must repeat in each retry to count
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("LOCKPROF_CPYTHON_SUITES") != "1",
-    reason="CPython's suites take minutes: LOCKPROF_CPYTHON_SUITES=1 runs them (CI does)")
+    not SELECTED,
+    reason="CPython's suites take minutes: LOCKPROF_CPYTHON_SUITES=all|locks runs them (CI does)")
 
 
 def _run(tmp_path, tag, names, profiled):
@@ -44,14 +48,17 @@ def _run(tmp_path, tag, names, profiled):
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("suite", SELECTED or SUITES)
 def test_suite_passes_profiled_as_plain(suite, tmp_path):
     if importlib.util.find_spec(suite.rpartition(".")[0] or suite) is None or \
             importlib.util.find_spec(suite) is None:
         pytest.fail(f"{suite} is not installed: CPython's test package is needed "
                     "(Debian: libpython3.X-testsuite)")
-    plain = _run(tmp_path, "plain", [suite], profiled=False)
-    prof = _run(tmp_path, "profiled", [suite], profiled=True)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:
+        plain_f = pool.submit(_run, tmp_path, "plain", [suite], False)
+        prof_f = pool.submit(_run, tmp_path, "profiled", [suite], True)
+        plain, prof = plain_f.result(), prof_f.result()
     assert prof["profiled_locks"] > 0, "the profiled run profiled no lock"
     assert prof["ran"] == plain["ran"] and prof["ran"] > 0
     new = sorted(set(prof["bad"]) - set(plain["bad"]))
