@@ -30,19 +30,25 @@ CASES = [
 ]
 STMTS = {"acquire+release": "l.acquire(); l.release()", "with": "with l: pass",
          "async with": "async with l: pass", "put+get": "l.put(1); l.get()",
-         "notify": "l.notify()", "notify_all": "l.notify_all()"}
+         "notify": "l.notify()", "notify_all": "l.notify_all()",
+         "acquire+release holding one": "holding: l.acquire(); l.release()"}
 
 SCRIPT = """
 import sys, asyncio, threading, queue
 config, key, stmt, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if config != "native":
     import lockprof
-    lockprof.start(float(config), seed=1)
+    rate, _, order = config.partition("+")
+    lockprof.start(float(rate), seed=1, lock_order=order == "order")
 modname, kind = key.split(".")
 mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
 l = getattr(mod, kind)()
 if stmt.startswith("l.notify"):
     l.acquire()
+if stmt.startswith("holding"):
+    outer = getattr(mod, kind)()     # one other lock, held throughout
+    outer.acquire()
+    stmt = stmt.split(": ", 1)[1]
 body = "\\n".join("        " + stmt for _ in range(10))
 is_async = stmt.startswith("async")
 src = ("async " if is_async else "") + "def run(l, n):\\n    for _ in range(n):\\n" + body + "\\n"

@@ -46,7 +46,9 @@ lp_asyncio_Condition_release_impl(lp_wrapper *self, const lp_method *m,
 {
     int64_t t = 0;
     if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE)) {
-        t = lp_now_ns();
+        /* the clock only for a sampled hold or waiters; lock order alone
+         * needs the call, not the time */
+        t = (self->flags & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
     PyObject *target = self->inner;
     if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {

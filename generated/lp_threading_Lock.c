@@ -110,7 +110,9 @@ lp_threading_Lock_release_impl(lp_wrapper *self, const lp_method *m,
 {
     int64_t t = 0;
     if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE)) {
-        t = lp_now_ns();
+        /* the clock only for a sampled hold or waiters; lock order alone
+         * needs the call, not the time */
+        t = (self->flags & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {

@@ -2,8 +2,11 @@
 
     pytest --lockprof                 profile the session; top locks in the summary
     pytest --lockprof-dir DIR         also one profile per test in DIR
+    pytest --lockprof-lock-order      fail a test during which a lock-order
+                                      inversion (a potential deadlock) was found
     [pytest] lockprof = true          the ini twins: lockprof, lockprof_dir,
-                                      lockprof_sample_rate, lockprof_format
+                                      lockprof_sample_rate, lockprof_format,
+                                      lockprof_lock_order
     @pytest.mark.limit_lock_wait("10 ms")
                                       fail a test whose total lock wait (all its
                                       threads, exact) exceeds the budget
@@ -54,12 +57,17 @@ def pytest_addoption(parser):
                          "contentions and waits are always exact")
     group.addoption("--lockprof-format", default=None, metavar="FORMAT",
                     help="format of the per-test profiles (default pprof)")
+    group.addoption("--lockprof-lock-order", action="store_true", default=None,
+                    help="find lock-order inversions (potential deadlocks); a test during "
+                         "which one is found fails with its report (implies --lockprof)")
     parser.addini("lockprof", "profile the test session's locks (like --lockprof)",
                   type="bool", default=False)
     parser.addini("lockprof_dir", "directory of per-test profiles (like --lockprof-dir)",
                   default="")
     parser.addini("lockprof_sample_rate", "like --lockprof-sample-rate", default="")
     parser.addini("lockprof_format", "like --lockprof-format", default="")
+    parser.addini("lockprof_lock_order", "like --lockprof-lock-order", type="bool",
+                  default=False)
 
 
 def pytest_configure(config):
@@ -78,8 +86,11 @@ def _choice(config, opt: str, ini: str):
 
 
 class LockprofPlugin:
-    def __init__(self, enabled: bool, directory: Optional[str], rate: float, fmt: str):
-        self.enabled = enabled
+    def __init__(self, enabled: bool, directory: Optional[str], rate: float, fmt: str,
+                 lock_order: bool = False):
+        self.enabled = enabled or lock_order
+        self.lock_order = lock_order
+        self._cycles_seen = 0
         self.directory = directory
         self.rate = rate
         self.fmt = fmt
@@ -96,6 +107,7 @@ class LockprofPlugin:
         from lockprof import export as formats
 
         directory = _choice(config, "lockprof_dir", "lockprof_dir") or None
+        lock_order = bool(_choice(config, "lockprof_lock_order", "lockprof_lock_order"))
         enabled = bool(_choice(config, "lockprof", "lockprof")) or directory is not None
         rate_text = _choice(config, "lockprof_sample_rate", "lockprof_sample_rate") or "0.01"
         fmt = _choice(config, "lockprof_format", "lockprof_format") or "pprof"
@@ -108,14 +120,14 @@ class LockprofPlugin:
                 formats.check_writable(os.path.join(directory, "x"))
         except (_config.ConfigError, formats.FormatError, OSError) as e:
             raise pytest.UsageError(f"lockprof: {e}") from None
-        return cls(enabled, directory, rate, fmt)
+        return cls(enabled, directory, rate, fmt, lock_order)
 
     # -- life cycle ----------------------------------------------------------
     def _start(self):
         import lockprof
         if not self.started:
             lockprof.reset()
-            lockprof.start(self.rate)
+            lockprof.start(self.rate, lock_order=self.lock_order)
             self.started = True
 
     @pytest.hookimpl(tryfirst=True)
@@ -144,12 +156,19 @@ class LockprofPlugin:
     def pytest_runtest_setup(self, item):
         if self.started:
             self._take()     # what happened between tests stays out of this one
+            if self.lock_order:
+                import lockprof
+                self._cycles_seen = len(lockprof.lock_order_cycles())
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item):
         marker = item.get_closest_marker("limit_lock_wait")
-        if not self.started or marker is None:
+        if not self.started or (marker is None and not self.lock_order):
             yield
+            return
+        if marker is None:
+            outcome = yield
+            self._check_order(outcome)
             return
         self._pending = self._take()            # setup's events
         outcome = yield
@@ -164,6 +183,19 @@ class LockprofPlugin:
         message = over_budget(call, budget)
         if message is not None and outcome.excinfo is None:
             _fail(outcome, message)
+        self._check_order(outcome)
+
+    def _check_order(self, outcome) -> None:
+        """The test fails when a lock-order inversion was found during it
+        (its setup included): the report is the failure message."""
+        if not self.lock_order:
+            return
+        import lockprof
+        from lockprof import _order
+        cycles = lockprof.lock_order_cycles()
+        new, self._cycles_seen = cycles[self._cycles_seen:], len(cycles)
+        if new and outcome.excinfo is None:
+            _fail(outcome, _order.report(new))
 
     def pytest_runtest_logfinish(self, nodeid, location):
         if not self.started:

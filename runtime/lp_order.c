@@ -36,7 +36,8 @@ typedef struct {
     uint32_t cls;
     uint64_t serial;            /* the instance (0: unknown) */
     PyObject *code;             /* strong: where it was taken */
-    int line;
+    int lasti;                  /* its instruction's byte offset (the line is
+                                   found only for a report) */
     const void *frame;          /* identity of the frame it was taken in */
 } lp_held;
 
@@ -145,7 +146,8 @@ held_frames(const lp_held *h)
         return NULL;
     }
     PyCodeObject *hc = (PyCodeObject *)h->code;
-    PyObject *t = Py_BuildValue("(OiO)", hc->co_filename, h->line, hc->co_name);
+    PyObject *t = Py_BuildValue("(OiO)", hc->co_filename, PyCode_Addr2Line(hc, h->lasti),
+                                hc->co_name);
     if (t == NULL || PyList_Append(out, t) < 0) {
         Py_XDECREF(t);
         Py_DECREF(out);
@@ -642,11 +644,23 @@ holder_task(int kind)
     return t;
 }
 
+/* the byte offset of frame f's current instruction */
+static inline int
+frame_lasti(PyFrameObject *f)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(f);
+#elif PY_VERSION_HEX >= 0x030A0000
+    return f->f_lasti * (int)sizeof(_Py_CODEUNIT);     /* 3.10 counts code units */
+#else
+    return f->f_lasti;
+#endif
+}
+
+/* called after an acquire succeeded: no exception is pending */
 static void
 push(lp_wrapper *w, int kind, int forever, int check)
 {
-    PyObject *saved_t, *saved_v, *saved_tb;
-    PyErr_Fetch(&saved_t, &saved_v, &saved_tb);
     lp_lockrec *r = lp_rec_for(w, kind);
     lp_holder *who = holder_find(PyThread_get_thread_ident(), holder_task(kind), 1);
     if (who == NULL || who->n >= LP_HELD_MAX) {
@@ -666,12 +680,12 @@ push(lp_wrapper *w, int kind, int forever, int check)
     h->cls = cls;
     h->serial = r->serial;
     h->code = NULL;
-    h->line = 0;
+    h->lasti = 0;
     h->frame = NULL;
     PyFrameObject *f = PyEval_GetFrame();
     if (f != NULL) {
         h->code = (PyObject *)PyFrame_GetCode(f);
-        h->line = PyFrame_GetLineNumber(f);
+        h->lasti = frame_lasti(f);
         h->frame = f;
     }
     r->order_holds++;
@@ -681,7 +695,6 @@ out:
         PyErr_Clear();
         lp_count_error();
     }
-    PyErr_Restore(saved_t, saved_v, saved_tb);
 }
 
 void

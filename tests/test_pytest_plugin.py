@@ -176,3 +176,49 @@ def test_plugin_under_pytester_with_warnings_as_errors(pytester):
     r = pytester.runpytest_subprocess("--lockprof", "-p", "no:cacheprovider")
     r.assert_outcomes(passed=1)
     assert "lockprof: lock contention" in r.stdout.str()
+
+
+ORDER_TESTS = '''
+    import threading
+
+    a = threading.Lock()
+    b = threading.Lock()
+
+
+    def test_clean():
+        with a:
+            with b:
+                pass
+
+
+    def test_inverting():
+        with b:
+            with a:
+                pass
+
+
+    def test_clean_after():
+        with a:
+            with b:
+                pass
+'''
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_lock_order_fails_the_inverting_test(pytester, how):
+    pytester.makepyfile(test_order=ORDER_TESTS)
+    if how == "ini":
+        pytester.makeini("[pytest]\nlockprof_lock_order = true\n")
+        r = _run(pytester, "-rf")
+    else:
+        r = _run(pytester, "--lockprof-lock-order", "-rf")
+    r.assert_outcomes(passed=2, failed=1)
+    out = r.stdout.str()
+    assert "FAILED test_order.py::test_inverting" in out
+    assert "lockprof: potential deadlock (lock-order inversion): test_order.py:" in out
+    assert "test_order.py:15 in test_inverting" in out and "test_order.py:9 in test_clean" in out
+
+
+def test_lock_order_off_passes_all(pytester):
+    pytester.makepyfile(test_order=ORDER_TESTS)
+    _run(pytester, "--lockprof").assert_outcomes(passed=3)
