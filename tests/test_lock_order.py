@@ -11,6 +11,7 @@ import lockprof
 from lockprof import _order
 
 FIX = Path(__file__).parent / "fixtures" / "order"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "inversion.py"
 HEAD = "lockprof: potential deadlock (lock-order inversion):"
 
 
@@ -22,7 +23,8 @@ def _run(tmp_path, name, *args, quiet=True):
         if k.startswith("LOCKPROF_"):
             del env[k]
     cmd = [sys.executable, "-m", "lockprof", "run", "--lock-order", "--force", "-o",
-           str(tmp_path / "out.pprof")] + (["-q"] if quiet else []) + [str(FIX / name), *args]
+           str(tmp_path / "out.pprof")] + (["-q"] if quiet else []) + [
+               str(EXAMPLE if name == "inversion.py" else FIX / name), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     blocks = [b for b in r.stderr.split("\n\n") if b.startswith(HEAD)]
@@ -36,19 +38,18 @@ def _cycle_names(block):
 
 
 def test_opposite_orders_in_two_threads_is_one_report(tmp_path):
-    blocks, _ = _run(tmp_path, "opposite.py")
+    blocks, _ = _run(tmp_path, "inversion.py")      # examples/inversion.py
     assert len(blocks) == 1
     names = _cycle_names(blocks[0])
-    assert sorted(set(names)) == ["opposite.py:5:ledger_lock", "opposite.py:6:audit_lock"]
+    assert sorted(set(names)) == ["inversion.py:5:ledger_lock", "inversion.py:6:audit_lock"]
     b = blocks[0]
     # both edges, their threads, both stacks, innermost first
     assert "by thread 'post'" in b and "by thread 'audit'" in b
-    assert "opposite.py:11 in post" in b and "opposite.py:10 in post" in b
-    assert "opposite.py:17 in audit" in b and "opposite.py:16 in audit" in b
+    assert "inversion.py:11 in post" in b and "inversion.py:10 in post" in b
+    assert "inversion.py:17 in audit" in b and "inversion.py:16 in audit" in b
     lines = b.splitlines()
-    taken = lines.index("    opposite.py:6:audit_lock taken at:") if \
-        "    opposite.py:6:audit_lock taken at:" in lines else None
-    assert taken is not None and "opposite.py:11 in post" in lines[taken + 1]
+    taken = lines.index("    inversion.py:6:audit_lock taken at:")
+    assert "inversion.py:11 in post" in lines[taken + 1]
 
 
 def test_one_order_from_eight_threads_is_none(tmp_path):
@@ -84,23 +85,29 @@ def test_reentrancy_condition_wait_and_tries_are_not_inversions(tmp_path):
 
 
 def test_printed_even_quiet_and_with_the_report(tmp_path):
-    quiet, err_q = _run(tmp_path, "opposite.py", quiet=True)
-    loud, err_l = _run(tmp_path, "opposite.py", quiet=False)
+    quiet, err_q = _run(tmp_path, "inversion.py", quiet=True)
+    loud, err_l = _run(tmp_path, "inversion.py", quiet=False)
     assert len(quiet) == len(loud) == 1
     assert "profile written" not in err_q and "profile written" in err_l
 
 
+def _invert():
+    """a -> b, then b -> a, in this thread (two lines: two classes on 3.9 and
+    3.10 too, where a creation site is a line)"""
+    a = threading.Lock()
+    b = threading.Lock()
+    with a:
+        with b:
+            pass
+    with b:
+        with a:
+            pass
+
+
 def test_api_cycles_and_counters():
-    a, b = threading.Lock(), threading.Lock()   # made before start: not profiled
     lockprof.start(0.01, lock_order=True)
     try:
-        a, b = threading.Lock(), threading.Lock()
-        with a:
-            with b:
-                pass
-        with b:
-            with a:
-                pass
+        _invert()
         cycles = lockprof.lock_order_cycles()
         assert len(cycles) == 1 and len(cycles[0]) == 2
         edge = cycles[0][0]
@@ -109,7 +116,8 @@ def test_api_cycles_and_counters():
         assert {e["held"].rsplit(":", 1)[1] for e in cycles[0]} == {"a", "b"}
         assert edge["thread_name"] == "MainThread" and edge["task_name"] is None
         file, line, func = edge["acquired_frames"][0]
-        assert file == __file__ and func == "test_api_cycles_and_counters"
+        assert file == __file__ and func == "_invert"
+        assert edge["acquired_frames"][1][2] == "test_api_cycles_and_counters"
         c = lockprof.counters()
         assert c["order_edges"] == 2 and c["order_cycles"] == 1 and c["dropped_order_edges"] == 0
         assert _order.report(cycles).startswith(HEAD)
@@ -122,13 +130,7 @@ def test_api_cycles_and_counters():
 def test_off_by_default_records_no_order():
     lockprof.start(1.0)
     try:
-        a, b = threading.Lock(), threading.Lock()
-        with a:
-            with b:
-                pass
-        with b:
-            with a:
-                pass
+        _invert()
         assert lockprof.lock_order_cycles() == []
         assert lockprof.counters()["order_edges"] == 0
     finally:

@@ -266,20 +266,28 @@ def test_period_100_round_robin_does_not_alias():
 
 
 def test_hold_time_within_15_percent_at_10_percent_rate():
-    lockprof.start(0.10)
-    l = threading.Lock()
-    n = 5000                         # ~500 sampled holds: sigma ~4%
-    held = 0
-    for _ in range(n):
-        l.acquire()
-        t0 = time.perf_counter_ns()
-        while time.perf_counter_ns() - t0 < 50_000:   # hold 50 us
-            pass
-        held += time.perf_counter_ns() - t0
-        l.release()
-    lockprof.stop()
-    r = [r for r in lockprof.stats() if r["kind"] == "threading.Lock"][0]
-    assert abs(r["hold_ns"] - held) <= 0.15 * held
+    # ~500 sampled holds: sigma ~4%, but one preempted sampled hold on a
+    # loaded machine counts ten times, so three tries: a biased estimate
+    # (or a lost hold) misses all three
+    tries = []
+    for _ in range(3):
+        lockprof.reset()
+        lockprof.start(0.10)
+        l = threading.Lock()
+        held = 0
+        for _ in range(5000):
+            l.acquire()
+            t0 = time.perf_counter_ns()
+            while time.perf_counter_ns() - t0 < 50_000:   # hold 50 us
+                pass
+            held += time.perf_counter_ns() - t0
+            l.release()
+        lockprof.stop()
+        r = [r for r in lockprof.stats() if r["kind"] == "threading.Lock"][0]
+        tries.append((r["hold_ns"], held))
+        if abs(r["hold_ns"] - held) <= 0.15 * held:
+            return
+    assert False, f"estimated vs measured hold ns, per try: {tries}"
 
 
 def test_lock_table_cap_folds_the_rest_into_one_counted_record():
