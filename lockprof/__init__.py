@@ -236,7 +236,8 @@ def profile(reset: bool = False, title: Optional[str] = None):
     p = Profile.from_snapshot(
         snap, time_nanos=_window["time_ns"], duration_nanos=max(0, now - _window["mono_ns"]),
         sample_rate=_window["sample_rate"], wait_period_ns=_window["wait_period_ns"],
-        title=title or f"lockprof: {' '.join(sys.argv[:1]) or 'python'}")
+        title=title or f"lockprof: {' '.join(sys.argv[:1]) or 'python'}",
+        lock_order=_lockprof.lock_order_cycles())
     if reset:
         _window["time_ns"] = time.time_ns()
         _window["mono_ns"] = now

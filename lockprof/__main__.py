@@ -109,6 +109,10 @@ def _report(ns) -> int:
         print(json.dumps([dict(lk, exact=prof.exact) for lk in prof.active_locks()], indent=1))
         return 0
     print(text.report(prof, ns.top, sort=ns.sort))
+    if prof.lock_order:
+        from lockprof import _order
+        print()
+        print(_order.report(prof.lock_order))
     return 0
 
 

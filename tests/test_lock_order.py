@@ -155,3 +155,31 @@ def test_the_pair_cap_is_counted():
         lockprof.stop()
         lockprof._lockprof.lock_order_clear()
         lockprof.reset()
+
+
+def test_cycles_travel_in_the_profile_file(tmp_path):
+    from lockprof.export import Profile, pprof
+    _run(tmp_path, "inversion.py")
+    path = tmp_path / "out.pprof"
+    p = pprof.read(str(path))
+    assert len(p.lock_order) == 1
+    names = {e["held"].rsplit("/", 1)[-1] for e in p.lock_order[0]}
+    assert names == {"inversion.py:5:ledger_lock", "inversion.py:6:audit_lock"}
+    assert all(isinstance(f, tuple) and len(f) == 3 for e in p.lock_order[0]
+               for f in e["held_frames"] + e["acquired_frames"])
+    # merged windows or processes: the same potential deadlock once
+    assert len(Profile.merge([p, pprof.read(str(path))]).lock_order) == 1
+    # lockprof report prints it after the table
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    r = subprocess.run([sys.executable, "-m", "lockprof", "report", str(path)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(HEAD) == 1 and "inversion.py:11 in post" in r.stdout
+    # Go's reader skips the section
+    import shutil
+    go = shutil.which("go")
+    if go is not None:
+        g = subprocess.run([go, "tool", "pprof", "-raw", str(path)], capture_output=True,
+                           text=True, timeout=300)
+        assert g.returncode == 0, g.stderr
+        assert "Sample types" in g.stdout or "contentions" in g.stdout

@@ -91,8 +91,11 @@ class Profile:
                  time_nanos: int = 0, duration_nanos: int = 0,
                  sample_rate: Optional[float] = None, wait_period_ns: Optional[int] = None,
                  counters: Optional[Dict[str, int]] = None, comments: Sequence[str] = (),
-                 title: str = "lockprof"):
+                 title: str = "lockprof", lock_order: Sequence[List[Dict[str, Any]]] = ()):
         self.locks = locks
+        # potential deadlocks (lock_order=True): cycles of edge dicts, as
+        # lockprof.lock_order_cycles() gives them
+        self.lock_order = [list(c) for c in lock_order]
         self.frames = frames
         self.stack_offsets = stack_offsets
         self.stack_frames = stack_frames
@@ -282,6 +285,8 @@ class Builder:
         self.counters: Dict[str, int] = {}
         self.profiles = 0           # added whole by add_profile
         self.exact = True           # every profile added had exact figures
+        self.lock_order: List[List[Dict[str, Any]]] = []
+        self._cycle_keys: set = set()
 
     def add_profile(self, p: "Profile") -> None:
         """All of p: its locks, stacks, labels and rows re-interned, its
@@ -303,6 +308,15 @@ class Builder:
                 self.counters[k] = self.counters.get(k, 0) + v
         self.profiles += 1
         self.exact = self.exact and p.exact
+        for cycle in p.lock_order:
+            self.cycle(cycle)
+
+    def cycle(self, edges: List[Dict[str, Any]]) -> None:
+        """A potential deadlock, kept once (windows and processes repeat it)."""
+        key = tuple(sorted((e.get("held"), e.get("acquired")) for e in edges))
+        if key not in self._cycle_keys:
+            self._cycle_keys.add(key)
+            self.lock_order.append(list(edges))
 
     def lock(self, lk: Dict[str, Any]) -> int:
         """The index of lk's name and kind; a second lock of both adds up."""
@@ -369,6 +383,7 @@ class Builder:
 
     def build(self, *, exact: bool, **meta) -> Profile:
         meta.setdefault("counters", self.counters)
+        meta.setdefault("lock_order", self.lock_order)
         cols = {"lock": array("I"), "stack": array("I"), "event": array("B"),
                 "thread": array("I"), "task": array("I"), "samples": array("Q"),
                 "count": array("d"), "value": array("d")}

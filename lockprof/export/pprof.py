@@ -12,6 +12,7 @@ exact section, and its figures are estimates from its samples.
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,6 +28,7 @@ DEFAULT_SAMPLE_TYPE = "delay"
 COLUMNS = dict(_lockprof.PPROF_EVENT_COLUMNS)
 # the fields of one lock in the exact section, numbered from 1
 EXACT_SECTION = 1000
+LOCK_ORDER_SECTION = 1001     # potential deadlocks: JSON, see _order_section
 _EXACT = ("name", "kind", "file", "line", "function", "var", "locks", "acquisition_samples",
           "acquisitions", "contentions", "timeouts", "wait_ns", "max_wait_ns", "hold_samples",
           "hold_ns", "cond_waits", "cond_wait_ns")
@@ -68,8 +70,28 @@ def compress(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
+def _order_section(p: Profile) -> bytes:
+    """The potential deadlocks as field LOCK_ORDER_SECTION of the Profile
+    message (JSON; Go's reader skips the field)"""
+    if not p.lock_order:
+        return b""
+    body = json.dumps(p.lock_order, separators=(",", ":")).encode("utf-8")
+    return _varint(LOCK_ORDER_SECTION << 3 | 2) + _varint(len(body)) + body
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
 def dumps(p: Profile) -> bytes:
-    return compress(encode(p))
+    # a message's fields may come in any order: the section is appended
+    return compress(encode(p) + _order_section(p))
 
 
 def write(p: Profile, path: str) -> None:
@@ -153,7 +175,7 @@ def loads(raw: bytes, path: str = "<bytes>") -> Profile:
 
 def _decode(data: bytes) -> Profile:
     strings: List[str] = []
-    types, samples_raw, exact_raw, comments = [], [], [], []
+    types, samples_raw, exact_raw, comments, order_raw = [], [], [], [], []
     locations: Dict[int, List[Tuple[int, int]]] = {}
     functions: Dict[int, Tuple[int, int]] = {}
     meta: Dict[str, int] = {}
@@ -183,6 +205,8 @@ def _decode(data: bytes) -> Profile:
             comments.append(value)
         elif field == EXACT_SECTION and wire == 2:
             exact_raw.append(value)
+        elif field == LOCK_ORDER_SECTION and wire == 2:
+            order_raw.append(value)
     names = [strings[t] for t, _ in types]
     col = {n: i for i, n in enumerate(names)}
     if "contentions" not in col or "delay" not in col:
@@ -194,6 +218,14 @@ def _decode(data: bytes) -> Profile:
                for event, (c, n) in COLUMNS.items()]
 
     b = Builder()
+    for raw in order_raw:
+        cycles = json.loads(raw.decode("utf-8"))
+        if not isinstance(cycles, list):
+            raise ProfileError("its lock-order section is not a list of cycles")
+        for c in cycles:
+            b.cycle([dict(e, held_frames=[tuple(f) for f in e.get("held_frames", ())],
+                          acquired_frames=[tuple(f) for f in e.get("acquired_frames", ())])
+                     for e in c])
     loc_frames: Dict[int, List[int]] = {}
     for lid, lines in locations.items():
         loc_frames[lid] = [b.frame((strings[functions.get(fid, (0, 0))[1]],
