@@ -45,25 +45,6 @@ is_dunder(PyObject *name)
            && PyUnicode_READ_CHAR(name, n - 1) == '_' && PyUnicode_READ_CHAR(name, n - 2) == '_';
 }
 
-/* the class's own attribute `name`, from the first class of its MRO that
- * defines it (borrowed; NULL without an error when none does) */
-static PyObject *
-class_attr(PyTypeObject *cls, PyObject *name)
-{
-    PyObject *mro = cls->tp_mro;
-    if (mro == NULL || !PyTuple_Check(mro)) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
-        PyObject *d = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
-        PyObject *v = d != NULL ? PyDict_GetItemWithError(d, name) : NULL;
-        if (v != NULL || PyErr_Occurred()) {
-            return v;
-        }
-    }
-    return NULL;
-}
-
 /* re-reads the function behind a forwarder when its class changed */
 static void
 forward_refresh(lp_forward *f)
@@ -77,7 +58,7 @@ forward_refresh(lp_forward *f)
         PyErr_Clear();
         return;
     }
-    PyObject *raw = class_attr(f->owner, f->name);
+    PyObject *raw = lp_raw_class_attr(f->owner, f->name);
     PyErr_Clear();
     if (raw == v && PyFunction_Check(v) && lp_tag_current(f->owner, f->owner->tp_version_tag)) {
         f->func = Py_NewRef(v);

@@ -130,9 +130,10 @@ mapping_get(PyObject *m, const char *key)
     return r;
 }
 
-/* the raw class attribute `name` along the MRO (borrowed), or NULL */
-static PyObject *
-raw_class_attr(PyTypeObject *tp, PyObject *name)
+/* the raw class attribute `name` along the MRO (borrowed), or NULL (an
+ * exception set when the lookup failed); no descriptor is called */
+PyObject *
+lp_raw_class_attr(PyTypeObject *tp, PyObject *name)
 {
     PyObject *mro = tp->tp_mro;
     if (mro == NULL) {
@@ -168,7 +169,7 @@ find_by_names(PyObject *self, PyObject *obj, PyObject *names)
         if (!PyUnicode_Check(name)) {
             continue;
         }
-        PyObject *cls_attr = raw_class_attr(tp, name);      /* borrowed */
+        PyObject *cls_attr = lp_raw_class_attr(tp, name);      /* borrowed */
         if (PyErr_Occurred() || (cls_attr != NULL && Py_TYPE(cls_attr)->tp_descr_get != NULL)) {
             PyErr_Clear();       /* a descriptor: its __get__ could be user code */
             continue;
@@ -204,7 +205,7 @@ find_in_self(PyObject *self, PyObject *obj, PyObject *names)
     {
         /* the instance dict, through the C getset that `type` installs */
         PyObject *key = PyUnicode_InternFromString("__dict__");
-        PyObject *descr = key ? raw_class_attr(tp, key) : NULL;
+        PyObject *descr = key ? lp_raw_class_attr(tp, key) : NULL;
         Py_XDECREF(key);
         if (descr != NULL && Py_IS_TYPE(descr, &PyGetSetDescr_Type)) {
             PyObject *d = Py_TYPE(descr)->tp_descr_get(descr, self, (PyObject *)tp);

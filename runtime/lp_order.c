@@ -25,6 +25,7 @@
  * as without this file. */
 #include "lp_record.h"
 #include "lp_stack.h"
+#include "lp_index.h"
 
 int lp_lock_order = 0;
 
@@ -60,25 +61,30 @@ typedef struct {
     PyObject *info;             /* dict: held, acquired, thread_name, ... */
 } lp_edge;
 
+/* The three tables below are indexed by lp_index (lp_index.h): a slot holds
+ * entry number + 1, and each table compares its own keys. */
 static lp_edge *edges = NULL;
 static uint32_t nedges = 0, capedges = 0;
-static uint64_t *edge_slots = NULL;     /* open addressing: (a << 32 | b) + 1, 0 empty */
-static int32_t *edge_slot_ids = NULL;
-static uint32_t cap_edge_slots = 0;
-/* class -> first edge out of it */
-static uint64_t *head_keys = NULL;      /* class + 1, 0 empty */
-static int32_t *head_vals = NULL;
-static uint32_t cap_heads = 0, nheads = 0;
+static lp_index edge_ix = {NULL, 0};
+
+/* the classes that have edges out of them, with the first such edge */
+typedef struct {
+    uint32_t cls;
+    int32_t head;
+} lp_class;
+static lp_class *classes = NULL;
+static uint32_t nclasses = 0, capclasses = 0;
+static lp_index class_ix = {NULL, 0};
 
 /* same-class instance pairs: (class, serial a, serial b) */
 typedef struct {
     uint64_t a, b;
     uint32_t cls;
-    uint32_t used;
     PyObject *info;
 } lp_ipair;
 static lp_ipair *ipairs = NULL;
 static uint32_t cap_ipairs = 0, n_ipairs = 0;
+static lp_index ipair_ix = {NULL, 0};
 
 uint32_t lp_max_order_edges = 10000;    /* class edges and instance pairs, each */
 uint64_t lp_dropped_order_edges = 0;
@@ -102,81 +108,53 @@ mix64(uint64_t x)
     return x;
 }
 
-/* the current Python stack as a list of (file, line, function), innermost
- * first; NULL with no error when it cannot be had */
+/* appends (file, line, function) to `out`: -1 with an exception on failure */
+static int
+append_frame(PyObject *out, PyCodeObject *code, int line)
+{
+    PyObject *t = Py_BuildValue("(OiO)", code->co_filename, line, code->co_name);
+    int r = t != NULL ? PyList_Append(out, t) : -1;
+    Py_XDECREF(t);
+    return r;
+}
+
+/* The current Python stack as a list of (file, line, function), innermost
+ * first.  With `h`, where that held lock was taken: its own (code, line),
+ * then the frames outside the one it was taken in, when that frame is still
+ * on the stack (nested `with` blocks: the usual case).  NULL on failure. */
 static PyObject *
-frames_here(void)
+frames_list(const lp_held *h)
 {
     PyObject *out = PyList_New(0);
     if (out == NULL) {
         return NULL;
     }
-    PyFrameObject *f = PyEval_GetFrame();
-    Py_XINCREF(f);
-    int n = 0;
-    while (f != NULL && n < LP_MAX_FRAMES_REPORT) {
-        PyCodeObject *code = PyFrame_GetCode(f);
-        PyObject *t = Py_BuildValue("(OiO)", code->co_filename, PyFrame_GetLineNumber(f),
-                                    code->co_name);
-        Py_DECREF(code);
-        if (t == NULL || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(f);
+    int outside = 1;
+    if (h != NULL) {
+        PyCodeObject *hc = (PyCodeObject *)h->code;
+        if (append_frame(out, hc, PyCode_Addr2Line(hc, h->lasti)) < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(t);
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
-        n++;
+        outside = 0;
     }
-    Py_XDECREF(f);
-    return out;
-}
-
-/* where a held lock was taken, as frames: its own (code, line), then the
- * frames outside the one it was taken in, when that frame is still on the
- * stack (nested `with` blocks: the usual case) */
-static PyObject *
-held_frames(const lp_held *h)
-{
-    PyObject *out = PyList_New(0);
-    if (out == NULL) {
-        return NULL;
-    }
-    PyCodeObject *hc = (PyCodeObject *)h->code;
-    PyObject *t = Py_BuildValue("(OiO)", hc->co_filename, PyCode_Addr2Line(hc, h->lasti),
-                                hc->co_name);
-    if (t == NULL || PyList_Append(out, t) < 0) {
-        Py_XDECREF(t);
-        Py_DECREF(out);
-        return NULL;
-    }
-    Py_DECREF(t);
     PyFrameObject *f = PyEval_GetFrame();
     Py_XINCREF(f);
-    int found = 0, n = 1;
-    while (f != NULL && n < LP_MAX_FRAMES_REPORT) {
-        PyFrameObject *back = PyFrame_GetBack(f);
-        if (found) {
+    while (f != NULL && PyList_GET_SIZE(out) < LP_MAX_FRAMES_REPORT) {
+        if (outside) {
             PyCodeObject *code = PyFrame_GetCode(f);
-            t = Py_BuildValue("(OiO)", code->co_filename, PyFrame_GetLineNumber(f),
-                              code->co_name);
+            int r = append_frame(out, code, PyFrame_GetLineNumber(f));
             Py_DECREF(code);
-            if (t == NULL || PyList_Append(out, t) < 0) {
-                Py_XDECREF(t);
-                Py_XDECREF(back);
+            if (r < 0) {
                 Py_DECREF(f);
                 Py_DECREF(out);
                 return NULL;
             }
-            Py_DECREF(t);
-            n++;
         }
         else if ((const void *)f == h->frame) {
-            found = 1;
+            outside = 1;
         }
+        PyFrameObject *back = PyFrame_GetBack(f);
         Py_DECREF(f);
         f = back;
     }
@@ -268,111 +246,127 @@ holder_drop(lp_holder *e)
     PyMem_Free(old);
 }
 
-static int
-heads_put(uint32_t cls, int32_t edge)
+static inline uint32_t
+key_hash(uint64_t x, uint64_t y, uint64_t z)
 {
-    if ((nheads + 1) * 2 > cap_heads) {
-        uint32_t nc = cap_heads ? cap_heads * 2 : 64;
-        uint64_t *nk = PyMem_Calloc(nc, sizeof(uint64_t));
-        int32_t *nv = PyMem_Calloc(nc, sizeof(int32_t));
-        if (nk == NULL || nv == NULL) {
-            PyMem_Free(nk);
-            PyMem_Free(nv);
-            return -1;
-        }
-        for (uint32_t i = 0; i < cap_heads; i++) {
-            if (head_keys[i] != 0) {
-                uint32_t j = (uint32_t)mix64(head_keys[i]) & (nc - 1);
-                while (nk[j] != 0) {
-                    j = (j + 1) & (nc - 1);
-                }
-                nk[j] = head_keys[i];
-                nv[j] = head_vals[i];
-            }
-        }
-        PyMem_Free(head_keys);
-        PyMem_Free(head_vals);
-        head_keys = nk;
-        head_vals = nv;
-        cap_heads = nc;
-    }
-    uint64_t key = (uint64_t)cls + 1;
-    uint32_t j = (uint32_t)mix64(key) & (cap_heads - 1);
-    while (head_keys[j] != 0 && head_keys[j] != key) {
-        j = (j + 1) & (cap_heads - 1);
-    }
-    if (head_keys[j] == 0) {
-        head_keys[j] = key;
-        nheads++;
-    }
-    head_vals[j] = edge;
-    return 0;
+    return (uint32_t)(mix64(x ^ mix64(y ^ mix64(z))) >> 32);
 }
 
+static uint32_t
+edge_hash(uint32_t entry)
+{
+    return key_hash(edges[entry - 1].a, edges[entry - 1].b, 0);
+}
+
+static uint32_t
+class_hash(uint32_t entry)
+{
+    return key_hash(classes[entry - 1].cls, 0, 0);
+}
+
+static uint32_t
+ipair_hash(uint32_t entry)
+{
+    const lp_ipair *p = &ipairs[entry - 1];
+    return key_hash(p->cls, p->a, p->b);
+}
+
+/* the first free slot of `h`'s probe sequence */
+static uint32_t *
+free_slot(lp_index *ix, uint32_t h)
+{
+    uint32_t j = h & ix->mask;
+    while (ix->slots[j]) {
+        j = (j + 1) & ix->mask;
+    }
+    return &ix->slots[j];
+}
+
+/* the index of edge (a, b), or -1 */
+static int32_t
+edge_find(uint32_t a, uint32_t b)
+{
+    if (edge_ix.slots == NULL) {
+        return -1;
+    }
+    for (uint32_t j = key_hash(a, b, 0) & edge_ix.mask; edge_ix.slots[j];
+         j = (j + 1) & edge_ix.mask) {
+        const lp_edge *e = &edges[edge_ix.slots[j] - 1];
+        if (e->a == a && e->b == b) {
+            return (int32_t)edge_ix.slots[j] - 1;
+        }
+    }
+    return -1;
+}
+
+/* the class entry of `cls`, or NULL */
+static lp_class *
+class_find(uint32_t cls)
+{
+    if (class_ix.slots == NULL) {
+        return NULL;
+    }
+    for (uint32_t j = key_hash(cls, 0, 0) & class_ix.mask; class_ix.slots[j];
+         j = (j + 1) & class_ix.mask) {
+        lp_class *c = &classes[class_ix.slots[j] - 1];
+        if (c->cls == cls) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* the first edge out of `cls`, or -1 */
 static int32_t
 heads_get(uint32_t cls)
 {
-    if (cap_heads == 0) {
-        return -1;
-    }
-    uint64_t key = (uint64_t)cls + 1;
-    uint32_t j = (uint32_t)mix64(key) & (cap_heads - 1);
-    while (head_keys[j] != 0) {
-        if (head_keys[j] == key) {
-            return head_vals[j];
-        }
-        j = (j + 1) & (cap_heads - 1);
-    }
-    return -1;
+    const lp_class *c = class_find(cls);
+    return c != NULL ? c->head : -1;
 }
 
-/* the index of edge (a, b), or -1; *slot: where it is or would go */
-static int32_t
-edge_find(uint32_t a, uint32_t b, uint32_t *slot)
-{
-    if (cap_edge_slots == 0) {
-        return -1;
-    }
-    uint64_t key = (((uint64_t)a << 32) | b) + 1;
-    uint32_t j = (uint32_t)mix64(key) & (cap_edge_slots - 1);
-    while (edge_slots[j] != 0) {
-        if (edge_slots[j] == key) {
-            *slot = j;
-            return edge_slot_ids[j];
-        }
-        j = (j + 1) & (cap_edge_slots - 1);
-    }
-    *slot = j;
-    return -1;
-}
-
+/* edge `e` becomes the first out of `cls` (its next_from is the old first) */
 static int
-edge_slots_grow(void)
+heads_push(uint32_t cls, int32_t e)
 {
-    uint32_t nc = cap_edge_slots ? cap_edge_slots * 2 : 256;
-    uint64_t *ns = PyMem_Calloc(nc, sizeof(uint64_t));
-    int32_t *ni = PyMem_Calloc(nc, sizeof(int32_t));
-    if (ns == NULL || ni == NULL) {
-        PyMem_Free(ns);
-        PyMem_Free(ni);
+    lp_class *c = class_find(cls);
+    if (c == NULL) {
+        if (lp_index_reserve(&class_ix, nclasses, 1, nclasses + 1, class_hash) < 0) {
+            return -1;
+        }
+        if (nclasses >= capclasses) {
+            uint32_t nc = capclasses ? capclasses * 2 : 64;
+            lp_class *ncs = PyMem_Realloc(classes, nc * sizeof(lp_class));
+            if (ncs == NULL) {
+                return -1;
+            }
+            classes = ncs;
+            capclasses = nc;
+        }
+        c = &classes[nclasses++];
+        c->cls = cls;
+        c->head = -1;
+        *free_slot(&class_ix, key_hash(cls, 0, 0)) = nclasses;
+    }
+    edges[e].next_from = c->head;
+    c->head = e;
+    return 0;
+}
+
+/* the index of instance pair (cls, a, b), or -1 */
+static int32_t
+ipair_find(uint32_t cls, uint64_t a, uint64_t b)
+{
+    if (ipair_ix.slots == NULL) {
         return -1;
     }
-    for (uint32_t i = 0; i < cap_edge_slots; i++) {
-        if (edge_slots[i] != 0) {
-            uint32_t j = (uint32_t)mix64(edge_slots[i]) & (nc - 1);
-            while (ns[j] != 0) {
-                j = (j + 1) & (nc - 1);
-            }
-            ns[j] = edge_slots[i];
-            ni[j] = edge_slot_ids[i];
+    for (uint32_t j = key_hash(cls, a, b) & ipair_ix.mask; ipair_ix.slots[j];
+         j = (j + 1) & ipair_ix.mask) {
+        const lp_ipair *p = &ipairs[ipair_ix.slots[j] - 1];
+        if (p->cls == cls && p->a == a && p->b == b) {
+            return (int32_t)ipair_ix.slots[j] - 1;
         }
     }
-    PyMem_Free(edge_slots);
-    PyMem_Free(edge_slot_ids);
-    edge_slots = ns;
-    edge_slot_ids = ni;
-    cap_edge_slots = nc;
-    return 0;
+    return -1;
 }
 
 /* the dict describing edge held -> acquired, for the report */
@@ -381,8 +375,8 @@ edge_info(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind)
 {
     PyObject *held_name = lp_lock_display_name(h->w, -1);
     PyObject *acq_name = lp_lock_display_name(w, kind);
-    PyObject *hf = held_frames(h);
-    PyObject *af = frames_here();
+    PyObject *hf = frames_list(h);
+    PyObject *af = frames_list(NULL);
     /* the acquiring thread and task are the holder's: labelled now */
     uint32_t tl = lp_thread_slot();
     uint32_t kl = who->task != NULL ? lp_task_slot() : LP_LABEL_NONE;
@@ -517,93 +511,94 @@ done:
     Py_XDECREF(path);
 }
 
+/* room for one more entry in a table indexed by `ix` (count: its entries
+ * now; hash: of entry number e, 1-based); -1 when memory runs out */
+static int
+table_reserve(void **items, uint32_t *cap, size_t size, lp_index *ix, uint32_t count,
+              lp_index_hash hash)
+{
+    if (lp_index_reserve(ix, count, 1, count + 1, hash) < 0) {
+        return -1;
+    }
+    if (count >= *cap) {
+        uint32_t nc = *cap ? *cap * 2 : 64;
+        void *n = PyMem_Realloc(*items, nc * size);
+        if (n == NULL) {
+            return -1;
+        }
+        *items = n;
+        *cap = nc;
+    }
+    return 0;
+}
+
+/* the same-class pair held -> acquired: a -> b then b -> a is the inversion */
+static void
+add_instance_pair(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind,
+                  uint32_t cls, uint64_t serial)
+{
+    if (h->serial == 0 || serial == 0 || h->serial == serial ||
+        ipair_find(cls, h->serial, serial) >= 0) {
+        return;                     /* unknown instances, or known */
+    }
+    if (n_ipairs >= lp_max_order_edges) {
+        lp_dropped_order_edges++;
+        return;
+    }
+    if (table_reserve((void **)&ipairs, &cap_ipairs, sizeof(lp_ipair), &ipair_ix, n_ipairs,
+                      ipair_hash) < 0) {
+        lp_count_error();
+        return;
+    }
+    PyObject *info = edge_info(who, h, w, kind);
+    if (info == NULL) {
+        PyErr_Clear();
+        lp_count_error();
+        return;
+    }
+    lp_ipair *p = &ipairs[n_ipairs++];
+    p->a = h->serial;
+    p->b = serial;
+    p->cls = cls;
+    p->info = info;
+    *free_slot(&ipair_ix, key_hash(cls, p->a, p->b)) = n_ipairs;
+    int32_t back = ipair_find(cls, serial, h->serial);
+    if (back < 0) {
+        return;
+    }
+    PyObject *dicts = Py_BuildValue("[OO]", ipairs[back].info, info);
+    PyObject *key = Py_BuildValue("(sk)", "class", (unsigned long)cls);
+    if (dicts != NULL && key != NULL) {
+        report_cycle(dicts, key);
+    }
+    else {
+        PyErr_Clear();
+        lp_count_error();
+    }
+    Py_XDECREF(dicts);
+    Py_XDECREF(key);
+}
+
 /* edge from held lock `h` into lock `w` (class `cls`, instance `serial`) */
 static void
 add_edge(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind, uint32_t cls,
          uint64_t serial)
 {
     if (h->cls == cls) {
-        /* one class: per instance; a -> b then b -> a is the inversion */
-        if (h->serial == 0 || serial == 0 || h->serial == serial) {
-            return;
-        }
-        int32_t back = -1;
-        for (uint32_t i = 0; i < n_ipairs; i++) {
-            lp_ipair *p = &ipairs[i];
-            if (p->cls != cls) {
-                continue;
-            }
-            if (p->a == h->serial && p->b == serial) {
-                return;             /* known */
-            }
-            if (p->a == serial && p->b == h->serial) {
-                back = (int32_t)i;
-            }
-        }
-        if (n_ipairs >= lp_max_order_edges) {
-            lp_dropped_order_edges++;
-            return;
-        }
-        if (n_ipairs >= cap_ipairs) {
-            uint32_t nc = cap_ipairs ? cap_ipairs * 2 : 64;
-            lp_ipair *np = PyMem_Realloc(ipairs, nc * sizeof(lp_ipair));
-            if (np == NULL) {
-                lp_count_error();
-                return;
-            }
-            ipairs = np;
-            cap_ipairs = nc;
-        }
-        PyObject *info = edge_info(who, h, w, kind);
-        if (info == NULL) {
-            PyErr_Clear();
-            lp_count_error();
-            return;
-        }
-        lp_ipair *p = &ipairs[n_ipairs++];
-        p->a = h->serial;
-        p->b = serial;
-        p->cls = cls;
-        p->info = info;
-        if (back >= 0) {
-            PyObject *dicts = Py_BuildValue("[OO]", ipairs[back].info, info);
-            PyObject *key = Py_BuildValue("(sk)", "class", (unsigned long)cls);
-            if (dicts != NULL && key != NULL) {
-                report_cycle(dicts, key);
-            }
-            else {
-                PyErr_Clear();
-                lp_count_error();
-            }
-            Py_XDECREF(dicts);
-            Py_XDECREF(key);
-        }
+        add_instance_pair(who, h, w, kind, cls, serial);
         return;
     }
-    uint32_t slot = 0;
-    if (edge_find(h->cls, cls, &slot) >= 0) {
+    if (edge_find(h->cls, cls) >= 0) {
         return;                     /* the warm path: a lookup */
     }
     if (nedges >= lp_max_order_edges) {
         lp_dropped_order_edges++;
         return;
     }
-    if ((nedges + 1) * 2 > cap_edge_slots) {
-        if (edge_slots_grow() < 0) {
-            lp_count_error();
-            return;
-        }
-        (void)edge_find(h->cls, cls, &slot);
-    }
-    if (nedges >= capedges) {
-        uint32_t nc = capedges ? capedges * 2 : 64;
-        lp_edge *ne = PyMem_Realloc(edges, nc * sizeof(lp_edge));
-        if (ne == NULL) {
-            lp_count_error();
-            return;
-        }
-        edges = ne;
-        capedges = nc;
+    if (table_reserve((void **)&edges, &capedges, sizeof(lp_edge), &edge_ix, nedges,
+                      edge_hash) < 0) {
+        lp_count_error();
+        return;
     }
     PyObject *info = edge_info(who, h, w, kind);
     if (info == NULL) {
@@ -615,13 +610,11 @@ add_edge(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind, uint32
     edges[e].a = h->cls;
     edges[e].b = cls;
     edges[e].info = info;
-    edges[e].next_from = heads_get(h->cls);
-    if (heads_put(h->cls, e) < 0) {
-        edges[e].next_from = -1;
-        lp_count_error();
+    edges[e].next_from = -1;
+    *free_slot(&edge_ix, key_hash(h->cls, cls, 0)) = nedges;
+    if (heads_push(h->cls, e) < 0) {
+        lp_count_error();       /* kept, but not followed by the cycle search */
     }
-    edge_slots[slot] = (((uint64_t)h->cls << 32) | cls) + 1;
-    edge_slot_ids[slot] = e;
     check_cycle(e);
 }
 
@@ -786,21 +779,16 @@ clear_all(void)
     for (uint32_t i = 0; i < nedges; i++) {
         Py_CLEAR(edges[i].info);
     }
-    nedges = 0;
-    PyMem_Free(edge_slots);
-    PyMem_Free(edge_slot_ids);
-    edge_slots = NULL;
-    edge_slot_ids = NULL;
-    cap_edge_slots = 0;
-    PyMem_Free(head_keys);
-    PyMem_Free(head_vals);
-    head_keys = NULL;
-    head_vals = NULL;
-    cap_heads = nheads = 0;
     for (uint32_t i = 0; i < n_ipairs; i++) {
         Py_CLEAR(ipairs[i].info);
     }
-    n_ipairs = 0;
+    nedges = nclasses = n_ipairs = 0;
+    lp_index *ixs[] = {&edge_ix, &class_ix, &ipair_ix};
+    for (int i = 0; i < 3; i++) {
+        PyMem_Free(ixs[i]->slots);
+        ixs[i]->slots = NULL;
+        ixs[i]->mask = 0;
+    }
     lp_dropped_order_edges = 0;
     lp_dropped_holders = 0;
     PyList_SetSlice(cycles, 0, PyList_GET_SIZE(cycles), NULL);

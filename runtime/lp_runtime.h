@@ -303,6 +303,9 @@ int lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value)
 PyObject *lp_wrapper_get_dict(lp_wrapper *self, void *closure);
 int lp_attrs_install(PyTypeObject *wtype, PyTypeObject *owner);
 int lp_attrs_setup(PyObject *module);
+/* lp_names.c: the class attribute `name` found along tp's MRO, unbound
+ * (borrowed), or NULL (with an exception when the lookup failed) */
+PyObject *lp_raw_class_attr(PyTypeObject *tp, PyObject *name);
 PyObject *lp_wrapper_get_class(lp_wrapper *self, void *closure);
 PyObject *lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto);
 
