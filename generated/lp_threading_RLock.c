@@ -192,7 +192,7 @@ lp_threading_RLock_acquire_restore(lp_wrapper *self, PyObject *const *args, Py_s
     if (r != NULL && nargs >= 1) {
         self->depth = lp_state_count(args[0]);
     }
-    if (r != NULL && LP_UNLIKELY(lp_lock_order) && lp_active) {
+    if (r != NULL && LP_UNLIKELY(lp_track_holds) && lp_active) {
         /* a Condition's wait retakes the lock: held again, no new edge */
         lp_order_reacquired(self, LP_KIND_THREADING_RLOCK);
     }

@@ -85,7 +85,8 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
           max_stacks: int = CAPS["max_stacks"], max_sites: int = CAPS["max_sites"],
           max_thread_names: int = CAPS["max_thread_names"],
           max_task_names: int = CAPS["max_task_names"], lock_order: bool = False,
-          max_order_edges: int = 10000) -> None:
+          max_order_edges: int = 10000, hang_timeout: Optional[float] = None,
+          max_hang_waits: int = 4096) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
     Locks are profiled by the module whose code creates them:
@@ -103,7 +104,13 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     lock_order: record which locks are taken while others are held and
     report each cycle (a potential deadlock, found before it happens) in
     lock_order_cycles(); max_order_edges caps the pairs kept (of lock
-    classes, and of instances of one class), counted when full."""
+    classes, and of instances of one class), counted when full.
+
+    hang_timeout: seconds; a thread or task waiting on one lock longer than
+    that makes the hang doctor print, once, to the stderr of the moment,
+    every waiter, its lock, that lock's holders and where they are now, and
+    `deadlock:` with the cycle when the waits form one.  max_hang_waits caps
+    the waits tracked at once (counted when full)."""
     rate = _check_rate(sample_rate)
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
@@ -118,9 +125,16 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     if not isinstance(lock_order, bool):
         raise TypeError(f"lock_order must be True or False, got {lock_order!r}")
     _check_int("max_order_edges", max_order_edges, 1, 2**31 - 1)
+    if hang_timeout is not None:
+        if (isinstance(hang_timeout, bool) or not isinstance(hang_timeout, (int, float))
+                or not 0.001 <= hang_timeout <= 86400 * 7):
+            raise ValueError(f"hang_timeout must be a number of seconds in [0.001, 604800] "
+                             f"or None, got {hang_timeout!r}")
+    _check_int("max_hang_waits", max_hang_waits, 1, 2**31 - 1)
     caps = dict(caps, lock_order=lock_order, max_order_edges=max_order_edges)
     _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples,
                  exclude=exclude, include=include, caps=caps)
+    _hang_configure(hang_timeout, max_hang_waits)
     _window["sample_rate"] = rate
     _window["wait_period_ns"] = wait_period_ns
 
@@ -129,7 +143,28 @@ def stop() -> None:
     """Stop profiling: the stdlib's factories are restored; existing wrapped
     locks keep working as plain pass-through (no sampling, no clock)."""
     _warn_errors()       # first: what was replaced is known while installed
+    _lockprof.hang_stop()
     _patch.stop()
+
+
+_hang_state = {"atexit": False}
+
+
+def _hang_configure(timeout: Optional[float], max_waits: int) -> None:
+    if timeout is None:
+        _lockprof.hang_stop()
+        return
+    import sys
+    from . import _hang
+    try:
+        fd = sys.stderr.fileno()
+    except Exception:          # no stderr, or one without a descriptor
+        fd = 2
+    _lockprof.hang_start(float(timeout), fd, _hang.report, max_waits)
+    if not _hang_state["atexit"]:
+        import atexit          # the watchdog ends before the interpreter does
+        atexit.register(_lockprof.hang_stop)
+        _hang_state["atexit"] = True
 
 
 _warned = {"errors": False, "replaced": False, "foreign": False}
@@ -233,6 +268,8 @@ def profile(reset: bool = False, title: Optional[str] = None):
     finally:
         if paused:
             gc.enable()
+    snap["counters"] = dict(snap["counters"], **_lockprof.lock_order_counters(),
+                            **_lockprof.hang_counters())
     p = Profile.from_snapshot(
         snap, time_nanos=_window["time_ns"], duration_nanos=max(0, now - _window["mono_ns"]),
         sample_rate=_window["sample_rate"], wait_period_ns=_window["wait_period_ns"],
@@ -280,7 +317,8 @@ def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> No
 
 def counters() -> Dict[str, int]:
     """Runtime counters: errors inside profiling, locks past the cap, table sizes."""
-    return dict(_lockprof.counters(), **_lockprof.lock_order_counters())
+    return dict(_lockprof.counters(), **_lockprof.lock_order_counters(),
+                **_lockprof.hang_counters())
 
 
 def lock_order_cycles() -> List[List[Dict[str, Any]]]:

@@ -133,6 +133,12 @@ OPTIONS: Sequence[Option] = (
     Option("max_order_edges", ("--max-order-edges",), _int_in(1, 2**31 - 1), 10000,
            "cap: lock-order pairs kept, of lock classes and of same-class instances, each "
            "(default 10000)", "N"),
+    Option("hang_timeout", ("--hang-timeout",), _seconds, None,
+           "hang doctor: when a thread or task has waited on one lock longer than SECONDS, "
+           "print the waiters, the locks' holders and their stacks, and any deadlock cycle",
+           "SECONDS"),
+    Option("max_hang_waits", ("--max-hang-waits",), _int_in(1, 2**31 - 1), 4096,
+           "cap: waits the hang doctor tracks at once (default 4096)", "N"),
     Option("top", ("--top",), _int_in(0, 100000), 10,
            "locks shown in the report at exit (default 10)", "N"),
     Option("quiet", ("-q", "--quiet"), None, False, "print no report at exit"),

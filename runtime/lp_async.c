@@ -153,6 +153,9 @@ step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
         if (a->t0 == 0 && lp_active) {
             a->t0 = lp_now_ns();
             if (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) {
+                if (lp_lock_order) {
+                    lp_order_attempt(a->w, a->kind);
+                }
                 lp_wait_begin(a->w, a->kind);
             }
         }

@@ -28,6 +28,7 @@
 #include "lp_index.h"
 
 int lp_lock_order = 0;
+int lp_track_holds = 0;         /* lock_order or the hang doctor: holds kept */
 
 #define LP_HELD_MAX 32          /* locks one holder holds at once, tracked */
 #define LP_MAX_FRAMES_REPORT 48
@@ -650,6 +651,41 @@ frame_lasti(PyFrameObject *f)
 #endif
 }
 
+static inline uint32_t
+lock_class(const lp_lockrec *r)
+{
+    return r->site != 0 ? r->site : 0x80000000u | (uint32_t)(r->serial & 0x7fffffff);
+}
+
+/* the edges from every lock `who` holds into `w` */
+static void
+add_edges(const lp_holder *who, lp_wrapper *w, int kind, uint32_t cls, uint64_t serial)
+{
+    for (uint32_t i = 0; i < who->n; i++) {
+        if (who->items[i].w != w) {
+            add_edge(who, &who->items[i], w, kind, cls, serial);
+        }
+    }
+}
+
+/* An acquire that cannot end but by getting the lock is about to block:
+ * its edges are recorded now, as the kernel's lockdep checks before it
+ * waits, so the inversion of a deadlock that does happen is found too (the
+ * acquire itself may never return). */
+void
+lp_order_attempt(lp_wrapper *w, int kind)
+{
+    lp_lockrec *r = lp_rec_for(w, kind);
+    lp_holder *who = holder_find(PyThread_get_thread_ident(), holder_task(kind), 0);
+    if (r != NULL && who != NULL) {
+        add_edges(who, w, kind, lock_class(r), r->serial);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        lp_count_error();
+    }
+}
+
 /* called after an acquire succeeded: no exception is pending */
 static void
 push(lp_wrapper *w, int kind, int forever, int check)
@@ -660,13 +696,9 @@ push(lp_wrapper *w, int kind, int forever, int check)
         lp_dropped_holders++;
         goto out;
     }
-    uint32_t cls = r->site != 0 ? r->site : 0x80000000u | (uint32_t)(r->serial & 0x7fffffff);
-    if (check && forever) {
-        for (uint32_t i = 0; i < who->n; i++) {
-            if (who->items[i].w != w) {
-                add_edge(who, &who->items[i], w, kind, cls, r->serial);
-            }
-        }
+    uint32_t cls = lock_class(r);
+    if (check && forever && lp_lock_order) {
+        add_edges(who, w, kind, cls, r->serial);
     }
     lp_held *h = &who->items[who->n++];
     h->w = w;
@@ -759,6 +791,41 @@ lp_order_forget(lp_wrapper *w)
         while (o->ident != 0 && o->ident != LP_TOMB && pop_from(o, w)) {
         }
     }
+}
+
+/* The holders of `w` now, for the hang doctor: a list of (thread ident,
+ * task identity or None, file, line, function where it was taken). */
+PyObject *
+lp_order_holders_of(lp_wrapper *w)
+{
+    PyObject *out = PyList_New(0);
+    for (uint32_t i = 0; out != NULL && i < capholders; i++) {
+        lp_holder *o = &holders[i];
+        if (o->ident == 0 || o->ident == LP_TOMB) {
+            continue;
+        }
+        for (uint32_t k = 0; k < o->n; k++) {
+            const lp_held *h = &o->items[k];
+            if (h->w != w) {
+                continue;
+            }
+            PyCodeObject *c = (PyCodeObject *)h->code;
+            PyObject *t = Py_BuildValue("(kNOiO)", o->ident,
+                                        o->task ? PyLong_FromVoidPtr((void *)o->task)
+                                                : Py_NewRef(Py_None),
+                                        c ? c->co_filename : Py_None,
+                                        c ? PyCode_Addr2Line(c, h->lasti) : 0,
+                                        c ? c->co_name : Py_None);
+            if (t == NULL || PyList_Append(out, t) < 0) {
+                Py_XDECREF(t);
+                Py_CLEAR(out);
+                break;
+            }
+            Py_DECREF(t);
+            break;
+        }
+    }
+    return out;
 }
 
 /* ------------------------------------------------------------------------ */

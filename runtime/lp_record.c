@@ -283,7 +283,7 @@ rec_for(lp_wrapper *w, int kind)
 void
 lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
 {
-    if (lp_lock_order) {
+    if (lp_track_holds) {
         /* every acquire comes here (lp_sample_expired): the order first,
          * then the sampling decision, on a countdown of its own */
         if (start_hold) {
@@ -375,12 +375,18 @@ lp_wait_begin(lp_wrapper *w, int kind)
     lp_lockrec *r = rec_for(w, kind);
     r->nwaiting++;
     w->flags |= LP_W_WAITERS;
+    if (lp_hang_ns) {
+        lp_hang_wait_begin(w, kind);
+    }
 }
 
 void
 lp_wait_abort(lp_wrapper *w)
 {
     lp_lockrec *r = w->rec;
+    if (lp_hang_ns) {
+        lp_hang_wait_end(w, r != NULL ? r->kind : -1);
+    }
     if (r != NULL && r->nwaiting > 0 && --r->nwaiting == 0) {
         w->flags &= ~LP_W_WAITERS;
     }
@@ -425,6 +431,9 @@ void
 lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
 {
     lp_lockrec *r = rec_for(w, kind);
+    if (lp_hang_ns) {
+        lp_hang_wait_end(w, kind);
+    }
     r->contentions++;
     if (!acquired) {
         r->timeouts++;
@@ -780,6 +789,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
     lp_labels_reset();
     n_dropped_locks = 0;
     n_dropped_sites = 0;
+    lp_hang_reset_counts();
     n_errors = 0;
     Py_RETURN_NONE;
 }
@@ -866,6 +876,7 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     }
     max_locks = maxl;
     lp_lock_order = order;
+    lp_track_holds = order || lp_hang_ns > 0;
     lp_sampling_configure(active, rate);
     Py_RETURN_NONE;
 }
@@ -950,6 +961,8 @@ static PyObject *
 lp_py_after_fork(PyObject *mod, PyObject *unused)
 {
     lp_labels_after_fork();
+    lp_order_after_fork();
+    lp_hang_after_fork();
     Py_RETURN_NONE;
 }
 

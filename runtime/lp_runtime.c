@@ -165,7 +165,7 @@ static int64_t order_countdown = INT64_MAX;
 int
 lp_sample_expired(void)
 {
-    if (lp_lock_order) {
+    if (lp_track_holds) {
         /* lock-order tracking sees every acquire: the countdown stays run
          * out, and the sampling draws on order_countdown instead */
         lp_countdown = 0;
@@ -191,7 +191,7 @@ lp_sampling_configure(int active, double rate)
 {
     lp_sample_rate = rate;
     lp_active = active;
-    lp_countdown = lp_lock_order ? 0 : lp_draw_countdown();
+    lp_countdown = lp_track_holds ? 0 : lp_draw_countdown();
     order_countdown = lp_draw_countdown();
 }
 
@@ -269,8 +269,8 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
                 PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                 int tried)
 {
+    int more = 0;
     if (!tried) {
-        int more = 0;
         if (!lp_active || lp_is_blocking(args, nargs, kwnames, &more) != 1) {
             return lp_call(acquire, target, args, nargs, kwnames);
         }
@@ -295,6 +295,9 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
     }
     else if (!lp_active) {
         return lp_call(acquire, target, args, nargs, kwnames);
+    }
+    if (lp_lock_order && !more) {
+        lp_order_attempt(w, kind);
     }
     lp_wait_begin(w, kind);
     int64_t t0 = lp_now_ns();
@@ -323,7 +326,7 @@ lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
         lp_flush_release(w, t0);
     }
     PyObject *r = lp_call(m, w->inner, args, nargs, kwnames);
-    if (ordered && lp_lock_order) {
+    if (ordered && lp_track_holds) {
         /* retaken by the wait: held again, no new edge */
         lp_order_reacquired(w, kind);
     }
@@ -699,7 +702,8 @@ lp_require_def(const lp_typedef *d, PyObject *exc_type)
 int
 lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
 {
-    if (lp_runtime_setup() < 0 || lp_attrs_setup(module) < 0 || lp_order_setup(module) < 0) {
+    if (lp_runtime_setup() < 0 || lp_attrs_setup(module) < 0 || lp_order_setup(module) < 0 ||
+        lp_hang_setup(module) < 0) {
         return -1;
     }
     PyObject *kinds = PyTuple_New(ndefs);

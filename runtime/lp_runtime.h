@@ -184,13 +184,29 @@ typedef struct {
 
 /* lp_order.c: lock-order inversion detection */
 extern int lp_lock_order;
+/* holds are tracked (lock_order, or the hang doctor): every acquire calls
+ * lp_flush_acquire, every release of a held lock lp_order_released */
+extern int lp_track_holds;
 extern uint32_t lp_max_order_edges;
 void lp_order_acquired(lp_wrapper *w, int kind, int forever);
+/* an acquire that waits without end is about to block (lock_order on) */
+void lp_order_attempt(lp_wrapper *w, int kind);
 void lp_order_reacquired(lp_wrapper *w, int kind);
 void lp_order_released(lp_wrapper *w);
 void lp_order_forget(lp_wrapper *w);
 void lp_order_after_fork(void);
 int lp_order_setup(PyObject *module);
+/* the holders of a lock now: list of (ident, task id or None, file, line, func) */
+PyObject *lp_order_holders_of(lp_wrapper *w);
+
+/* lp_hang.c: the hang doctor */
+extern int64_t lp_hang_ns;
+void lp_hang_wait_begin(lp_wrapper *w, int kind);
+void lp_hang_wait_end(lp_wrapper *w, int kind);
+void lp_hang_after_fork(void);
+/* reset(): what the cap dropped is counted per window, as the others */
+void lp_hang_reset_counts(void);
+int lp_hang_setup(PyObject *module);
 
 void lp_cond_bind(lp_cond_wrapper *w);
 int lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg);

@@ -273,7 +273,8 @@ BAD_ENV = {
     "exclude_module": "not-a-module", "include_module": "a..b", "top": "-1",
     "quiet": "maybe", "force": "2", "max_locks": "0", "max_stacks": "many",
     "max_samples": "-5", "max_sites": "1.5", "max_thread_names": "0", "max_task_names": "x",
-    "lock_order": "maybe", "max_order_edges": "0",
+    "lock_order": "maybe", "max_order_edges": "0", "hang_timeout": "soon",
+    "max_hang_waits": "0",
 }
 
 

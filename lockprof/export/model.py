@@ -60,6 +60,10 @@ CAPS: Dict[str, Tuple[str, str]] = {
                              "events of threads past the cap are labelled <other>"),
     "dropped_task_names": ("max_task_names",
                            "events of tasks past the cap are labelled <other>"),
+    "dropped_order_edges": ("max_order_edges",
+                            "lock-order pairs past the cap were not checked for cycles"),
+    "dropped_hang_waits": ("max_hang_waits",
+                           "waits past the cap were not watched by the hang doctor"),
 }
 COMMENT_COUNTERS = tuple(CAPS) + ("errors", "name_errors", "foreign_locks") + tuple(
     cap for cap, _ in CAPS.values())
