@@ -38,8 +38,9 @@ import sys, asyncio, threading, queue
 config, key, stmt, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if config != "native":
     import lockprof
-    rate, _, order = config.partition("+")
-    lockprof.start(float(rate), seed=1, lock_order=order == "order")
+    rate, _, extra = config.partition("+")
+    lockprof.start(float(rate), seed=1, lock_order=extra == "order",
+                   hang_timeout=60.0 if extra == "hang" else None)
 modname, kind = key.split(".")
 mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
 l = getattr(mod, kind)()

@@ -169,12 +169,16 @@ def report(waits: Sequence[Dict[str, Any]], timeout: float) -> str:
             lines.extend(_lines(now, "      "))
     cyc = _cycle(waits)
     if cyc:
-        parts = []
+        names = [_who(w["ident"], w["task"], w["task_id"]) for w in cyc]
+        if len(cyc) == 1:
+            lines.append(f"  deadlock: {names[0]} waits for itself:")
+        else:
+            lines.append(f"  deadlock: {', '.join(names[:-1])} and {names[-1]} wait for "
+                         f"each other:")
         for i, w in enumerate(cyc):
-            nxt = cyc[(i + 1) % len(cyc)]
-            parts.append(f"{_who(w['ident'], w['task'], w['task_id'])} waits for "
-                         f"{_short(w['lock'])} held by "
-                         f"{_who(nxt['ident'], nxt['task'], nxt['task_id'])}")
-        lines.append("  deadlock: " + "; ".join(parts)
-                     + ". None of them can go on: take these locks in one order everywhere.")
+            lines.append(f"    {names[i]} waits for {_short(w['lock'])}, held by "
+                         f"{names[(i + 1) % len(cyc)]}")
+        lines.append("    None of them can go on; take these locks in one order everywhere."
+                     if len(cyc) > 1 else
+                     "    It cannot go on; a non-reentrant lock was taken again by its holder.")
     return "\n".join(lines) + "\n"

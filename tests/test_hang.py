@@ -78,12 +78,15 @@ def test_two_thread_deadlock_names_both_threads_locks_holders_and_the_cycle(tmp_
     assert "two_threads.py:13 in post" in lines[audit + 2]
     # the threads' bootstrap frames are trimmed
     assert "threading.py" not in rep and "runpy" not in rep
-    dl = [ln for ln in lines if ln.startswith("  deadlock: ")]
+    dl = [i for i, ln in enumerate(lines) if ln.startswith("  deadlock: ")]
     assert len(dl) == 1
-    assert ("thread 'post' waits for two_threads.py:8:audit_lock held by thread 'audit'"
-            in dl[0])
-    assert ("thread 'audit' waits for two_threads.py:7:ledger_lock held by thread 'post'"
-            in dl[0])
+    assert lines[dl[0]] in ("  deadlock: thread 'post' and thread 'audit' wait for each other:",
+                            "  deadlock: thread 'audit' and thread 'post' wait for each other:")
+    cycle = lines[dl[0] + 1:dl[0] + 3]
+    assert sorted(cycle) == [
+        "    thread 'audit' waits for two_threads.py:7:ledger_lock, held by thread 'post'",
+        "    thread 'post' waits for two_threads.py:8:audit_lock, held by thread 'audit'"]
+    assert lines[dl[0] + 3].startswith("    None of them can go on")
 
 
 def test_env_twin_and_lock_order_together(tmp_path):
@@ -123,8 +126,9 @@ def test_a_thread_waiting_for_itself(tmp_path):
     rep, = _reports(r.stderr)
     assert "held by thread 'updater', taken at" in rep
     assert "self_deadlock.py:8 in update" in rep
-    assert ("deadlock: thread 'updater' waits for self_deadlock.py:4:state_lock held by "
-            "thread 'updater'.") in rep
+    assert ("  deadlock: thread 'updater' waits for itself:\n"
+            "    thread 'updater' waits for self_deadlock.py:4:state_lock, held by "
+            "thread 'updater'\n") in rep
 
 
 def test_two_asyncio_tasks_deadlocked(tmp_path):
@@ -137,11 +141,14 @@ def test_two_asyncio_tasks_deadlocked(tmp_path):
     assert "tasks.py:7:stock (asyncio.Semaphore)" in rep
     assert "tasks.py:6:books (asyncio.Lock)" in rep
     assert "held by task 'restock' in thread 'MainThread', taken at" in rep
-    dl, = [ln for ln in rep.splitlines() if ln.startswith("  deadlock: ")]
-    assert "task 'sell' in thread 'MainThread' waits for tasks.py:7:stock held by task " \
-           "'restock'" in dl
-    assert "task 'restock' in thread 'MainThread' waits for tasks.py:6:books held by task " \
-           "'sell'" in dl
+    assert "  deadlock: task 'sell' in thread 'MainThread' and task 'restock' in thread " \
+           "'MainThread' wait for each other:" in rep or \
+           "  deadlock: task 'restock' in thread 'MainThread' and task 'sell' in thread " \
+           "'MainThread' wait for each other:" in rep
+    assert "    task 'sell' in thread 'MainThread' waits for tasks.py:7:stock, held by task " \
+           "'restock' in thread 'MainThread'\n" in rep
+    assert "    task 'restock' in thread 'MainThread' waits for tasks.py:6:books, held by task " \
+           "'sell' in thread 'MainThread'\n" in rep
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
