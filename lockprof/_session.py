@@ -211,15 +211,18 @@ class Session:
             text_ = _order.report(lockprof.lock_order_cycles())
             if text_:
                 print(text_, file=sys.stderr)
+        child = pid != self.parent_pid
+        if child and not self.written and not lockprof._lockprof.snapshot():
+            # a forked worker that took no profiled lock leaves no file
+            return
         path = self._write()
         if path is None:
             return
-        child = pid != self.parent_pid
         if self.report and not child and self.s["interval"] is None and self.last is not None:
             from lockprof.export import text
             print(text.report(self.last, self.s["top"], stacks=0 if self.fmt == "text" else 3),
                   file=sys.stderr)
-        if self.announce or child:
+        if self.announce:
             where = (f"{len(self.written)} profiles in {self.output}"
                      if self.s["interval"] is not None else path)
             who = f" (child {pid})" if child else ""

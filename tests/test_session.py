@@ -148,7 +148,40 @@ def test_forked_child_writes_a_fresh_profile_under_its_pid(tmp_path):
     child = int(re.search(r"child (\d+)", r.stdout).group(1))
     assert _acquisitions(tmp_path / "out.pprof", "l") == 3 + 5
     assert _acquisitions(tmp_path / f"out.{child}.pprof", "l") == 7
+    # -q is honoured in the child too
+    assert "lockprof" not in r.stderr
+    r = _run(["run", "--force", "--sample-rate", "1", "-o", "out.pprof", prog], tmp_path)
+    child = int(re.search(r"child (\d+)", r.stdout).group(1))
     assert f"lockprof (child {child}): profile written to out.{child}.pprof" in r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_children_that_take_no_lock_leave_no_file(tmp_path):
+    prog = _script(tmp_path, """
+        import os, threading
+        l = threading.Lock()
+        with l:
+            pass
+        pids = []
+        for i in range(20):
+            pid = os.fork()
+            if pid == 0:
+                if i == 7:          # one child takes a lock
+                    with l:
+                        pass
+                raise SystemExit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        print("pids", *pids, flush=True)
+    """)
+    r = _run(["run", "-q", "--sample-rate", "1", "-o", "out.pprof", prog], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    pids = [int(x) for x in re.search(r"pids (.*)", r.stdout).group(1).split()]
+    files = sorted(p.name for p in tmp_path.glob("out*.pprof"))
+    assert files == sorted(["out.pprof", f"out.{pids[7]}.pprof"])
+    assert _acquisitions(tmp_path / f"out.{pids[7]}.pprof", "l") == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
