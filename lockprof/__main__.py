@@ -31,7 +31,7 @@ def _argtype(opt):
     return parse
 
 
-COMMANDS = ("run", "report", "convert", "flamegraph")
+COMMANDS = ("run", "report", "convert", "flamegraph", "merge")
 
 
 def _parser(only=None) -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def _parser(only=None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     if only in (None, "run"):
         _run_parser(sub)
-    if only in (None, "report", "convert", "flamegraph"):
+    if only in (None, "report", "convert", "flamegraph", "merge"):
         _file_parsers(sub)
     return p
 
@@ -70,31 +70,67 @@ def _run_parser(sub) -> None:
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the program")
 
 
+_FILES_HELP = ("pprof files, or directories of them (the output of --interval and of forked "
+               "workers): read as one profile, figures summed")
+
+
 def _file_parsers(sub) -> None:
-    rep = sub.add_parser("report", help="the text report of a saved profile")
-    rep.add_argument("file")
+    rep = sub.add_parser("report", help="the text report of saved profiles")
+    rep.add_argument("files", nargs="+", metavar="FILE", help=_FILES_HELP)
     rep.add_argument("--top", type=_config.BY_NAME["top"].parse, default=10)
     rep.add_argument("--sort", choices=("wait", "hold", "contentions", "acquisitions"),
                      default="wait")
     rep.add_argument("--json", action="store_true", help="per-lock records as JSON")
-    conv = sub.add_parser("convert", help="convert a saved pprof profile to another format")
-    conv.add_argument("file")
+    conv = sub.add_parser("convert", help="convert saved pprof profiles to another format")
+    conv.add_argument("files", nargs="+", metavar="FILE", help=_FILES_HELP)
     conv.add_argument("-f", "--format", required=True, choices=_config.FORMATS)
     conv.add_argument("-o", "--output")
     conv.add_argument("--force", action="store_true")
-    fg = sub.add_parser("flamegraph", help="an HTML flame graph of a saved pprof profile")
-    fg.add_argument("file")
+    fg = sub.add_parser("flamegraph", help="an HTML page of saved pprof profiles: per-lock "
+                                           "table, flame graph, wait over time")
+    fg.add_argument("files", nargs="+", metavar="FILE", help=_FILES_HELP)
     fg.add_argument("-o", "--output", help="default: FILE with .html")
     fg.add_argument("--force", action="store_true")
+    mg = sub.add_parser("merge", help="merge saved pprof profiles into one pprof file")
+    mg.add_argument("files", nargs="+", metavar="FILE", help=_FILES_HELP)
+    mg.add_argument("-o", "--output", required=True, help="the merged profile (.pprof)")
+    mg.add_argument("--force", action="store_true")
 
 
-def _load(path: str):
-    from lockprof.export import pprof
+def _expand(paths):
+    """the files named, a directory standing for its pprof files (sorted)"""
+    from lockprof import export
 
-    try:
-        return pprof.read(path)
-    except pprof.ProfileError as e:
-        raise _ArgError(str(e)) from None
+    out = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path)
+                           if export.split_ext(n)[1] in (".pprof", ".pb.gz"))
+            if not found:
+                raise _ArgError(f"directory {path!r} holds no profile (*.pprof, *.pb.gz)")
+            out += found
+        elif not os.path.exists(path):
+            raise _ArgError(f"profile {path!r} not found")
+        else:
+            out.append(path)
+    return out
+
+
+def _load(paths):
+    """one Profile of every file named (merged when more than one)"""
+    from lockprof.export import Profile, pprof
+
+    files = _expand(paths if isinstance(paths, (list, tuple)) else [paths])
+    profiles = []
+    for path in files:
+        try:
+            profiles.append(pprof.read(path))
+        except pprof.ProfileError as e:
+            raise _ArgError(str(e)) from None
+    if len(profiles) == 1:
+        return profiles[0]
+    return Profile.merge(profiles, title=f"lockprof: {len(profiles)} profiles",
+                         sources=[os.path.basename(f) for f in files])
 
 
 def _report(ns) -> int:
@@ -102,7 +138,7 @@ def _report(ns) -> int:
 
     from lockprof.export import text
 
-    prof = _load(ns.file)
+    prof = _load(ns.files)
     if ns.json:
         # exact: the figures are the run's own counts (lockprof's file), not
         # estimates from the file's samples
@@ -116,20 +152,29 @@ def _report(ns) -> int:
     return 0
 
 
-def _convert(ns) -> int:
+def _output_for(ns, fmt: str) -> str:
     from lockprof import export
 
-    prof = _load(ns.file)
-    stem, ext = export.split_ext(ns.file)
-    out = ns.output or (stem if ext else os.path.splitext(ns.file)[0]) + "." + \
-        export.EXTENSION[ns.format]
+    first = ns.files[0].rstrip("/\\")
+    stem, ext = export.split_ext(first)
+    out = ns.output or (stem if ext else os.path.splitext(first)[0]) + "." + \
+        export.EXTENSION[fmt]
     try:
         export.check_writable(out)
     except export.FormatError as e:
         raise _ArgError(str(e)) from None
     if os.path.exists(out) and not ns.force:
         raise _ArgError(f"{out!r} exists; use --force to overwrite it")
-    prof.title = f"lockprof: {os.path.basename(ns.file)}"
+    return out
+
+
+def _convert(ns) -> int:
+    from lockprof import export
+
+    prof = _load(ns.files)
+    out = _output_for(ns, ns.format)
+    if len(ns.files) == 1 and not os.path.isdir(ns.files[0]):
+        prof.title = f"lockprof: {os.path.basename(ns.files[0])}"
     export.write(prof, out, ns.format)
     print(f"lockprof: wrote {out}", file=sys.stderr)
     return 0
@@ -138,6 +183,20 @@ def _convert(ns) -> int:
 def _flamegraph(ns) -> int:
     ns.format = "html"
     return _convert(ns)
+
+
+def _merge(ns) -> int:
+    from lockprof import export
+
+    if export.split_ext(ns.output)[1] not in (".pprof", ".pb.gz"):
+        raise _ArgError(f"-o {ns.output!r}: the merged profile is a pprof file; "
+                        f"accepted extensions: .pprof, .pb.gz")
+    prof = _load(ns.files)
+    out = _output_for(ns, "pprof")
+    export.write(prof, out, "pprof")
+    n = len(_expand(ns.files))
+    print(f"lockprof: merged {n} profile{'s' if n != 1 else ''} into {out}", file=sys.stderr)
+    return 0
 
 
 def _merge_settings(ns) -> dict:
@@ -288,9 +347,16 @@ def main(argv=None) -> int:
             return _convert(ns)
         if ns.command == "flamegraph":
             return _flamegraph(ns)
+        if ns.command == "merge":
+            return _merge(ns)
     except _ArgError as e:
         print(f"lockprof: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`lockprof report ... | head`): quietly, as
+        # cat does; stdout's last flush at exit must not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

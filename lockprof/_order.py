@@ -3,27 +3,17 @@ potential deadlock, the cycle of locks first, then each edge with its
 thread or task and the two stacks, innermost first."""
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any, Dict, List, Sequence
 
+from lockprof.export.model import trim_outer
+
 HEAD = "lockprof: potential deadlock (lock-order inversion):"
-_OWN = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_THREADING = getattr(threading, "__file__", None)
-
-
-def _outer(file: str) -> bool:
-    """a frame every thread or program starts with: threading's bootstrap,
-    runpy, lockprof's own"""
-    return (file == _THREADING or file.endswith("runpy.py") or file == "<frozen runpy>"
-            or file.startswith(_OWN))
 
 
 def trim(frames: Sequence[Sequence[Any]]) -> List[Sequence[Any]]:
-    out = list(frames)
-    while len(out) > 1 and _outer(out[-1][0]):
-        out.pop()
-    return out
+    """(file, line, function) frames, innermost first, without the ones every
+    thread starts with (the same trimming as every profile reader's)"""
+    return trim_outer(frames)
 
 
 def _frames(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[str]:

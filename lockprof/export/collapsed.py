@@ -24,7 +24,7 @@ def render(p: Profile, measure: str = "delay") -> str:
             continue
         prefix = prefixes.get(s)
         if prefix is None:
-            prefix = prefixes[s] = "".join(names[f] + ";" for f in reversed(p.stack_ids(s)))
+            prefix = prefixes[s] = "".join(names[f] + ";" for f in reversed(p.trimmed_stack_ids(s)))
         key = prefix + locks[lk]
         totals[key] = totals.get(key, 0) + v
     return "".join(f"{k} {v}\n" for k, v in sorted(totals.items()))

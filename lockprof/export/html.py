@@ -31,7 +31,7 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
             s, lk = divmod(key, nlocks)
             root_first = stacks.get(s)
             if root_first is None:
-                root_first = stacks[s] = tuple(reversed(p.stack_ids(s)))
+                root_first = stacks[s] = tuple(reversed(p.trimmed_stack_ids(s)))
             rows.append((root_first + (lock_frame[lk],), v))
         measures.append({"key": measure, "label": LABELS[measure], "unit": unit,
                          "total": sum(totals[m].values()), "stacks": rows})

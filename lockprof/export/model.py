@@ -21,6 +21,7 @@ API and for tests.  Writers only read a Profile; none imports another.
 """
 from __future__ import annotations
 
+import os
 import re
 from array import array
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -69,6 +70,34 @@ COMMENT_COUNTERS = tuple(CAPS) + ("errors", "name_errors", "foreign_locks") + tu
     cap for cap, _ in CAPS.values())
 
 
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_OWN_ENTRY = ("__main__.py", "_session.py", "_autostart.py", "__init__.py")
+
+
+def is_outer(file: Optional[str]) -> bool:
+    """A frame every thread or program starts with, trimmed from the root end
+    of stacks by every reader but pprof (which keeps whole stacks for `go
+    tool pprof`): threading's bootstrap, runpy, lockprof's own entry points.
+    Matched by file name, so profiles made on other machines trim alike."""
+    if not file:
+        return False
+    f = file.replace("\\", "/")
+    base = f.rsplit("/", 1)[-1]
+    if base in ("threading.py", "runpy.py") or f in ("<frozen runpy>", "<frozen threading>"):
+        return True
+    return file.startswith(_OWN_DIR) or (f.rsplit("/", 2)[-2:-1] == ["lockprof"]
+                                         and base in _OWN_ENTRY)
+
+
+def trim_outer(frames: Sequence, file_of=lambda fr: fr[0]) -> List:
+    """frames (leaf first) without the outer ones at the root end; one is
+    always kept"""
+    out = list(frames)
+    while len(out) > 1 and is_outer(file_of(out[-1])):
+        out.pop()
+    return out
+
+
 def has_event(lk: Dict[str, Any]) -> bool:
     """Whether a lock's figures record anything."""
     return bool(lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
@@ -95,8 +124,13 @@ class Profile:
                  time_nanos: int = 0, duration_nanos: int = 0,
                  sample_rate: Optional[float] = None, wait_period_ns: Optional[int] = None,
                  counters: Optional[Dict[str, int]] = None, comments: Sequence[str] = (),
-                 title: str = "lockprof", lock_order: Sequence[List[Dict[str, Any]]] = ()):
+                 title: str = "lockprof", lock_order: Sequence[List[Dict[str, Any]]] = (),
+                 windows: Sequence[Dict[str, Any]] = ()):
         self.locks = locks
+        # the profiles a merged one was made of, in time order: each a dict
+        # with start_ns, duration_ns, source (file name) and wait ({lock
+        # index: exact wait ns}); empty for a profile read or made whole
+        self.windows = list(windows)
         # potential deadlocks (lock_order=True): cycles of edge dicts, as
         # lockprof.lock_order_cycles() gives them
         self.lock_order = [list(c) for c in lock_order]
@@ -164,6 +198,13 @@ class Profile:
 
     def stack_ids(self, i: int) -> Sequence[int]:
         return self.stack_frames[self.stack_offsets[i]:self.stack_offsets[i + 1]]
+
+    def trimmed_stack_ids(self, i: int) -> List[int]:
+        """stack i (leaf first) without the frames every thread starts with
+        (is_outer): what the page, the text report, collapsed and speedscope
+        show"""
+        frames = self.frames
+        return trim_outer(self.stack_ids(i), lambda f: frames[f][0])
 
     def comments(self) -> List[str]:
         """The settings, and every cap with what it dropped (never silent)."""
@@ -245,13 +286,27 @@ class Profile:
 
     # -- combining -------------------------------------------------------
     @classmethod
-    def merge(cls, profiles: Sequence["Profile"], **meta) -> "Profile":
-        """One profile of several (the windows of one process, or the
-        per-test windows of a suite): locks by name and kind with their
-        figures summed, frames, stacks, labels and rows re-interned."""
+    def merge(cls, profiles: Sequence["Profile"], sources: Optional[Sequence[str]] = None,
+              **meta) -> "Profile":
+        """One profile of several (the windows of one process, the files of
+        forked workers, the per-test windows of a suite): locks by name and
+        kind with their figures summed, frames, stacks, labels and rows
+        re-interned.  Each input is kept as a window (its time range and the
+        wait of each lock), so a reader can draw wait over time."""
         b = Builder()
-        for p in profiles:
+        windows: List[Dict[str, Any]] = []
+        for n, p in enumerate(profiles):
             b.add_profile(p)
+            ix = [b.find_lock(lk["name"], lk["kind"]) for lk in p.locks]
+            if p.windows:
+                for w in p.windows:
+                    windows.append(dict(w, wait={ix[i]: v for i, v in w["wait"].items()}))
+                continue
+            windows.append({"start_ns": p.time_nanos, "duration_ns": p.duration_nanos,
+                            "source": sources[n] if sources else p.title,
+                            "wait": {ix[i]: lk["wait_ns"] for i, lk in enumerate(p.locks)
+                                     if lk.get("wait_ns")}})
+        windows.sort(key=lambda w: w["start_ns"])
         first = profiles[0] if profiles else None
         start = min((p.time_nanos for p in profiles if p.time_nanos), default=0)
         end = max((p.time_nanos + p.duration_nanos for p in profiles if p.time_nanos),
@@ -260,6 +315,7 @@ class Profile:
         meta.setdefault("duration_nanos", max(0, end - start))
         meta.setdefault("sample_rate", first.sample_rate if first else None)
         meta.setdefault("wait_period_ns", first.wait_period_ns if first else None)
+        meta.setdefault("windows", windows)
         return b.build(exact=all(p.exact for p in profiles), **meta)
 
 
@@ -295,7 +351,7 @@ class Builder:
     def add_profile(self, p: "Profile") -> None:
         """All of p: its locks, stacks, labels and rows re-interned, its
         counters summed (caps: the last one's)."""
-        lmap = [self.lock(lk) for lk in p.locks]
+        lmap = [self.lock(lk, whole=True) for lk in p.locks]
         fmap = [self.frame(fr) for fr in p.frames]
         smap = [self.stack(tuple(fmap[f] for f in p.stack_ids(s))) for s in range(p.nstacks)]
         thmap = [self.thread(name, p.thread_ids[i] if i < len(p.thread_ids) else 0)
@@ -322,8 +378,11 @@ class Builder:
             self._cycle_keys.add(key)
             self.lock_order.append(list(edges))
 
-    def lock(self, lk: Dict[str, Any]) -> int:
-        """The index of lk's name and kind; a second lock of both adds up."""
+    def lock(self, lk: Dict[str, Any], whole: bool = False) -> int:
+        """The index of lk's name and kind; a second lock of both adds up.
+        whole: lk is one profile's entry for the name (merging profiles),
+        whose lock count is the most any one profile had, not the sum (the
+        windows of one process see the same locks again)."""
         k = (lk["name"], lk["kind"])
         j = self._lock_ix.get(k)
         if j is None:
@@ -332,7 +391,9 @@ class Builder:
             return j
         g = self.locks[j]
         for f in _SUMMED:
-            if g.get(f) is not None or lk.get(f) is not None:
+            if f == "locks" and whole:
+                g[f] = max(g.get(f) or 1, lk.get(f) or 1)
+            elif g.get(f) is not None or lk.get(f) is not None:
                 g[f] = (g.get(f) or 0) + (lk.get(f) or 0)
         if lk.get("max_wait_ns") is not None:
             g["max_wait_ns"] = max(g.get("max_wait_ns") or 0, lk["max_wait_ns"])

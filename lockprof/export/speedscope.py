@@ -25,7 +25,7 @@ def render(p: Profile, name: str = "lockprof") -> str:
             s, lk = divmod(key, nlocks)
             root_first = stacks.get(s)
             if root_first is None:
-                root_first = stacks[s] = list(reversed(p.stack_ids(s)))
+                root_first = stacks[s] = list(reversed(p.trimmed_stack_ids(s)))
             samples.append(root_first + [lock_frame[lk]])
             weights.append(w)
         profiles.append({"type": "sampled", "name": f"{name}: {measure}", "unit": unit,

@@ -11,7 +11,6 @@ from .model import EVENT_ID, Profile, has_event
 
 SORT_KEYS = {"wait": "wait_ns", "hold": "hold_ns", "contentions": "contentions",
              "acquisitions": "acquisitions"}
-_BOOTSTRAP = ("run", "_bootstrap_inner", "_bootstrap")
 
 
 def _ms(ns: float) -> str:
@@ -51,15 +50,7 @@ def hot_stacks_of(p: Profile, locks: List[int], n: int = 2,
         for e, what in ((wait_e, "wait"), (acq_e, "acquisitions")):
             by: Dict[Tuple, float] = {}
             for s, v in per.get((lock, e), {}).items():
-                ids = p.stack_ids(s)
-                if len(ids) > depth + len(_BOOTSTRAP):
-                    key = tuple(p.frames[f] for f in ids[:depth])   # the trimmed tail is deeper
-                else:
-                    frames = [p.frames[f] for f in ids]
-                    while frames and frames[-1][1] in _BOOTSTRAP and frames[-1][0].endswith(
-                            "threading.py"):
-                        frames.pop()
-                    key = tuple(frames[:depth])
+                key = tuple(p.frames[f] for f in p.trimmed_stack_ids(s)[:depth])
                 by[key] = by.get(key, 0) + v
             if by:
                 total = sum(by.values())
@@ -78,7 +69,7 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
     order = [i for i in order if has_event(p.locks[i])]
     shown = order[:top]
     head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us",
-            "max wait ms", "hold ms", "acquisitions"]
+            "max wait ms", "hold ms", "acquisitions", "cond.wait ms"]
     body = []
     for i in shown:
         r = p.locks[i]
@@ -86,7 +77,8 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
         body.append([shown_name(r), r["kind"], f"{c:.0f}", _ms(r["wait_ns"]),
                      f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
                      _ms(r["max_wait_ns"]) if r.get("max_wait_ns") is not None else "-",
-                     _ms(r["hold_ns"]), f"{r['acquisitions']:.0f}"])
+                     _ms(r["hold_ns"]), f"{r['acquisitions']:.0f}",
+                     _ms(r["cond_wait_ns"]) if r.get("cond_waits") else "-"])
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
 
     def fmt(row):
