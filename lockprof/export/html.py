@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from ._files import write_text
-from .model import LABELS, MEASURES, Profile
+from .model import LABELS, MEASURES, Profile, has_event
+
+
+def _shown(lk) -> str:
+    """file:line:var with the directory left out, and (xN) for N locks"""
+    name = lk["name"].replace("\\", "/").rsplit("/", 1)[-1]
+    return name + (f" (x{lk['locks']})" if (lk.get("locks") or 1) > 1 else "")
 
 
 def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
@@ -35,7 +41,25 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
             rows.append((root_first + (lock_frame[lk],), v))
         measures.append({"key": measure, "label": LABELS[measure], "unit": unit,
                          "total": sum(totals[m].values()), "stacks": rows})
-    data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures},
+    table, index = [], {}
+    for i, lk in enumerate(p.locks):
+        if not has_event(lk):
+            continue            # a lock with no event is no row
+        index[i] = len(table)
+        c = lk.get("contentions") or 0
+        table.append({"name": lk["name"], "short": _shown(lk), "kind": lk["kind"],
+                      "frame": lock_frame[i], "contentions": c, "wait_ns": lk.get("wait_ns") or 0,
+                      "mean_wait_ns": (lk.get("wait_ns") or 0) / c if c else None,
+                      "max_wait_ns": lk.get("max_wait_ns"), "hold_ns": lk.get("hold_ns") or 0,
+                      "acquisitions": lk.get("acquisitions") or 0, "locks": lk.get("locks") or 1,
+                      "cond_wait_ns": lk.get("cond_wait_ns") if lk.get("cond_waits") else None})
+    windows = [{"start": w["start_ns"], "duration": w["duration_ns"], "source": w.get("source"),
+                "wait": {str(index[i]): v for i, v in w["wait"].items() if i in index and v}}
+               for w in p.windows]
+    figures = ("contentions and waits exact, acquisitions and hold estimated" if p.exact
+               else "every figure estimated from the file's samples")
+    data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures,
+                       "locks": table, "windows": windows, "figures": figures},
                       separators=(",", ":"))
     # inside <script>, "</" could end the element early; JSON allows "<\/"
     data = data.replace("</", "<\\/").replace("<!--", "<\\u0021--")
