@@ -206,8 +206,124 @@ def test_screenshot_shows_the_flame_graph(tmp_path):
     def is_flame(p):  # warm frame colours: red high, blue low
         return p[0] > 180 and p[2] < 120 and p[0] - p[2] > 100
 
+    def is_table_head(p):   # the table's header band, #e8e6f4
+        return abs(p[0] - 232) < 6 and abs(p[1] - 230) < 6 and abs(p[2] - 244) < 6
+
     lock_rows = [y for y, r in enumerate(rows) if sum(map(is_lock, r)) > 500]
     flame_rows = [y for y, r in enumerate(rows) if sum(map(is_flame, r)) > 500]
-    # the violet lock bar spans the graph's width, under a tower of warm frames
+    head_rows = [y for y, r in enumerate(rows) if sum(map(is_table_head, r)) > 500]
+    # the table's header above the graph; the violet lock bar spans the
+    # graph's width, under the warm frames of its callers
+    assert head_rows, "no lock table drawn"
     assert lock_rows, "no lock frame drawn"
-    assert len(flame_rows) > 3 * 10 and max(flame_rows) < min(lock_rows)
+    assert len(flame_rows) > 10 and max(head_rows) < min(flame_rows) < max(flame_rows) < min(lock_rows)
+
+    # lock first: the lock bar on top, its callers under it
+    png2 = str(tmp_path / "shot2.png")
+    _browser("--window-size=1000,400", f"--screenshot={png2}", f"file://{path}#view=lock")
+    rows = _png_pixels(png2)
+    lock_rows = [y for y, r in enumerate(rows) if sum(map(is_lock, r)) > 500]
+    flame_rows = [y for y, r in enumerate(rows) if sum(map(is_flame, r)) > 500]
+    assert lock_rows and flame_rows and max(lock_rows) < min(flame_rows)
+
+
+def _two_lock_profile():
+    """orders_lock: contended, short holds; audit_lock: never contended,
+    long holds; idle_lock: made, never taken (no event: no row)"""
+    lockprof.reset()
+    lockprof.start(1.0, seed=5)
+    try:
+        orders_lock = threading.Lock()
+        audit_lock = threading.Lock()
+        idle_lock = threading.Lock()   # noqa: F841
+
+        def holder():
+            with orders_lock:
+                time.sleep(0.03)
+
+        def waiter():
+            time.sleep(0.005)
+            with orders_lock:
+                pass
+
+        def auditor():
+            for _ in range(3):
+                with audit_lock:
+                    time.sleep(0.02)
+
+        ts = [threading.Thread(target=f) for f in (holder, waiter, waiter, auditor)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        lockprof.stop()
+    return {r["var"]: r for r in lockprof.stats() if r["var"] in ("orders_lock", "audit_lock")}
+
+
+def _table(dom):
+    """rows of the lock table: [{col: data-value}] in the page's order"""
+    body = dom.split('<div id="locks">', 1)[1].split("</table>", 1)[0]
+    out = []
+    for tr in re.findall(r'<tr class="row[^"]*" data-lock="\d+"[^>]*>(.*?)</tr>', body, re.S):
+        out.append({m.group(1): m.group(2) for m in
+                    re.finditer(r'data-col="([a-z_]+)" data-value="([^"]*)"', tr)})
+    return out
+
+
+@needs_browser
+def test_lock_table_shows_the_exact_figures_sorted(tmp_path):
+    recs = _two_lock_profile()
+    path = str(tmp_path / "t.html")
+    lockprof.write(path)
+    rows = _table(_dom(path))
+    names = [r["name"].rsplit(":", 1)[-1] for r in rows]
+    assert "idle_lock" not in names                     # no event, no row
+    assert names[:2] == ["orders_lock", "audit_lock"]   # by wait, most first
+    for r in rows[:2]:
+        rec = recs[r["name"].rsplit(":", 1)[-1]]
+        assert r["name"] == rec["name"] and r["kind"] == "threading.Lock"
+        for col in ("contentions", "wait_ns", "max_wait_ns", "hold_ns", "acquisitions"):
+            assert float(r[col]) == pytest.approx(rec[col]), col
+    o = rows[0]
+    assert float(o["mean_wait_ns"]) == pytest.approx(recs["orders_lock"]["wait_ns"] /
+                                                     recs["orders_lock"]["contentions"])
+    # sorted by hold, most first; then by contentions, fewest first
+    rows = _table(_dom(path, "#sort=-hold_ns"))
+    holds = [float(r["hold_ns"]) for r in rows]
+    assert holds == sorted(holds, reverse=True) and rows[0]["name"].endswith(":audit_lock")
+    rows = _table(_dom(path, "#sort=contentions"))
+    cs = [float(r["contentions"]) for r in rows]
+    assert cs == sorted(cs)
+    dom = _dom(path, "#sort=contentions")
+    assert re.search(r'<th data-sort="contentions" class=" by asc">', dom)
+
+
+@needs_browser
+def test_selecting_a_lock_focuses_the_graph_and_lock_first_view(tmp_path):
+    recs = _two_lock_profile()
+    path = str(tmp_path / "f.html")
+    lockprof.write(path)
+    page = open(path, encoding="utf-8").read()
+    data = json.loads(re.search(r'id="lockprof-data">(.*?)</script>', page, re.S).group(1))
+    i = next(k for k, lk in enumerate(data["locks"]) if lk["name"].endswith(":audit_lock"))
+    # hold: both locks have holds; focused on audit_lock, only its tower
+    dom = _dom(path, f"#measure=hold&lock={i}")
+    assert re.search(rf'<tr class="row sel" data-lock="{i}"', dom)
+    boxes = _boxes(dom)
+    assert boxes[0][0] == "all (hold, f.html)".replace("f.html", data["locks"][i]["short"])
+    assert boxes[0][1] == pytest.approx(recs["audit_lock"]["hold_ns"], rel=0.05)
+    locks_drawn = {b[0] for b in boxes if b[0].startswith("[")}
+    assert locks_drawn == {f"[{data['locks'][i]['short']}]"}
+    assert f"of {data['locks'][i]['short']}" in re.search(r'id="status">([^<]*)', dom).group(1)
+    # lock first: the lock right under the root, spanning it; its caller under it
+    dom = _dom(path, "#measure=delay&view=lock")
+    boxes = _boxes(dom)
+    assert boxes[0][0] == "all (wait)"
+    assert boxes[1][0].endswith(":orders_lock]") and boxes[1][1] == boxes[0][1]
+    assert boxes[1][2] == pytest.approx(boxes[0][2], rel=0.01)
+    assert boxes[2][0].startswith("waiter (test_html.py:")
+    assert "lock first" in re.search(r'id="status">([^<]*)', dom).group(1)
+    assert re.search(r'<button type="button" data-view="lock" class="on">', dom)
+    # the thread bootstrap is trimmed on the page
+    assert "_bootstrap" not in "".join(b[0] for b in boxes)
