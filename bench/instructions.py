@@ -95,6 +95,10 @@ def measure(n: int = 20000, configs=("native", "0.01"), cases=None) -> List[Dict
     results = []
     try:
         os.environ.setdefault("PYTHONPATH", root)
+        for config in configs:
+            # a first run writes whatever .pyc files are missing or stale:
+            # compiling would otherwise count in one of the two runs below
+            _count(config, "threading.Lock", "with", 0, script)
         for key, op in cases or CASES:
             per = {}
             for config in configs:

@@ -13,7 +13,7 @@ HEAD = "lockprof: potential deadlock (lock-order inversion):"
 def trim(frames: Sequence[Sequence[Any]]) -> List[Sequence[Any]]:
     """(file, line, function) frames, innermost first, without the ones every
     thread starts with (the same trimming as every profile reader's)"""
-    return trim_outer(frames)
+    return trim_outer(frames, lambda fr: fr[0], lambda fr: fr[2])
 
 
 def _frames(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[str]:

@@ -54,6 +54,8 @@ typedef struct {
 
 static lp_holder *holders = NULL;
 static uint32_t capholders = 0, usedholders = 0, tombholders = 0;
+static uint32_t task_holders = 0;       /* holders of an asyncio task: when none,
+                                         * a threading lock needs no task lookup */
 
 /* class edges: (a, b) -> index into edges; adjacency through next_from */
 typedef struct {
@@ -190,6 +192,7 @@ holder_find(unsigned long ident, const void *task, int create)
                 tombholders--;
             }
             usedholders++;
+            task_holders += task != NULL;
             e->ident = ident;
             e->task = task;
             e->n = 0;
@@ -213,6 +216,7 @@ holder_find(unsigned long ident, const void *task, int create)
 static void
 holder_drop(lp_holder *e)
 {
+    task_holders -= e->task != NULL;
     e->ident = LP_TOMB;
     e->task = NULL;
     tombholders++;
@@ -235,7 +239,7 @@ holder_drop(lp_holder *e)
         return;
     }
     capholders = nc;
-    usedholders = tombholders = 0;
+    usedholders = tombholders = task_holders = 0;
     for (uint32_t i = 0; i < oldcap; i++) {
         if (old[i].ident != 0 && old[i].ident != LP_TOMB) {
             lp_holder *e2 = holder_find(old[i].ident, old[i].task, 1);
@@ -380,7 +384,8 @@ edge_info(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind)
     PyObject *af = frames_list(NULL);
     /* the acquiring thread and task are the holder's: labelled now */
     uint32_t tl = lp_thread_slot();
-    uint32_t kl = who->task != NULL ? lp_task_slot() : LP_LABEL_NONE;
+    uint32_t kl = (who->task != NULL || task_holders > 0 || lp_kind_is_async(kind))
+                  ? lp_task_slot() : LP_LABEL_NONE;
     PyObject *thread = tl < LP_LABEL_OTHER ? lp_label_name(0, tl) : NULL;
     PyObject *task = kl < LP_LABEL_OTHER ? lp_label_name(1, kl) : NULL;
     PyObject *d = NULL;
@@ -657,6 +662,29 @@ lock_class(const lp_lockrec *r)
     return r->site != 0 ? r->site : 0x80000000u | (uint32_t)(r->serial & 0x7fffffff);
 }
 
+/* The other holder of this thread whose locks precede an acquire of kind
+ * `kind`: for an asyncio lock, the thread's own (threading locks held while
+ * the task runs); for a threading lock taken in a task, the task's (asyncio
+ * locks it holds).  So an asyncio lock and a threading lock taken in one
+ * task are ordered too.  NULL when there is none. */
+static lp_holder *
+other_holder(int kind)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    if (lp_kind_is_async(kind)) {
+        return holder_find(me, NULL, 0);
+    }
+    if (task_holders == 0) {
+        return NULL;
+    }
+    PyObject *t = lp_current_task();
+    if (t == NULL) {
+        return NULL;
+    }
+    Py_DECREF(t);           /* identity only */
+    return holder_find(me, t, 0);
+}
+
 /* the edges from every lock `who` holds into `w` */
 static void
 add_edges(const lp_holder *who, lp_wrapper *w, int kind, uint32_t cls, uint64_t serial)
@@ -680,6 +708,10 @@ lp_order_attempt(lp_wrapper *w, int kind)
     if (r != NULL && who != NULL) {
         add_edges(who, w, kind, lock_class(r), r->serial);
     }
+    lp_holder *other = r != NULL ? other_holder(kind) : NULL;
+    if (other != NULL && other != who) {
+        add_edges(other, w, kind, lock_class(r), r->serial);
+    }
     if (PyErr_Occurred()) {
         PyErr_Clear();
         lp_count_error();
@@ -699,6 +731,10 @@ push(lp_wrapper *w, int kind, int forever, int check)
     uint32_t cls = lock_class(r);
     if (check && forever && lp_lock_order) {
         add_edges(who, w, kind, cls, r->serial);
+        lp_holder *other = other_holder(kind);
+        if (other != NULL && other != who) {
+            add_edges(other, w, kind, cls, r->serial);
+        }
     }
     lp_held *h = &who->items[who->n++];
     h->w = w;
@@ -842,7 +878,7 @@ clear_all(void)
     }
     PyMem_Free(holders);
     holders = NULL;
-    capholders = usedholders = tombholders = 0;
+    capholders = usedholders = tombholders = task_holders = 0;
     for (uint32_t i = 0; i < nedges; i++) {
         Py_CLEAR(edges[i].info);
     }

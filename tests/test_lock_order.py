@@ -80,6 +80,19 @@ def test_two_asyncio_tasks_in_opposite_orders(tmp_path):
     assert "by task 'forward'" in blocks[0] and "by task 'backward'" in blocks[0]
 
 
+def test_an_asyncio_lock_and_a_threading_lock_in_one_task(tmp_path):
+    blocks, _ = _run(tmp_path, "mixed.py")
+    assert len(blocks) == 1
+    b = blocks[0]
+    assert sorted(set(_cycle_names(b))) == ["mixed.py:11:cache_lock", "mixed.py:7:registry_lock"]
+    assert "by task 'a' in thread 'MainThread'" in b and "by task 'b' in thread 'MainThread'" in b
+    # each stack starts at the task's coroutine: the event loop's frames are trimmed
+    assert "base_events.py" not in b and "events.py" not in b
+    lines = b.splitlines()
+    taken = lines.index("    mixed.py:7:registry_lock taken at:")
+    assert lines[taken + 1].endswith("mixed.py:15 in a")
+
+
 def test_reentrancy_condition_wait_and_tries_are_not_inversions(tmp_path):
     assert _run(tmp_path, "not_inversions.py")[0] == []
 

@@ -89,10 +89,22 @@ def is_outer(file: Optional[str]) -> bool:
                                          and base in _OWN_ENTRY)
 
 
-def trim_outer(frames: Sequence, file_of=lambda fr: fr[0]) -> List:
-    """frames (leaf first) without the outer ones at the root end; one is
-    always kept"""
+def _is_loop_step(file: Optional[str], func: Optional[str]) -> bool:
+    """asyncio's Handle._run: every task step's frames start under it"""
+    return bool(file) and func == "_run" and file.replace("\\", "/").endswith(
+        "asyncio/events.py")
+
+
+def trim_outer(frames: Sequence, file_of=lambda fr: fr[0], func_of=None) -> List:
+    """frames (leaf first) without the outer ones at the root end (is_outer),
+    and, in an asyncio task, without the event loop's frames under its step:
+    the task's coroutines are the root.  One frame is always kept."""
     out = list(frames)
+    if func_of is not None:
+        for i in range(1, len(out)):
+            if _is_loop_step(file_of(out[i]), func_of(out[i])):
+                del out[i:]
+                break
     while len(out) > 1 and is_outer(file_of(out[-1])):
         out.pop()
     return out
@@ -204,7 +216,7 @@ class Profile:
         (is_outer): what the page, the text report, collapsed and speedscope
         show"""
         frames = self.frames
-        return trim_outer(self.stack_ids(i), lambda f: frames[f][0])
+        return trim_outer(self.stack_ids(i), lambda f: frames[f][0], lambda f: frames[f][1])
 
     def comments(self) -> List[str]:
         """The settings, and every cap with what it dropped (never silent)."""
