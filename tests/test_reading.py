@@ -165,32 +165,12 @@ def test_the_page_charts_wait_per_window(windows, tmp_path):
 
 
 def test_bootstrap_trimming_is_the_same_in_every_reader_but_pprof(tmp_path):
-    import threading
-    import time
-
     import lockprof
     from lockprof.export import collapsed, html, speedscope, text
 
-    lockprof.reset()
-    lockprof.start(1.0, seed=2)
-    try:
-        book_lock = threading.Lock()
+    from tests.test_html import _contended_profile
 
-        def hold():
-            with book_lock:
-                time.sleep(0.02)
-
-        def wait():
-            time.sleep(0.005)
-            with book_lock:
-                pass
-        ts = [threading.Thread(target=hold), threading.Thread(target=wait)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    finally:
-        lockprof.stop()
+    _contended_profile()        # a holder thread and a waiter thread
     p = lockprof.profile()
     lockprof.write(str(tmp_path / "p.pprof"))
     full = pprof.read(str(tmp_path / "p.pprof"))
@@ -219,7 +199,7 @@ def test_bootstrap_trimming_is_the_same_in_every_reader_but_pprof(tmp_path):
     a, b, c = paths_collapsed(), paths_speedscope(), paths_page()
     assert a == b == c and a, (a, b, c)
     for path in a:
-        assert path[0] == "wait"          # the thread's target is the root
+        assert path[0] == "waiter"        # the thread's target is the root
         assert not {"_bootstrap", "_bootstrap_inner", "run"} & set(path)
     report = text.report(p)
-    assert "wait" in report and "_bootstrap" not in report
+    assert "waiter" in report and "_bootstrap" not in report
