@@ -145,6 +145,10 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         us = e["us_per_row"]["pprof"]
         add(f"scale: pprof export per row, C tables to file ({e['rows']:,} rows)", round(us, 2),
             "<= 1 us", us <= 1.0, " us")
+        if "rows_per_s" in e:
+            rps = e["rows_per_s"]["merge"]
+            add(f"scale: merging profiles (lockprof report/merge of many files), rows per "
+                f"second", round(rps), ">= 100,000 rows/s", rps >= 100_000, " rows/s")
         lg = sc.get("long")
         if lg:
             add(f"scale: RSS growth of a long run ({lg['n']:,} requests), first fifth to end, "

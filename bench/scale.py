@@ -252,7 +252,16 @@ def export_costs(paths: int = 320) -> Dict[str, Any]:
             export.write(p, path, fmt)
             best[fmt] = min(best.get(fmt, 1e9), time.perf_counter() - t)
             out.setdefault("bytes", {})[fmt] = os.path.getsize(path)
+        # the readers of many files: read one back, merge eight windows
+        t = time.perf_counter()
+        back = pprof.read(os.path.join(d, f"p.{export.EXTENSION['pprof']}"))
+        t1 = time.perf_counter()
+        export.Profile.merge([back] * 8)
+        t2 = time.perf_counter()
+        best["read"] = min(best.get("read", 1e9), t1 - t)
+        best["merge x8"] = min(best.get("merge x8", 1e9), t2 - t1)
     rows = p.nrows
+    out["rows_per_s"] = {"read": rows / best["read"], "merge": 8 * rows / best["merge x8"]}
     out.update({"rows": rows, "stacks": p.nstacks, "pprof_raw_bytes": len(data),
                 "pprof_bytes": len(gz),
                 "ms": {k: v * 1e3 for k, v in best.items()},
@@ -310,4 +319,9 @@ def table(res: Dict[str, Any]) -> List[str]:
               "|---|---:|---:|---:|"]
     for fmt, us in e["us_per_row"].items():
         lines.append(f"| {fmt} | {e['ms'][fmt]:.1f} | {us:.2f} | {e['bytes'][fmt]:,} |")
+    if "rows_per_s" in e:
+        lines += ["", f"Reading many files: the pprof file read back in {e['ms']['read']:.1f} ms "
+                      f"({e['rows_per_s']['read'] / 1e3:,.0f}k rows/s); eight such windows "
+                      f"merged into one profile in {e['ms']['merge x8']:.1f} ms "
+                      f"({e['rows_per_s']['merge'] / 1e3:,.0f}k rows/s)."]
     return lines

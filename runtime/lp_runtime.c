@@ -703,7 +703,7 @@ int
 lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
 {
     if (lp_runtime_setup() < 0 || lp_attrs_setup(module) < 0 || lp_order_setup(module) < 0 ||
-        lp_hang_setup(module) < 0) {
+        lp_hang_setup(module) < 0 || lp_pbread_setup(module) < 0) {
         return -1;
     }
     PyObject *kinds = PyTuple_New(ndefs);

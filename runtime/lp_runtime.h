@@ -208,6 +208,9 @@ void lp_hang_after_fork(void);
 void lp_hang_reset_counts(void);
 int lp_hang_setup(PyObject *module);
 
+/* lp_pbread.c: protobuf field scanning for the pprof reader */
+int lp_pbread_setup(PyObject *module);
+
 void lp_cond_bind(lp_cond_wrapper *w);
 int lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg);
 int lp_cond_clear(lp_cond_wrapper *self);

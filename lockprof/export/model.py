@@ -211,12 +211,26 @@ class Profile:
     def stack_ids(self, i: int) -> Sequence[int]:
         return self.stack_frames[self.stack_offsets[i]:self.stack_offsets[i + 1]]
 
-    def trimmed_stack_ids(self, i: int) -> List[int]:
+    def trimmed_stack_ids(self, i: int) -> Sequence[int]:
         """stack i (leaf first) without the frames every thread starts with
-        (is_outer): what the page, the text report, collapsed and speedscope
-        show"""
-        frames = self.frames
-        return trim_outer(self.stack_ids(i), lambda f: frames[f][0], lambda f: frames[f][1])
+        (is_outer, trim_outer): what the page, the text report, collapsed and
+        speedscope show.  Each frame is classified once per profile."""
+        flags = self.__dict__.get("_frame_flags")
+        if flags is None or len(flags[0]) != len(self.frames):
+            outer = bytearray(is_outer(fr[0]) for fr in self.frames)
+            step = bytearray(_is_loop_step(fr[0], fr[1]) for fr in self.frames)
+            flags = self._frame_flags = (outer, step, any(step))
+        outer, step, any_step = flags
+        ids = self.stack_ids(i)
+        n = len(ids)
+        if any_step:
+            for k in range(1, n):
+                if step[ids[k]]:
+                    n = k
+                    break
+        while n > 1 and outer[ids[n - 1]]:
+            n -= 1
+        return ids[:n]
 
     def comments(self) -> List[str]:
         """The settings, and every cap with what it dropped (never silent)."""
