@@ -203,3 +203,25 @@ def test_bootstrap_trimming_is_the_same_in_every_reader_but_pprof(tmp_path):
         assert not {"_bootstrap", "_bootstrap_inner", "run"} & set(path)
     report = text.report(p)
     assert "waiter" in report and "_bootstrap" not in report
+
+
+def test_an_empty_window_leaves_the_merge_exact(tmp_path):
+    """The last window of --interval often has no event: it must not turn
+    the merged figures into estimates from samples"""
+    import lockprof
+
+    from tests.test_html import _contended_profile
+
+    rec = _contended_profile()
+    lockprof.write(str(tmp_path / "a.pprof"), reset=True)
+    lockprof.write(str(tmp_path / "b.pprof"))          # nothing since the reset
+    empty = pprof.read(str(tmp_path / "b.pprof"))
+    assert empty.locks == [] and empty.exact
+    r = _lockprof("merge", str(tmp_path / "a.pprof"), str(tmp_path / "b.pprof"), "-o",
+                  str(tmp_path / "m.pprof"))
+    assert r.returncode == 0, r.stderr
+    m = pprof.read(str(tmp_path / "m.pprof"))
+    assert m.exact
+    lk = next(x for x in m.locks if x["name"] == rec["name"])
+    assert lk["contentions"] == rec["contentions"] and lk["wait_ns"] == rec["wait_ns"]
+    assert lk["file"] is not None

@@ -342,7 +342,8 @@ class Profile:
         meta.setdefault("sample_rate", first.sample_rate if first else None)
         meta.setdefault("wait_period_ns", first.wait_period_ns if first else None)
         meta.setdefault("windows", windows)
-        return b.build(exact=all(p.exact for p in profiles), **meta)
+        # a profile with no lock cannot make the others' figures estimates
+        return b.build(exact=all(p.exact for p in profiles if p.locks), **meta)
 
 
 _SUMMED = ("locks", "acquisition_samples", "acquisitions", "contentions", "timeouts", "wait_ns",

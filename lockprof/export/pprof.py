@@ -244,7 +244,9 @@ def _decode(data: bytes) -> Profile:
                                     strings[functions.get(fid, (0, 0))[0]], line))
                            for fid, line in lines]
 
-    exact = bool(exact_raw)
+    # a profile with no sample has nothing to estimate (an empty window of
+    # --interval): exact, or merging it would make the merge estimated
+    exact = bool(exact_raw) or not samples_raw
     for raw in exact_raw:
         lk: Dict[str, Any] = {f: None if f in _EXACT_STR else 0 for f in _EXACT}
         for f, w, v in _fields(raw):
