@@ -177,8 +177,14 @@ def report(waits: Sequence[Dict[str, Any]], timeout: float) -> str:
                          f"each other:")
         for i, w in enumerate(cyc):
             lines.append(f"    {names[i]} waits for {_short(w['lock'])}, held by "
-                         f"{names[(i + 1) % len(cyc)]}")
-        lines.append("    None of them can go on; take these locks in one order everywhere."
-                     if len(cyc) > 1 else
-                     "    It cannot go on; a non-reentrant lock was taken again by its holder.")
+                         f"{names[(i + 1) % len(cyc)]}"
+                         + (" (with a timeout)" if w.get("bounded") else ""))
+        if any(w.get("bounded") for w in cyc):
+            lines.append("    A wait with a timeout will end it: then its acquire fails, and "
+                         "the cycle is only broken, not resolved.")
+        else:
+            lines.append("    None of them can go on; take these locks in one order everywhere."
+                         if len(cyc) > 1 else
+                         "    It cannot go on; a non-reentrant lock was taken again by its "
+                         "holder.")
     return "\n".join(lines) + "\n"

@@ -38,6 +38,7 @@ typedef struct {
     int64_t t0;
     int kind;
     int reported;
+    int bounded;                        /* the acquire has a timeout */
 } lp_hwait;
 
 static lp_hwait *waits = NULL;
@@ -110,9 +111,22 @@ lp_hang_wait_begin(lp_wrapper *w, int kind)
     e->t0 = lp_now_ns();
     e->kind = kind;
     e->reported = 0;
+    e->bounded = 0;
     if (idle) {
         idle = 0;
         post();
+    }
+}
+
+void
+lp_hang_wait_bounded(lp_wrapper *w)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    for (uint32_t i = nwaits; i-- > 0;) {
+        if (waits[i].w == w && waits[i].ident == me) {
+            waits[i].bounded = 1;
+            return;
+        }
     }
 }
 
@@ -169,13 +183,14 @@ snapshot(int64_t now)
         PyObject *kind = lp_kind_name(e->kind);
         PyObject *d = NULL;
         if (name != NULL && holders != NULL && kind != NULL) {
-            d = Py_BuildValue("{sOsOsksOsNsdsOsO}", "lock", name, "kind", kind,
+            d = Py_BuildValue("{sOsOsksOsNsdsOsOsO}", "lock", name, "kind", kind,
                               "ident", e->ident, "task", e->task ? e->task : Py_None,
                               "task_id", e->task ? PyLong_FromVoidPtr(e->task)
                                                  : Py_NewRef(Py_None),
                               "waited", (double)(now - e->t0) / 1e9,
                               "reported", e->reported ? Py_True : Py_False,
-                              "holders", holders);
+                              "holders", holders,
+                              "bounded", e->bounded ? Py_True : Py_False);
         }
         Py_XDECREF(name);
         Py_XDECREF(holders);

@@ -300,6 +300,9 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
         lp_order_attempt(w, kind);
     }
     lp_wait_begin(w, kind);
+    if (lp_hang_ns && more) {
+        lp_hang_wait_bounded(w);
+    }
     int64_t t0 = lp_now_ns();
     PyObject *r = lp_call(acquire, target, args, nargs, kwnames);
     int64_t t1 = lp_now_ns();

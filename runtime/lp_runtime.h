@@ -203,6 +203,8 @@ PyObject *lp_order_holders_of(lp_wrapper *w);
 extern int64_t lp_hang_ns;
 void lp_hang_wait_begin(lp_wrapper *w, int kind);
 void lp_hang_wait_end(lp_wrapper *w, int kind);
+/* the wait just begun by this thread on `w` has a timeout */
+void lp_hang_wait_bounded(lp_wrapper *w);
 void lp_hang_after_fork(void);
 /* reset(): what the cap dropped is counted per window, as the others */
 void lp_hang_reset_counts(void);

@@ -131,6 +131,15 @@ def test_a_thread_waiting_for_itself(tmp_path):
             "thread 'updater'\n") in rep
 
 
+def test_a_timed_wait_in_a_cycle_is_said_to_end(tmp_path):
+    r = _run(tmp_path, "timed_self.py", "--hang-timeout", "0.3")
+    assert r.stdout == "second acquire: False\n"
+    rep, = _reports(r.stderr)
+    assert ("    thread 'updater' waits for timed_self.py:5:state_lock, held by thread "
+            "'updater' (with a timeout)\n") in rep
+    assert "A wait with a timeout will end it" in rep and "It cannot go on" not in rep
+
+
 def test_two_asyncio_tasks_deadlocked(tmp_path):
     r = _run(tmp_path, "tasks.py", "--hang-timeout", "0.3")
     plain = _run(tmp_path, "tasks.py", profiled=False)
