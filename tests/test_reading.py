@@ -157,6 +157,14 @@ def test_the_page_charts_wait_per_window(windows, tmp_path):
     top = max((v, k) for b, k, v in bars if b == spike)[1]
     assert names[top].endswith(":orders_lock")
     assert "4 profiles" in dom or f"{len(files)} profiles" in dom
+    # a merged file keeps its windows: its page draws the same chart
+    merged, page2 = tmp_path / "all.pprof", tmp_path / "all.html"
+    assert _lockprof("merge", str(d / "snaps"), "-o", str(merged)).returncode == 0
+    assert _lockprof("flamegraph", str(merged), "-o", str(page2)).returncode == 0
+    data2 = json.loads(re.search(r'id="lockprof-data">(.*?)</script>', page2.read_text(),
+                                 re.S).group(1))
+    assert data2["windows"] == data["windows"] and data2["locks"] == data["locks"]
+    assert len(pprof.read(str(merged)).windows) == len(files)
     # focusing a lock dims the others' bars
     i = next(k for k, n in names.items() if n.endswith(":orders_lock"))
     dom = _browser_dom(page, f"#lock={i}")

@@ -29,6 +29,7 @@ COLUMNS = dict(_lockprof.PPROF_EVENT_COLUMNS)
 # the fields of one lock in the exact section, numbered from 1
 EXACT_SECTION = 1000
 LOCK_ORDER_SECTION = 1001     # potential deadlocks: JSON, see _order_section
+WINDOWS_SECTION = 1002        # the windows of a merged profile: JSON, see _windows_section
 _EXACT = ("name", "kind", "file", "line", "function", "var", "locks", "acquisition_samples",
           "acquisitions", "contentions", "timeouts", "wait_ns", "max_wait_ns", "hold_samples",
           "hold_ns", "cond_waits", "cond_wait_ns")
@@ -79,6 +80,21 @@ def _order_section(p: Profile) -> bytes:
     return _varint(LOCK_ORDER_SECTION << 3 | 2) + _varint(len(body)) + body
 
 
+def _windows_section(p: Profile) -> bytes:
+    """The windows a merged profile was made of (time range, source, exact
+    wait per lock, the lock by name and kind) as field WINDOWS_SECTION
+    (JSON; Go's reader skips it): a merged file's page keeps its chart"""
+    if not p.windows:
+        return b""
+    keyed = [{"start_ns": w["start_ns"], "duration_ns": w["duration_ns"],
+              "source": w.get("source"),
+              "wait": [[p.locks[i]["name"], p.locks[i]["kind"], v]
+                       for i, v in w["wait"].items() if i is not None and i < len(p.locks)]}
+             for w in p.windows]
+    body = json.dumps(keyed, separators=(",", ":")).encode("utf-8")
+    return _varint(WINDOWS_SECTION << 3 | 2) + _varint(len(body)) + body
+
+
 def _varint(v: int) -> bytes:
     out = bytearray()
     while True:
@@ -91,7 +107,7 @@ def _varint(v: int) -> bytes:
 
 def dumps(p: Profile) -> bytes:
     # a message's fields may come in any order: the section is appended
-    return compress(encode(p) + _order_section(p))
+    return compress(encode(p) + _order_section(p) + _windows_section(p))
 
 
 def write(p: Profile, path: str) -> None:
@@ -188,6 +204,7 @@ def loads(raw: bytes, path: str = "<bytes>") -> Profile:
 def _decode(data: bytes) -> Profile:
     strings: List[str] = []
     types, samples_raw, exact_raw, comments, order_raw = [], [], [], [], []
+    windows_raw: List[bytes] = []
     locations: Dict[int, List[Tuple[int, int]]] = {}
     functions: Dict[int, Tuple[int, int]] = {}
     meta: Dict[str, int] = {}
@@ -219,6 +236,8 @@ def _decode(data: bytes) -> Profile:
             exact_raw.append(value)
         elif field == LOCK_ORDER_SECTION and wire == 2:
             order_raw.append(value)
+        elif field == WINDOWS_SECTION and wire == 2:
+            windows_raw.append(value)
     names = [strings[t] for t, _ in types]
     col = {n: i for i, n in enumerate(names)}
     if "contentions" not in col or "delay" not in col:
@@ -325,6 +344,21 @@ def _decode(data: bytes) -> Profile:
                 counters[k] = int(v)
                 continue
         other.append(c)
+    windows = []
+    for raw in windows_raw:
+        ws = json.loads(raw.decode("utf-8"))
+        if not isinstance(ws, list):
+            raise ProfileError("its windows section is not a list of windows")
+        for w in ws:
+            wait = {}
+            for name, kind, v in w.get("wait", ()):
+                j = b.find_lock(name, kind)
+                if j is not None:
+                    wait[j] = wait.get(j, 0) + v
+            windows.append({"start_ns": int(w.get("start_ns", 0)),
+                            "duration_ns": int(w.get("duration_ns", 0)),
+                            "source": w.get("source"), "wait": wait})
     return b.build(exact=exact, time_nanos=meta.get("time_nanos", 0),
                    duration_nanos=meta.get("duration_nanos", 0), sample_rate=sample_rate,
-                   wait_period_ns=wait_period, counters=counters, comments=other)
+                   wait_period_ns=wait_period, counters=counters, comments=other,
+                   windows=windows)
