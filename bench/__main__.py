@@ -147,8 +147,8 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             "<= 1 us", us <= 1.0, " us")
         if "rows_per_s" in e:
             rps = e["rows_per_s"]["merge"]
-            add(f"scale: merging profiles (lockprof report/merge of many files), rows per "
-                f"second", round(rps), ">= 100,000 rows/s", rps >= 100_000, " rows/s")
+            add("scale: merging profiles (lockprof report/merge of many files), rows per "
+                "second", round(rps), ">= 100,000 rows/s", rps >= 100_000, " rows/s")
         lg = sc.get("long")
         if lg:
             add(f"scale: RSS growth of a long run ({lg['n']:,} requests), first fifth to end, "

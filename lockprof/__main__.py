@@ -120,7 +120,7 @@ def _load(paths):
     """one Profile of every file named (merged when more than one)"""
     from lockprof.export import Profile, pprof
 
-    files = _expand(paths if isinstance(paths, (list, tuple)) else [paths])
+    files = _expand(paths)
     profiles = []
     for path in files:
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from lockprof._order import _short, trim
+from lockprof._order import trim
+from lockprof.export._names import base_name
 
 HEAD = "lockprof: hang:"
 _LIMIT = 12
@@ -155,7 +156,7 @@ def report(waits: Sequence[Dict[str, Any]], timeout: float) -> str:
         else:
             lines.extend(_lines(_frame_list(frames.get(w["ident"])), "      "))
         if not w["holders"]:
-            lines.append(f"    {_short(w['lock'])} is held by no tracked thread or task (taken "
+            lines.append(f"    {base_name(w['lock'])} is held by no tracked thread or task (taken "
                          f"before profiling began, or by code lockprof does not see)")
         for ident, task_id, file, line, func in w["holders"]:
             task = tasks.get(task_id) if task_id is not None else None
@@ -176,7 +177,7 @@ def report(waits: Sequence[Dict[str, Any]], timeout: float) -> str:
             lines.append(f"  deadlock: {', '.join(names[:-1])} and {names[-1]} wait for "
                          f"each other:")
         for i, w in enumerate(cyc):
-            lines.append(f"    {names[i]} waits for {_short(w['lock'])}, held by "
+            lines.append(f"    {names[i]} waits for {base_name(w['lock'])}, held by "
                          f"{names[(i + 1) % len(cyc)]}"
                          + (" (with a timeout)" if w.get("bounded") else ""))
         if any(w.get("bounded") for w in cyc):

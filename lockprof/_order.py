@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
-from lockprof.export.model import trim_outer
+from lockprof.export._names import base_name
+from lockprof.export.model import _is_loop_step, is_outer, trim_outer
 
 HEAD = "lockprof: potential deadlock (lock-order inversion):"
 
@@ -13,7 +14,8 @@ HEAD = "lockprof: potential deadlock (lock-order inversion):"
 def trim(frames: Sequence[Sequence[Any]]) -> List[Sequence[Any]]:
     """(file, line, function) frames, innermost first, without the ones every
     thread starts with (the same trimming as every profile reader's)"""
-    return trim_outer(frames, lambda fr: fr[0], lambda fr: fr[2])
+    return list(trim_outer(frames, lambda fr: is_outer(fr[0]),
+                           lambda fr: _is_loop_step(fr[0], fr[2])))
 
 
 def _frames(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[str]:
@@ -24,23 +26,17 @@ def _frames(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[st
     return out
 
 
-def _short(name: str) -> str:
-    """file:line:var with the directory left out"""
-    head, sep, tail = name.rpartition("/")
-    return tail if sep else name
-
-
 def block(cycle: List[Dict[str, Any]], limit: int = 12) -> str:
-    names = [_short(e["held"]) for e in cycle]
+    names = [base_name(e["held"]) for e in cycle]
     lines = [f"{HEAD} {' -> '.join(names + [names[0]])}"]
     for i, e in enumerate(cycle, 1):
         who = e.get("task_name") and f"task {e['task_name']!r} in thread {e['thread_name']!r}" \
             or f"thread {e.get('thread_name')!r}"
         lines.append(f"  edge {i} of {len(cycle)}: {e['acquired']} taken while holding "
                      f"{e['held']}, by {who}")
-        lines.append(f"    {_short(e['acquired'])} taken at:")
+        lines.append(f"    {base_name(e['acquired'])} taken at:")
         lines.extend(_frames(e["acquired_frames"], "      ", limit))
-        lines.append(f"    {_short(e['held'])} held since:")
+        lines.append(f"    {base_name(e['held'])} held since:")
         lines.extend(_frames(e["held_frames"], "      ", limit))
     lines.append("  Each edge happened on this run without deadlocking; run concurrently, "
                  "they can deadlock. Take these locks in one order everywhere.")

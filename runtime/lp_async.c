@@ -156,7 +156,7 @@ step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
                 if (lp_lock_order) {
                     lp_order_attempt(a->w, a->kind);
                 }
-                lp_wait_begin(a->w, a->kind);
+                lp_wait_begin(a->w, a->kind, 0);
             }
         }
         *result = value;

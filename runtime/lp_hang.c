@@ -82,7 +82,7 @@ current_task(void)
 }
 
 void
-lp_hang_wait_begin(lp_wrapper *w, int kind)
+lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded)
 {
     if (!running) {
         return;
@@ -94,9 +94,9 @@ lp_hang_wait_begin(lp_wrapper *w, int kind)
     if (nwaits >= capwaits) {
         uint32_t nc = capwaits ? capwaits * 2 : 16;
         if (nc > lp_max_hang_waits) {
-            nc = lp_max_hang_waits;
+            nc = lp_max_hang_waits;         /* > nwaits: checked above */
         }
-        lp_hwait *nw = nc > capwaits ? PyMem_Realloc(waits, nc * sizeof(lp_hwait)) : NULL;
+        lp_hwait *nw = PyMem_Realloc(waits, nc * sizeof(lp_hwait));
         if (nw == NULL) {
             dropped_waits++;
             return;
@@ -111,22 +111,10 @@ lp_hang_wait_begin(lp_wrapper *w, int kind)
     e->t0 = lp_now_ns();
     e->kind = kind;
     e->reported = 0;
-    e->bounded = 0;
+    e->bounded = bounded != 0;
     if (idle) {
         idle = 0;
         post();
-    }
-}
-
-void
-lp_hang_wait_bounded(lp_wrapper *w)
-{
-    unsigned long me = PyThread_get_thread_ident();
-    for (uint32_t i = nwaits; i-- > 0;) {
-        if (waits[i].w == w && waits[i].ident == me) {
-            waits[i].bounded = 1;
-            return;
-        }
     }
 }
 
@@ -367,10 +355,10 @@ lp_hang_reset_counts(void)
     dropped_waits = 0;
 }
 
+/* holds are tracked while the hang doctor or lock order is on */
 static void
 set_tracking(void)
 {
-    lp_track_holds = lp_lock_order || lp_hang_ns > 0;
     lp_sampling_configure(lp_active, lp_sample_rate);
 }
 

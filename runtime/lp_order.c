@@ -538,6 +538,30 @@ table_reserve(void **items, uint32_t *cap, size_t size, lp_index *ix, uint32_t c
     return 0;
 }
 
+/* Room for one more entry in a capped table, and the dict describing the
+ * edge held -> acquired: NULL when the cap is reached (counted) or on a
+ * failure (counted as an error). */
+static PyObject *
+claim_entry(uint32_t count, void **items, uint32_t *cap, size_t size, lp_index *ix,
+            uint32_t (*hash)(uint32_t), const lp_holder *who, const lp_held *h,
+            lp_wrapper *w, int kind)
+{
+    if (count >= lp_max_order_edges) {
+        lp_dropped_order_edges++;
+        return NULL;
+    }
+    if (table_reserve(items, cap, size, ix, count, hash) < 0) {
+        lp_count_error();
+        return NULL;
+    }
+    PyObject *info = edge_info(who, h, w, kind);
+    if (info == NULL) {
+        PyErr_Clear();
+        lp_count_error();
+    }
+    return info;
+}
+
 /* the same-class pair held -> acquired: a -> b then b -> a is the inversion */
 static void
 add_instance_pair(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind,
@@ -547,19 +571,9 @@ add_instance_pair(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kin
         ipair_find(cls, h->serial, serial) >= 0) {
         return;                     /* unknown instances, or known */
     }
-    if (n_ipairs >= lp_max_order_edges) {
-        lp_dropped_order_edges++;
-        return;
-    }
-    if (table_reserve((void **)&ipairs, &cap_ipairs, sizeof(lp_ipair), &ipair_ix, n_ipairs,
-                      ipair_hash) < 0) {
-        lp_count_error();
-        return;
-    }
-    PyObject *info = edge_info(who, h, w, kind);
+    PyObject *info = claim_entry(n_ipairs, (void **)&ipairs, &cap_ipairs, sizeof(lp_ipair),
+                                 &ipair_ix, ipair_hash, who, h, w, kind);
     if (info == NULL) {
-        PyErr_Clear();
-        lp_count_error();
         return;
     }
     lp_ipair *p = &ipairs[n_ipairs++];
@@ -597,19 +611,9 @@ add_edge(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind, uint32
     if (edge_find(h->cls, cls) >= 0) {
         return;                     /* the warm path: a lookup */
     }
-    if (nedges >= lp_max_order_edges) {
-        lp_dropped_order_edges++;
-        return;
-    }
-    if (table_reserve((void **)&edges, &capedges, sizeof(lp_edge), &edge_ix, nedges,
-                      edge_hash) < 0) {
-        lp_count_error();
-        return;
-    }
-    PyObject *info = edge_info(who, h, w, kind);
+    PyObject *info = claim_entry(nedges, (void **)&edges, &capedges, sizeof(lp_edge),
+                                 &edge_ix, edge_hash, who, h, w, kind);
     if (info == NULL) {
-        PyErr_Clear();
-        lp_count_error();
         return;
     }
     int32_t e = (int32_t)nedges++;

@@ -370,13 +370,13 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
 }
 
 void
-lp_wait_begin(lp_wrapper *w, int kind)
+lp_wait_begin(lp_wrapper *w, int kind, int bounded)
 {
     lp_lockrec *r = rec_for(w, kind);
     r->nwaiting++;
     w->flags |= LP_W_WAITERS;
     if (lp_hang_ns) {
-        lp_hang_wait_begin(w, kind);
+        lp_hang_wait_begin(w, kind, bounded);
     }
 }
 
@@ -876,7 +876,6 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     }
     max_locks = maxl;
     lp_lock_order = order;
-    lp_track_holds = order || lp_hang_ns > 0;
     lp_sampling_configure(active, rate);
     Py_RETURN_NONE;
 }

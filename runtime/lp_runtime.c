@@ -189,6 +189,8 @@ lp_order_sampled(void)
 void
 lp_sampling_configure(int active, double rate)
 {
+    /* derived, kept as one flag for the acquire's slow path to test */
+    lp_track_holds = lp_lock_order || lp_hang_ns > 0;
     lp_sample_rate = rate;
     lp_active = active;
     lp_countdown = lp_track_holds ? 0 : lp_draw_countdown();
@@ -299,10 +301,7 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
     if (lp_lock_order && !more) {
         lp_order_attempt(w, kind);
     }
-    lp_wait_begin(w, kind);
-    if (lp_hang_ns && more) {
-        lp_hang_wait_bounded(w);
-    }
+    lp_wait_begin(w, kind, more);
     int64_t t0 = lp_now_ns();
     PyObject *r = lp_call(acquire, target, args, nargs, kwnames);
     int64_t t1 = lp_now_ns();

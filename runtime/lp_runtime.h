@@ -201,10 +201,8 @@ PyObject *lp_order_holders_of(lp_wrapper *w);
 
 /* lp_hang.c: the hang doctor */
 extern int64_t lp_hang_ns;
-void lp_hang_wait_begin(lp_wrapper *w, int kind);
+void lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded);
 void lp_hang_wait_end(lp_wrapper *w, int kind);
-/* the wait just begun by this thread on `w` has a timeout */
-void lp_hang_wait_bounded(lp_wrapper *w);
 void lp_hang_after_fork(void);
 /* reset(): what the cap dropped is counted per window, as the others */
 void lp_hang_reset_counts(void);
@@ -271,7 +269,7 @@ void lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever);
 /* with lock order on: whether this acquire is also a sampled one */
 int lp_order_sampled(void);
 /* A profiled acquire is about to block (or an asyncio one suspended). */
-void lp_wait_begin(lp_wrapper *w, int kind);
+void lp_wait_begin(lp_wrapper *w, int kind, int bounded);   /* bounded: a timeout */
 /* ... and did not complete (an exception, a cancellation). */
 void lp_wait_abort(lp_wrapper *w);
 /* A contended acquisition (always recorded), wait_ns spent blocked; ends the

@@ -34,6 +34,11 @@ def short_path(path: str) -> str:
     return path
 
 
+def base_name(name: str) -> str:
+    """A lock name `path:line[:var]` with the directory left out."""
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def short_name(name: str) -> str:
     """A lock name `path:line[:var]` with its path shortened."""
     m = re.match(r"(.+?):(\d+)(:.*)?\Z", name)

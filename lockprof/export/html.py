@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from ._files import write_text
+from ._names import base_name
 from .model import LABELS, MEASURES, Profile, has_event
 
 
 def _shown(lk) -> str:
     """file:line:var with the directory left out, and (xN) for N locks"""
-    name = lk["name"].replace("\\", "/").rsplit("/", 1)[-1]
-    return name + (f" (x{lk['locks']})" if (lk.get("locks") or 1) > 1 else "")
+    return base_name(lk["name"]) + (f" (x{lk['locks']})" if (lk.get("locks") or 1) > 1 else "")
 
 
 def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
@@ -25,7 +25,7 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
     lock_frame = []
     for lk in p.locks:
         name = lk["name"]
-        short = name.replace("\\", "/").rsplit("/", 1)[-1]
+        short = base_name(name)
         lock_frame.append(len(frames))
         frames.append([f"[{short}]", name, 0, "lock"])
     nlocks, totals = p.sums_by_stack_lock()

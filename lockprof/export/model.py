@@ -95,19 +95,20 @@ def _is_loop_step(file: Optional[str], func: Optional[str]) -> bool:
         "asyncio/events.py")
 
 
-def trim_outer(frames: Sequence, file_of=lambda fr: fr[0], func_of=None) -> List:
-    """frames (leaf first) without the outer ones at the root end (is_outer),
-    and, in an asyncio task, without the event loop's frames under its step:
-    the task's coroutines are the root.  One frame is always kept."""
-    out = list(frames)
-    if func_of is not None:
-        for i in range(1, len(out)):
-            if _is_loop_step(file_of(out[i]), func_of(out[i])):
-                del out[i:]
+def trim_outer(frames: Sequence, outer, step=None) -> Sequence:
+    """frames (leaf first) without the outer ones at the root end (outer(f):
+    is_outer of its file), and, in an asyncio task, without the event loop's
+    frames under its step (step(f): _is_loop_step; None when no frame is
+    one): the task's coroutines are the root.  One frame is always kept."""
+    n = len(frames)
+    if step is not None:
+        for k in range(1, n):
+            if step(frames[k]):
+                n = k
                 break
-    while len(out) > 1 and is_outer(file_of(out[-1])):
-        out.pop()
-    return out
+    while n > 1 and outer(frames[n - 1]):
+        n -= 1
+    return frames[:n]
 
 
 def has_event(lk: Dict[str, Any]) -> bool:
@@ -221,16 +222,8 @@ class Profile:
             step = bytearray(_is_loop_step(fr[0], fr[1]) for fr in self.frames)
             flags = self._frame_flags = (outer, step, any(step))
         outer, step, any_step = flags
-        ids = self.stack_ids(i)
-        n = len(ids)
-        if any_step:
-            for k in range(1, n):
-                if step[ids[k]]:
-                    n = k
-                    break
-        while n > 1 and outer[ids[n - 1]]:
-            n -= 1
-        return ids[:n]
+        return trim_outer(self.stack_ids(i), outer.__getitem__,
+                          step.__getitem__ if any_step else None)
 
     def comments(self) -> List[str]:
         """The settings, and every cap with what it dropped (never silent)."""

@@ -131,7 +131,7 @@ def _read_varint(buf: bytes, i: int) -> Tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes):
+def _py_fields(buf: bytes):
     """(field, wire type, value) of one message; value is int or bytes."""
     i, n = 0, len(buf)
     while i < n:
@@ -153,7 +153,7 @@ def _fields(buf: bytes):
         yield field, wire, value
 
 
-def _ints(value, wire) -> List[int]:
+def _py_ints(value, wire) -> List[int]:
     if wire == 0:
         return [value]
     out, i = [], 0
@@ -168,11 +168,12 @@ try:        # the same two loops in C (runtime/lp_pbread.c): ten times the rows 
 except ImportError:      # pragma: no cover (the extension is part of lockprof)
     _c_fields = _c_varints = None
 if _c_fields is not None:
-    _py_fields, _py_ints = _fields, _ints
-    _fields = _c_fields  # noqa: F811
+    _fields = _c_fields
 
-    def _ints(value, wire) -> List[int]:  # noqa: F811
+    def _ints(value, wire) -> List[int]:
         return [value] if wire == 0 else _c_varints(value)
+else:
+    _fields, _ints = _py_fields, _py_ints
 
 
 def _signed(v: int) -> int:
