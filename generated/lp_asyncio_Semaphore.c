@@ -37,10 +37,10 @@ lp_asyncio_Semaphore_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = 0;
-    if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE)) {
+    if (LP_UNLIKELY(LP_WF(self) & LP_W_ON_RELEASE)) {
         /* the clock only for a sampled hold or waiters; lock order alone
          * needs the call, not the time */
-        t = (self->flags & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
+        t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {

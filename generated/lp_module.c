@@ -23,27 +23,52 @@ static const lp_typedef *const lp_all_defs[LP_NKINDS] = {
     &lp_gevent_thread_LockType_def,
 };
 
-static struct PyModuleDef lp_moduledef = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "lockprof._lockprof",
-    .m_doc = "lockprof's C core: generated lock wrapper types and the runtime.",
-    .m_size = -1,
-};
-
-PyMODINIT_FUNC
-PyInit__lockprof(void)
+/* Multi-phase initialisation: the module's state is the runtime's C
+ * statics, so one module per process (a second interpreter, or a second
+ * execution of this module, is refused), and on a free-threaded build the
+ * module declares that it runs without the GIL: the runtime's tables are
+ * guarded by their own mutex (runtime/lp_thread.c). */
+static int
+lp_module_exec(PyObject *m)
 {
     static lp_typedef defs[LP_NKINDS];
-    PyObject *m = PyModule_Create(&lp_moduledef);
-    if (m == NULL) {
-        return NULL;
+    static int done = 0;
+    if (done) {
+        PyErr_SetString(PyExc_ImportError,
+                        "lockprof._lockprof can be loaded once per process");
+        return -1;
     }
     for (int i = 0; i < LP_NKINDS; i++) {
         defs[i] = *lp_all_defs[i];
     }
     if (lp_runtime_init(m, defs, LP_NKINDS) < 0) {
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
-    return m;
+    done = 1;
+    return 0;
+}
+
+static PyModuleDef_Slot lp_module_slots[] = {
+    {Py_mod_exec, lp_module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_GIL_DISABLED
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef lp_moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "lockprof._lockprof",
+    .m_doc = "lockprof's C core: generated lock wrapper types and the runtime.",
+    .m_size = 0,
+    .m_slots = lp_module_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__lockprof(void)
+{
+    return PyModuleDef_Init(&lp_moduledef);
 }

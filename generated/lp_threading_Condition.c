@@ -42,7 +42,7 @@ static inline PyObject *
 lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (self->flags & LP_W_DELEGATED) {
+    if (LP_WF(self) & LP_W_DELEGATED) {
         /* the Condition's lock is a wrapper of ours, which records */
         if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
             /* its C acquire, resolved when the Condition was made */
@@ -103,10 +103,10 @@ lp_threading_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = 0;
-    if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE) && self->depth == 1) {
+    if (LP_UNLIKELY(LP_WF(self) & LP_W_ON_RELEASE) && self->depth == 1) {
         /* the clock only for a sampled hold or waiters; lock order alone
          * needs the call, not the time */
-        t = (self->flags & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
+        t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
     PyObject *target = self->inner;
     if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {

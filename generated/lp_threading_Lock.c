@@ -59,6 +59,11 @@ lp_threading_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *r;
     int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
+#ifdef Py_GIL_DISABLED
+        /* without the GIL another thread may take it between a probe and
+         * an acquire: the non-blocking try is exact by itself */
+        r = lp_call_false(m, target);
+#else
         /* threading.Lock is free exactly when the probe says so (we hold the
          * GIL), and then the argument-free acquire cannot wait */
         r = lp_call0(&lp_threading_Lock_m_locked, target);
@@ -70,6 +75,7 @@ lp_threading_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
             Py_DECREF(r);
             r = Py_NewRef(Py_False);   /* busy: take the timed path below */
         }
+#endif
         if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
             if (r == NULL) {
                 return NULL;
@@ -109,10 +115,10 @@ lp_threading_Lock_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = 0;
-    if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE)) {
+    if (LP_UNLIKELY(LP_WF(self) & LP_W_ON_RELEASE)) {
         /* the clock only for a sampled hold or waiters; lock order alone
          * needs the call, not the time */
-        t = (self->flags & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
+        t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {

@@ -92,10 +92,10 @@ lp_threading__RLock_release_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = 0;
-    if (LP_UNLIKELY(self->flags & LP_W_ON_RELEASE) && self->depth == 1) {
+    if (LP_UNLIKELY(LP_WF(self) & LP_W_ON_RELEASE) && self->depth == 1) {
         /* the clock only for a sampled hold or waiters; lock order alone
          * needs the call, not the time */
-        t = (self->flags & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
+        t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
@@ -146,7 +146,7 @@ lp_threading__RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nar
 static PyObject *
 lp_threading__RLock_release_save(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    int64_t t = (self->flags & LP_W_ON_RELEASE) ? lp_now_ns() : 0;
+    int64_t t = (LP_WF(self) & LP_W_ON_RELEASE) ? lp_now_ns() : 0;
     PyObject *r = lp_call(&lp_threading__RLock_m_release_save, self->inner, args, nargs, kwnames);
     if (r != NULL) {
         self->depth = 0;
@@ -165,7 +165,7 @@ lp_threading__RLock_acquire_restore(lp_wrapper *self, PyObject *const *args, Py_
     if (r != NULL && nargs >= 1) {
         self->depth = lp_state_count(args[0]);
     }
-    if (r != NULL && LP_UNLIKELY(lp_track_holds) && lp_active) {
+    if (r != NULL && LP_UNLIKELY(LP_LOAD(lp_track_holds)) && LP_LOAD(lp_active)) {
         /* a Condition's wait retakes the lock: held again, no new edge */
         lp_order_reacquired(self, LP_KIND_THREADING__RLOCK);
     }

@@ -115,7 +115,7 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
     a->done = 1;
     lp_wrapper *w = a->w;
     if ((a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) &&
-        !(w->flags & LP_W_DELEGATED)) {
+        !(LP_WF(w) & LP_W_DELEGATED)) {
         if (a->t0 != 0) {
             lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, LP_ACQUIRED(value));
             a->t0 = 0;
@@ -150,10 +150,10 @@ static lp_send_result
 step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
 {
     if (res == LP_SEND_NEXT) {
-        if (a->t0 == 0 && lp_active) {
+        if (a->t0 == 0 && LP_LOAD(lp_active)) {
             a->t0 = lp_now_ns();
             if (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) {
-                if (lp_lock_order) {
+                if (LP_LOAD(lp_lock_order)) {
                     lp_order_attempt(a->w, a->kind);
                 }
                 lp_wait_begin(a->w, a->kind, 0);
@@ -191,7 +191,7 @@ aw_send(PyObject *self, PyObject *arg, PyObject **result)
         *result = Py_NewRef(Py_None);
         return LP_SEND_RETURN;
     }
-    if (a->mode == LP_AW_WAIT && a->t0 == 0 && lp_active) {
+    if (a->mode == LP_AW_WAIT && a->t0 == 0 && LP_LOAD(lp_active)) {
         a->t0 = lp_now_ns();
     }
     PyObject *value = NULL;

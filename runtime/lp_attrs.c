@@ -82,12 +82,19 @@ forward_get(lp_forward *f, PyObject *obj, PyObject *type)
     }
     lp_wrapper *w = (lp_wrapper *)obj;
     PyObject *inner = w->inner;
-    if (!f->shadowed && !(w->flags & LP_W_ATTRS_SET) && Py_TYPE(inner) == f->owner) {
+    if (!f->shadowed && !(LP_WF(w) & LP_W_ATTRS_SET) && Py_TYPE(inner) == f->owner) {
+        /* the cached function is refreshed and read under the tables'
+         * mutex (free-threaded builds: another thread may refresh it) */
+        lp_enter();
         if (!lp_tag_current(f->owner, f->tag)) {
             forward_refresh(f);
         }
-        if (f->func != NULL) {
-            return PyMethod_New(f->func, inner);
+        PyObject *fn = Py_XNewRef(f->func);
+        lp_exit();
+        if (fn != NULL) {
+            PyObject *m = PyMethod_New(fn, inner);
+            Py_DECREF(fn);
+            return m;
         }
     }
     return PyObject_GetAttr(inner, f->name);
@@ -280,7 +287,7 @@ lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value)
     int r = PyObject_SetAttr(w->inner, name, value);
     if (r == 0) {
         /* the instance may now shadow a class function: ask it from now on */
-        w->flags |= LP_W_ATTRS_SET;
+        LP_WF_SET(w, LP_W_ATTRS_SET);
         if (value != NULL && PyUnicode_Check(name) &&
             add_forwarder(Py_TYPE(self), Py_TYPE(w->inner), name, 1, 1) < 0) {
             PyErr_Clear();

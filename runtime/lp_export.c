@@ -1327,6 +1327,11 @@ static PyMethodDef export_methods[] = {
     {"export", (PyCFunction)(void (*)(void))lp_py_export, METH_FASTCALL,
      "export(take, cut_file)\n--\n\nThe tables as one snapshot (dict of locks, frames, "
      "stacks and row columns); with take, reset in the same step."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* reads no table of the runtime: runs without the tables' mutex */
+static PyMethodDef encode_methods[] = {
     {"encode_pprof", (PyCFunction)(void (*)(void))lp_py_encode_pprof, METH_FASTCALL,
      "encode_pprof(frames, stack_offsets, stack_frames, row_lock, row_stack, row_event, "
      "row_thread, row_task, row_count, row_value, lock_labels, threads, thread_ids, tasks, "
@@ -1372,5 +1377,8 @@ lp_export_setup(PyObject *module)
         Py_DECREF(columns);
         return -1;
     }
-    return PyModule_AddFunctions(module, export_methods);
+    if (lp_add_functions(module, export_methods) < 0) {
+        return -1;
+    }
+    return PyModule_AddFunctions(module, encode_methods);
 }

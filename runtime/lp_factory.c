@@ -157,7 +157,7 @@ wrap_made(const lp_typedef *d, PyObject *inner, PyObject *const *args, size_t na
             lock = args[nargs];
         }
         if (lock != NULL && is_wrapper(lock)) {
-            ((lp_wrapper *)w)->flags |= LP_W_DELEGATED;
+            LP_WF_SET(((lp_wrapper *)w), LP_W_DELEGATED);
         }
         if (d->binds_lock) {
             /* the lock's C acquire/release, called directly: the stdlib's
@@ -174,14 +174,23 @@ factory_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
                    PyObject *kwnames)
 {
     lp_factory *f = (lp_factory *)self;
-    if (!lp_active || caller_excluded()) {
+    if (!LP_LOAD(lp_active)) {
+        return PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
+    }
+    lp_enter();
+    int excluded = caller_excluded();
+    lp_exit();
+    if (excluded) {
         return PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
     }
     PyObject *inner = PyObject_Vectorcall(f->orig, args, nargsf, kwnames);
     if (inner == NULL) {
         return NULL;
     }
-    return wrap_made(f->def, inner, args, nargsf, kwnames);
+    lp_enter();
+    PyObject *r = wrap_made(f->def, inner, args, nargsf, kwnames);
+    lp_exit();
+    return r;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -253,22 +262,29 @@ static PyObject *
 class_vectorcall(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     const lp_typedef *d = NULL;
-    if (lp_active) {
-        for (int i = 0; i < n_class_hooks; i++) {
-            if ((PyObject *)class_hooks[i].cls == cls) {
-                d = class_hooks[i].def;
-                break;
-            }
+    if (!LP_LOAD(lp_active)) {
+        return type_call(cls, args, nargsf, kwnames);
+    }
+    lp_enter();
+    for (int i = 0; i < n_class_hooks; i++) {
+        if ((PyObject *)class_hooks[i].cls == cls) {
+            d = class_hooks[i].def;
+            break;
         }
     }
-    if (d == NULL || caller_excluded()) {
+    int excluded = d == NULL || caller_excluded();
+    lp_exit();
+    if (excluded) {
         return type_call(cls, args, nargsf, kwnames);
     }
     PyObject *inner = type_call(cls, args, nargsf, kwnames);
     if (inner == NULL) {
         return NULL;
     }
-    return wrap_made(d, inner, args, nargsf, kwnames);
+    lp_enter();
+    PyObject *r = wrap_made(d, inner, args, nargsf, kwnames);
+    lp_exit();
+    return r;
 }
 
 /* the class's __new__ while hooked: object.__new__, as the class has it
@@ -924,5 +940,5 @@ lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs)
     if (PyModule_AddObject(module, "Factory", Py_NewRef(factory_type)) < 0) {
         return -1;
     }
-    return PyModule_AddFunctions(module, factory_module_methods);
+    return lp_add_functions(module, factory_module_methods);
 }

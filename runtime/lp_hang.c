@@ -81,6 +81,8 @@ current_task(void)
     return t;
 }
 
+/* (lp_hang_wait_begin, lp_hang_wait_end: called by lp_record.c's flush
+ * functions, holding the tables' mutex) */
 void
 lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded)
 {
@@ -221,9 +223,14 @@ report(int64_t now)
         waits[i].reported = 1;
     }
     PyObject *text = NULL;
-    if (snap != NULL && reporter != NULL) {
-        text = PyObject_CallFunction(reporter, "Od", snap, (double)lp_hang_ns / 1e9);
+    PyObject *fn = Py_XNewRef(reporter);
+    if (snap != NULL && fn != NULL) {
+        /* Python code: run without the tables' mutex (it may take locks) */
+        uint32_t held = lp_suspend();
+        text = PyObject_CallFunction(fn, "Od", snap, (double)LP_LOAD(lp_hang_ns) / 1e9);
+        lp_resume(held);
     }
+    Py_XDECREF(fn);
     Py_XDECREF(snap);
     if (text != NULL && PyUnicode_Check(text)) {
         Py_ssize_t n;
@@ -248,6 +255,7 @@ report(int64_t now)
 static PyObject *
 watch(PyObject *mod, PyObject *unused)
 {
+    lp_enter();
     while (running) {
         int64_t now = lp_now_ns(), next = INT64_MAX;
         int due = 0;
@@ -269,9 +277,11 @@ watch(PyObject *mod, PyObject *unused)
         idle = next == INT64_MAX;
         PY_TIMEOUT_T us = idle ? -1 : (PY_TIMEOUT_T)((next - now) / 1000 + 1);
         PyLockStatus got;
+        uint32_t held = lp_suspend();
         Py_BEGIN_ALLOW_THREADS
         got = PyThread_acquire_lock_timed(wake, us, 0);
         Py_END_ALLOW_THREADS
+        lp_resume(held);
         if (got == PY_LOCK_ACQUIRED) {
             posted = 0;
         }
@@ -279,6 +289,7 @@ watch(PyObject *mod, PyObject *unused)
     }
     alive = 0;
     PyThread_release_lock(done);
+    lp_exit();
     Py_RETURN_NONE;
 }
 
@@ -321,11 +332,16 @@ launch(void)
 static void
 halt(void)
 {
+    lp_enter();
     running = 0;
-    if (!alive) {
+    int was_alive = alive;
+    if (was_alive) {
+        post();
+    }
+    lp_exit();
+    if (!was_alive) {
         return;
     }
-    post();
     PyLockStatus got;
     Py_BEGIN_ALLOW_THREADS
     got = PyThread_acquire_lock_timed(done, 2000000, 0);
@@ -363,7 +379,7 @@ set_tracking(void)
 }
 
 static PyObject *
-py_hang_start(PyObject *mod, PyObject *args)
+hang_start_locked(PyObject *args)
 {
     double seconds;
     int fd;
@@ -405,12 +421,23 @@ py_hang_start(PyObject *mod, PyObject *args)
 }
 
 static PyObject *
+py_hang_start(PyObject *mod, PyObject *args)
+{
+    lp_enter();
+    PyObject *r = hang_start_locked(args);
+    lp_exit();
+    return r;
+}
+
+static PyObject *
 py_hang_stop(PyObject *mod, PyObject *unused)
 {
     halt();
+    lp_enter();
     clear_waits();
-    lp_hang_ns = 0;
+    LP_STORE(lp_hang_ns, 0);
     set_tracking();
+    lp_exit();
     Py_RETURN_NONE;
 }
 
@@ -429,11 +456,17 @@ py_hang_waits(PyObject *mod, PyObject *unused)
     return snapshot(lp_now_ns());
 }
 
-static PyMethodDef hang_methods[] = {
+/* these two take the tables' mutex themselves: they start and wait for the
+ * watchdog, which takes it too */
+static PyMethodDef hang_control[] = {
     {"hang_start", py_hang_start, METH_VARARGS,
      "hang_start(seconds, fd, report, max_waits=4096)\n--\n\n"
      "Start the hang doctor: waits longer than `seconds` are reported to fd."},
     {"hang_stop", py_hang_stop, METH_NOARGS, "hang_stop()\n--\n\nStop the hang doctor."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef hang_methods[] = {
     {"hang_counters", py_hang_counters, METH_NOARGS,
      "hang_counters()\n--\n\nReports written, waits tracked and dropped."},
     {"hang_waits", py_hang_waits, METH_NOARGS,
@@ -457,5 +490,8 @@ lp_hang_setup(PyObject *module)
     if (watch_fn == NULL) {
         return -1;
     }
-    return PyModule_AddFunctions(module, hang_methods);
+    if (PyModule_AddFunctions(module, hang_control) < 0) {
+        return -1;
+    }
+    return lp_add_functions(module, hang_methods);
 }

@@ -54,7 +54,7 @@ static PyMethodDef names_methods[] = {
 int
 lp_names_setup(PyObject *module)
 {
-    return PyModule_AddFunctions(module, names_methods);
+    return lp_add_functions(module, names_methods);
 }
 
 /* the innermost frame outside skip_files (a new reference), or NULL */

@@ -704,8 +704,8 @@ add_edges(const lp_holder *who, lp_wrapper *w, int kind, uint32_t cls, uint64_t 
  * its edges are recorded now, as the kernel's lockdep checks before it
  * waits, so the inversion of a deadlock that does happen is found too (the
  * acquire itself may never return). */
-void
-lp_order_attempt(lp_wrapper *w, int kind)
+static void
+order_attempt_locked(lp_wrapper *w, int kind)
 {
     lp_lockrec *r = lp_rec_for(w, kind);
     lp_holder *who = holder_find(PyThread_get_thread_ident(), holder_task(kind), 0);
@@ -720,6 +720,14 @@ lp_order_attempt(lp_wrapper *w, int kind)
         PyErr_Clear();
         lp_count_error();
     }
+}
+
+void
+lp_order_attempt(lp_wrapper *w, int kind)
+{
+    lp_enter();
+    order_attempt_locked(w, kind);
+    lp_exit();
 }
 
 /* called after an acquire succeeded: no exception is pending */
@@ -754,7 +762,7 @@ push(lp_wrapper *w, int kind, int forever, int check)
         h->frame = f;
     }
     r->order_holds++;
-    w->flags |= LP_W_ORDER;
+    LP_WF_SET(w, LP_W_ORDER);
 out:
     if (PyErr_Occurred()) {
         PyErr_Clear();
@@ -768,10 +776,18 @@ lp_order_acquired(lp_wrapper *w, int kind, int forever)
     push(w, kind, forever, 1);
 }
 
+static void
+order_reacquired_locked(lp_wrapper *w, int kind)
+{
+    push(w, kind, 1, 0);
+}
+
 void
 lp_order_reacquired(lp_wrapper *w, int kind)
 {
-    push(w, kind, 1, 0);
+    lp_enter();
+    order_reacquired_locked(w, kind);
+    lp_exit();
 }
 
 /* removes `w` from holder `e`: 1 if it was there */
@@ -799,7 +815,7 @@ lp_order_released(lp_wrapper *w)
 {
     lp_lockrec *r = w->rec;
     if (r == NULL || r->order_holds == 0) {
-        w->flags &= ~LP_W_ORDER;
+        LP_WF_CLEAR(w, LP_W_ORDER);
         return;
     }
     /* the releasing thread's (or task's) hold; else, a lock or semaphore
@@ -817,7 +833,7 @@ lp_order_released(lp_wrapper *w)
         r->order_holds--;
     }
     if (!done || r->order_holds == 0) {
-        w->flags &= ~LP_W_ORDER;
+        LP_WF_CLEAR(w, LP_W_ORDER);
     }
     PyErr_Clear();
 }
@@ -963,5 +979,5 @@ lp_order_setup(PyObject *module)
     if (cycles == NULL || reported == NULL) {
         return -1;
     }
-    return PyModule_AddFunctions(module, order_methods);
+    return lp_add_functions(module, order_methods);
 }

@@ -98,8 +98,8 @@ site_intern(PyObject *code, int pos)
     return id;
 }
 
-uint32_t
-lp_record_site_here(void)
+static uint32_t
+record_site_here_locked(void)
 {
     PyFrameObject *f = PyEval_GetFrame();   /* borrowed: the caller's frame */
     if (f == NULL) {
@@ -114,6 +114,15 @@ lp_record_site_here(void)
     uint32_t id = site_intern((PyObject *)code, pos);
     Py_DECREF(code);
     return id;
+}
+
+uint32_t
+lp_record_site_here(void)
+{
+    lp_enter();
+    uint32_t r = record_site_here_locked();
+    lp_exit();
+    return r;
 }
 
 static int
@@ -280,8 +289,8 @@ rec_for(lp_wrapper *w, int kind)
     return r;
 }
 
-void
-lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
+static void
+flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
 {
     if (lp_track_holds) {
         /* every acquire comes here (lp_sample_expired): the order first,
@@ -315,31 +324,39 @@ lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
     h->thread = PyThread_get_thread_ident();
     h->t0 = lp_now_ns();
     r->hold_scale = scale;
-    w->flags |= LP_W_HOLDING;
+    LP_WF_SET(w, LP_W_HOLDING);
 }
 
 void
-lp_flush_release(lp_wrapper *w, int64_t t_release)
+lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
 {
-    if (w->flags & LP_W_ORDER) {
+    lp_enter();
+    flush_acquire_locked(w, kind, start_hold, forever);
+    lp_exit();
+}
+
+static void
+flush_release_locked(lp_wrapper *w, int64_t t_release)
+{
+    if (LP_WF(w) & LP_W_ORDER) {
         lp_order_released(w);
     }
     lp_lockrec *r = w->rec;
     if (r == NULL) {
-        w->flags &= ~LP_W_ON_RELEASE;
+        LP_WF_CLEAR(w, LP_W_ON_RELEASE);
         return;
     }
-    if (w->flags & LP_W_WAITERS) {
+    if (LP_WF(w) & LP_W_WAITERS) {
         /* someone is blocked on this lock: this release is what they wait
          * for, and its stack is charged their delay when they get it */
         r->release_stack = lp_stack_here();
         r->release_thread = lp_thread_slot();
     }
-    if (!(w->flags & LP_W_HOLDING)) {
+    if (!(LP_WF(w) & LP_W_HOLDING)) {
         return;
     }
     if (r->nholds == 0) {
-        w->flags &= ~LP_W_HOLDING;
+        LP_WF_CLEAR(w, LP_W_HOLDING);
         return;
     }
     /* the hold of the releasing thread; otherwise the oldest (a Lock or a
@@ -365,41 +382,73 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
         r->holds[i] = r->holds[i + 1];
     }
     if (r->nholds == 0) {
-        w->flags &= ~LP_W_HOLDING;
+        LP_WF_CLEAR(w, LP_W_HOLDING);
     }
 }
 
 void
-lp_wait_begin(lp_wrapper *w, int kind, int bounded)
+lp_flush_release(lp_wrapper *w, int64_t t_release)
+{
+    lp_enter();
+    flush_release_locked(w, t_release);
+    lp_exit();
+}
+
+static void
+wait_begin_locked(lp_wrapper *w, int kind, int bounded)
 {
     lp_lockrec *r = rec_for(w, kind);
     r->nwaiting++;
-    w->flags |= LP_W_WAITERS;
+    LP_WF_SET(w, LP_W_WAITERS);
     if (lp_hang_ns) {
         lp_hang_wait_begin(w, kind, bounded);
     }
 }
 
 void
-lp_wait_abort(lp_wrapper *w)
+lp_wait_begin(lp_wrapper *w, int kind, int bounded)
+{
+    lp_enter();
+    wait_begin_locked(w, kind, bounded);
+    lp_exit();
+}
+
+static void
+wait_abort_locked(lp_wrapper *w)
 {
     lp_lockrec *r = w->rec;
     if (lp_hang_ns) {
         lp_hang_wait_end(w, r != NULL ? r->kind : -1);
     }
     if (r != NULL && r->nwaiting > 0 && --r->nwaiting == 0) {
-        w->flags &= ~LP_W_WAITERS;
+        LP_WF_CLEAR(w, LP_W_WAITERS);
     }
 }
 
 void
-lp_record_forget_holds(lp_wrapper *w)
+lp_wait_abort(lp_wrapper *w)
+{
+    lp_enter();
+    wait_abort_locked(w);
+    lp_exit();
+}
+
+static void
+record_forget_holds_locked(lp_wrapper *w)
 {
     if (w->rec != NULL) {
         w->rec->nholds = 0;
         w->rec->nwaiting = 0;
     }
-    w->flags &= ~LP_W_ON_RELEASE;
+    LP_WF_CLEAR(w, LP_W_ON_RELEASE);
+}
+
+void
+lp_record_forget_holds(lp_wrapper *w)
+{
+    lp_enter();
+    record_forget_holds_locked(w);
+    lp_exit();
 }
 
 /* Stacks of waits are sampled in proportion to the time waited: a wait of
@@ -427,8 +476,8 @@ sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release)
     }
 }
 
-void
-lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
+static void
+flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
 {
     lp_lockrec *r = rec_for(w, kind);
     if (lp_hang_ns) {
@@ -447,17 +496,33 @@ lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
      * ended the wait, so the critical section that made others wait shows */
     sample_wait(r, LP_EV_DELAY, wait_ns, 1);
     if (r->nwaiting > 0 && --r->nwaiting == 0) {
-        w->flags &= ~LP_W_WAITERS;
+        LP_WF_CLEAR(w, LP_W_WAITERS);
     }
 }
 
 void
-lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
+lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
+{
+    lp_enter();
+    flush_contended_locked(w, kind, wait_ns, acquired);
+    lp_exit();
+}
+
+static void
+flush_cond_wait_locked(lp_wrapper *w, int kind, int64_t wait_ns)
 {
     lp_lockrec *r = rec_for(w, kind);
     r->cond_waits++;
     r->cond_wait_ns += wait_ns;
     sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0);
+}
+
+void
+lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
+{
+    lp_enter();
+    flush_cond_wait_locked(w, kind, wait_ns);
+    lp_exit();
 }
 
 /* ------------------------------------------------------------------------ */
@@ -603,10 +668,10 @@ lp_lock_display_name(lp_wrapper *w, int kind)
                        : PyUnicode_FromFormat("%U:%d", file, line);
 }
 
-void
-lp_record_release_wrapper(lp_wrapper *w)
+static void
+record_release_wrapper_locked(lp_wrapper *w)
 {
-    if (w->flags & LP_W_ORDER) {
+    if (LP_WF(w) & LP_W_ORDER) {
         lp_order_forget(w);
     }
     if (w->site != 0 && w->site < nsites && sites[w->site].name_owner == w) {
@@ -624,6 +689,14 @@ lp_record_release_wrapper(lp_wrapper *w)
         }
     }
     w->rec = NULL;
+}
+
+void
+lp_record_release_wrapper(lp_wrapper *w)
+{
+    lp_enter();
+    record_release_wrapper_locked(w);
+    lp_exit();
 }
 
 /* --- compaction: the records of dead locks, merged per (site, kind, name) --- */
@@ -875,7 +948,7 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
         lp_seed(s);
     }
     max_locks = maxl;
-    lp_lock_order = order;
+    LP_STORE(lp_lock_order, order);
     lp_sampling_configure(active, rate);
     Py_RETURN_NONE;
 }
@@ -990,7 +1063,7 @@ lp_record_setup(PyObject *module)
     if (lp_stack_setup(module) < 0 || lp_export_setup(module) < 0) {
         return -1;
     }
-    return PyModule_AddFunctions(module, record_methods);
+    return lp_add_functions(module, record_methods);
 }
 
 int

@@ -87,6 +87,7 @@ void lp_sampling_configure(int active, double rate);
 void lp_seed(uint64_t seed);
 double lp_rand_unit(void);      /* uniform in [0, 1) */
 int lp_runtime_setup(void);
+int lp_thread_setup(void);       /* lp_thread.c */
 int lp_async_setup(PyObject *module);
 /* the factory currently installed in place of class `cls`, or NULL */
 int lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs);

@@ -103,11 +103,7 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
 /* clock and sampling                                                        */
 /* ------------------------------------------------------------------------ */
 
-int64_t lp_countdown = INT64_MAX;
 int64_t lp_faults = 0;
-int lp_active = 0;
-double lp_sample_rate = 0.0;
-static uint64_t lp_rng_state;
 
 int64_t
 lp_now_ns(void)
@@ -115,86 +111,6 @@ lp_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static uint64_t
-lp_rand64(void)
-{
-    /* splitmix64: fast, good enough to drive a sampling decision */
-    uint64_t z = (lp_rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-double
-lp_rand_unit(void)
-{
-    return (double)(lp_rand64() >> 11) * (1.0 / 9007199254740992.0);
-}
-
-void
-lp_seed(uint64_t seed)
-{
-    lp_rng_state = seed;
-}
-
-/* Number of events until the next sampled one (>= 1): geometric with
- * parameter p, drawn by inversion. */
-static int64_t
-lp_draw_countdown(void)
-{
-    double p = lp_sample_rate;
-    if (!lp_active || p <= 0.0) {
-        return INT64_MAX;
-    }
-    if (p >= 1.0) {
-        return 1;
-    }
-    /* u uniform in (0, 1] */
-    double u = ((double)(lp_rand64() >> 11) + 1.0) * (1.0 / 9007199254740992.0);
-    double g = floor(log(u) / log1p(-p)) + 1.0;
-    if (!(g < 9.0e18)) {
-        return INT64_MAX;
-    }
-    return (int64_t)g;
-}
-
-static int64_t order_countdown = INT64_MAX;
-
-int
-lp_sample_expired(void)
-{
-    if (lp_track_holds) {
-        /* lock-order tracking sees every acquire: the countdown stays run
-         * out, and the sampling draws on order_countdown instead */
-        lp_countdown = 0;
-        return lp_active;
-    }
-    /* The event that brought the countdown to zero is the sampled one. */
-    lp_countdown = lp_draw_countdown();
-    return lp_active && lp_sample_rate > 0.0;
-}
-
-int
-lp_order_sampled(void)
-{
-    if (--order_countdown > 0) {
-        return 0;
-    }
-    order_countdown = lp_draw_countdown();
-    return lp_sample_rate > 0.0;
-}
-
-void
-lp_sampling_configure(int active, double rate)
-{
-    /* derived, kept as one flag for the acquire's slow path to test */
-    lp_track_holds = lp_lock_order || lp_hang_ns > 0;
-    lp_sample_rate = rate;
-    lp_active = active;
-    lp_countdown = lp_track_holds ? 0 : lp_draw_countdown();
-    order_countdown = lp_draw_countdown();
 }
 
 static unsigned char kind_async[64];
@@ -265,15 +181,15 @@ lp_acquired_other(PyObject *r)
     return t;
 }
 
-PyObject *
-lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
-                const lp_method *acquire, const lp_method *release,
-                PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                int tried)
+static PyObject *
+acquire_slow(lp_wrapper *w, int kind, PyObject *target,
+             const lp_method *acquire, const lp_method *release,
+             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+             int tried)
 {
     int more = 0;
     if (!tried) {
-        if (!lp_active || lp_is_blocking(args, nargs, kwnames, &more) != 1) {
+        if (!LP_LOAD(lp_active) || lp_is_blocking(args, nargs, kwnames, &more) != 1) {
             return lp_call(acquire, target, args, nargs, kwnames);
         }
         PyObject *r = lp_call_false(acquire, target);
@@ -284,7 +200,9 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
             }
             /* The caller gave a timeout: undo the try and acquire with the
              * caller's own arguments, so that they are checked exactly as
-             * the stdlib checks them (it cannot block: we hold the GIL). */
+             * the stdlib checks them (it cannot block under the GIL; on a
+             * free-threaded build another thread may take the lock in
+             * between, and that wait goes untimed) */
             Py_DECREF(r);
             PyObject *u = lp_call0(release, target);
             if (u == NULL) {
@@ -295,10 +213,10 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
         }
         Py_DECREF(r);
     }
-    else if (!lp_active) {
+    else if (!LP_LOAD(lp_active)) {
         return lp_call(acquire, target, args, nargs, kwnames);
     }
-    if (lp_lock_order && !more) {
+    if (LP_LOAD(lp_lock_order) && !more) {
         lp_order_attempt(w, kind);
     }
     lp_wait_begin(w, kind, more);
@@ -314,21 +232,21 @@ lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
     return r;
 }
 
-PyObject *
-lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
-             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+static PyObject *
+cond_wait(lp_wrapper *w, int kind, const lp_method *m,
+          PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (!lp_active) {
+    if (!LP_LOAD(lp_active)) {
         return lp_call(m, w->inner, args, nargs, kwnames);
     }
     int64_t t0 = lp_now_ns();
-    int ordered = (w->flags & LP_W_ORDER) != 0;
-    if (w->flags & LP_W_ON_RELEASE) {
+    int ordered = (LP_WF(w) & LP_W_ORDER) != 0;
+    if (LP_WF(w) & LP_W_ON_RELEASE) {
         /* the wait releases the lock: the sampled hold ends here */
         lp_flush_release(w, t0);
     }
     PyObject *r = lp_call(m, w->inner, args, nargs, kwnames);
-    if (ordered && lp_track_holds) {
+    if (ordered && LP_LOAD(lp_track_holds)) {
         /* retaken by the wait: held again, no new edge */
         lp_order_reacquired(w, kind);
     }
@@ -336,6 +254,31 @@ lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
     if (r != NULL) {
         lp_flush_cond_wait(w, kind, t1 - t0);
     }
+    return r;
+}
+
+/* The waits below may block: a thread that runs them while inside the
+ * runtime (a finaliser run by a collection during a flush) gives up the
+ * tables' mutex for the wait, as it gave up the GIL */
+PyObject *
+lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
+                const lp_method *acquire, const lp_method *release,
+                PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                int tried)
+{
+    uint32_t held = lp_suspend();
+    PyObject *r = acquire_slow(w, kind, target, acquire, release, args, nargs, kwnames, tried);
+    lp_resume(held);
+    return r;
+}
+
+PyObject *
+lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
+             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    uint32_t held = lp_suspend();
+    PyObject *r = cond_wait(w, kind, m, args, nargs, kwnames);
+    lp_resume(held);
     return r;
 }
 
@@ -473,8 +416,8 @@ lock_methods_for(PyTypeObject *type)
 
 static PyObject *str_acquire = NULL, *str_release = NULL;
 
-void
-lp_cond_bind(lp_cond_wrapper *w)
+static void
+cond_bind_locked(lp_cond_wrapper *w)
 {
     /* threading.Condition.__init__ does `self.acquire = lock.acquire`: when
      * that is a C method (the default RLock, a native Lock), call it
@@ -504,6 +447,14 @@ lp_cond_bind(lp_cond_wrapper *w)
     Py_XDECREF(rel);
     PyErr_Clear();
     PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+void
+lp_cond_bind(lp_cond_wrapper *w)
+{
+    lp_enter();
+    cond_bind_locked(w);
+    lp_exit();
 }
 
 int
@@ -546,8 +497,7 @@ lp_runtime_setup(void)
     if (!lp_empty_tuple || !lp_false_tuple || !lp_str_blocking) {
         return -1;
     }
-    lp_seed((uint64_t)lp_now_ns() ^ ((uint64_t)getpid() << 32));
-    return 0;
+    return lp_thread_setup();
 }
 
 /* ------------------------------------------------------------------------ */
@@ -664,8 +614,8 @@ adopt_attrs(const lp_typedef *d)
     return lp_attrs_install((PyTypeObject *)type, (PyTypeObject *)inner);
 }
 
-int
-lp_resolve_def(const lp_typedef *d)
+static int
+resolve_def_locked(const lp_typedef *d)
 {
     if (*d->inner_class != NULL) {
         return 1;
@@ -683,12 +633,29 @@ lp_resolve_def(const lp_typedef *d)
         Py_DECREF(inner);
         return -1;
     }
-    *d->inner_class = inner;
     adopt_docs(d, inner);
+    /* published last: a reader that sees it sees its methods resolved */
+#ifdef Py_GIL_DISABLED
+    __atomic_store_n(d->inner_class, inner, __ATOMIC_RELEASE);
+#else
+    *d->inner_class = inner;
+#endif
     if (*d->type_slot != NULL && adopt_attrs(d) < 0) {
         return -1;
     }
     return 1;
+}
+
+int
+lp_resolve_def(const lp_typedef *d)
+{
+    if (LP_LIKELY(LP_LOAD_ACQ(*d->inner_class) != NULL)) {
+        return 1;
+    }
+    lp_enter();
+    int r = resolve_def_locked(d);
+    lp_exit();
+    return r;
 }
 
 int

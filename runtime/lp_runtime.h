@@ -161,9 +161,28 @@ typedef struct {
     PyObject *weakreflist;
     struct lp_lockrec *rec;     /* runtime record, made on the first recorded event */
     uint32_t site;              /* creation site id (0: unknown) */
+#ifdef Py_GIL_DISABLED
+    /* split by writer: depth is the owner's alone; flags are set and
+     * cleared by several threads, with atomic read-modify-writes */
+    uint32_t depth;             /* recursion depth, reentrant types only */
+    uint8_t flags;              /* LP_W_*: read and written with LP_WF_* */
+#else
     uint32_t depth : 27;        /* recursion depth, reentrant types only */
-    uint32_t flags : 5;         /* LP_W_* */
+    uint32_t flags : 5;         /* LP_W_*: read and written with LP_WF_* */
+#endif
 } lp_wrapper;
+
+/* the wrapper's flags: one relaxed atomic load or read-modify-write on a
+ * free-threaded build (several threads write them), plain under the GIL */
+#ifdef Py_GIL_DISABLED
+#  define LP_WF(w) ((int)__atomic_load_n(&(w)->flags, __ATOMIC_RELAXED))
+#  define LP_WF_SET(w, f) ((void)__atomic_fetch_or(&(w)->flags, (uint8_t)(f), __ATOMIC_RELAXED))
+#  define LP_WF_CLEAR(w, f) ((void)__atomic_fetch_and(&(w)->flags, (uint8_t)~(f), __ATOMIC_RELAXED))
+#else
+#  define LP_WF(w) ((int)(w)->flags)
+#  define LP_WF_SET(w, f) ((void)((w)->flags |= (f)))
+#  define LP_WF_CLEAR(w, f) ((void)((w)->flags &= ~(f)))
+#endif
 
 /* Wrapper of a Condition whose acquire/release are its lock's methods, bound
  * per instance: when they are C methods, they are resolved once at wrap time
@@ -226,14 +245,92 @@ int lp_cond_clear(lp_cond_wrapper *self);
                                    wrapper (lp_attrs.c) */
 
 /* ------------------------------------------------------------------------ */
-/* Sampling: a random geometric countdown, decremented under the GIL         */
+/* The threading model: a thread's own state, and the tables' one mutex      */
 /* ------------------------------------------------------------------------ */
 
-/* Every wrapper method runs holding the GIL and never releases it around
- * these two words, so a process-wide countdown is race-free and needs no
- * thread-local lookup.  Each event is sampled independently with
- * probability sample_rate whatever thread it runs in. */
-extern int64_t lp_countdown;
+/* Everything the hot path writes is the running thread's own: its sampling
+ * countdown.  On a free-threaded build (Py_GIL_DISABLED) this struct is
+ * thread-local (initial-exec TLS: one %fs-relative access, as cheap as a
+ * global); under the GIL it is one process-wide struct, which the GIL
+ * serialises, exactly as cheap as before.  Owned by lp_thread.c. */
+typedef struct lp_tstate {
+    int64_t countdown;          /* events until the next sampled one; starts
+                                   at 0 so a thread's first event draws */
+    int64_t order_countdown;    /* the same, while lock order sees every acquire */
+    uint64_t rng;               /* this thread's splitmix64 state */
+    uint32_t gen;               /* the sampling settings it drew under */
+    uint32_t seed_gen;          /* the seed it drew from */
+    uint32_t depth;             /* lp_enter() nesting (free-threaded builds) */
+    int registered;             /* in lp_thread.c's registry */
+    struct lp_tstate *prev, *next;
+} lp_tstate;
+
+#ifdef Py_GIL_DISABLED
+extern _Thread_local lp_tstate lp_ts __attribute__((tls_model("initial-exec")));
+/* The one mutex guarding every table of the runtime (records, sites,
+ * stacks, samples, labels, lock order, hang doctor waits, caches): taken on
+ * sampled or contended events, on lock creation and by the Python API; never
+ * on the unsampled, uncontended path.  It stands where the GIL stood: it is
+ * reentrant within a thread (a garbage collection inside a flush may run a
+ * finaliser that takes a profiled lock), and a wait that blocks while this
+ * thread holds it gives it up for the wait (lp_suspend/lp_resume). */
+extern PyMutex lp_tables_mutex;
+static inline void
+lp_enter(void)
+{
+    if (lp_ts.depth++ == 0) {
+        PyMutex_Lock(&lp_tables_mutex);
+    }
+}
+static inline void
+lp_exit(void)
+{
+    if (--lp_ts.depth == 0) {
+        PyMutex_Unlock(&lp_tables_mutex);
+    }
+}
+/* around a wait that blocks: the mutex is not held across it */
+static inline uint32_t
+lp_suspend(void)
+{
+    uint32_t d = lp_ts.depth;
+    if (d != 0) {
+        lp_ts.depth = 0;
+        PyMutex_Unlock(&lp_tables_mutex);
+    }
+    return d;
+}
+static inline void
+lp_resume(uint32_t d)
+{
+    if (d != 0) {
+        PyMutex_Lock(&lp_tables_mutex);
+        lp_ts.depth = d;
+    }
+}
+/* settings written by configure(), read by every thread */
+#  define LP_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#  define LP_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#  define LP_LOAD_ACQ(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#else
+extern lp_tstate lp_ts;
+#  define lp_enter() ((void)0)
+#  define lp_exit() ((void)0)
+#  define lp_suspend() ((uint32_t)0)
+#  define lp_resume(d) ((void)(d))
+#  define LP_LOAD(x) (x)
+#  define LP_STORE(x, v) ((void)((x) = (v)))
+#  define LP_LOAD_ACQ(x) (x)
+#endif
+
+/* PyModule_AddFunctions, each function run holding the tables' mutex on a
+ * free-threaded build (lp_thread.c) */
+int lp_add_functions(PyObject *module, PyMethodDef *defs);
+
+/* Sampling: each event is sampled independently with probability
+ * sample_rate: a thread counts down a geometric gap it drew itself, and the
+ * event that brings its countdown to zero is sampled.  The countdown is the
+ * thread's own (above): a load, a subtraction and a store. */
 extern int lp_active;           /* profiling is on: contention is timed */
 
 /* Fault injection for the tests of "a failure inside profiling never reaches
@@ -243,16 +340,29 @@ extern int64_t lp_faults;
 static inline int
 lp_fault(void)
 {
-    if (LP_LIKELY(lp_faults <= 0)) {
+    if (LP_LIKELY(LP_LOAD(lp_faults) <= 0)) {
         return 0;
     }
-    lp_faults--;
+    LP_STORE(lp_faults, LP_LOAD(lp_faults) - 1);
     return 1;
 }
 
 int lp_sample_expired(void);    /* countdown ran out: 1 if this event is sampled */
 
-#define LP_SAMPLED() (LP_UNLIKELY(--lp_countdown <= 0) && lp_sample_expired())
+#ifdef Py_GIL_DISABLED
+/* configure() may zero another thread's countdown (relaxed stores): the
+ * owner's load and store are atomic too, still a plain mov each */
+static inline int64_t
+lp_countdown_dec(void)
+{
+    int64_t c = __atomic_load_n(&lp_ts.countdown, __ATOMIC_RELAXED) - 1;
+    __atomic_store_n(&lp_ts.countdown, c, __ATOMIC_RELAXED);
+    return c;
+}
+#  define LP_SAMPLED() (LP_UNLIKELY(lp_countdown_dec() <= 0) && lp_sample_expired())
+#else
+#  define LP_SAMPLED() (LP_UNLIKELY(--lp_ts.countdown <= 0) && lp_sample_expired())
+#endif
 
 int64_t lp_now_ns(void);
 

@@ -894,5 +894,5 @@ static PyMethodDef stack_methods[] = {
 int
 lp_stack_setup(PyObject *module)
 {
-    return PyModule_AddFunctions(module, stack_methods);
+    return lp_add_functions(module, stack_methods);
 }

@@ -1,0 +1,397 @@
+/* lockprof runtime: a thread's own state, and the sampling decision.
+ *
+ * Owns:
+ *   - lp_ts, the running thread's state (lp_tstate in lp_runtime.h): its
+ *     sampling countdowns and random generator.  Guarded by being the
+ *     thread's own: thread-local on a free-threaded build, one struct under
+ *     the GIL otherwise.  The only write another thread makes is
+ *     configure()'s zeroing of a countdown (a relaxed atomic store).
+ *   - the registry of thread states (free-threaded builds): guarded by
+ *     registry_mutex, a plain pthread mutex taken when a thread first draws,
+ *     when it exits, and by configure().
+ *   - the sampling settings (lp_active, lp_sample_rate, the generations):
+ *     written by configure() under the tables' mutex, read by every thread
+ *     with relaxed loads (LP_LOAD).
+ *   - lp_tables_mutex itself (free-threaded builds), the one mutex of the
+ *     runtime's tables (lp_runtime.h).
+ * Calls: nothing of the runtime but the flags lp_track_holds (lp_order.c). */
+#include "lp_runtime.h"
+#include "lp_record.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef Py_GIL_DISABLED
+_Thread_local lp_tstate lp_ts __attribute__((tls_model("initial-exec")));
+PyMutex lp_tables_mutex = {0};
+#else
+lp_tstate lp_ts;
+#endif
+
+int lp_active = 0;
+double lp_sample_rate = 0.0;
+static uint32_t sampling_gen = 1;       /* configure() bumps it */
+static uint64_t seed_base = 0;          /* lp_seed() */
+static uint32_t seed_gen = 1;           /* lp_seed() bumps it */
+
+static inline double
+rate_now(void)
+{
+#ifdef Py_GIL_DISABLED
+    double p;
+    __atomic_load(&lp_sample_rate, &p, __ATOMIC_RELAXED);
+    return p;
+#else
+    return lp_sample_rate;
+#endif
+}
+
+static uint64_t
+lp_rand64(lp_tstate *ts)
+{
+    /* splitmix64: fast, good enough to drive a sampling decision */
+    uint64_t z = (ts->rng += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the registry of thread states (free-threaded builds)                      */
+/* ------------------------------------------------------------------------ */
+
+#ifdef Py_GIL_DISABLED
+static pthread_mutex_t registry_mutex = PTHREAD_MUTEX_INITIALIZER;
+static lp_tstate *registry = NULL;
+static uint64_t thread_serial = 0;      /* threads registered, for their seeds */
+static pthread_key_t exit_key;
+static int exit_key_made = 0;
+
+static void
+unlink_locked(lp_tstate *ts)
+{
+    if (ts->prev != NULL) {
+        ts->prev->next = ts->next;
+    }
+    else if (registry == ts) {
+        registry = ts->next;
+    }
+    if (ts->next != NULL) {
+        ts->next->prev = ts->prev;
+    }
+    ts->prev = ts->next = NULL;
+    ts->registered = 0;
+}
+
+/* a thread ends: its state leaves the registry before its TLS is freed */
+static void
+thread_exit(void *p)
+{
+    pthread_mutex_lock(&registry_mutex);
+    unlink_locked((lp_tstate *)p);
+    pthread_mutex_unlock(&registry_mutex);
+}
+
+static void
+register_thread(lp_tstate *ts)
+{
+    pthread_mutex_lock(&registry_mutex);
+    uint64_t n = ++thread_serial;
+    ts->rng = __atomic_load_n(&seed_base, __ATOMIC_RELAXED) ^ (n * 0xD1B54A32D192ED03ULL);
+    ts->next = registry;
+    ts->prev = NULL;
+    if (registry != NULL) {
+        registry->prev = ts;
+    }
+    registry = ts;
+    ts->registered = 1;
+    if (exit_key_made) {
+        pthread_setspecific(exit_key, ts);
+    }
+    pthread_mutex_unlock(&registry_mutex);
+}
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* sampling                                                                  */
+/* ------------------------------------------------------------------------ */
+
+double
+lp_rand_unit(void)
+{
+    return (double)(lp_rand64(&lp_ts) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+void
+lp_seed(uint64_t seed)
+{
+#ifdef Py_GIL_DISABLED
+    /* every thread reseeds (from the seed and its own serial) at its next
+     * draw; the caller at once */
+    __atomic_store_n(&seed_base, seed, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&seed_gen, 1, __ATOMIC_RELAXED);
+#else
+    seed_base = seed;
+    seed_gen++;
+#endif
+    lp_ts.rng = seed;
+}
+
+/* Number of events until the next sampled one (>= 1): geometric with
+ * parameter p, drawn by inversion. */
+static int64_t
+draw_countdown(lp_tstate *ts)
+{
+    double p = rate_now();
+    if (!LP_LOAD(lp_active) || p <= 0.0) {
+#ifdef Py_GIL_DISABLED
+        /* not INT64_MAX: should configure()'s reset of this thread's
+         * countdown be lost to a racing decrement, the thread still looks
+         * again after this many events */
+        return (int64_t)1 << 20;
+#else
+        return INT64_MAX;
+#endif
+    }
+    if (p >= 1.0) {
+        return 1;
+    }
+    /* u uniform in (0, 1] */
+    double u = ((double)(lp_rand64(ts) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double g = floor(log(u) / log1p(-p)) + 1.0;
+    if (!(g < 9.0e18)) {
+        return INT64_MAX;
+    }
+    return (int64_t)g;
+}
+
+static inline void
+set_countdown(lp_tstate *ts, int64_t c)
+{
+#ifdef Py_GIL_DISABLED
+    __atomic_store_n(&ts->countdown, c, __ATOMIC_RELAXED);
+#else
+    ts->countdown = c;
+#endif
+}
+
+int
+lp_sample_expired(void)
+{
+    lp_tstate *ts = &lp_ts;
+    int redraw = 0;
+    uint32_t g = LP_LOAD(sampling_gen);
+    if (LP_UNLIKELY(ts->gen != g)) {
+        /* first draw of this thread, or the settings changed since its last:
+         * this event starts a fresh geometric sequence */
+#ifdef Py_GIL_DISABLED
+        if (!ts->registered) {
+            register_thread(ts);
+        }
+        uint32_t sg = LP_LOAD(seed_gen);
+        if (ts->seed_gen != sg) {
+            ts->seed_gen = sg;
+            if (ts->gen != 0) {
+                ts->rng = LP_LOAD(seed_base) ^ ((uint64_t)(uintptr_t)ts * 0xD1B54A32D192ED03ULL);
+            }
+        }
+#endif
+        ts->gen = g;
+        redraw = 1;
+    }
+    if (LP_LOAD(lp_track_holds)) {
+        /* lock-order tracking sees every acquire: the countdown stays run
+         * out, and the sampling draws on order_countdown instead */
+        set_countdown(ts, 0);
+        if (redraw) {
+            ts->order_countdown = draw_countdown(ts);
+        }
+        return LP_LOAD(lp_active);
+    }
+    if (redraw) {
+        /* this event is the first of the new sequence */
+        int64_t c = draw_countdown(ts) - 1;
+        if (c > 0) {
+            set_countdown(ts, c);
+            return 0;
+        }
+    }
+    /* The event that brought the countdown to zero is the sampled one. */
+    set_countdown(ts, draw_countdown(ts));
+    return LP_LOAD(lp_active) && rate_now() > 0.0;
+}
+
+int
+lp_order_sampled(void)
+{
+    lp_tstate *ts = &lp_ts;
+    if (--ts->order_countdown > 0) {
+        return 0;
+    }
+    ts->order_countdown = draw_countdown(ts);
+    return rate_now() > 0.0;
+}
+
+void
+lp_sampling_configure(int active, double rate)
+{
+    /* derived, kept as one flag for the acquire's slow path to test */
+    LP_STORE(lp_track_holds, lp_lock_order || lp_hang_ns > 0);
+#ifdef Py_GIL_DISABLED
+    __atomic_store(&lp_sample_rate, &rate, __ATOMIC_RELAXED);
+#else
+    lp_sample_rate = rate;
+#endif
+    LP_STORE(lp_active, active);
+    uint32_t g = LP_LOAD(sampling_gen) + 1;
+    if (g == 0) {
+        g = 1;          /* 0 is a thread that never drew */
+    }
+    LP_STORE(sampling_gen, g);
+#ifdef Py_GIL_DISABLED
+    /* every thread's next event draws under the new settings */
+    pthread_mutex_lock(&registry_mutex);
+    for (lp_tstate *ts = registry; ts != NULL; ts = ts->next) {
+        set_countdown(ts, 0);
+    }
+    pthread_mutex_unlock(&registry_mutex);
+#endif
+    set_countdown(&lp_ts, 0);
+}
+
+#ifdef Py_GIL_DISABLED
+/* In a forked child (pthread_atfork, before any Python code runs there)
+ * only the forking thread remains: the others' states leave the registry
+ * (their memory may be reused by new threads), and the mutexes another
+ * thread may have held at the fork are free */
+static void
+after_fork_child(void)
+{
+    pthread_mutex_init(&registry_mutex, NULL);
+    registry = NULL;
+    lp_ts.registered = 0;
+    lp_ts.prev = lp_ts.next = NULL;
+    lp_ts.depth = 0;
+    memset(&lp_tables_mutex, 0, sizeof(lp_tables_mutex));
+    lp_ts.gen = 0;
+    set_countdown(&lp_ts, 0);
+}
+#endif
+
+int
+lp_thread_setup(void)
+{
+#ifdef Py_GIL_DISABLED
+    if (!exit_key_made) {
+        if (pthread_key_create(&exit_key, thread_exit) != 0 ||
+            pthread_atfork(NULL, NULL, after_fork_child) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "lockprof: pthread_key_create or pthread_atfork failed");
+            return -1;
+        }
+        exit_key_made = 1;
+    }
+#endif
+    lp_seed((uint64_t)lp_now_ns() ^ ((uint64_t)getpid() << 32));
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the Python API's functions, each run holding the tables' mutex           */
+/* ------------------------------------------------------------------------ */
+
+#ifdef Py_GIL_DISABLED
+/* A module function of the runtime, called with the tables' mutex held: the
+ * function itself, wrapped (free-threaded builds only; under the GIL the
+ * functions are added as they are). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fn;
+} lp_locked_fn;
+
+static PyTypeObject *locked_fn_type = NULL;
+
+static PyObject *
+locked_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    lp_enter();
+    PyObject *r = PyObject_Vectorcall(((lp_locked_fn *)self)->fn, args, nargsf, kwnames);
+    lp_exit();
+    return r;
+}
+
+static PyObject *
+locked_getattro(PyObject *self, PyObject *name)
+{
+    /* __name__, __doc__, __text_signature__: the function's own */
+    return PyObject_GetAttr(((lp_locked_fn *)self)->fn, name);
+}
+
+static void
+locked_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_CLEAR(((lp_locked_fn *)self)->fn);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef locked_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(lp_locked_fn, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot locked_slots[] = {
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_getattro, locked_getattro},
+    {Py_tp_dealloc, locked_dealloc},
+    {Py_tp_members, locked_members},
+    {0, NULL},
+};
+
+static PyType_Spec locked_spec = {
+    .name = "lockprof._lockprof.locked_function",
+    .basicsize = sizeof(lp_locked_fn),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = locked_slots,
+};
+#endif
+
+int
+lp_add_functions(PyObject *module, PyMethodDef *defs)
+{
+#ifdef Py_GIL_DISABLED
+    if (locked_fn_type == NULL) {
+        locked_fn_type = (PyTypeObject *)PyType_FromSpec(&locked_spec);
+        if (locked_fn_type == NULL) {
+            return -1;
+        }
+    }
+    PyObject *modname = PyModule_GetNameObject(module);
+    if (modname == NULL) {
+        return -1;
+    }
+    for (PyMethodDef *d = defs; d->ml_name != NULL; d++) {
+        PyObject *fn = PyCFunction_NewEx(d, module, modname);
+        lp_locked_fn *w = fn ? PyObject_New(lp_locked_fn, locked_fn_type) : NULL;
+        if (w == NULL) {
+            Py_XDECREF(fn);
+            Py_DECREF(modname);
+            return -1;
+        }
+        w->vectorcall = locked_call;
+        w->fn = fn;
+        if (PyModule_AddObject(module, d->ml_name, (PyObject *)w) < 0) {
+            Py_DECREF(w);
+            Py_DECREF(modname);
+            return -1;
+        }
+    }
+    Py_DECREF(modname);
+    return 0;
+#else
+    return PyModule_AddFunctions(module, defs);
+#endif
+}
