@@ -2,6 +2,7 @@
 extension module lockprof._lockprof from generated/*.c and runtime/*.c."""
 import os
 import sys
+import sysconfig
 from glob import glob
 
 from setuptools import Extension, setup
@@ -50,9 +51,18 @@ if os.environ.get("LOCKPROF_CFLAGS"):
     extra += os.environ["LOCKPROF_CFLAGS"].split()
 link = os.environ.get("LOCKPROF_LDFLAGS", "").split()
 
+# Test extras: gevent (and the greenlet it needs) does not build on a
+# free-threaded CPython, so there its tests skip (no environment marker tells
+# a free-threaded interpreter apart; this runs on the interpreter installing)
+free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+test_extras = ["pytest>=7", "jinja2>=3.0", "setuptools>=77"]
+if not free_threaded:
+    test_extras.append("gevent>=23; platform_python_implementation == 'CPython'")
+
 sources = sorted(glob("generated/*.c")) + sorted(glob("runtime/*.c"))
 setup(
     cmdclass={"build_py": build_py_with_pth},
+    extras_require={"test": test_extras, "bench": ["ddtrace>=4"]},
     ext_modules=[
         Extension(
             "lockprof._lockprof",

@@ -19,6 +19,8 @@ imported lockprof first, as `lockprof run -m pytest` does, would otherwise get
 """
 from __future__ import annotations
 
+import _thread
+import functools
 import gc
 import math
 import re
@@ -44,6 +46,31 @@ DEFAULT_MAX_SAMPLES = 1 << 20
 CAPS = {"max_locks": DEFAULT_MAX_LOCKS, "max_samples": DEFAULT_MAX_SAMPLES,
         "max_stacks": 1 << 18, "max_sites": 1 << 20, "max_thread_names": 4096,
         "max_task_names": 4096}
+
+
+# start() and stop() one at a time: each patches and unpatches the factories
+# in several steps (native: made by _thread, never profiled)
+_control = _thread.RLock()
+
+
+def _reinit_control() -> None:
+    global _control
+    try:
+        _control._at_fork_reinit()
+    except AttributeError:
+        _control = _thread.RLock()
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_reinit_control)
+
+
+def _serialized(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with _control:
+            return fn(*args, **kwargs)
+    return call
 
 
 def _check_rate(sample_rate: Any) -> float:
@@ -78,6 +105,7 @@ def _check_modules(name: str, value: Any) -> Tuple[str, ...]:
     return names
 
 
+@_serialized
 def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_MAX_LOCKS,
           max_frames: int = DEFAULT_MAX_FRAMES, wait_period_ns: int = DEFAULT_WAIT_PERIOD_NS,
           max_samples: int = DEFAULT_MAX_SAMPLES, seed: Optional[int] = None,
@@ -139,6 +167,7 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     _window["wait_period_ns"] = wait_period_ns
 
 
+@_serialized
 def stop() -> None:
     """Stop profiling: the stdlib's factories are restored; existing wrapped
     locks keep working as plain pass-through (no sampling, no clock)."""

@@ -303,7 +303,13 @@ flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
         }
     }
     lp_lockrec *r = rec_for(w, kind);
-    double scale = 1.0 / lp_sample_rate;
+    /* the rate now: another thread may have stopped profiling since this
+     * event was drawn (or while the name was looked up) */
+    double rate = lp_sample_rate;
+    if (!lp_active || !(rate > 0.0)) {
+        return;
+    }
+    double scale = 1.0 / rate;
     r->acq_samples++;
     r->acq_estimate += scale;
     lp_sample_add(r->id, lp_stack_here(), LP_EV_ACQUIRE, scale, 0.0);

@@ -100,6 +100,7 @@ register_thread(lp_tstate *ts)
     pthread_mutex_lock(&registry_mutex);
     uint64_t n = ++thread_serial;
     ts->rng = __atomic_load_n(&seed_base, __ATOMIC_RELAXED) ^ (n * 0xD1B54A32D192ED03ULL);
+    ts->seed_gen = __atomic_load_n(&seed_gen, __ATOMIC_RELAXED);
     ts->next = registry;
     ts->prev = NULL;
     if (registry != NULL) {
@@ -118,10 +119,31 @@ register_thread(lp_tstate *ts)
 /* sampling                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* the running thread's state, registered (and seeded) on first use */
+static inline lp_tstate *
+my_state(void)
+{
+    lp_tstate *ts = &lp_ts;
+#ifdef Py_GIL_DISABLED
+    if (LP_UNLIKELY(!ts->registered)) {
+        register_thread(ts);
+    }
+    uint32_t sg = LP_LOAD(seed_gen);
+    if (LP_UNLIKELY(ts->seed_gen != sg)) {
+        /* lp_seed() was called since this thread drew: reseed from it */
+        if (ts->seed_gen != 0) {
+            ts->rng = LP_LOAD(seed_base) ^ ((uint64_t)(uintptr_t)ts * 0xD1B54A32D192ED03ULL);
+        }
+        ts->seed_gen = sg;
+    }
+#endif
+    return ts;
+}
+
 double
 lp_rand_unit(void)
 {
-    return (double)(lp_rand64(&lp_ts) >> 11) * (1.0 / 9007199254740992.0);
+    return (double)(lp_rand64(my_state()) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 void
@@ -130,8 +152,9 @@ lp_seed(uint64_t seed)
 #ifdef Py_GIL_DISABLED
     /* every thread reseeds (from the seed and its own serial) at its next
      * draw; the caller at once */
+    lp_tstate *ts = my_state();
     __atomic_store_n(&seed_base, seed, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&seed_gen, 1, __ATOMIC_RELAXED);
+    ts->seed_gen = __atomic_add_fetch(&seed_gen, 1, __ATOMIC_RELAXED);
 #else
     seed_base = seed;
     seed_gen++;
@@ -180,24 +203,12 @@ set_countdown(lp_tstate *ts, int64_t c)
 int
 lp_sample_expired(void)
 {
-    lp_tstate *ts = &lp_ts;
+    lp_tstate *ts = my_state();
     int redraw = 0;
     uint32_t g = LP_LOAD(sampling_gen);
     if (LP_UNLIKELY(ts->gen != g)) {
         /* first draw of this thread, or the settings changed since its last:
          * this event starts a fresh geometric sequence */
-#ifdef Py_GIL_DISABLED
-        if (!ts->registered) {
-            register_thread(ts);
-        }
-        uint32_t sg = LP_LOAD(seed_gen);
-        if (ts->seed_gen != sg) {
-            ts->seed_gen = sg;
-            if (ts->gen != 0) {
-                ts->rng = LP_LOAD(seed_base) ^ ((uint64_t)(uintptr_t)ts * 0xD1B54A32D192ED03ULL);
-            }
-        }
-#endif
         ts->gen = g;
         redraw = 1;
     }
@@ -226,7 +237,7 @@ lp_sample_expired(void)
 int
 lp_order_sampled(void)
 {
-    lp_tstate *ts = &lp_ts;
+    lp_tstate *ts = my_state();
     if (--ts->order_countdown > 0) {
         return 0;
     }
