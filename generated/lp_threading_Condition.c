@@ -108,6 +108,12 @@ lp_threading_Condition_release_impl(lp_wrapper *self, const lp_method *m,
          * needs the call, not the time */
         t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
+    /* the owner's depth goes down before the release: once the lock is
+     * free, the next owner writes it (free-threaded builds) */
+    uint32_t depth = self->depth;
+    if (depth > 0) {
+        self->depth = depth - 1;
+    }
     PyObject *target = self->inner;
     if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
         target = ((lp_cond_wrapper *)self)->lock;
@@ -115,12 +121,12 @@ lp_threading_Condition_release_impl(lp_wrapper *self, const lp_method *m,
     }
     PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
-        if (self->depth > 0) {
-            self->depth--;
-        }
         if (LP_UNLIKELY(t != 0)) {
             lp_flush_release(self, t);
         }
+    }
+    else {
+        self->depth = depth;        /* not released: still held as before */
     }
     return r;
 }

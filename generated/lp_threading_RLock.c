@@ -117,14 +117,20 @@ lp_threading_RLock_release_impl(lp_wrapper *self, const lp_method *m,
          * needs the call, not the time */
         t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
+    /* the owner's depth goes down before the release: once the lock is
+     * free, the next owner writes it (free-threaded builds) */
+    uint32_t depth = self->depth;
+    if (depth > 0) {
+        self->depth = depth - 1;
+    }
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
-        if (self->depth > 0) {
-            self->depth--;
-        }
         if (LP_UNLIKELY(t != 0)) {
             lp_flush_release(self, t);
         }
+    }
+    else {
+        self->depth = depth;        /* not released: still held as before */
     }
     return r;
 }
@@ -174,12 +180,16 @@ static PyObject *
 lp_threading_RLock_release_save(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int64_t t = (LP_WF(self) & LP_W_ON_RELEASE) ? lp_now_ns() : 0;
+    uint32_t depth = self->depth;
+    self->depth = 0;                /* before the lock is free (see release) */
     PyObject *r = lp_call(&lp_threading_RLock_m_release_save, self->inner, args, nargs, kwnames);
     if (r != NULL) {
-        self->depth = 0;
         if (t != 0) {
             lp_flush_release(self, t);
         }
+    }
+    else {
+        self->depth = depth;
     }
     return r;
 }
