@@ -226,3 +226,29 @@ def test_max_frames_option(tmp_path):
     assert [f[1] for f in rows[0]["frames"]] == ["c", "b"] and rows[0]["omitted"] >= 2
     r = _run(["run", "--max-frames", "0", "-c", "pass"], tmp_path)
     assert r.returncode == 2 and "--max-frames: '0' is not an integer in [1, 512]" in r.stderr
+
+
+def test_a_fifo_or_device_is_written_into_not_replaced(tmp_path):
+    """write() makes a temp file and renames it over a regular file; a path
+    that is a FIFO (or /dev/stdout, /dev/null) keeps what it is and gets the
+    bytes: the rename would have replaced the device for every program."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    lockprof.start(1.0)
+    try:
+        lk = threading.Lock()
+        with lk:
+            pass
+        lockprof.write(str(fifo), "pprof")
+    finally:
+        lockprof.stop()
+    reader.join(30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert b":lk" in gzip.decompress(got[0])
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".lockprof-")]

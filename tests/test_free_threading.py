@@ -90,7 +90,7 @@ async def main():
     async with l:
         pass
 asyncio.run(main())
-lockprof.write(sys.argv[1] if len(sys.argv) > 1 else "/dev/null", "pprof")
+lockprof.write(sys.argv[1], "pprof")
 lockprof.stop()
 assert not sys._is_gil_enabled(), "turned on while profiling"
 print("gil off")
@@ -99,7 +99,8 @@ print("gil off")
 
 @needs_ft
 def test_gil_stays_off_after_import_and_start_with_every_option(tmp_path):
-    r = _python(GIL_PROBE)
+    r = subprocess.run([sys.executable, "-W", "error", "-c", GIL_PROBE, str(tmp_path / "p.pprof")],
+                       capture_output=True, text=True, timeout=120, env=_env())
     assert r.returncode == 0 and r.stdout == "gil off\n", r.stderr
     assert r.stderr == ""           # no RuntimeWarning (and -W error made any fatal)
 

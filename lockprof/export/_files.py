@@ -23,9 +23,20 @@ def _umask() -> int:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Temp file + rename: a crash never leaves half a file.  The file gets
-    the permissions open() would give it (mkstemp's are 0600)."""
+    the permissions open() would give it (mkstemp's are 0600).  A path that
+    is not a regular file (/dev/stdout, /dev/null, a FIFO) is written into,
+    never replaced."""
+    import stat
     import tempfile
 
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        special = False
+    if special:
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lockprof-", suffix=".tmp")
     try:
