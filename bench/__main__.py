@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--json FILE] [--md FILE] [--only micro,sampled,memory,service,scale]
+"""python -m bench [--quick] [--json FILE] [--md FILE] [--only micro,sampled,memory,service,scale,parallel]
 
 Per-type microbenchmarks (native, lockprof stopped / rate 0 / default /
 rate 1, the seed-style pure-Python reference, ddtrace's lock profiler when
@@ -16,9 +16,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import ddtrace_locks, instructions, memory, micro, sampled, scale, service
+from . import ddtrace_locks, instructions, memory, micro, parallel, sampled, scale, service
 
-SECTIONS = ("micro", "instructions", "sampled", "memory", "service", "scale")
+SECTIONS = ("micro", "instructions", "sampled", "memory", "service", "scale", "parallel")
 
 
 def _commit() -> str:
@@ -158,6 +158,13 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             add(f"scale: exit after a {r['rows']:,}-row profile (lockprof run minus plain)",
                 round(r["exit_ms"]["lockprof"] - r["exit_ms"]["plain"]), "<= 100 ms",
                 r["exit_ms"]["lockprof"] - r["exit_ms"]["plain"] <= 100, " ms")
+    par = report.get("parallel")
+    if par and par["free_threaded"] and not par["gil"]:
+        for r in par["rows"]:
+            if r["locks"] == "own" and r["threads"] > 1:
+                add(f"free-threaded: {r['threads']} threads on their own locks scale as natively "
+                    f"(k-thread / 1-thread time, lockprof over native)", r["scaling_ratio"],
+                    "<= 1.05x", r["scaling_ratio"] <= 1.05, "x")
     return out
 
 
@@ -213,6 +220,13 @@ def markdown(report: Dict[str, Any]) -> str:
         parts += ["", "Scale (each program in fresh interpreters, plain and under `lockprof run`, "
                       "interleaved, medians; exit: from the program's last statement to the "
                       "process's end):", ""] + scale.table(sc)
+    par = report.get("parallel")
+    if par:
+        parts += ["", f"Threads in parallel (CPython {par['python']}"
+                      f"{', free-threaded, GIL off' if par['free_threaded'] and not par['gil'] else ''}"
+                      f", {par['cpus']} cpus; {par['ops_per_thread']:,} acquire()+release() per "
+                      f"thread, min of {par['rounds']} interleaved rounds):", ""]
+        parts += parallel.table(par)
     tg = report.get("targets")
     if tg:
         parts += ["", "Targets:", "", "| target | measured | limit | |", "|---|---:|---|---|"]
@@ -271,6 +285,9 @@ def main(argv=None) -> int:
                                          long_requests=20_000)
                            if args.quick else
                            scale.measure(rounds=max(3, args.service_rounds)))
+    if "parallel" in only:
+        report["parallel"] = parallel.measure(rounds=2 if args.quick else args.rounds,
+                                              n=20_000 if args.quick else 200_000)
     report["targets"] = targets(report)
     md = markdown(report)
     print(md)

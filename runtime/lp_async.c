@@ -3,7 +3,13 @@
  * `await lock.acquire()` on a wrapped asyncio lock awaits this object, which
  * drives the stdlib's own coroutine step by step.  The clock is read only
  * when that coroutine suspends, so an uncontended acquire reads no clock and
- * a contended one measures the real time the task was suspended. */
+ * a contended one measures the real time the task was suspended.
+ *
+ * Owns: the awaitable objects, one per `await` (their fields are their own
+ * task's; an awaitable is driven by one task at a time); the interned method
+ * names, written once at module init.
+ * Guarded by: nothing shared is written here: the events go to lp_record.c's
+ * flush functions, which take the tables' mutex. */
 #include "lp_record.h"
 
 typedef enum { LP_SEND_RETURN = 0, LP_SEND_ERROR = -1, LP_SEND_NEXT = 1 } lp_send_result;

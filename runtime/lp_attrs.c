@@ -20,7 +20,13 @@
  * asyncio's locked) skips the lookup: it binds the function it found to the
  * wrapped object, as long as the class is unchanged (its version tag), the
  * name is not also an instance attribute, and nothing was set on this
- * wrapper; otherwise it asks the wrapped object. */
+ * wrapper; otherwise it asks the wrapped object.
+ *
+ * Owns: the forwarders put in the wrapper types' dicts, and each forwarder's
+ * cached function and version tag.
+ * Guarded by: a forwarder's cache is refreshed and read under the tables'
+ * mutex (lp_tables_mutex, lp_thread.c) on a free-threaded build, the GIL
+ * otherwise. */
 #include "lp_record.h"
 
 typedef struct {

@@ -8,7 +8,14 @@
  * Python model (lockprof/export/model.py) wraps the columns as memoryviews.
  *
  * encode_pprof() writes such a snapshot as profile.proto bytes; the Python
- * side compresses them.  Both run holding the GIL and run no user code. */
+ * side compresses them.  Neither runs user code.
+ *
+ * Owns: nothing that outlives a call: export() reads the record, stack,
+ * sample and label tables and builds a snapshot; encode_pprof() reads only
+ * its arguments.
+ * Guarded by: export() runs under the tables' mutex (lp_tables_mutex,
+ * lp_thread.c) on a free-threaded build, the GIL otherwise
+ * (lp_add_functions); encode_pprof() takes no lock. */
 #include "lp_record.h"
 #include "lp_stack.h"
 

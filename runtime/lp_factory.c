@@ -4,7 +4,13 @@
  * makes the stdlib object and wraps it; everything else a program may do
  * with the name (isinstance, subclassing, `X | None`, attributes such as
  * __name__) is answered by the original object, so the program cannot tell
- * the difference. */
+ * the difference.
+ *
+ * Owns: the factory objects, the class hooks, the include/exclude filters
+ * and their per-module decisions, the count of foreign locks.
+ * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
+ * threaded build, the GIL otherwise: a factory call takes it to decide and
+ * to wrap, not around the making of the stdlib's own object. */
 #include "lp_record.h"
 
 typedef struct {

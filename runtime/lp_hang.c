@@ -11,11 +11,17 @@
  * when a wait it did not list passes the timeout.  The program keeps running.
  *
  * The watchdog takes no lock the program could hold: it sleeps on a lock of
- * its own, runs with the GIL only, imports nothing while the program runs
+ * its own, takes no lock of the program, imports nothing while it runs
  * and writes with write(2).  The holders come from the held-lock lists of
  * lp_order.c, which the hang doctor turns on (lp_track_holds) without the
  * lock-order edges.  The unsampled, uncontended acquire is unchanged: with
- * holds tracked, every acquire calls the runtime, as with lock_order. */
+ * holds tracked, every acquire calls the runtime, as with lock_order.
+ *
+ * Owns: the table of waits in progress, the watchdog's flags (running,
+ * alive, idle, posted), its counters and its report function.
+ * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
+ * threaded build, the GIL otherwise; the watchdog holds it while it scans
+ * and gives it up while it sleeps and while the report's Python code runs. */
 #include "lp_record.h"
 #include "lp_stack.h"
 

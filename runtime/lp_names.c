@@ -4,7 +4,13 @@
  * globals, then the attributes of its `self` and of the objects among its
  * locals.  Attributes are read through the raw instance __dict__ (3.11+:
  * probed by name, never asking for a managed __dict__) and __slots__ member
- * descriptors, so no property, __getattr__ or other user code ever runs. */
+ * descriptors, so no property, __getattr__ or other user code ever runs.
+ *
+ * Owns: the set of the stdlib's synchronization files skipped when a name is
+ * looked up, and the name-lookup error count.
+ * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
+ * threaded build, the GIL otherwise (lookups run inside flush functions;
+ * set_name_skip through the API). */
 #include "lp_record.h"
 #if PY_VERSION_HEX < 0x030B0000
 #  include <frameobject.h>

@@ -22,7 +22,15 @@
  * Reached only when lock_order is on: the sampling countdown then expires on
  * every acquire (LP_SAMPLED() is unchanged) and the wrapper's LP_W_ORDER flag
  * sends its release here; with it off, the hot path is the same instructions
- * as without this file. */
+ * as without this file.
+ *
+ * Owns: the held-lock lists of threads and tasks (holders), the class edges,
+ * the classes, the same-class instance pairs, the cycles found, and the
+ * lock_order/track_holds settings.
+ * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
+ * threaded build, the GIL otherwise (entered from lp_record.c's flush
+ * functions and from the acquire's slow path); the settings are read on the
+ * hot path with relaxed loads (LP_LOAD). */
 #include "lp_record.h"
 #include "lp_stack.h"
 #include "lp_index.h"

@@ -7,7 +7,10 @@
  *   pb_varints(buf) -> [int]: a packed repeated varint field
  *
  * Damaged input raises ValueError naming what is wrong; nothing is read
- * past the buffer. */
+ * past the buffer.
+ *
+ * Owns: nothing.
+ * Guarded by: nothing: pure functions of their arguments. */
 #include "lp_runtime.h"
 
 /* reads one varint at *i; -1 with ValueError set when truncated or too long */

@@ -1,6 +1,13 @@
 /* lockprof runtime: creation sites, per-lock records and the flush functions
- * that fill them.  Everything here runs holding the GIL, on sampled or
- * contended events, on lock creation, or from the Python API. */
+ * that fill them.  Everything here runs on sampled or contended events, on
+ * lock creation, or from the Python API.
+ *
+ * Owns: the creation sites, the lock records (and the overflow record),
+ * compaction, the error counters, the target finder, and the wrapper's rec
+ * pointer.
+ * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
+ * threaded build, the GIL otherwise: every flush function and API function
+ * takes it on entry. */
 #include "lp_record.h"
 #include "lp_index.h"
 #include "lp_stack.h"

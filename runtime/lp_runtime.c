@@ -1,5 +1,14 @@
 /* lockprof runtime: method resolution, sampling, timing, the slow paths of
- * acquire and wait, and the slots every wrapper type shares. */
+ * acquire and wait, and the slots every wrapper type shares.
+ *
+ * Owns: the resolved methods of the wrapped types (written once, when a type
+ * is first resolved, then read-only), the table of lock types whose C
+ * methods a Condition calls (filled under the tables' mutex), the empty and
+ * (False,) tuples.
+ * Guarded by: the resolution and the Condition table run under the tables'
+ * mutex (lp_tables_mutex, lp_thread.c) on a free-threaded build, the GIL
+ * otherwise; a resolved class is published with a release store and read
+ * with an acquire load. */
 #include "lp_runtime.h"
 #include "lp_record.h"
 

@@ -1,10 +1,16 @@
 /* lockprof runtime: stack capture and interning, and the per-(lock, stack)
- * sample table.  Runs on sampled or contended events only, holding the GIL.
+ * sample table.  Runs on sampled or contended events only.
  *
  * A stack is captured from the current frame with the public frame API, as
  * (code object, instruction offset) pairs; the line is computed only when a
  * profile is read.  A stack seen before costs a hash and a compare, no
- * allocation. */
+ * allocation.
+ *
+ * Owns: the stack table, the sample rows, the thread and task label tables,
+ * the thread-label cache.
+ * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
+ * threaded build, the GIL otherwise (reached only from the flush functions
+ * and the API). */
 #include "lp_stack.h"
 #include "lp_index.h"
 #include "lp_record.h"
