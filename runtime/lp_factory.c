@@ -24,7 +24,6 @@ typedef struct {
 } lp_factory;
 
 static PyTypeObject *factory_type = NULL;
-uint64_t lp_foreign_locks = 0;   /* made by a factory, of a class not wrapped */
 static PyTypeObject **wrapper_types = NULL;
 static int n_wrapper_types = 0;
 static const lp_typedef *type_defs = NULL;

@@ -34,7 +34,6 @@
 #define lp_write write
 #endif
 
-int64_t lp_hang_ns = 0;                 /* 0: off */
 uint32_t lp_max_hang_waits = 4096;      /* waits tracked at once */
 
 typedef struct {
@@ -49,7 +48,7 @@ typedef struct {
 
 static lp_hwait *waits = NULL;
 static uint32_t nwaits = 0, capwaits = 0;
-static uint64_t dropped_waits = 0, hang_reports = 0, hang_errors = 0;
+static uint64_t hang_reports = 0, hang_errors = 0;
 
 static PyThread_type_lock wake = NULL;  /* held, except when posted */
 static PyThread_type_lock done = NULL;  /* held; released by a watchdog ending */
@@ -96,7 +95,7 @@ lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded)
         return;
     }
     if (nwaits >= lp_max_hang_waits) {
-        dropped_waits++;
+        lp_dropped_hang_waits++;
         return;
     }
     if (nwaits >= capwaits) {
@@ -106,7 +105,7 @@ lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded)
         }
         lp_hwait *nw = PyMem_Realloc(waits, nc * sizeof(lp_hwait));
         if (nw == NULL) {
-            dropped_waits++;
+            lp_dropped_hang_waits++;
             return;
         }
         waits = nw;
@@ -371,11 +370,6 @@ lp_hang_after_fork(void)
     }
 }
 
-void
-lp_hang_reset_counts(void)
-{
-    dropped_waits = 0;
-}
 
 /* holds are tracked while the hang doctor or lock order is on */
 static void
@@ -404,7 +398,7 @@ hang_start_locked(PyObject *args)
         return NULL;
     }
     if (!running) {
-        dropped_waits = 0;      /* a new session's counts */
+        lp_dropped_hang_waits = 0;      /* a new session's counts */
         hang_reports = 0;
         hang_errors = 0;
     }
@@ -451,7 +445,7 @@ static PyObject *
 py_hang_counters(PyObject *mod, PyObject *unused)
 {
     return Py_BuildValue("{sKsKsIsIsK}", "hang_reports", (unsigned long long)hang_reports,
-                         "dropped_hang_waits", (unsigned long long)dropped_waits,
+                         "dropped_hang_waits", (unsigned long long)lp_dropped_hang_waits,
                          "hang_waits", nwaits, "max_hang_waits", lp_max_hang_waits,
                          "hang_errors", (unsigned long long)hang_errors);
 }

@@ -16,7 +16,6 @@
 #  include <frameobject.h>
 #endif
 
-uint64_t lp_name_errors = 0;
 
 /* files of the stdlib's synchronization code (threading.py, asyncio/locks.py):
  * a lock first used from there (a Condition's `self._lock`) is named from

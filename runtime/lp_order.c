@@ -35,8 +35,6 @@
 #include "lp_stack.h"
 #include "lp_index.h"
 
-int lp_lock_order = 0;
-int lp_track_holds = 0;         /* lock_order or the hang doctor: holds kept */
 
 #define LP_HELD_MAX 32          /* locks one holder holds at once, tracked */
 #define LP_MAX_FRAMES_REPORT 48

@@ -44,7 +44,7 @@ typedef struct {
 static lp_site *sites = NULL;
 static uint32_t nsites = 1, capsites = 0;
 static lp_index site_index = {NULL, 0};
-static uint32_t max_sites = 1u << 20;
+uint32_t lp_max_sites = 1u << 20;
 static uint64_t n_dropped_sites = 0;    /* creations whose site did not fit */
 
 static inline uint32_t
@@ -74,7 +74,7 @@ site_intern(PyObject *code, int pos)
         }
         j = (j + 1) & site_index.mask;
     }
-    if (nsites >= max_sites) {
+    if (nsites >= lp_max_sites) {
         n_dropped_sites++;
         return 0;
     }
@@ -148,7 +148,7 @@ site_line(const lp_site *s)
 
 static lp_lockrec **recs = NULL;
 static uint32_t nrecs = 0, caprecs = 0;
-static uint32_t max_locks = 100000;
+uint32_t lp_max_locks = 100000;
 static lp_lockrec overflow_rec;          /* events of locks past the cap */
 static uint64_t n_dropped_locks = 0;     /* locks folded into overflow_rec */
 static uint32_t n_orphans = 0;           /* records whose wrapper is gone */
@@ -156,13 +156,6 @@ static uint64_t n_compactions = 0;
 static int busy = 0;                     /* a record is being made: no compaction */
 static int compact_pending = 0;
 static void compact(void);
-static uint64_t n_errors = 0;            /* failures inside profiling */
-
-void
-lp_count_error(void)
-{
-    n_errors++;
-}
 
 /* lockprof._names.assignment_target, set by lockprof at start() */
 static PyObject *target_finder = NULL;
@@ -256,10 +249,10 @@ rec_for(lp_wrapper *w, int kind)
         return w->rec;
     }
     lp_lockrec *r = NULL;
-    if (compact_pending || (nrecs >= max_locks && n_orphans > 0)) {
+    if (compact_pending || (nrecs >= lp_max_locks && n_orphans > 0)) {
         compact();      /* the dead locks' records make room */
     }
-    if (nrecs < max_locks) {
+    if (nrecs < lp_max_locks) {
         if (nrecs >= caprecs) {
             uint32_t nc = caprecs ? caprecs * 2 : 64;
             lp_lockrec **nr = PyMem_Realloc(recs, nc * sizeof(*recs));
@@ -273,8 +266,8 @@ rec_for(lp_wrapper *w, int kind)
         }
     }
     if (r == NULL) {
-        if (nrecs < max_locks) {
-            n_errors++;
+        if (nrecs < lp_max_locks) {
+            lp_count_error();
         }
         n_dropped_locks++;
         w->rec = &overflow_rec;
@@ -294,248 +287,6 @@ rec_for(lp_wrapper *w, int kind)
     r->name = name_for(w);
     busy--;
     return r;
-}
-
-static void
-flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
-{
-    if (lp_track_holds) {
-        /* every acquire comes here (lp_sample_expired): the order first,
-         * then the sampling decision, on a countdown of its own */
-        if (start_hold) {
-            lp_order_acquired(w, kind, forever);
-        }
-        if (!lp_order_sampled()) {
-            return;
-        }
-    }
-    lp_lockrec *r = rec_for(w, kind);
-    /* the rate now: another thread may have stopped profiling since this
-     * event was drawn (or while the name was looked up) */
-    double rate = lp_sample_rate;
-    if (!lp_active || !(rate > 0.0)) {
-        return;
-    }
-    double scale = 1.0 / rate;
-    r->acq_samples++;
-    r->acq_estimate += scale;
-    lp_sample_add(r->id, lp_stack_here(), LP_EV_ACQUIRE, scale, 0.0);
-    if (!start_hold) {
-        return;
-    }
-    if (r->nholds >= r->capholds) {
-        uint32_t nc = r->capholds ? r->capholds * 2 : 1;
-        lp_hold *nh = lp_fault() ? NULL : PyMem_Realloc(r->holds, nc * sizeof(lp_hold));
-        if (nh == NULL) {
-            n_errors++;
-            return;
-        }
-        r->holds = nh;
-        r->capholds = nc;
-    }
-    lp_hold *h = &r->holds[r->nholds++];
-    h->thread = PyThread_get_thread_ident();
-    h->t0 = lp_now_ns();
-    r->hold_scale = scale;
-    LP_WF_SET(w, LP_W_HOLDING);
-}
-
-void
-lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
-{
-    lp_enter();
-    flush_acquire_locked(w, kind, start_hold, forever);
-    lp_exit();
-}
-
-static void
-flush_release_locked(lp_wrapper *w, int64_t t_release)
-{
-    if (LP_WF(w) & LP_W_ORDER) {
-        lp_order_released(w);
-    }
-    lp_lockrec *r = w->rec;
-    if (r == NULL) {
-        LP_WF_CLEAR(w, LP_W_ON_RELEASE);
-        return;
-    }
-    if (LP_WF(w) & LP_W_WAITERS) {
-        /* someone is blocked on this lock: this release is what they wait
-         * for, and its stack is charged their delay when they get it */
-        r->release_stack = lp_stack_here();
-        r->release_thread = lp_thread_slot();
-    }
-    if (!(LP_WF(w) & LP_W_HOLDING)) {
-        return;
-    }
-    if (r->nholds == 0) {
-        LP_WF_CLEAR(w, LP_W_HOLDING);
-        return;
-    }
-    /* the hold of the releasing thread; otherwise the oldest (a Lock or a
-     * Semaphore may be released by a thread other than its acquirer) */
-    unsigned long me = PyThread_get_thread_ident();
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < r->nholds; i++) {
-        if (r->holds[i].thread == me) {
-            k = i;
-            break;
-        }
-    }
-    int64_t held = t_release - r->holds[k].t0;
-    if (held < 0) {
-        held = 0;
-    }
-    r->hold_samples++;
-    r->hold_ns_estimate += (double)held * r->hold_scale;
-    /* the hold is charged to the releasing stack */
-    lp_sample_add(r->id, lp_stack_here(), LP_EV_HOLD, r->hold_scale, (double)held * r->hold_scale);
-    r->nholds--;
-    for (uint32_t i = k; i < r->nholds; i++) {
-        r->holds[i] = r->holds[i + 1];
-    }
-    if (r->nholds == 0) {
-        LP_WF_CLEAR(w, LP_W_HOLDING);
-    }
-}
-
-void
-lp_flush_release(lp_wrapper *w, int64_t t_release)
-{
-    lp_enter();
-    flush_release_locked(w, t_release);
-    lp_exit();
-}
-
-static void
-wait_begin_locked(lp_wrapper *w, int kind, int bounded)
-{
-    lp_lockrec *r = rec_for(w, kind);
-    r->nwaiting++;
-    LP_WF_SET(w, LP_W_WAITERS);
-    if (lp_hang_ns) {
-        lp_hang_wait_begin(w, kind, bounded);
-    }
-}
-
-void
-lp_wait_begin(lp_wrapper *w, int kind, int bounded)
-{
-    lp_enter();
-    wait_begin_locked(w, kind, bounded);
-    lp_exit();
-}
-
-static void
-wait_abort_locked(lp_wrapper *w)
-{
-    lp_lockrec *r = w->rec;
-    if (lp_hang_ns) {
-        lp_hang_wait_end(w, r != NULL ? r->kind : -1);
-    }
-    if (r != NULL && r->nwaiting > 0 && --r->nwaiting == 0) {
-        LP_WF_CLEAR(w, LP_W_WAITERS);
-    }
-}
-
-void
-lp_wait_abort(lp_wrapper *w)
-{
-    lp_enter();
-    wait_abort_locked(w);
-    lp_exit();
-}
-
-static void
-record_forget_holds_locked(lp_wrapper *w)
-{
-    if (w->rec != NULL) {
-        w->rec->nholds = 0;
-        w->rec->nwaiting = 0;
-    }
-    LP_WF_CLEAR(w, LP_W_ON_RELEASE);
-}
-
-void
-lp_record_forget_holds(lp_wrapper *w)
-{
-    lp_enter();
-    record_forget_holds_locked(w);
-    lp_exit();
-}
-
-/* Stacks of waits are sampled in proportion to the time waited: a wait of
- * at least lp_wait_period_ns is always kept, a shorter one with probability
- * wait/period and then weighted by period/wait, so the scaled totals are
- * unbiased and capturing stacks costs at most one capture per period of
- * time the program already lost waiting.  (The per-lock counters above are
- * exact.) */
-int64_t lp_wait_period_ns = 1000000;
-
-static void
-sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release)
-{
-    double w = wait_ns > 0 ? (double)wait_ns : 1.0;
-    double p = w >= (double)lp_wait_period_ns ? 1.0 : w / (double)lp_wait_period_ns;
-    if (p < 1.0 && lp_rand_unit() >= p) {
-        return;
-    }
-    if (at_release) {
-        lp_sample_add_for(r->id, r->release_stack, event, 1.0 / p, (double)wait_ns / p,
-                          r->release_thread, UINT32_MAX);
-    }
-    else {
-        lp_sample_add(r->id, lp_stack_here(), event, 1.0 / p, (double)wait_ns / p);
-    }
-}
-
-static void
-flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
-{
-    lp_lockrec *r = rec_for(w, kind);
-    if (lp_hang_ns) {
-        lp_hang_wait_end(w, kind);
-    }
-    r->contentions++;
-    if (!acquired) {
-        r->timeouts++;
-    }
-    r->wait_ns += wait_ns;
-    if (wait_ns > r->max_wait_ns) {
-        r->max_wait_ns = wait_ns;
-    }
-    sample_wait(r, LP_EV_CONTENTION, wait_ns, 0);
-    /* Go's mutex profile: the delay is also charged to the release that
-     * ended the wait, so the critical section that made others wait shows */
-    sample_wait(r, LP_EV_DELAY, wait_ns, 1);
-    if (r->nwaiting > 0 && --r->nwaiting == 0) {
-        LP_WF_CLEAR(w, LP_W_WAITERS);
-    }
-}
-
-void
-lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
-{
-    lp_enter();
-    flush_contended_locked(w, kind, wait_ns, acquired);
-    lp_exit();
-}
-
-static void
-flush_cond_wait_locked(lp_wrapper *w, int kind, int64_t wait_ns)
-{
-    lp_lockrec *r = rec_for(w, kind);
-    r->cond_waits++;
-    r->cond_wait_ns += wait_ns;
-    sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0);
-}
-
-void
-lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
-{
-    lp_enter();
-    flush_cond_wait_locked(w, kind, wait_ns);
-    lp_exit();
 }
 
 /* ------------------------------------------------------------------------ */
@@ -681,12 +432,11 @@ lp_lock_display_name(lp_wrapper *w, int kind)
                        : PyUnicode_FromFormat("%U:%d", file, line);
 }
 
-static void
-record_release_wrapper_locked(lp_wrapper *w)
+/* the wrapper owning w->rec is being freed: its record is kept, marked
+ * orphan, and folded per site by a later compaction */
+void
+lp_record_orphan(lp_wrapper *w)
 {
-    if (LP_WF(w) & LP_W_ORDER) {
-        lp_order_forget(w);
-    }
     if (w->site != 0 && w->site < nsites && sites[w->site].name_owner == w) {
         sites[w->site].name_owner = NULL;
     }
@@ -702,14 +452,6 @@ record_release_wrapper_locked(lp_wrapper *w)
         }
     }
     w->rec = NULL;
-}
-
-void
-lp_record_release_wrapper(lp_wrapper *w)
-{
-    lp_enter();
-    record_release_wrapper_locked(w);
-    lp_exit();
 }
 
 /* --- compaction: the records of dead locks, merged per (site, kind, name) --- */
@@ -786,7 +528,7 @@ compact(void)
     if (newid == NULL || groups == NULL) {
         PyMem_Free(newid);
         PyMem_Free(groups);
-        n_errors++;
+        lp_count_error();
         return;
     }
     newid[0] = 0;
@@ -796,7 +538,7 @@ compact(void)
     if (dead == NULL) {
         PyMem_Free(newid);
         PyMem_Free(groups);
-        n_errors++;
+        lp_count_error();
         return;
     }
     for (uint32_t i = 0; i < nrecs; i++) {
@@ -826,7 +568,7 @@ compact(void)
         /* rows not remapped: they keep the old numbers, which now name other
          * records; drop them rather than mislabel them */
         lp_samples_reset();
-        n_errors++;
+        lp_count_error();
     }
     for (uint32_t i = 0; i < ndead; i++) {
         Py_XDECREF(dead[i]->name);
@@ -851,7 +593,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
 {
     /* Records of locks that no longer exist are freed (the samples that
      * refer to them are cleared below), so that a service resetting after
-     * every export does not fill max_locks with dead locks.  The rest are
+     * every export does not fill lp_max_locks with dead locks.  The rest are
      * zeroed and renumbered. */
     uint32_t kept = 0;
     for (uint32_t i = 0; i < nrecs; i++) {
@@ -875,8 +617,8 @@ lp_py_reset(PyObject *mod, PyObject *unused)
     lp_labels_reset();
     n_dropped_locks = 0;
     n_dropped_sites = 0;
-    lp_hang_reset_counts();
-    n_errors = 0;
+    LP_STORE(lp_dropped_hang_waits, 0);
+    lp_errors_reset();
     Py_RETURN_NONE;
 }
 
@@ -896,75 +638,21 @@ lp_py_counters(PyObject *mod, PyObject *unused)
                          "dropped_sites", (unsigned long long)n_dropped_sites,
                          "dropped_thread_names", (unsigned long long)lp_labels_dropped(0),
                          "dropped_task_names", (unsigned long long)lp_labels_dropped(1),
-                         "errors", (unsigned long long)n_errors,
+                         "errors", (unsigned long long)lp_errors(),
                          "locks", (unsigned int)nrecs,
                          "sites", (unsigned int)(nsites - 1),
                          "stacks", (unsigned int)(lp_nstacks - 1),
                          "samples", (unsigned int)lp_nsamples,
                          "thread_names", (unsigned int)lp_label_count(0),
                          "task_names", (unsigned int)lp_label_count(1),
-                         "max_locks", (unsigned int)max_locks,
-                         "max_sites", (unsigned int)max_sites,
+                         "max_locks", (unsigned int)lp_max_locks,
+                         "max_sites", (unsigned int)lp_max_sites,
                          "max_stacks", (unsigned int)lp_max_stacks,
                          "max_samples", (unsigned int)lp_max_samples,
                          "max_thread_names", (unsigned int)lp_labels_max(0),
                          "max_task_names", (unsigned int)lp_labels_max(1));
 }
 
-static PyObject *
-lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames",
-                             "wait_period_ns", "max_samples", "max_stacks", "max_sites",
-                             "max_thread_names", "max_task_names", "lock_order",
-                             "max_order_edges", NULL};
-    int active;
-    double rate;
-    unsigned int maxl = max_locks;
-    PyObject *seed = Py_None;
-    int maxf = lp_max_frames;
-    long long period = lp_wait_period_ns;
-    unsigned int maxs = lp_max_samples, maxst = lp_max_stacks, maxsi = max_sites;
-    unsigned int maxth = lp_labels_max(0), maxta = lp_labels_max(1);
-    int order = lp_lock_order;
-    unsigned int maxoe = lp_max_order_edges;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIIIpI:configure", kwlist,
-                                     &active, &rate, &maxl, &seed, &maxf, &period, &maxs,
-                                     &maxst, &maxsi, &maxth, &maxta, &order, &maxoe)) {
-        return NULL;
-    }
-    lp_max_order_edges = maxoe;
-    lp_max_samples = maxs;
-    lp_max_stacks = maxst;
-    max_sites = maxsi;
-    lp_labels_configure(maxth, maxta);
-    if (period < 1) {
-        PyErr_Format(PyExc_ValueError, "wait_period_ns must be a positive integer, got %lld", period);
-        return NULL;
-    }
-    lp_wait_period_ns = period;
-    if (maxf < 1 || maxf > 512) {
-        PyErr_Format(PyExc_ValueError, "max_frames must be an integer in [1, 512], got %d", maxf);
-        return NULL;
-    }
-    lp_max_frames = maxf;
-    if (!(rate >= 0.0 && rate <= 1.0)) {
-        PyErr_Format(PyExc_ValueError,
-                     "sample_rate must be a number in [0, 1], got %R", PyTuple_GET_ITEM(args, 1));
-        return NULL;
-    }
-    if (seed != Py_None) {
-        unsigned long long s = PyLong_AsUnsignedLongLongMask(seed);
-        if (s == (unsigned long long)-1 && PyErr_Occurred()) {
-            return NULL;
-        }
-        lp_seed(s);
-    }
-    max_locks = maxl;
-    LP_STORE(lp_lock_order, order);
-    lp_sampling_configure(active, rate);
-    Py_RETURN_NONE;
-}
 
 /* --- what the export (lp_export.c) reads --- */
 
@@ -1042,18 +730,8 @@ lp_records_counters(void)
     return lp_py_counters(NULL, NULL);
 }
 
-static PyObject *
-lp_py_after_fork(PyObject *mod, PyObject *unused)
-{
-    lp_labels_after_fork();
-    lp_order_after_fork();
-    lp_hang_after_fork();
-    Py_RETURN_NONE;
-}
 
 static PyMethodDef record_methods[] = {
-    {"after_fork", lp_py_after_fork, METH_NOARGS,
-     "after_fork()\n--\n\nIn a forked child: the threads seen are the parent's."},
     {"set_target_finder", lp_py_set_target_finder, METH_O,
      "set_target_finder(fn)\n--\n\nfn(code, offset) -> the variable the call there stores "
      "its result in, or None (lockprof._names.assignment_target)."},
@@ -1062,9 +740,6 @@ static PyMethodDef record_methods[] = {
     {"reset", lp_py_reset, METH_NOARGS, "reset()\n--\n\nZero every record."},
     {"counters", lp_py_counters, METH_NOARGS,
      "counters()\n--\n\nRuntime counters: dropped locks, errors, table sizes."},
-    {"configure", (PyCFunction)(void (*)(void))lp_py_configure, METH_VARARGS | METH_KEYWORDS,
-     "configure(active, sample_rate, max_locks=..., seed=None)\n--\n\n"
-     "Turn recording on or off and set the sampling rate."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1072,10 +747,7 @@ int
 lp_record_setup(PyObject *module)
 {
     overflow_rec.release_thread = UINT32_MAX;
-    overflow_rec.kind = -1;             /* shown as "<other>": locks past max_locks */
-    if (lp_stack_setup(module) < 0 || lp_export_setup(module) < 0) {
-        return -1;
-    }
+    overflow_rec.kind = -1;             /* shown as "<other>": locks past lp_max_locks */
     return lp_add_functions(module, record_methods);
 }
 

@@ -56,13 +56,18 @@ int lp_frame_position(PyFrameObject *f);
  * new reference, or NULL; never raises, never runs user code. */
 PyObject *lp_resolve_name(PyObject *obj, PyFrameObject *f);
 int lp_names_setup(PyObject *module);
-/* a failure inside profiling, absorbed (counted in counters()["errors"]) */
-void lp_count_error(void);
 extern uint64_t lp_foreign_locks;
+extern uint64_t lp_dropped_hang_waits;
+extern uint32_t lp_max_locks, lp_max_sites;
 extern uint64_t lp_name_errors;
 int lp_record_setup(PyObject *module);
-/* the wrapper owning `w->rec` is being freed */
-void lp_record_release_wrapper(lp_wrapper *w);
+/* the wrapper owning `w->rec` is being freed: its record becomes an orphan */
+void lp_record_orphan(lp_wrapper *w);
+/* lp_event.c: the lock `w` is being freed (its record and its holds) */
+void lp_lock_freed(lp_wrapper *w);
+/* lp_event.c: a wait shorter than this keeps its stack with probability
+ * wait/period */
+extern int64_t lp_wait_period_ns;
 int lp_record_set_kinds(PyObject *names);
 
 /* for the export: the records (compacted first), the overflow record, a
@@ -87,6 +92,8 @@ void lp_sampling_configure(int active, double rate);
 void lp_seed(uint64_t seed);
 double lp_rand_unit(void);      /* uniform in [0, 1) */
 int lp_runtime_setup(void);
+/* the wrapper types (lp_runtime.c) */
+int lp_types_init(PyObject *module, const lp_typedef *defs, int ndefs);
 int lp_thread_setup(void);       /* lp_thread.c */
 int lp_async_setup(PyObject *module);
 /* the factory currently installed in place of class `cls`, or NULL */

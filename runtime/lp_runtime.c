@@ -112,16 +112,6 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
 /* clock and sampling                                                        */
 /* ------------------------------------------------------------------------ */
 
-int64_t lp_faults = 0;
-
-int64_t
-lp_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static unsigned char kind_async[64];
 
 int
@@ -335,7 +325,7 @@ lp_wrapper_dealloc(lp_wrapper *self)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    lp_record_release_wrapper(self);
+    lp_lock_freed(self);
     if (tp->tp_clear != NULL) {
         tp->tp_clear((PyObject *)self);
     }
@@ -677,13 +667,11 @@ lp_require_def(const lp_typedef *d, PyObject *exc_type)
     return r > 0 ? 0 : -1;
 }
 
+/* the wrapper types of the spec's entries, made from their PyType_Specs,
+ * and the module's TYPES table; the kinds' names go to the records */
 int
-lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
+lp_types_init(PyObject *module, const lp_typedef *defs, int ndefs)
 {
-    if (lp_runtime_setup() < 0 || lp_attrs_setup(module) < 0 || lp_order_setup(module) < 0 ||
-        lp_hang_setup(module) < 0 || lp_pbread_setup(module) < 0) {
-        return -1;
-    }
     PyObject *kinds = PyTuple_New(ndefs);
     PyObject *table = PyList_New(0);
     if (kinds == NULL || table == NULL) {
@@ -732,9 +720,7 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
         }
         Py_DECREF(row);
     }
-    if (lp_record_set_kinds(kinds) < 0 || lp_record_setup(module) < 0 ||
-        lp_factory_setup(module, defs, ndefs) < 0 || lp_async_setup(module) < 0 ||
-        lp_names_setup(module) < 0) {
+    if (lp_record_set_kinds(kinds) < 0) {
         goto error;
     }
     if (PyModule_AddObject(module, "TYPES", table) < 0) {

@@ -13,6 +13,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <stdint.h>
+#include <time.h>
 #if PY_VERSION_HEX < 0x030B0000
 #  include <frameobject.h>     /* PyFrame_GetBack is declared here before 3.11 */
 #endif
@@ -223,8 +224,6 @@ extern int64_t lp_hang_ns;
 void lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded);
 void lp_hang_wait_end(lp_wrapper *w, int kind);
 void lp_hang_after_fork(void);
-/* reset(): what the cap dropped is counted per window, as the others */
-void lp_hang_reset_counts(void);
 int lp_hang_setup(PyObject *module);
 
 /* lp_pbread.c: protobuf field scanning for the pprof reader */
@@ -275,20 +274,10 @@ extern _Thread_local lp_tstate lp_ts __attribute__((tls_model("initial-exec")));
  * finaliser that takes a profiled lock), and a wait that blocks while this
  * thread holds it gives it up for the wait (lp_suspend/lp_resume). */
 extern PyMutex lp_tables_mutex;
-static inline void
-lp_enter(void)
-{
-    if (lp_ts.depth++ == 0) {
-        PyMutex_Lock(&lp_tables_mutex);
-    }
-}
-static inline void
-lp_exit(void)
-{
-    if (--lp_ts.depth == 0) {
-        PyMutex_Unlock(&lp_tables_mutex);
-    }
-}
+/* out of line (lp_thread.c): only sampled and contended events call them,
+ * and callgrind counts what the mutex costs them (bench.instructions) */
+void lp_enter(void);
+void lp_exit(void);
 /* around a wait that blocks: the mutex is not held across it */
 static inline uint32_t
 lp_suspend(void)
@@ -364,7 +353,18 @@ lp_countdown_dec(void)
 #  define LP_SAMPLED() (LP_UNLIKELY(--lp_ts.countdown <= 0) && lp_sample_expired())
 #endif
 
-int64_t lp_now_ns(void);
+static inline int64_t
+lp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* failures inside profiling, absorbed: counters()["errors"] (lp_thread.c) */
+void lp_count_error(void);
+uint64_t lp_errors(void);
+void lp_errors_reset(void);
 
 /* ------------------------------------------------------------------------ */
 /* Flush functions: called on sampled or contended events only               */

@@ -30,7 +30,60 @@ PyMutex lp_tables_mutex = {0};
 lp_tstate lp_ts;
 #endif
 
+#ifdef Py_GIL_DISABLED
+void
+lp_enter(void)
+{
+    if (lp_ts.depth++ == 0) {
+        PyMutex_Lock(&lp_tables_mutex);
+    }
+}
+
+void
+lp_exit(void)
+{
+    if (--lp_ts.depth == 0) {
+        PyMutex_Unlock(&lp_tables_mutex);
+    }
+}
+#endif
+
+/* the settings (configure(), hang_start()): written under the tables'
+ * mutex, read anywhere with LP_LOAD */
 int lp_active = 0;
+int lp_lock_order = 0;          /* lock-order edges are checked */
+int lp_track_holds = 0;         /* lock_order or the hang doctor: holds kept */
+int64_t lp_hang_ns = 0;         /* the hang doctor's timeout; 0: off */
+
+/* counters of what profiling absorbed, kept by every part of the runtime:
+ * written under the tables' mutex (or with atomic adds), reset per window */
+int64_t lp_faults = 0;
+uint64_t lp_foreign_locks = 0;  /* made by a factory, of a class not wrapped */
+uint64_t lp_name_errors = 0;
+uint64_t lp_dropped_hang_waits = 0; /* waits the hang doctor's cap left out */
+static uint64_t n_errors = 0;   /* failures inside profiling */
+
+void
+lp_count_error(void)
+{
+#ifdef Py_GIL_DISABLED
+    __atomic_fetch_add(&n_errors, 1, __ATOMIC_RELAXED);
+#else
+    n_errors++;
+#endif
+}
+
+uint64_t
+lp_errors(void)
+{
+    return LP_LOAD(n_errors);
+}
+
+void
+lp_errors_reset(void)
+{
+    LP_STORE(n_errors, 0);
+}
 double lp_sample_rate = 0.0;
 static uint32_t sampling_gen = 1;       /* configure() bumps it */
 static uint64_t seed_base = 0;          /* lp_seed() */

@@ -1,0 +1,271 @@
+/* lockprof runtime: events.  The hot path's slow paths (lp_runtime.c,
+ * lp_async.c, the generated wrappers) report what happened to a lock here,
+ * and only on sampled or contended events: a sampled acquisition, a release
+ * that ends a sampled hold or that others waited for, a wait that begins,
+ * ends or is abandoned, a Condition wait, a lock that is freed.  Each event
+ * updates the tables (lp_record.c, lp_stack.c) and feeds the features that
+ * want it (lock order, lp_order.c; the hang doctor, lp_hang.c).  Neither the
+ * tables nor the features call back here: calls go from the hot path to
+ * events, from events to features and tables, from features to tables.
+ *
+ * Owns: the wait sampling period (lp_wait_period_ns) and nothing else; the
+ * state it changes is the tables' and the features'.
+ * Guarded by: each event function takes the tables' mutex (lp_tables_mutex,
+ * lp_thread.c) on a free-threaded build, for the whole event; under the GIL
+ * the GIL guards it. */
+#include "lp_record.h"
+#include "lp_stack.h"
+
+static void
+flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
+{
+    if (lp_track_holds) {
+        /* every acquire comes here (lp_sample_expired): the order first,
+         * then the sampling decision, on a countdown of its own */
+        if (start_hold) {
+            lp_order_acquired(w, kind, forever);
+        }
+        if (!lp_order_sampled()) {
+            return;
+        }
+    }
+    lp_lockrec *r = lp_rec_for(w, kind);
+    /* the rate now: another thread may have stopped profiling since this
+     * event was drawn (or while the name was looked up) */
+    double rate = lp_sample_rate;
+    if (!lp_active || !(rate > 0.0)) {
+        return;
+    }
+    double scale = 1.0 / rate;
+    r->acq_samples++;
+    r->acq_estimate += scale;
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_ACQUIRE, scale, 0.0);
+    if (!start_hold) {
+        return;
+    }
+    if (r->nholds >= r->capholds) {
+        uint32_t nc = r->capholds ? r->capholds * 2 : 1;
+        lp_hold *nh = lp_fault() ? NULL : PyMem_Realloc(r->holds, nc * sizeof(lp_hold));
+        if (nh == NULL) {
+            lp_count_error();
+            return;
+        }
+        r->holds = nh;
+        r->capholds = nc;
+    }
+    lp_hold *h = &r->holds[r->nholds++];
+    h->thread = PyThread_get_thread_ident();
+    h->t0 = lp_now_ns();
+    r->hold_scale = scale;
+    LP_WF_SET(w, LP_W_HOLDING);
+}
+
+void
+lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
+{
+    lp_enter();
+    flush_acquire_locked(w, kind, start_hold, forever);
+    lp_exit();
+}
+
+static void
+flush_release_locked(lp_wrapper *w, int64_t t_release)
+{
+    if (LP_WF(w) & LP_W_ORDER) {
+        lp_order_released(w);
+    }
+    lp_lockrec *r = w->rec;
+    if (r == NULL) {
+        LP_WF_CLEAR(w, LP_W_ON_RELEASE);
+        return;
+    }
+    if (LP_WF(w) & LP_W_WAITERS) {
+        /* someone is blocked on this lock: this release is what they wait
+         * for, and its stack is charged their delay when they get it */
+        r->release_stack = lp_stack_here();
+        r->release_thread = lp_thread_slot();
+    }
+    if (!(LP_WF(w) & LP_W_HOLDING)) {
+        return;
+    }
+    if (r->nholds == 0) {
+        LP_WF_CLEAR(w, LP_W_HOLDING);
+        return;
+    }
+    /* the hold of the releasing thread; otherwise the oldest (a Lock or a
+     * Semaphore may be released by a thread other than its acquirer) */
+    unsigned long me = PyThread_get_thread_ident();
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < r->nholds; i++) {
+        if (r->holds[i].thread == me) {
+            k = i;
+            break;
+        }
+    }
+    int64_t held = t_release - r->holds[k].t0;
+    if (held < 0) {
+        held = 0;
+    }
+    r->hold_samples++;
+    r->hold_ns_estimate += (double)held * r->hold_scale;
+    /* the hold is charged to the releasing stack */
+    lp_sample_add(r->id, lp_stack_here(), LP_EV_HOLD, r->hold_scale, (double)held * r->hold_scale);
+    r->nholds--;
+    for (uint32_t i = k; i < r->nholds; i++) {
+        r->holds[i] = r->holds[i + 1];
+    }
+    if (r->nholds == 0) {
+        LP_WF_CLEAR(w, LP_W_HOLDING);
+    }
+}
+
+void
+lp_flush_release(lp_wrapper *w, int64_t t_release)
+{
+    lp_enter();
+    flush_release_locked(w, t_release);
+    lp_exit();
+}
+
+static void
+wait_begin_locked(lp_wrapper *w, int kind, int bounded)
+{
+    lp_lockrec *r = lp_rec_for(w, kind);
+    r->nwaiting++;
+    LP_WF_SET(w, LP_W_WAITERS);
+    if (lp_hang_ns) {
+        lp_hang_wait_begin(w, kind, bounded);
+    }
+}
+
+void
+lp_wait_begin(lp_wrapper *w, int kind, int bounded)
+{
+    lp_enter();
+    wait_begin_locked(w, kind, bounded);
+    lp_exit();
+}
+
+static void
+wait_abort_locked(lp_wrapper *w)
+{
+    lp_lockrec *r = w->rec;
+    if (lp_hang_ns) {
+        lp_hang_wait_end(w, r != NULL ? r->kind : -1);
+    }
+    if (r != NULL && r->nwaiting > 0 && --r->nwaiting == 0) {
+        LP_WF_CLEAR(w, LP_W_WAITERS);
+    }
+}
+
+void
+lp_wait_abort(lp_wrapper *w)
+{
+    lp_enter();
+    wait_abort_locked(w);
+    lp_exit();
+}
+
+static void
+record_forget_holds_locked(lp_wrapper *w)
+{
+    if (w->rec != NULL) {
+        w->rec->nholds = 0;
+        w->rec->nwaiting = 0;
+    }
+    LP_WF_CLEAR(w, LP_W_ON_RELEASE);
+}
+
+void
+lp_record_forget_holds(lp_wrapper *w)
+{
+    lp_enter();
+    record_forget_holds_locked(w);
+    lp_exit();
+}
+
+/* Stacks of waits are sampled in proportion to the time waited: a wait of
+ * at least lp_wait_period_ns is always kept, a shorter one with probability
+ * wait/period and then weighted by period/wait, so the scaled totals are
+ * unbiased and capturing stacks costs at most one capture per period of
+ * time the program already lost waiting.  (The per-lock counters above are
+ * exact.) */
+int64_t lp_wait_period_ns = 1000000;
+
+static void
+sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release)
+{
+    double w = wait_ns > 0 ? (double)wait_ns : 1.0;
+    double p = w >= (double)lp_wait_period_ns ? 1.0 : w / (double)lp_wait_period_ns;
+    if (p < 1.0 && lp_rand_unit() >= p) {
+        return;
+    }
+    if (at_release) {
+        lp_sample_add_for(r->id, r->release_stack, event, 1.0 / p, (double)wait_ns / p,
+                          r->release_thread, UINT32_MAX);
+    }
+    else {
+        lp_sample_add(r->id, lp_stack_here(), event, 1.0 / p, (double)wait_ns / p);
+    }
+}
+
+static void
+flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
+{
+    lp_lockrec *r = lp_rec_for(w, kind);
+    if (lp_hang_ns) {
+        lp_hang_wait_end(w, kind);
+    }
+    r->contentions++;
+    if (!acquired) {
+        r->timeouts++;
+    }
+    r->wait_ns += wait_ns;
+    if (wait_ns > r->max_wait_ns) {
+        r->max_wait_ns = wait_ns;
+    }
+    sample_wait(r, LP_EV_CONTENTION, wait_ns, 0);
+    /* Go's mutex profile: the delay is also charged to the release that
+     * ended the wait, so the critical section that made others wait shows */
+    sample_wait(r, LP_EV_DELAY, wait_ns, 1);
+    if (r->nwaiting > 0 && --r->nwaiting == 0) {
+        LP_WF_CLEAR(w, LP_W_WAITERS);
+    }
+}
+
+void
+lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
+{
+    lp_enter();
+    flush_contended_locked(w, kind, wait_ns, acquired);
+    lp_exit();
+}
+
+static void
+flush_cond_wait_locked(lp_wrapper *w, int kind, int64_t wait_ns)
+{
+    lp_lockrec *r = lp_rec_for(w, kind);
+    r->cond_waits++;
+    r->cond_wait_ns += wait_ns;
+    sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0);
+}
+
+void
+lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
+{
+    lp_enter();
+    flush_cond_wait_locked(w, kind, wait_ns);
+    lp_exit();
+}
+
+
+void
+lp_lock_freed(lp_wrapper *w)
+{
+    lp_enter();
+    if (LP_WF(w) & LP_W_ORDER) {
+        lp_order_forget(w);
+    }
+    lp_record_orphan(w);
+    lp_exit();
+}
