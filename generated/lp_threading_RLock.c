@@ -117,21 +117,31 @@ lp_threading_RLock_release_impl(lp_wrapper *self, const lp_method *m,
          * needs the call, not the time */
         t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
+#ifdef Py_GIL_DISABLED
     /* the owner's depth goes down before the release: once the lock is
-     * free, the next owner writes it (free-threaded builds) */
+     * free, the next owner writes it */
     uint32_t depth = self->depth;
     if (depth > 0) {
         self->depth = depth - 1;
     }
+#endif
     PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
+#ifndef Py_GIL_DISABLED
+        /* under the GIL nothing runs between the release and this */
+        if (self->depth > 0) {
+            self->depth--;
+        }
+#endif
         if (LP_UNLIKELY(t != 0)) {
             lp_flush_release(self, t);
         }
     }
+#ifdef Py_GIL_DISABLED
     else {
         self->depth = depth;        /* not released: still held as before */
     }
+#endif
     return r;
 }
 

@@ -89,8 +89,9 @@ forward_get(lp_forward *f, PyObject *obj, PyObject *type)
     lp_wrapper *w = (lp_wrapper *)obj;
     PyObject *inner = w->inner;
     if (!f->shadowed && !(LP_WF(w) & LP_W_ATTRS_SET) && Py_TYPE(inner) == f->owner) {
+#ifdef Py_GIL_DISABLED
         /* the cached function is refreshed and read under the tables'
-         * mutex (free-threaded builds: another thread may refresh it) */
+         * mutex: another thread may refresh it */
         lp_enter();
         if (!lp_tag_current(f->owner, f->tag)) {
             forward_refresh(f);
@@ -102,6 +103,14 @@ forward_get(lp_forward *f, PyObject *obj, PyObject *type)
             Py_DECREF(fn);
             return m;
         }
+#else
+        if (!lp_tag_current(f->owner, f->tag)) {
+            forward_refresh(f);
+        }
+        if (f->func != NULL) {
+            return PyMethod_New(f->func, inner);
+        }
+#endif
     }
     return PyObject_GetAttr(inner, f->name);
 }

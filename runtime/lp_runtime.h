@@ -69,7 +69,12 @@ lp_tag_current(PyTypeObject *t, unsigned int tag)
         return 0;
     }
 #endif
+#ifdef Py_GIL_DISABLED
+    /* another thread may be modifying the class (a relaxed atomic store) */
+    return tag != 0 && __atomic_load_n(&t->tp_version_tag, __ATOMIC_RELAXED) == tag;
+#else
     return tag != 0 && t->tp_version_tag == tag;
+#endif
 }
 
 extern PyObject *lp_empty_tuple;
