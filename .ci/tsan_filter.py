@@ -34,7 +34,8 @@ def main(log_dir):
                     ours.append(rep)
                     continue
                 frames = re.findall(r"#\d+ (\S+)", rep)
-                kind = rep.splitlines()[0].replace("WARNING: ThreadSanitizer: ", "")
+                kind = re.sub(r" \(pid=\d+\)", "", rep.splitlines()[0].replace(
+                    "WARNING: ThreadSanitizer: ", ""))
                 key = (kind, tuple(frames[:3]))
                 theirs[key] = theirs.get(key, 0) + 1
     for rep in ours:

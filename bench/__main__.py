@@ -158,6 +158,10 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             add(f"scale: exit after a {r['rows']:,}-row profile (lockprof run minus plain)",
                 round(r["exit_ms"]["lockprof"] - r["exit_ms"]["plain"]), "<= 100 ms",
                 r["exit_ms"]["lockprof"] - r["exit_ms"]["plain"] <= 100, " ms")
+    mx = report.get("mutex")
+    if mx:
+        add("free-threaded: the tables' mutex, per sampled or contended event (instructions)",
+            mx["mutex_per_event"], "<= 40", mx["mutex_per_event"] <= 40)
     par = report.get("parallel")
     if par and par["free_threaded"] and not par["gil"]:
         for r in par["rows"]:
@@ -181,6 +185,11 @@ def markdown(report: Dict[str, Any]) -> str:
         for r in report["instructions"]:
             parts.append(f"| {r['type']} | {r['op']} | {r['instructions']['native']:.0f} | "
                          f"{r['instructions']['0.01']:.0f} | {r['ratio']['0.01']:.2f}x |")
+    mx = report.get("mutex")
+    if mx:
+        parts += ["", f"Free-threaded: the tables' mutex costs a sampled event "
+                      f"{mx['mutex_per_event']:.0f} instructions (lp_enter + lp_exit, calls "
+                      f"included; callgrind, rate 1.0)."]
     if report.get("sampled_event"):
         parts += ["", "One recorded event (a sampled acquisition or its hold, with its stack):", "",
                   "| stack depth | ns per recorded event |", "|---|---:|"]
@@ -269,6 +278,7 @@ def main(argv=None) -> int:
         report["micro"] = micro.measure(rounds=args.rounds, loops=args.loops)
     if "instructions" in only and instructions.available() is None and not args.quick:
         report["instructions"] = instructions.measure(n=args.instr_ops)
+        report["mutex"] = instructions.mutex_cost(n=args.instr_ops)
     if "sampled" in only:
         report["sampled_event"] = sampled.measure(rounds=args.rounds, loops=max(10, args.loops))
         report["first_event"] = sampled.first_event(rounds=args.rounds, n=max(10, args.loops))

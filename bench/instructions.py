@@ -111,3 +111,55 @@ def measure(n: int = 20000, configs=("native", "0.01"), cases=None) -> List[Dict
     finally:
         os.unlink(script)
     return results
+
+
+MUTEX_SCRIPT = """
+import sys, threading, lockprof
+lockprof.start(1.0, seed=1)
+l = threading.Lock()
+for _ in range(int(sys.argv[1])):
+    l.acquire(); l.release()
+"""
+
+
+def mutex_cost(n: int = 20000) -> Optional[Dict[str, float]]:
+    """Free-threaded builds: instructions the tables' mutex costs a sampled
+    event, counted by callgrind in lp_enter/lp_exit (out of line there for
+    this), calls included; at rate 1.0 every acquire and every release is one
+    event.  None on a GIL build (the mutex compiles away)."""
+    import sysconfig
+    if not sysconfig.get_config_var("Py_GIL_DISABLED") or shutil.which("callgrind_annotate") is None:
+        return None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(MUTEX_SCRIPT)
+        script = f.name
+    out = tempfile.mktemp(prefix="lockprof-cgm-")
+    try:
+        r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                            os.path.realpath(sys.executable), script, str(n)],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONHASHSEED": "0",
+                                "PYTHONPATH": os.environ.get("PYTHONPATH") or root})
+        if r.returncode != 0:
+            raise RuntimeError(f"callgrind failed: {r.stderr.strip().splitlines()[-1:]}")
+        ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", out],
+                             capture_output=True, text=True, timeout=600).stdout
+    finally:
+        os.unlink(script)
+        if os.path.exists(out):
+            os.unlink(out)
+    incl = {}
+    for line in ann.splitlines():
+        # the functions' own lines (their source file), not the inlined
+        # header code counted inside them
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*runtime/lp_thread\.c:(lp_enter|lp_exit)"
+                     r"(\s|$)", line)
+        if m:       # one line per debug-info path of the function: summed
+            incl[m.group(2)] = incl.get(m.group(2), 0) + int(m.group(1).replace(",", ""))
+    events = 2 * n              # one acquire and one release event per iteration
+    if "lp_enter" not in incl or "lp_exit" not in incl:
+        raise RuntimeError("callgrind_annotate did not list lp_enter/lp_exit")
+    # each of the two call sites pays its call: 2 instructions (callgrind)
+    mutex = (incl["lp_enter"] + incl["lp_exit"]) / events + 4
+    return {"mutex_per_event": round(mutex, 1)}
