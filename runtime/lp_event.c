@@ -63,9 +63,20 @@ flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
 void
 lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
 {
+    /* with holds tracked every acquire comes here and the sampling is
+     * decided inside; otherwise this one is sampled: its stack and task
+     * are found before the mutex */
+    lp_ctx c;
+    int prepared = !LP_LOAD(lp_track_holds);
+    if (prepared) {
+        lp_ctx_prepare(&c);
+    }
     lp_enter();
     flush_acquire_locked(w, kind, start_hold, forever);
     lp_exit();
+    if (prepared) {
+        lp_ctx_done(&c);
+    }
 }
 
 static void
@@ -79,11 +90,15 @@ flush_release_locked(lp_wrapper *w, int64_t t_release)
         LP_WF_CLEAR(w, LP_W_ON_RELEASE);
         return;
     }
-    if (LP_WF(w) & LP_W_WAITERS) {
+    if ((LP_WF(w) & LP_W_WAITERS) &&
+        (r->release_stack == 0 || t_release - r->release_stack_ns >= LP_LOAD(lp_wait_period_ns))) {
         /* someone is blocked on this lock: this release is what they wait
-         * for, and its stack is charged their delay when they get it */
+         * for, and its stack is charged their delay when they get it (on a
+         * lock contended without pause, the stack of its latest release at
+         * most a wait period old: one capture per period, not per release) */
         r->release_stack = lp_stack_here();
         r->release_thread = lp_thread_slot();
+        r->release_stack_ns = t_release;
     }
     if (!(LP_WF(w) & LP_W_HOLDING)) {
         return;
@@ -122,9 +137,17 @@ flush_release_locked(lp_wrapper *w, int64_t t_release)
 void
 lp_flush_release(lp_wrapper *w, int64_t t_release)
 {
+    lp_ctx c;
+    int prepared = (LP_WF(w) & (LP_W_HOLDING | LP_W_WAITERS)) != 0;
+    if (prepared) {
+        lp_ctx_prepare(&c);
+    }
     lp_enter();
     flush_release_locked(w, t_release);
     lp_exit();
+    if (prepared) {
+        lp_ctx_done(&c);
+    }
 }
 
 static void
@@ -192,12 +215,29 @@ lp_record_forget_holds(lp_wrapper *w)
  * exact.) */
 int64_t lp_wait_period_ns = 1000000;
 
-static void
-sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release)
+/* whether a wait of wait_ns keeps its stack, and with what probability p:
+ * drawn from the thread's own generator, before the tables' mutex */
+typedef struct {
+    double p;
+    int keep;
+} lp_wait_draw;
+
+static lp_wait_draw
+draw_wait(int64_t wait_ns)
 {
     double w = wait_ns > 0 ? (double)wait_ns : 1.0;
-    double p = w >= (double)lp_wait_period_ns ? 1.0 : w / (double)lp_wait_period_ns;
-    if (p < 1.0 && lp_rand_unit() >= p) {
+    int64_t period = LP_LOAD(lp_wait_period_ns);
+    lp_wait_draw d;
+    d.p = w >= (double)period ? 1.0 : w / (double)period;
+    d.keep = d.p >= 1.0 || lp_rand_unit() < d.p;
+    return d;
+}
+
+static void
+sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release, lp_wait_draw d)
+{
+    double p = d.p;
+    if (!d.keep) {
         return;
     }
     if (at_release) {
@@ -210,7 +250,7 @@ sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release)
 }
 
 static void
-flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
+flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired, lp_wait_draw d)
 {
     lp_lockrec *r = lp_rec_for(w, kind);
     if (lp_hang_ns) {
@@ -224,10 +264,10 @@ flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
     if (wait_ns > r->max_wait_ns) {
         r->max_wait_ns = wait_ns;
     }
-    sample_wait(r, LP_EV_CONTENTION, wait_ns, 0);
+    sample_wait(r, LP_EV_CONTENTION, wait_ns, 0, d);
     /* Go's mutex profile: the delay is also charged to the release that
      * ended the wait, so the critical section that made others wait shows */
-    sample_wait(r, LP_EV_DELAY, wait_ns, 1);
+    sample_wait(r, LP_EV_DELAY, wait_ns, 1, draw_wait(wait_ns));
     if (r->nwaiting > 0 && --r->nwaiting == 0) {
         LP_WF_CLEAR(w, LP_W_WAITERS);
     }
@@ -236,26 +276,42 @@ flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
 void
 lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
 {
+    lp_wait_draw d = draw_wait(wait_ns);
+    lp_ctx c;
+    if (d.keep) {
+        lp_ctx_prepare(&c);     /* the stack, outside the mutex */
+    }
     lp_enter();
-    flush_contended_locked(w, kind, wait_ns, acquired);
+    flush_contended_locked(w, kind, wait_ns, acquired, d);
     lp_exit();
+    if (d.keep) {
+        lp_ctx_done(&c);
+    }
 }
 
 static void
-flush_cond_wait_locked(lp_wrapper *w, int kind, int64_t wait_ns)
+flush_cond_wait_locked(lp_wrapper *w, int kind, int64_t wait_ns, lp_wait_draw d)
 {
     lp_lockrec *r = lp_rec_for(w, kind);
     r->cond_waits++;
     r->cond_wait_ns += wait_ns;
-    sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0);
+    sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0, d);
 }
 
 void
 lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
 {
+    lp_wait_draw d = draw_wait(wait_ns);
+    lp_ctx c;
+    if (d.keep) {
+        lp_ctx_prepare(&c);
+    }
     lp_enter();
-    flush_cond_wait_locked(w, kind, wait_ns);
+    flush_cond_wait_locked(w, kind, wait_ns, d);
     lp_exit();
+    if (d.keep) {
+        lp_ctx_done(&c);
+    }
 }
 
 

@@ -52,12 +52,12 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
         PyErr_Format(PyExc_ValueError, "wait_period_ns must be a positive integer, got %lld", period);
         return NULL;
     }
-    lp_wait_period_ns = period;
+    LP_STORE(lp_wait_period_ns, period);
     if (maxf < 1 || maxf > 512) {
         PyErr_Format(PyExc_ValueError, "max_frames must be an integer in [1, 512], got %d", maxf);
         return NULL;
     }
-    lp_max_frames = maxf;
+    LP_STORE(lp_max_frames, maxf);
     if (!(rate >= 0.0 && rate <= 1.0)) {
         PyErr_Format(PyExc_ValueError,
                      "sample_rate must be a number in [0, 1], got %R", PyTuple_GET_ITEM(args, 1));

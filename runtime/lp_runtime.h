@@ -266,6 +266,7 @@ typedef struct lp_tstate {
     uint32_t seed_gen;          /* the seed it drew from */
     uint32_t depth;             /* lp_enter() nesting (free-threaded builds) */
     int registered;             /* in lp_thread.c's registry */
+    struct lp_ctx *ctx;         /* the event being recorded (lp_stack.h) */
     struct lp_tstate *prev, *next;
 } lp_tstate;
 

@@ -89,12 +89,12 @@ stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
     return id;
 }
 
-uint32_t
-lp_stack_here(void)
+static void
+capture(lp_frame *buf, uint32_t *np, uint32_t *omittedp)
 {
-    lp_frame buf[LP_FRAMES_CAP];
     uint32_t n = 0, omitted = 0;
-    uint32_t limit = lp_max_frames < LP_FRAMES_CAP ? (uint32_t)lp_max_frames : LP_FRAMES_CAP;
+    int maxf = LP_LOAD(lp_max_frames);
+    uint32_t limit = maxf < LP_FRAMES_CAP ? (uint32_t)maxf : LP_FRAMES_CAP;
     PyFrameObject *f = PyEval_GetFrame();   /* borrowed */
     Py_XINCREF(f);
     while (f != NULL) {
@@ -118,6 +118,20 @@ lp_stack_here(void)
         Py_DECREF(f);
         f = back;
     }
+    *np = n;
+    *omittedp = omitted;
+}
+
+uint32_t
+lp_stack_here(void)
+{
+    lp_ctx *c = lp_ts.ctx;
+    if (c != NULL) {
+        return stack_intern(c->frames, c->nframes, c->omitted);
+    }
+    lp_frame buf[LP_FRAMES_CAP];
+    uint32_t n, omitted;
+    capture(buf, &n, &omitted);
     return stack_intern(buf, n, omitted);
 }
 
@@ -405,10 +419,14 @@ static int asyncio_looked_up = 0;
 static void
 asyncio_lookup(void)
 {
+    static PyObject *name = NULL;       /* "_asyncio", made once */
     asyncio_looked_up = 1;
-    PyObject *name = PyUnicode_FromString("_asyncio");
-    PyObject *mod = name ? PyImport_GetModule(name) : NULL;   /* only if already imported */
-    Py_XDECREF(name);
+    if (name == NULL && (name = PyUnicode_InternFromString("_asyncio")) == NULL) {
+        PyErr_Clear();
+        asyncio_looked_up = 0;
+        return;
+    }
+    PyObject *mod = PyImport_GetModule(name);   /* only if already imported */
     if (mod == NULL) {
         PyErr_Clear();
         asyncio_looked_up = 0;           /* try again once asyncio is in use */
@@ -572,8 +590,9 @@ lp_task_slot(void)
     return task_slot();
 }
 
-static uint32_t
-task_slot(void)
+/* the running task's label (new reference), or NULL: none */
+static PyObject *
+task_label_now(void)
 {
     PyObject *task = lp_current_task();
     PyObject *label = NULL;
@@ -584,12 +603,46 @@ task_slot(void)
         /* no asyncio task: a gevent greenlet, when gevent is in use */
         label = current_greenlet_label();
     }
+    Py_XDECREF(task);
+    PyErr_Clear();
+    return label;
+}
+
+void
+lp_ctx_prepare(lp_ctx *c)
+{
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    capture(c->frames, &c->nframes, &c->omitted);
+    c->task_label = task_label_now();
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    c->prev = lp_ts.ctx;
+    lp_ts.ctx = c;
+}
+
+void
+lp_ctx_done(lp_ctx *c)
+{
+    lp_ts.ctx = c->prev;
+    Py_CLEAR(c->task_label);
+}
+
+static uint32_t
+task_slot(void)
+{
+    lp_ctx *c = lp_ts.ctx;
+    PyObject *label;
+    if (c != NULL) {
+        label = Py_XNewRef(c->task_label);
+    }
+    else {
+        label = task_label_now();
+    }
     uint32_t slot = LP_LABEL_NONE;
     if (label != NULL) {
         slot = label_intern(&task_labels, label);
         Py_DECREF(label);
     }
-    Py_XDECREF(task);
     PyErr_Clear();
     return slot;
 }

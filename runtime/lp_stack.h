@@ -62,6 +62,19 @@ extern int lp_max_frames;
 extern uint32_t lp_max_samples;     /* (lock, stack, event, thread) rows kept */
 extern uint64_t lp_dropped_stacks, lp_dropped_samples;
 
+/* What an event records about the running thread, found before the tables'
+ * mutex is taken: its stack (code objects borrowed from frames that stay on
+ * the stack until the event ends) and its task's label.  lp_stack_here and
+ * the task slot use the prepared one while it is set (lp_ts.ctx). */
+typedef struct lp_ctx {
+    struct lp_ctx *prev;        /* an event nested in this one's flush */
+    lp_frame frames[LP_MAX_FRAMES_CAP];
+    uint32_t nframes, omitted;
+    PyObject *task_label;       /* new reference, or NULL: none */
+} lp_ctx;
+void lp_ctx_prepare(lp_ctx *c);     /* outside the mutex */
+void lp_ctx_done(lp_ctx *c);        /* after it */
+
 /* The current Python stack, interned (0 when it could not be recorded). */
 uint32_t lp_stack_here(void);
 /* one recorded stack sample: `estimate` events (already scaled by the
