@@ -413,32 +413,37 @@ lp_labels_after_fork(void)
 /* asyncio tasks (and gevent greenlets): the current task's label           */
 /* ------------------------------------------------------------------------ */
 
+/* asyncio's C functions, looked up once _asyncio is imported: written once
+ * under the tables' mutex, then published (asyncio_looked_up, a release
+ * store) and only read, without the mutex, by any thread */
 static PyObject *get_running_loop = NULL, *current_task = NULL, *current_tasks = NULL;
 static int asyncio_looked_up = 0;
+static PyObject *str_asyncio = NULL;    /* "_asyncio", made at setup */
 
 static void
 asyncio_lookup(void)
 {
-    static PyObject *name = NULL;       /* "_asyncio", made once */
-    asyncio_looked_up = 1;
-    if (name == NULL && (name = PyUnicode_InternFromString("_asyncio")) == NULL) {
-        PyErr_Clear();
-        asyncio_looked_up = 0;
-        return;
-    }
-    PyObject *mod = PyImport_GetModule(name);   /* only if already imported */
+    PyObject *mod = PyImport_GetModule(str_asyncio);   /* only if already imported */
     if (mod == NULL) {
-        PyErr_Clear();
-        asyncio_looked_up = 0;           /* try again once asyncio is in use */
+        PyErr_Clear();                  /* try again once asyncio is in use */
         return;
     }
-    get_running_loop = PyObject_GetAttrString(mod, "_get_running_loop");
-    current_task = PyObject_GetAttrString(mod, "current_task");          /* 3.12+ */
-    if (current_task == NULL) {
+    lp_enter();
+    if (!asyncio_looked_up) {
+        get_running_loop = PyObject_GetAttrString(mod, "_get_running_loop");
+        current_task = PyObject_GetAttrString(mod, "current_task");          /* 3.12+ */
+        if (current_task == NULL) {
+            PyErr_Clear();
+            current_tasks = PyObject_GetAttrString(mod, "_current_tasks");   /* 3.9-3.11 */
+        }
         PyErr_Clear();
-        current_tasks = PyObject_GetAttrString(mod, "_current_tasks");   /* 3.9-3.11 */
+#ifdef Py_GIL_DISABLED
+        __atomic_store_n(&asyncio_looked_up, 1, __ATOMIC_RELEASE);
+#else
+        asyncio_looked_up = 1;
+#endif
     }
-    PyErr_Clear();
+    lp_exit();
     Py_DECREF(mod);
 }
 
@@ -486,21 +491,21 @@ is_counter_name(PyObject *name, const char *prefix)
 /* gevent: the current greenlet's label (a str, new reference) when it is a
  * gevent.Greenlet (exactly: a subclass's `name` could be anyone's code), else
  * NULL; looked up only while gevent is imported */
-static PyObject *gevent_str = NULL;
+static PyObject *str_gevent = NULL;     /* "gevent", made at setup */
+static PyObject *greenlet_name(PyObject *getcurrent, PyObject *greenlet);
 static PyObject *gevent_module = NULL, *gevent_getcurrent = NULL, *gevent_greenlet = NULL;
 
 static PyObject *
 current_greenlet_label(void)
 {
-    if (gevent_str == NULL && (gevent_str = PyUnicode_InternFromString("gevent")) == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    PyObject *mod = PyImport_GetModule(gevent_str);
+    PyObject *mod = PyImport_GetModule(str_gevent);
     if (mod == NULL) {
         PyErr_Clear();
         return NULL;
     }
+    /* the cached functions, refreshed when gevent was re-imported: under the
+     * tables' mutex, and taken as new references for the calls below */
+    lp_enter();
     if (mod != gevent_module) {
         Py_CLEAR(gevent_getcurrent);
         Py_CLEAR(gevent_greenlet);
@@ -509,7 +514,19 @@ current_greenlet_label(void)
         gevent_greenlet = PyObject_GetAttrString(mod, "Greenlet");
         PyErr_Clear();
     }
+    PyObject *getcurrent = Py_XNewRef(gevent_getcurrent);
+    PyObject *greenlet = Py_XNewRef(gevent_greenlet);
+    lp_exit();
     Py_DECREF(mod);
+    PyObject *name = greenlet_name(getcurrent, greenlet);
+    Py_XDECREF(getcurrent);
+    Py_XDECREF(greenlet);
+    return name;
+}
+
+static PyObject *
+greenlet_name(PyObject *gevent_getcurrent, PyObject *gevent_greenlet)
+{
     if (gevent_getcurrent == NULL || gevent_greenlet == NULL) {
         return NULL;
     }
@@ -559,8 +576,11 @@ task_label_of(PyObject *task)
 PyObject *
 lp_current_task(void)
 {
-    if (!asyncio_looked_up) {
+    if (!LP_LOAD_ACQ(asyncio_looked_up)) {
         asyncio_lookup();
+        if (!LP_LOAD_ACQ(asyncio_looked_up)) {
+            return NULL;
+        }
     }
     PyObject *loop = get_running_loop != NULL ? PyObject_CallNoArgs(get_running_loop) : NULL;
     PyErr_Clear();
@@ -953,5 +973,10 @@ static PyMethodDef stack_methods[] = {
 int
 lp_stack_setup(PyObject *module)
 {
+    str_asyncio = PyUnicode_InternFromString("_asyncio");
+    str_gevent = PyUnicode_InternFromString("gevent");
+    if (str_asyncio == NULL || str_gevent == NULL) {
+        return -1;
+    }
     return lp_add_functions(module, stack_methods);
 }
