@@ -26,7 +26,7 @@ def reports(text):
 
 
 def main(log_dir):
-    ours, theirs = [], {}
+    ours, theirs, first = [], {}, {}
     for name in sorted(os.listdir(log_dir)):
         with open(os.path.join(log_dir, name), errors="replace") as f:
             for rep in reports(f.read()):
@@ -38,10 +38,13 @@ def main(log_dir):
                     "WARNING: ThreadSanitizer: ", ""))
                 key = (kind, tuple(frames[:3]))
                 theirs[key] = theirs.get(key, 0) + 1
+                first.setdefault(key, rep)        # each kind printed whole once
     for rep in ours:
         print(rep, "\n" + SEP)
     for (kind, frames), n in sorted(theirs.items(), key=lambda kv: -kv[1]):
         print(f"tsan: {n} x {kind} in CPython: {' <- '.join(frames)}")
+    for rep in first.values():
+        print(rep, "\n" + SEP)
     print(f"tsan: {len(ours)} report(s) in lockprof's frames, "
           f"{sum(theirs.values())} unsuppressed elsewhere")
     return 1 if ours or theirs else 0
