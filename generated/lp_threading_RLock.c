@@ -214,7 +214,7 @@ lp_threading_RLock_acquire_restore(lp_wrapper *self, PyObject *const *args, Py_s
     }
     if (r != NULL && LP_UNLIKELY(LP_LOAD(lp_track_holds)) && LP_LOAD(lp_active)) {
         /* a Condition's wait retakes the lock: held again, no new edge */
-        lp_order_reacquired(self, LP_KIND_THREADING_RLOCK);
+        lp_reacquired(self, LP_KIND_THREADING_RLOCK);
     }
     return r;
 }

@@ -160,7 +160,7 @@ step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
             a->t0 = lp_now_ns();
             if (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) {
                 if (LP_LOAD(lp_lock_order)) {
-                    lp_order_attempt(a->w, a->kind);
+                    lp_wait_unbounded(a->w, a->kind);
                 }
                 lp_wait_begin(a->w, a->kind, 0);
             }

@@ -325,3 +325,22 @@ lp_lock_freed(lp_wrapper *w)
     lp_record_orphan(w);
     lp_exit();
 }
+
+/* an acquire that can wait without end is about to block (lock order: its
+ * edges are recorded before, so that a deadlock that happens is reported) */
+void
+lp_wait_unbounded(lp_wrapper *w, int kind)
+{
+    lp_enter();
+    lp_order_attempt(w, kind);
+    lp_exit();
+}
+
+/* a lock retaken by a Condition's wait: held again, no new edge */
+void
+lp_reacquired(lp_wrapper *w, int kind)
+{
+    lp_enter();
+    lp_order_reacquired(w, kind);
+    lp_exit();
+}

@@ -4,8 +4,9 @@
  *
  * The runtime's files in the order calls go, each calling only files after it:
  *   generated/lp_*.c (the wrapper types' methods: the hot path)
- *   lp_factory.c, lp_attrs.c, lp_async.c, lp_runtime.c (making wrappers,
- *       their attributes, the asyncio awaitable, the slow paths and slots)
+ *   lp_factory.c, lp_async.c, lp_runtime.c, lp_attrs.c (making wrappers,
+ *       the asyncio awaitable, the slow paths and slots, the attributes of
+ *       Python classes' wrappers)
  *   lp_event.c (sampled and contended events)
  *   lp_hang.c -> lp_order.c (the features, fed by events)
  *   lp_export.c (the snapshot of the tables)

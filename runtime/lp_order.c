@@ -710,8 +710,10 @@ add_edges(const lp_holder *who, lp_wrapper *w, int kind, uint32_t cls, uint64_t 
  * its edges are recorded now, as the kernel's lockdep checks before it
  * waits, so the inversion of a deadlock that does happen is found too (the
  * acquire itself may never return). */
-static void
-order_attempt_locked(lp_wrapper *w, int kind)
+/* (lp_order_attempt, lp_order_acquired, lp_order_reacquired: called by
+ * lp_event.c, holding the tables' mutex) */
+void
+lp_order_attempt(lp_wrapper *w, int kind)
 {
     lp_lockrec *r = lp_rec_for(w, kind);
     lp_holder *who = holder_find(PyThread_get_thread_ident(), holder_task(kind), 0);
@@ -728,13 +730,6 @@ order_attempt_locked(lp_wrapper *w, int kind)
     }
 }
 
-void
-lp_order_attempt(lp_wrapper *w, int kind)
-{
-    lp_enter();
-    order_attempt_locked(w, kind);
-    lp_exit();
-}
 
 /* called after an acquire succeeded: no exception is pending */
 static void
@@ -782,18 +777,10 @@ lp_order_acquired(lp_wrapper *w, int kind, int forever)
     push(w, kind, forever, 1);
 }
 
-static void
-order_reacquired_locked(lp_wrapper *w, int kind)
-{
-    push(w, kind, 1, 0);
-}
-
 void
 lp_order_reacquired(lp_wrapper *w, int kind)
 {
-    lp_enter();
-    order_reacquired_locked(w, kind);
-    lp_exit();
+    push(w, kind, 1, 0);
 }
 
 /* removes `w` from holder `e`: 1 if it was there */

@@ -294,6 +294,21 @@ rec_for(lp_wrapper *w, int kind)
 /* ------------------------------------------------------------------------ */
 
 static PyObject *kind_names = NULL;   /* tuple of spec keys, index = kind */
+static unsigned char kind_async[64];  /* the kind is an asyncio lock's (set at init) */
+
+int
+lp_kind_is_async(int kind)
+{
+    return kind >= 0 && kind < 64 && kind_async[kind];
+}
+
+void
+lp_record_set_async(int kind, int is_async)
+{
+    if (kind >= 0 && kind < 64) {
+        kind_async[kind] = (unsigned char)(is_async != 0);
+    }
+}
 
 static int
 put(PyObject *d, const char *k, PyObject *v)

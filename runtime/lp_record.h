@@ -46,6 +46,7 @@ typedef struct lp_lockrec {
 lp_lockrec *lp_rec_for(lp_wrapper *w, int kind);
 PyObject *lp_lock_display_name(lp_wrapper *w, int kind);
 int lp_kind_is_async(int kind);
+void lp_record_set_async(int kind, int is_async);
 
 uint32_t lp_record_site_here(void);
 /* The frame a lock's name is looked up in: the first one outside the stdlib's

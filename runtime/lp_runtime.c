@@ -112,13 +112,6 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
 /* clock and sampling                                                        */
 /* ------------------------------------------------------------------------ */
 
-static unsigned char kind_async[64];
-
-int
-lp_kind_is_async(int kind)
-{
-    return kind >= 0 && kind < 64 && kind_async[kind];
-}
 
 /* ------------------------------------------------------------------------ */
 /* slow paths                                                                */
@@ -216,7 +209,7 @@ acquire_slow(lp_wrapper *w, int kind, PyObject *target,
         return lp_call(acquire, target, args, nargs, kwnames);
     }
     if (LP_LOAD(lp_lock_order) && !more) {
-        lp_order_attempt(w, kind);
+        lp_wait_unbounded(w, kind);
     }
     lp_wait_begin(w, kind, more);
     int64_t t0 = lp_now_ns();
@@ -247,7 +240,7 @@ cond_wait(lp_wrapper *w, int kind, const lp_method *m,
     PyObject *r = lp_call(m, w->inner, args, nargs, kwnames);
     if (ordered && LP_LOAD(lp_track_holds)) {
         /* retaken by the wait: held again, no new edge */
-        lp_order_reacquired(w, kind);
+        lp_reacquired(w, kind);
     }
     int64_t t1 = lp_now_ns();
     if (r != NULL) {
@@ -682,7 +675,7 @@ lp_types_init(PyObject *module, const lp_typedef *defs, int ndefs)
     for (int i = 0; i < ndefs; i++) {
         const lp_typedef *d = &defs[i];
         if (i < 64) {
-            kind_async[i] = (unsigned char)d->is_async;
+            lp_record_set_async(i, d->is_async);
         }
         /* entries marked lazy (asyncio, gevent) are looked up when first
          * needed, so that importing lockprof imports neither */

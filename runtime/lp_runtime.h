@@ -217,6 +217,9 @@ void lp_order_acquired(lp_wrapper *w, int kind, int forever);
 /* an acquire that waits without end is about to block (lock_order on) */
 void lp_order_attempt(lp_wrapper *w, int kind);
 void lp_order_reacquired(lp_wrapper *w, int kind);
+/* the same as events (lp_event.c): for the hot path's slow paths */
+void lp_wait_unbounded(lp_wrapper *w, int kind);
+void lp_reacquired(lp_wrapper *w, int kind);
 void lp_order_released(lp_wrapper *w);
 void lp_order_forget(lp_wrapper *w);
 void lp_order_after_fork(void);
