@@ -61,7 +61,11 @@ def test_two_thread_deadlock_names_both_threads_locks_holders_and_the_cycle(tmp_
     reports = _reports(r.stderr)
     assert len(reports) == 1, r.stderr          # once per episode, not once per tick
     rep = reports[0]
-    assert rep.startswith(f"{HEAD} 2 threads waited over 0.3 s for a lock")
+    # both waits begin at the barrier; the report comes when the first passes
+    # the timeout, and on a loaded machine the second may have begun a moment
+    # later: it is listed either way, counted past the timeout or not
+    assert re.match(rf"{re.escape(HEAD)} (2 threads|1 thread) waited over 0\.3 s for a lock"
+                    r"( \(hang timeout\), 2 threads waiting in all)?", rep), rep
     lines = rep.splitlines()
     # each waiter, the lock it waits on, where it waits, the holder and where
     # the holder took the lock and is now
@@ -145,7 +149,7 @@ def test_two_asyncio_tasks_deadlocked(tmp_path):
     plain = _run(tmp_path, "tasks.py", profiled=False)
     assert r.stdout == plain.stdout == "pending: restock sell\ncancelled: True\n"
     rep, = _reports(r.stderr)
-    assert rep.startswith(f"{HEAD} 2 tasks waited over 0.3 s")
+    assert re.match(rf"{re.escape(HEAD)} (2 tasks|1 task) waited over 0\.3 s", rep), rep
     assert "task 'sell' in thread 'MainThread' has waited" in rep
     assert "tasks.py:7:stock (asyncio.Semaphore)" in rep
     assert "tasks.py:6:books (asyncio.Lock)" in rep
