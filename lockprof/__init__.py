@@ -210,7 +210,8 @@ def _warn_errors() -> None:
     """Failures inside profiling never reach the program: they are counted
     (counters()["errors"], ["name_errors"], in the profile's comments) and
     told once, as a RuntimeWarning; so are locks lockprof could not wrap."""
-    gone = _patch.replaced()
+    with _control:     # not while another thread's stop() or start() swaps the factories
+        gone = _patch.replaced()
     if gone:
         _tell_once("replaced", f"lockprof: {', '.join(gone)} replaced after lockprof.start() by "
                                f"an assignment lockprof does not hear of (gevent's patching and "

@@ -96,9 +96,9 @@ flush_release_locked(lp_wrapper *w, int64_t t_release)
          * for, and its stack is charged their delay when they get it (on a
          * lock contended without pause, the stack of its latest release at
          * most a wait period old: one capture per period, not per release) */
-        r->release_stack = lp_stack_here();
+        LP_STORE(r->release_stack, lp_stack_here());
         r->release_thread = lp_thread_slot();
-        r->release_stack_ns = t_release;
+        LP_STORE(r->release_stack_ns, t_release);
     }
     if (!(LP_WF(w) & LP_W_HOLDING)) {
         return;
@@ -134,9 +134,30 @@ flush_release_locked(lp_wrapper *w, int64_t t_release)
     }
 }
 
+/* a release that ends no sampled hold and has no lock order to update,
+ * whose waiters' delay is charged to a release stack captured less than a
+ * wait period ago: nothing to record, and neither a capture nor the mutex
+ * (read without the mutex; the record is published once, its two fields
+ * written with atomic stores; a stale read only sends the release to the
+ * full path) */
+static int
+release_is_quiet(lp_wrapper *w, int64_t t_release)
+{
+    uint8_t f = LP_WF(w);
+    if ((f & (LP_W_HOLDING | LP_W_ORDER)) || !(f & LP_W_WAITERS)) {
+        return 0;
+    }
+    lp_lockrec *r = LP_LOAD_ACQ(w->rec);
+    return r != NULL && LP_LOAD(r->release_stack) != 0 &&
+           t_release - LP_LOAD(r->release_stack_ns) < LP_LOAD(lp_wait_period_ns);
+}
+
 void
 lp_flush_release(lp_wrapper *w, int64_t t_release)
 {
+    if (release_is_quiet(w, t_release)) {
+        return;
+    }
     lp_ctx c;
     int prepared = (LP_WF(w) & (LP_W_HOLDING | LP_W_WAITERS)) != 0;
     if (prepared) {

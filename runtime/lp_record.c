@@ -270,7 +270,7 @@ rec_for(lp_wrapper *w, int kind)
             lp_count_error();
         }
         n_dropped_locks++;
-        w->rec = &overflow_rec;
+        LP_STORE_REL(w->rec, &overflow_rec);
         return w->rec;
     }
     r->id = ++nrecs;
@@ -280,7 +280,7 @@ rec_for(lp_wrapper *w, int kind)
     r->release_thread = UINT32_MAX;     /* no release with waiters seen yet */
     r->serial = next_serial++;
     recs[r->id - 1] = r;
-    w->rec = r;
+    LP_STORE_REL(w->rec, r);
     /* finding the name may run the garbage collector, and so free wrappers:
      * no compaction until the record is complete */
     busy++;
@@ -620,7 +620,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
             continue;
         }
         rec_zero(r);
-        r->release_stack = 0;
+        LP_STORE(r->release_stack, 0);
         r->release_thread = UINT32_MAX;
         r->id = kept + 1;
         recs[kept++] = r;

@@ -275,14 +275,15 @@ typedef struct lp_tstate {
 
 #ifdef Py_GIL_DISABLED
 extern _Thread_local lp_tstate lp_ts __attribute__((tls_model("initial-exec")));
-/* The one mutex guarding every table of the runtime (records, sites,
+/* lp_tables_mutex (lp_thread.c), the one mutex guarding every table of the runtime (records, sites,
  * stacks, samples, labels, lock order, hang doctor waits, caches): taken on
  * sampled or contended events, on lock creation and by the Python API; never
  * on the unsampled, uncontended path.  It stands where the GIL stood: it is
  * reentrant within a thread (a garbage collection inside a flush may run a
  * finaliser that takes a profiled lock), and a wait that blocks while this
  * thread holds it gives it up for the wait (lp_suspend/lp_resume). */
-extern PyMutex lp_tables_mutex;
+void lp_tables_lock(void);
+void lp_tables_unlock(void);
 /* out of line (lp_thread.c): only sampled and contended events call them,
  * and callgrind counts what the mutex costs them (bench.instructions) */
 void lp_enter(void);
@@ -294,7 +295,7 @@ lp_suspend(void)
     uint32_t d = lp_ts.depth;
     if (d != 0) {
         lp_ts.depth = 0;
-        PyMutex_Unlock(&lp_tables_mutex);
+        lp_tables_unlock();
     }
     return d;
 }
@@ -302,7 +303,7 @@ static inline void
 lp_resume(uint32_t d)
 {
     if (d != 0) {
-        PyMutex_Lock(&lp_tables_mutex);
+        lp_tables_lock();
         lp_ts.depth = d;
     }
 }
@@ -310,6 +311,7 @@ lp_resume(uint32_t d)
 #  define LP_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #  define LP_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 #  define LP_LOAD_ACQ(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#  define LP_STORE_REL(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
 #else
 extern lp_tstate lp_ts;
 #  define lp_enter() ((void)0)
@@ -319,6 +321,7 @@ extern lp_tstate lp_ts;
 #  define LP_LOAD(x) (x)
 #  define LP_STORE(x, v) ((void)((x) = (v)))
 #  define LP_LOAD_ACQ(x) (x)
+#  define LP_STORE_REL(x, v) ((void)((x) = (v)))
 #endif
 
 /* PyModule_AddFunctions, each function run holding the tables' mutex on a

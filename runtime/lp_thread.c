@@ -12,7 +12,8 @@
  *   - the sampling settings (lp_active, lp_sample_rate, the generations):
  *     written by configure() under the tables' mutex, read by every thread
  *     with relaxed loads (LP_LOAD).
- *   - lp_tables_mutex itself (free-threaded builds), the one mutex of the
+ *   - the tables' mutex itself (free-threaded builds: lp_tables_lock and
+ *     lp_tables_unlock, lp_enter and lp_exit), the one mutex of the
  *     runtime's tables (lp_runtime.h).
  * Calls: nothing of the runtime but the flags lp_track_holds (lp_order.c). */
 #include "lp_runtime.h"
@@ -25,17 +26,86 @@
 
 #ifdef Py_GIL_DISABLED
 _Thread_local lp_tstate lp_ts __attribute__((tls_model("initial-exec")));
-PyMutex lp_tables_mutex = {0};
 #else
 lp_tstate lp_ts;
 #endif
 
 #ifdef Py_GIL_DISABLED
+/* The tables' mutex: one word taken by compare-and-swap (0 free, 1 held,
+ * 2 held and a thread may be asleep on it).  A thread that finds it held
+ * spins a while with the CPU's pause hint, since a table update lasts well
+ * under a microsecond, then sleeps on park_cv detached from the interpreter
+ * (as a PyMutex waiter does), so that neither a stop-the-world nor the
+ * holder is kept waiting by a sleeper.  CPython's PyMutex was used first:
+ * its waiter yields the CPU (sched_yield) at every turn of its spin, and
+ * two threads sampling at the default rate lost a fifth of their time to
+ * those system calls (bench parallel, docs/free-threading.md). */
+static int lp_tables_mutex = 0;
+static pthread_mutex_t park_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t park_cv = PTHREAD_COND_INITIALIZER;
+#define LP_SPINS 2000
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void
+tables_lock_slow(void)
+{
+    for (int i = 0; i < LP_SPINS; i++) {
+        cpu_relax();
+        int free_ = 0;
+        if (__atomic_load_n(&lp_tables_mutex, __ATOMIC_RELAXED) == 0 &&
+            __atomic_compare_exchange_n(&lp_tables_mutex, &free_, 1, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+            return;
+        }
+    }
+    PyThreadState *ts = PyThreadState_GetUnchecked();
+    if (ts != NULL) {
+        ts = PyEval_SaveThread();
+    }
+    pthread_mutex_lock(&park_mutex);
+    while (__atomic_exchange_n(&lp_tables_mutex, 2, __ATOMIC_ACQUIRE) != 0) {
+        pthread_cond_wait(&park_cv, &park_mutex);
+    }
+    pthread_mutex_unlock(&park_mutex);
+    if (ts != NULL) {
+        PyEval_RestoreThread(ts);
+    }
+}
+
+void
+lp_tables_lock(void)
+{
+    int free_ = 0;
+    if (!__atomic_compare_exchange_n(&lp_tables_mutex, &free_, 1, 0, __ATOMIC_ACQUIRE,
+                                     __ATOMIC_RELAXED)) {
+        tables_lock_slow();
+    }
+}
+
+void
+lp_tables_unlock(void)
+{
+    if (__atomic_exchange_n(&lp_tables_mutex, 0, __ATOMIC_RELEASE) == 2) {
+        pthread_mutex_lock(&park_mutex);
+        pthread_cond_signal(&park_cv);
+        pthread_mutex_unlock(&park_mutex);
+    }
+}
+
 void
 lp_enter(void)
 {
     if (lp_ts.depth++ == 0) {
-        PyMutex_Lock(&lp_tables_mutex);
+        lp_tables_lock();
     }
 }
 
@@ -43,7 +113,7 @@ void
 lp_exit(void)
 {
     if (--lp_ts.depth == 0) {
-        PyMutex_Unlock(&lp_tables_mutex);
+        lp_tables_unlock();
     }
 }
 #endif
@@ -338,7 +408,9 @@ after_fork_child(void)
     lp_ts.registered = 0;
     lp_ts.prev = lp_ts.next = NULL;
     lp_ts.depth = 0;
-    memset(&lp_tables_mutex, 0, sizeof(lp_tables_mutex));
+    lp_tables_mutex = 0;
+    pthread_mutex_init(&park_mutex, NULL);
+    pthread_cond_init(&park_cv, NULL);
     lp_ts.gen = 0;
     set_countdown(&lp_ts, 0);
 }
