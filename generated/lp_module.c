@@ -21,6 +21,9 @@ static const lp_typedef *const lp_all_defs[LP_NKINDS] = {
     &lp_asyncio_Condition_def,
     &lp_threading__RLock_def,
     &lp_gevent_thread_LockType_def,
+    &lp_anyio_Lock_def,
+    &lp_anyio_Semaphore_def,
+    &lp_anyio_CapacityLimiter_def,
 };
 
 /* Multi-phase initialisation: the module's state is the runtime's C

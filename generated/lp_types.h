@@ -21,7 +21,10 @@
 #define LP_KIND_ASYNCIO_CONDITION 8
 #define LP_KIND_THREADING__RLOCK 9
 #define LP_KIND_GEVENT_THREAD_LOCKTYPE 10
-#define LP_NKINDS 11
+#define LP_KIND_ANYIO_LOCK 11
+#define LP_KIND_ANYIO_SEMAPHORE 12
+#define LP_KIND_ANYIO_CAPACITYLIMITER 13
+#define LP_NKINDS 14
 
 extern const lp_typedef lp_threading_Lock_def;
 extern const lp_typedef lp_threading_RLock_def;
@@ -34,5 +37,8 @@ extern const lp_typedef lp_asyncio_BoundedSemaphore_def;
 extern const lp_typedef lp_asyncio_Condition_def;
 extern const lp_typedef lp_threading__RLock_def;
 extern const lp_typedef lp_gevent_thread_LockType_def;
+extern const lp_typedef lp_anyio_Lock_def;
+extern const lp_typedef lp_anyio_Semaphore_def;
+extern const lp_typedef lp_anyio_CapacityLimiter_def;
 
 #endif

@@ -250,7 +250,10 @@ def _stats(snapshot) -> List[Dict[str, Any]]:
     for r in snapshot:
         r = dict(r)
         r["site"] = f"{r['file']}:{r['line']}" if r["file"] else "<unknown>"
-        r["name"] = f"{r['site']}:{r['var']}" if r["var"] else r["site"]
+        if r["var"] and " " in r["var"]:     # a library's label (lockprof._names.LABELS)
+            r["name"] = r["var"]
+        else:
+            r["name"] = f"{r['site']}:{r['var']}" if r["var"] else r["site"]
         out.append(r)
     out.sort(key=lambda r: (-r["wait_ns"], -r["acquisitions"]))
     return out

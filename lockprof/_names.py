@@ -14,7 +14,7 @@ body with `dis` takes milliseconds, too long inside a recorded event)."""
 from __future__ import annotations
 
 import opcode as _opcode
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 _NAMES = _opcode.opname
 _CACHE = _opcode.opmap.get("CACHE", -1)
@@ -58,10 +58,21 @@ def _local(code, index: int) -> Optional[str]:
     return name if isinstance(name, str) else None
 
 
+# Locks a library makes for itself, which the program never names: the code
+# object of the making function -> the name a user knows the lock by (anyio's
+# default thread limiter, behind to_thread.run_sync).  A name with a space in
+# it is a label: reports show it alone, without the library's file:line
+# (lockprof.export.model.lock_name).  Filled by lockprof._patch.
+LABELS: Dict[object, str] = {}
+
+
 def assignment_target(code, offset: int) -> Optional[str]:
     """The name the call at byte `offset` of `code` stores its result in, or
     None when the result goes elsewhere (a list, an argument, a return) or
     the instruction there is not a call."""
+    label = LABELS.get(code)
+    if label is not None:
+        return label
     try:
         raw = code.co_code
         if offset < 0 or offset + 1 >= len(raw) or not _NAMES[raw[offset]].startswith("CALL"):

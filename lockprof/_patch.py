@@ -88,13 +88,58 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
 DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "gevent", "lockprof")
 
 
+# libraries' modules whose lock-making functions only pass a program's call
+# on (anyio's public classes make their backend's): a lock made through them
+# is named, and sited, at the program's line that called them
+_PASS_THROUGH_MODULES = ("anyio._core._synchronization", "anyio._backends._asyncio")
+
+
 def _sync_files() -> List[str]:
     files = []
-    for name in ("threading", "asyncio.locks"):
+    for name in ("threading", "asyncio.locks") + _PASS_THROUGH_MODULES:
         mod = sys.modules.get(name)
         if mod is not None and getattr(mod, "__file__", None):
             files.append(mod.__file__)
     return files
+
+
+def _set_labels() -> None:
+    """Names for the locks libraries make for themselves (_names.LABELS)."""
+    backend = sys.modules.get("anyio._backends._asyncio")
+    cls = getattr(backend, "AsyncIOBackend", None) if backend is not None else None
+    fn = cls.__dict__.get("current_default_thread_limiter") if isinstance(cls, type) else None
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is not None:
+        _names.LABELS[code] = "anyio default thread limiter"
+
+
+def _pass_through_codes() -> List[object]:
+    """The code objects of anyio's lock-making functions: a lock's creation
+    site is the first frame outside them.  (anyio.Lock() runs Lock.__new__,
+    which asks the backend's create_lock, which calls the backend's class;
+    anyio.Condition() makes its Lock in __init__.)"""
+    codes = []
+    core = sys.modules.get("anyio._core._synchronization")
+    backend = sys.modules.get("anyio._backends._asyncio")
+    for mod, owner, names in ((core, "Lock", ("__new__",)), (core, "Semaphore", ("__new__",)),
+                              (core, "CapacityLimiter", ("__new__",)),
+                              (core, "Condition", ("__init__",)),
+                              (core, "LockAdapter", ("_lock",)),
+                              (core, "SemaphoreAdapter", ("_semaphore",)),
+                              (core, "CapacityLimiterAdapter", ("_limiter",)),
+                              (backend, "AsyncIOBackend", ("create_lock", "create_semaphore",
+                                                           "create_capacity_limiter"))):
+        cls = getattr(mod, owner, None) if mod is not None else None
+        for n in names:
+            fn = cls.__dict__.get(n) if isinstance(cls, type) else None
+            if isinstance(fn, (staticmethod, classmethod)):
+                fn = fn.__func__
+            elif isinstance(fn, property):
+                fn = fn.fget
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                codes.append(code)
+    return codes
 
 
 def _after_fork_in_child() -> None:
@@ -132,6 +177,8 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
         _lockprof.set_filters(DEFAULT_EXCLUDE + tuple(exclude), tuple(include))
         _lockprof.set_target_finder(_names.assignment_target)
         _lockprof.set_name_skip(_sync_files())
+        _lockprof.set_site_skip(_pass_through_codes())
+        _set_labels()
         if _running:
             _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
                                 max_samples, **caps)
@@ -180,6 +227,8 @@ def reinstall() -> None:
                 return
             _install_all()
             _lockprof.set_name_skip(_sync_files())
+            _lockprof.set_site_skip(_pass_through_codes())
+            _set_labels()
     except Exception:
         _lockprof.count_error()
 
@@ -223,9 +272,21 @@ class _ImportWatch:
     so that asyncio imported after start() is profiled and a re-import of
     threading or asyncio (importlib.reload) gets the factories back."""
 
-    WATCHED = frozenset(("threading", "asyncio"))
+    WATCHED = frozenset(("threading", "asyncio", "anyio._backends._asyncio"))
 
     def find_spec(self, name, path=None, target=None):
+        mp = sys.meta_path
+        if mp and mp[0] is not self:
+            # a finder put before this one (pytest's assertion rewriter, which
+            # claims the modules of plugins such as anyio's) would keep the
+            # watched modules from it: back to the front.  Safe while the
+            # import system iterates the list: it is at this entry, and the
+            # entries after it keep their places.
+            try:
+                mp.remove(self)
+                mp.insert(0, self)
+            except ValueError:
+                return None
         if name not in self.WATCHED:
             return None
         try:

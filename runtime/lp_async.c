@@ -2,8 +2,9 @@
  *
  * `await lock.acquire()` on a wrapped asyncio lock awaits this object, which
  * drives the stdlib's own coroutine step by step.  The clock is read only
- * when that coroutine suspends, so an uncontended acquire reads no clock and
- * a contended one measures the real time the task was suspended.
+ * when that coroutine suspends on something to wait for (a future, not a
+ * bare yield), so an uncontended acquire reads no clock and a contended one
+ * measures the real time the task was suspended.
  *
  * Owns: the awaitable objects, one per `await` (their fields are their own
  * task's; an awaitable is driven by one task at a time); the interned method
@@ -122,11 +123,14 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
     lp_wrapper *w = a->w;
     if ((a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) &&
         !(LP_WF(w) & LP_W_DELEGATED)) {
+        /* an acquire coroutine that returns has acquired: asyncio's return
+         * True, anyio's None */
+        int acquired = value == Py_None || LP_ACQUIRED(value);
         if (a->t0 != 0) {
-            lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, LP_ACQUIRED(value));
+            lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, acquired);
             a->t0 = 0;
         }
-        if (LP_ACQUIRED(value) && LP_SAMPLED()) {
+        if (acquired && LP_SAMPLED()) {
             lp_flush_acquire(w, a->kind, 1, 1);
         }
     }
@@ -156,7 +160,10 @@ static lp_send_result
 step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
 {
     if (res == LP_SEND_NEXT) {
-        if (a->t0 == 0 && LP_LOAD(lp_active)) {
+        /* a bare yield (None) is a checkpoint: the task is scheduled again
+         * at once (anyio's locks yield so on every acquire); only a
+         * suspension on something to wait for (a future) begins a wait */
+        if (a->t0 == 0 && value != Py_None && LP_LOAD(lp_active)) {
             a->t0 = lp_now_ns();
             if (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) {
                 if (LP_LOAD(lp_lock_order)) {

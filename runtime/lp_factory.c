@@ -345,6 +345,16 @@ class_hookable(const lp_typedef *d, PyObject *orig)
     if (t->tp_new == PyBaseObject_Type.tp_new) {
         return 1;
     }
+    /* a __new__ of the class's own, written in Python (anyio's backend
+     * classes): calls of the class are never specialised past tp_vectorcall */
+    PyObject *own = PyDict_GetItemWithError(t->tp_dict, str_new);   /* borrowed */
+    if (own == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (own != NULL && own != class_new_static && Py_IS_TYPE(own, &PyStaticMethod_Type)) {
+        return 1;
+    }
     if (slot_new == NULL || t->tp_new != slot_new) {
         return 0;
     }

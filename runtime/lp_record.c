@@ -3,7 +3,8 @@
  * lock creation, or from the Python API.
  *
  * Owns: the creation sites, the lock records (and the overflow record),
- * compaction, the error counters, the target finder, and the wrapper's rec
+ * compaction, the error counters, the target finder, the creation-site skip
+ * codes (set_site_skip), and the wrapper's rec
  * pointer.
  * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
  * threaded build, the GIL otherwise: every flush function and API function
@@ -105,6 +106,25 @@ site_intern(PyObject *code, int pos)
     return id;
 }
 
+/* code objects of libraries' lock-making functions that only pass the
+ * program's call on (anyio.Lock.__new__, the backend's create_lock, ...):
+ * a creation site is the first frame outside them (set_site_skip) */
+static PyObject *site_skip = NULL;      /* tuple of code objects */
+
+static int
+site_skipped(PyCodeObject *code)
+{
+    if (site_skip == NULL) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(site_skip); i++) {
+        if (PyTuple_GET_ITEM(site_skip, i) == (PyObject *)code) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static uint32_t
 record_site_here_locked(void)
 {
@@ -112,7 +132,18 @@ record_site_here_locked(void)
     if (f == NULL) {
         return 0;
     }
+    Py_INCREF(f);
     PyCodeObject *code = PyFrame_GetCode(f);
+    while (site_skipped(code)) {
+        PyFrameObject *back = PyFrame_GetBack(f);
+        if (back == NULL) {
+            break;
+        }
+        Py_DECREF(code);
+        Py_DECREF(f);
+        f = back;
+        code = PyFrame_GetCode(f);
+    }
 #ifdef LP_HAVE_LASTI
     int pos = PyFrame_GetLasti(f);
 #else
@@ -120,7 +151,27 @@ record_site_here_locked(void)
 #endif
     uint32_t id = site_intern((PyObject *)code, pos);
     Py_DECREF(code);
+    Py_DECREF(f);
     return id;
+}
+
+static PyObject *
+lp_py_set_site_skip(PyObject *mod, PyObject *codes)
+{
+    PyObject *t = PySequence_Tuple(codes);
+    if (t == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        if (!PyCode_Check(PyTuple_GET_ITEM(t, i))) {
+            PyErr_Format(PyExc_TypeError, "set_site_skip: code objects expected, got %R",
+                         PyTuple_GET_ITEM(t, i));
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
+    LP_XSETREF(site_skip, t);
+    Py_RETURN_NONE;
 }
 
 uint32_t
@@ -443,6 +494,10 @@ lp_lock_display_name(lp_wrapper *w, int kind)
     const lp_site *s = &sites[site];
     PyObject *file = ((PyCodeObject *)s->code)->co_filename;
     int line = site_line(s);
+    if (var != NULL && PyUnicode_Check(var) && PyUnicode_FindChar(var, ' ', 0,
+                                                                  PyUnicode_GET_LENGTH(var), 1) >= 0) {
+        return Py_NewRef(var);     /* a library's label (lockprof._names.LABELS) */
+    }
     return var != NULL ? PyUnicode_FromFormat("%U:%d:%U", file, line, var)
                        : PyUnicode_FromFormat("%U:%d", file, line);
 }
@@ -747,6 +802,9 @@ lp_records_counters(void)
 
 
 static PyMethodDef record_methods[] = {
+    {"set_site_skip", lp_py_set_site_skip, METH_O,
+     "set_site_skip(codes)\n--\n\nCode objects of libraries' lock-making functions: a lock's "
+     "creation site is the first frame outside them."},
     {"set_target_finder", lp_py_set_target_finder, METH_O,
      "set_target_finder(fn)\n--\n\nfn(code, offset) -> the variable the call there stores "
      "its result in, or None (lockprof._names.assignment_target)."},

@@ -117,7 +117,15 @@ def has_event(lk: Dict[str, Any]) -> bool:
                 or lk.get("acquisition_samples") or lk.get("hold_samples"))
 
 
+def is_label(var: Optional[str]) -> bool:
+    """A library's name for a lock it makes (`anyio default thread limiter`,
+    lockprof._names.LABELS), shown without the file:line inside the library."""
+    return bool(var) and " " in var
+
+
 def lock_name(file: Optional[str], line: int, var: Optional[str]) -> str:
+    if is_label(var):
+        return var
     site = f"{file}:{line}" if file else "<unknown>"
     return f"{site}:{var}" if var else site
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 
 from ._files import write_text
 from ._names import frame_name, short_name, short_path
-from .model import EVENT_ID, Profile, has_event
+from .model import EVENT_ID, Profile, has_event, is_label
 
 SORT_KEYS = {"wait": "wait_ns", "hold": "hold_ns", "contentions": "contentions",
              "acquisitions": "acquisitions"}
@@ -18,7 +18,9 @@ def _ms(ns: float) -> str:
 
 
 def shown_name(lk: Dict[str, Any]) -> str:
-    if lk.get("file"):
+    if is_label(lk.get("var")):
+        name = lk["var"]
+    elif lk.get("file"):
         name = f"{short_path(lk['file'])}:{lk['line']}"
         name = f"{name}:{lk['var']}" if lk.get("var") else name
     else:
