@@ -55,7 +55,9 @@ link = os.environ.get("LOCKPROF_LDFLAGS", "").split()
 # free-threaded CPython, so there its tests skip (no environment marker tells
 # a free-threaded interpreter apart; this runs on the interpreter installing)
 free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-test_extras = ["pytest>=7", "jinja2>=3.0", "setuptools>=77"]
+test_extras = ["pytest>=7", "jinja2>=3.0", "setuptools>=77",
+               # the third-party lock types lockprof profiles (tests/test_anyio.py)
+               "anyio>=4.5"]
 if not free_threaded:
     test_extras.append("gevent>=23; platform_python_implementation == 'CPython'")
 

@@ -70,7 +70,7 @@ lp_anyio_Semaphore_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t n
 static PyObject *
 lp_anyio_Semaphore_aenter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_ANYIO_SEMAPHORE, LP_AW_AENTER, &lp_anyio_Semaphore_m_acquire,
+    return lp_awaitable_new(self, LP_KIND_ANYIO_SEMAPHORE, LP_AW_AENTER_SELF, &lp_anyio_Semaphore_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 

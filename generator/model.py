@@ -75,6 +75,9 @@ class Method:
     # the wrapped object's bound method, so that the call stays Python to
     # Python (a C method calling into Python costs a C-level frame)
     as_getter: bool = False
+    # an "aenter" whose wrapped __aenter__ returns the lock itself (anyio's
+    # Semaphore): `async with lock as x` gives the wrapper; otherwise None
+    returns_self: bool = False
 
     @property
     def c_doc(self) -> str:
@@ -189,9 +192,12 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
             raise SpecError(f"{mwhere}: role {role!r} is for asyncio types; this entry is not async")
         if role in ("wait", "async_wait") and not raw["condition"]:
             raise SpecError(f"{mwhere}: role {role!r} needs \"condition\": true")
-        extra = set(m) - {"name", "role", "since", "signature"}
+        extra = set(m) - {"name", "role", "since", "signature", "returns"}
         if extra:
             raise SpecError(f"{mwhere}: unknown field(s) {sorted(extra)}")
+        if "returns" in m and (m["returns"] != "self" or role != "aenter"):
+            raise SpecError(f"{mwhere}: 'returns' can only be \"self\", for an 'aenter' method "
+                            f"whose wrapped __aenter__ returns the lock")
         guard = None
         if "since" in m:
             guard = f"PY_VERSION_HEX >= {_version_hex(m['since'], mwhere)}"
@@ -221,7 +227,8 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
             name=name, role=role, c_name=f"{prefix}_{_ident(name) or name}",
             meth_flags=flags, inner=inner_name, inner_c=c_var, guard=guard,
             doc=_text_signature(name, sig)
-            + f"{name}: as {shown}.{inner_name}, recorded by lockprof ({role})."))
+            + f"{name}: as {shown}.{inner_name}, recorded by lockprof ({role}).",
+            returns_self=m.get("returns") == "self"))
     release = None
     if any(x.role == "aexit" for x in methods):
         release = next((x for x in methods if x.name == "release"), None)

@@ -4,9 +4,10 @@
 or class body, `LOCK = threading.Lock()` name the lock where it is made, so
 its name does not depend on where its first recorded event happens (inside a
 helper taking it as a parameter, say).  The C runtime calls this once per
-creation site (CPython 3.11+, where a site is an instruction), on the first
-recorded event of a lock made there, and falls back to looking the lock up in
-the recording frame when it returns None.
+creation site, on the first recorded event of a lock made there, and falls
+back to looking the lock up in the recording frame when it returns None.
+Before 3.11 a site is a line, not an instruction: the offset is then -1, and
+only a library's label (LABELS) is answered.
 
 It reads the two instructions after the call straight from `co_code`: a few
 dozen operations, whatever the size of the function (disassembling a module

@@ -13,6 +13,8 @@
  * flush functions, which take the tables' mutex. */
 #include "lp_record.h"
 
+#define LP_AW_IS_ENTER(mode) ((mode) == LP_AW_AENTER || (mode) == LP_AW_AENTER_SELF)
+
 typedef enum { LP_SEND_RETURN = 0, LP_SEND_ERROR = -1, LP_SEND_NEXT = 1 } lp_send_result;
 
 typedef struct {
@@ -121,7 +123,7 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
 {
     a->done = 1;
     lp_wrapper *w = a->w;
-    if ((a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) &&
+    if ((a->mode == LP_AW_ACQUIRE || LP_AW_IS_ENTER(a->mode)) &&
         !(LP_WF(w) & LP_W_DELEGATED)) {
         /* an acquire coroutine that returns has acquired: asyncio's return
          * True, anyio's None */
@@ -137,10 +139,10 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
     else if (a->mode == LP_AW_WAIT && a->t0 != 0) {
         lp_flush_cond_wait(w, a->kind, lp_now_ns() - a->t0);
     }
-    if (a->mode == LP_AW_AENTER) {
-        /* async with: __aenter__ returns None */
+    if (LP_AW_IS_ENTER(a->mode)) {
+        /* async with: __aenter__ returns None, or the lock (the wrapper) */
         Py_DECREF(value);
-        value = Py_NewRef(Py_None);
+        value = Py_NewRef(a->mode == LP_AW_AENTER_SELF ? (PyObject *)w : Py_None);
     }
     *result = value;
     return LP_SEND_RETURN;
@@ -150,7 +152,7 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
 static void
 abort_wait(lp_awaitable *a)
 {
-    if (a->t0 != 0 && (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER)) {
+    if (a->t0 != 0 && (a->mode == LP_AW_ACQUIRE || LP_AW_IS_ENTER(a->mode))) {
         lp_wait_abort(a->w);
     }
     a->t0 = 0;
@@ -165,7 +167,7 @@ step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
          * suspension on something to wait for (a future) begins a wait */
         if (a->t0 == 0 && value != Py_None && LP_LOAD(lp_active)) {
             a->t0 = lp_now_ns();
-            if (a->mode == LP_AW_ACQUIRE || a->mode == LP_AW_AENTER) {
+            if (a->mode == LP_AW_ACQUIRE || LP_AW_IS_ENTER(a->mode)) {
                 if (LP_LOAD(lp_lock_order)) {
                     lp_wait_unbounded(a->w, a->kind);
                 }

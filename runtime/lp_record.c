@@ -214,15 +214,21 @@ static PyObject *target_finder = NULL;
 static PyObject *
 site_target(uint32_t id)
 {
-#ifdef LP_HAVE_LASTI
     lp_site *s = &sites[id];
     if (!s->target_known && target_finder != NULL) {
         s->target_known = 1;
         PyObject *exc_type, *exc_value, *exc_tb;
         PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
         PyObject *code = Py_NewRef(s->code);
+#ifdef LP_HAVE_LASTI
+        int offset = (int)s->pos;
+#else
+        /* before 3.11 a site is a line, which may hold several creations:
+         * only a library's label (an offset of -1 asks for nothing else) */
+        int offset = -1;
+#endif
         PyObject *t = lp_fault() ? NULL
-                                 : PyObject_CallFunction(target_finder, "Oi", code, s->pos);
+                                 : PyObject_CallFunction(target_finder, "Oi", code, offset);
         Py_DECREF(code);
         if (t == NULL) {
             PyErr_Clear();
@@ -236,11 +242,6 @@ site_target(uint32_t id)
         PyErr_Restore(exc_type, exc_value, exc_tb);
     }
     return Py_XNewRef(sites[id].target);
-#else
-    /* before 3.11 a site is a line, which may hold several creations */
-    (void)id;
-    return NULL;
-#endif
 }
 
 static PyObject *

@@ -420,7 +420,8 @@ PyObject *lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
                        PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 
 /* asyncio: an awaitable driving the inner coroutine; see lp_async.c */
-enum { LP_AW_ACQUIRE = 0, LP_AW_AENTER = 1, LP_AW_WAIT = 2, LP_AW_CALL = 3 };
+enum { LP_AW_ACQUIRE = 0, LP_AW_AENTER = 1, LP_AW_WAIT = 2, LP_AW_CALL = 3,
+       LP_AW_AENTER_SELF = 4 /* an __aenter__ that returns the lock */ };
 typedef PyObject *(*lp_release_fn)(lp_wrapper *w);
 PyObject *lp_awaitable_new(lp_wrapper *w, int kind, int mode,
                            const lp_method *m, PyObject *const *args,

@@ -19,6 +19,17 @@ import weakref
 NAMES = ["threading.Lock", "threading.RLock", "threading.Semaphore",
          "threading.BoundedSemaphore", "threading.Condition",
          "asyncio.Lock", "asyncio.Semaphore", "asyncio.BoundedSemaphore", "asyncio.Condition"]
+# third-party lock types, where installed: imported before lockprof starts,
+# their backend module after (anyio imports its asyncio backend on first use)
+try:
+    import anyio
+except ImportError:
+    anyio = None
+else:
+    NAMES += ["anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"]
+# what the name is called with to make an object
+ARGS = {"anyio.Semaphore": (2,), "anyio.CapacityLimiter": (2,)}
+ASYNC_MODULES = ("asyncio", "anyio")
 
 _ADDR = re.compile(r"0x[0-9a-fA-F]+")
 
@@ -41,7 +52,7 @@ def _names(classes):
     return [f"{c.__module__}.{c.__qualname__}" for c in classes]
 
 
-def _name_queries(N):
+def _name_queries(N, args=()):
     q = {}
     q["repr"] = lambda: repr(N)
     q["type"] = lambda: repr(type(N))
@@ -65,7 +76,7 @@ def _name_queries(N):
     def subclass_instance():
         class X(N):
             pass
-        x = X()
+        x = X(*args)
         return (type(x).__name__, isinstance(x, N), x.__class__ is X)
     q["subclass instance"] = subclass_instance
     if sys.version_info >= (3, 10):
@@ -121,7 +132,20 @@ def _object_queries(N, obj, is_async):
         finally:
             del obj.extra
     q["obj.extra = 1"] = set_attribute
-    for meth in ("acquire", "release", "locked", "notify", "wait"):
+    for attr in ("value", "max_value", "total_tokens", "borrowed_tokens", "available_tokens"):
+        if attr in dir(type(obj)):
+            q[f"obj.{attr}"] = lambda attr=attr: getattr(obj, attr)
+
+    def set_total_tokens():
+        obj.total_tokens = 3
+        try:
+            return (obj.total_tokens, obj.available_tokens)
+        finally:
+            obj.total_tokens = 2
+    if "total_tokens" in dir(type(obj)):
+        q["obj.total_tokens = 3"] = set_total_tokens
+    for meth in ("acquire", "release", "locked", "notify", "wait", "statistics",
+                 "acquire_nowait"):
         if not hasattr(obj, meth):
             continue
         m = getattr(obj, meth)
@@ -184,11 +208,12 @@ async def _probe_all():
     for dotted in NAMES:
         modname, _, attr = dotted.rpartition(".")
         N = getattr(sys.modules[modname], attr)
-        is_async = modname == "asyncio"
-        answers = {k: _answer(fn) for k, fn in _name_queries(N).items()}
-        obj = N()
+        is_async = modname in ASYNC_MODULES
+        args = ARGS.get(dotted, ())
+        answers = {k: _answer(fn) for k, fn in _name_queries(N, args).items()}
+        obj = N(*args)
         answers.update({k: _answer(fn) for k, fn in _object_queries(N, obj, is_async).items()})
-        answers.update(await _async_queries(N(), is_async))
+        answers.update(await _async_queries(N(*args), is_async))
         result[dotted] = answers
     return result
 

@@ -1,0 +1,290 @@
+"""anyio's locks (its asyncio backend): Lock, Semaphore, CapacityLimiter and
+the default thread limiter behind to_thread.run_sync.  Exact figures from
+handshakes, the names a user knows them by, anyio's semantics kept, lazy
+patching, and anyio's own synchronization tests passing profiled."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import lockprof
+
+anyio = pytest.importorskip("anyio")     # a test extra: installed in CI everywhere
+
+ROOT = Path(__file__).resolve().parent.parent
+HOLD = 0.05
+
+
+def _rows(kind):
+    return [r for r in lockprof.stats() if r["kind"] == kind]
+
+
+def _only(kind):
+    rows = _rows(kind)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def _handshakes(lock, n):
+    """n times: a holder takes the lock and keeps it HOLD s; a waiter asks
+    for it once the holder has it.  Exactly n contentions."""
+    for _ in range(n):
+        held = anyio.Event()
+
+        async def holder():
+            async with lock:
+                held.set()
+                await anyio.sleep(HOLD)
+
+        async def waiter():
+            async with lock:
+                pass
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await held.wait()
+            tg.start_soon(waiter)
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda: anyio.Lock(), "anyio.Lock"),                         # made here: Lock
+    (lambda: anyio.Semaphore(1), "anyio.Semaphore"),              # made here: Semaphore
+    (lambda: anyio.CapacityLimiter(1), "anyio.CapacityLimiter"),  # made here: CapacityLimiter
+])
+def test_contentions_are_exact_and_waits_are_the_holds(make, kind):
+    lockprof.start(1.0)
+    n = 4
+
+    async def main():
+        shared = make()
+        await _handshakes(shared, n)
+        for _ in range(3):          # uncontended: a checkpoint, not a wait
+            async with shared:
+                pass
+    anyio.run(main)
+    r = _only(kind)
+    assert r["contentions"] == n
+    assert r["acquisitions"] == 2 * n + 3
+    assert r["timeouts"] == 0
+    # each wait lasts what is left of a HOLD-long hold: within 10% of it
+    mean_wait = r["wait_ns"] / n / 1e9
+    assert HOLD * 0.9 <= mean_wait <= HOLD * 1.1 + 0.01, mean_wait
+    # made in the lambda's line; named by the variable its first recorded
+    # event found it in (the holder's `lock`)
+    made = _line_of(f"# made here: {kind.split('.')[1]}")
+    assert r["name"] == f"{__file__}:{made}:lock", r["name"]
+
+
+def _line_of(text):
+    for i, line in enumerate(Path(__file__).read_text().splitlines(), 1):
+        if text in line and "_line_of" not in line:
+            return i
+    raise AssertionError(text)
+
+
+def test_a_lock_is_named_at_the_programs_line():
+    lockprof.start(1.0)
+
+    async def main():
+        account_lock = anyio.Lock()
+        async with account_lock:
+            pass
+        cond = anyio.Condition()        # its lock is made inside anyio
+        async with cond:
+            pass
+    anyio.run(main)
+    names = {r["name"] for r in lockprof.stats() if r["kind"] == "anyio.Lock"}
+    # 3.11+ reads the variable the creating call stores in; before, the lock
+    # is looked up where its first event ran: the attribute of `cond`
+    cond_var = "cond" if sys.version_info >= (3, 11) else "_lock"
+    assert names == {f"{__file__}:{_line_of('account_lock = anyio.Lock()')}:account_lock",
+                     f"{__file__}:{_line_of('cond = anyio.Condition()')}:{cond_var}"}, names
+
+
+def test_uncontended_acquires_read_no_clock_and_count_no_wait():
+    lockprof.start(1.0)
+
+    async def main():
+        lock, sem, lim = anyio.Lock(), anyio.Semaphore(3), anyio.CapacityLimiter(3)
+        for _ in range(50):
+            async with lock, sem, lim:
+                await anyio.sleep(0)
+    anyio.run(main)
+    for kind in ("anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"):
+        r = _only(kind)
+        assert r["acquisitions"] == 50 and r["contentions"] == 0 and r["wait_ns"] == 0, r
+
+
+def test_the_default_thread_limiter_is_named_and_its_wait_charged_to_the_caller():
+    lockprof.start(1.0)
+    calls = 3
+
+    async def main():
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+        started = []
+
+        def work():
+            started.append(1)
+            time.sleep(HOLD)
+
+        async def endpoint():
+            await anyio.to_thread.run_sync(work)     # the endpoint's line
+        async with anyio.create_task_group() as tg:
+            for _ in range(calls):
+                tg.start_soon(endpoint)
+        assert len(started) == calls
+    anyio.run(main)
+    r = _only("anyio.CapacityLimiter")
+    assert r["name"] == "anyio default thread limiter"
+    assert r["acquisitions"] == calls
+    # the first call takes the token at once; the other two wait for it
+    assert r["contentions"] == calls - 1
+    line = _line_of("await anyio.to_thread.run_sync(work)     # the endpoint's line")
+    waits = [s for s in lockprof.samples() if s["kind"] == "anyio.CapacityLimiter"
+             and s["event"] == "contention"]
+    assert waits
+    for s in waits:
+        assert any(f[0] == __file__ and f[2] == line for f in s["frames"]), s["frames"]
+    # in the file a user reads, too
+    prof = lockprof.profile()
+    assert "anyio default thread limiter" in {lk["name"] for lk in prof.locks}
+
+
+def test_semantics_kept():
+    lockprof.start(1.0)
+
+    async def main():
+        lock = anyio.Lock()
+        assert lockprof._lockprof.is_wrapper(lock)
+        assert isinstance(lock, anyio.Lock)
+        assert not lock.locked()
+        lock.acquire_nowait()
+        assert lock.locked() and lock.statistics().locked
+        raised = []
+
+        async def other():
+            try:
+                lock.acquire_nowait()
+            except anyio.WouldBlock:
+                raised.append("WouldBlock")
+            try:                    # release by a task that does not hold it
+                lock.release()
+            except RuntimeError as e:
+                raised.append(str(e))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other)
+        assert raised == ["WouldBlock", "The current task is not holding this lock"]
+        lock.release()
+
+        # a cancelled waiter leaves the lock consistent
+        await lock.acquire()
+        async with anyio.create_task_group() as tg:
+            async def waiter():
+                await lock.acquire()
+            tg.start_soon(waiter)
+            await anyio.sleep(0.01)
+            assert lock.statistics().tasks_waiting == 1
+            tg.cancel_scope.cancel()
+        assert lock.statistics().tasks_waiting == 0
+        lock.release()
+        assert not lock.locked()
+        async with lock:
+            assert lock.locked()
+
+        sem = anyio.Semaphore(2, max_value=2)
+        async with sem as value:
+            assert value is sem          # anyio's Semaphore.__aenter__ returns it
+            assert sem.value == 1
+        with pytest.raises(ValueError, match="semaphore released too many times"):
+            sem.release()
+        assert sem.max_value == 2 and sem.statistics().tasks_waiting == 0
+
+        lim = anyio.CapacityLimiter(2)
+        lim.total_tokens = 3             # set on the wrapped limiter
+        assert lim.total_tokens == 3 and lim.available_tokens == 3
+        with pytest.raises(TypeError, match="total_tokens must be an int or math.inf"):
+            lim.total_tokens = 2.5
+        borrower = object()
+        await lim.acquire_on_behalf_of(borrower)
+        assert lim.borrowed_tokens == 1 and lim.statistics().borrowers == (borrower,)
+        with pytest.raises(RuntimeError, match="already holding"):
+            await lim.acquire_on_behalf_of(borrower)
+        lim.release_on_behalf_of(borrower)
+        with pytest.raises(RuntimeError, match="isn't holding"):
+            lim.release_on_behalf_of(borrower)
+        assert lim.borrowed_tokens == 0
+    anyio.run(main)
+    assert lockprof.counters()["errors"] == 0
+
+
+def _run(code, env=None):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    e.pop("LOCKPROF_ENABLED", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, env=e)
+
+
+def test_lazy_nothing_imported_and_patched_when_imported_later():
+    r = _run("""
+        import sys, lockprof
+        lockprof.start(1.0)
+        assert "anyio" not in sys.modules
+        import anyio                        # after start(): patched when its backend loads
+        async def main():
+            lock = anyio.Lock()
+            async with lock:
+                pass
+            return lockprof._lockprof.is_wrapper(lock)
+        print(anyio.run(main), [r["kind"] for r in lockprof.stats() if r["kind"].startswith("anyio")])
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "True ['anyio.Lock']", r.stdout
+
+
+def test_stop_puts_the_classes_back():
+    lockprof.start(1.0)
+
+    async def made():
+        return anyio.Lock(), anyio.CapacityLimiter(1)
+    lock, lim = anyio.run(made)
+    assert lockprof._lockprof.is_wrapper(lock) and lockprof._lockprof.is_wrapper(lim)
+    lockprof.stop()
+    lock, lim = anyio.run(made)
+    assert not lockprof._lockprof.is_wrapper(lock) and not lockprof._lockprof.is_wrapper(lim)
+
+
+def _anyio_tests_dir():
+    """anyio's own tests, from its sdist (CI unpacks it and names it in
+    LOCKPROF_ANYIO_TESTS; .ci/run)."""
+    d = os.environ.get("LOCKPROF_ANYIO_TESTS")
+    return Path(d) if d else None
+
+
+@pytest.mark.skipif(_anyio_tests_dir() is None,
+                    reason="LOCKPROF_ANYIO_TESTS does not name anyio's sdist tests (.ci/run does)")
+def test_anyios_own_synchronization_tests_pass_profiled(tmp_path):
+    tests = _anyio_tests_dir()
+    # the asyncio backend's: anyio on trio is not profiled
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:lockprof",
+            "tests/test_synchronization.py", "-k", "not trio", "-W", "ignore::DeprecationWarning"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("LOCKPROF_ENABLED", None)
+    plain = subprocess.run([sys.executable] + args, cwd=tests, capture_output=True, text=True,
+                           timeout=600, env=env)
+    out = tmp_path / "anyio.pprof"
+    profiled = subprocess.run([sys.executable, "-m", "lockprof", "run", "--sample-rate", "1.0",
+                               "-q", "-o", str(out)] + args, cwd=tests, capture_output=True,
+                              text=True, timeout=600, env=env)
+
+    def summary(r):
+        lines = [x for x in r.stdout.splitlines() if " passed" in x or " failed" in x]
+        assert lines, r.stdout[-3000:] + r.stderr[-3000:]
+        return lines[-1].split(" in ")[0]
+    assert summary(profiled) == summary(plain)
+    assert " passed" in summary(plain) and "failed" not in summary(plain), summary(plain)
+    from lockprof.export import pprof
+    kinds = {s["kind"] for s in pprof.read(str(out)).samples()}
+    assert {"anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"} <= kinds, kinds
