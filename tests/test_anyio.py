@@ -288,3 +288,77 @@ def test_anyios_own_synchronization_tests_pass_profiled(tmp_path):
     from lockprof.export import pprof
     kinds = {s["kind"] for s in pprof.read(str(out)).samples()}
     assert {"anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"} <= kinds, kinds
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_server_on_loopback_shows_the_limiter_and_lock_waits(tmp_path):
+    """examples/threadpool_app.py on uvicorn, profiled by `lockprof run`,
+    under a bounded load from real HTTP clients: the report names the
+    default thread limiter and the app's anyio.Lock, with their waits."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    import signal
+    import socket
+    examples = ROOT / "examples"
+    port = _free_port()
+    out = tmp_path / "app.pprof"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("LOCKPROF_ENABLED", None)
+    srv = subprocess.Popen([sys.executable, "-m", "lockprof", "run", "-q", "-o", str(out),
+                            "-m", "uvicorn", "threadpool_app:app", "--host", "127.0.0.1",
+                            "--port", str(port), "--log-level", "warning"],
+                           cwd=examples, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if srv.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(srv.communicate()[1][-3000:])
+                time.sleep(0.1)
+        load = subprocess.run([sys.executable, "threadpool_app.py", "load",
+                               f"http://127.0.0.1:{port}", "120"], cwd=examples, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert load.returncode == 0, load.stderr
+    finally:
+        srv.send_signal(signal.SIGINT)
+        _, err = srv.communicate(timeout=60)
+    assert srv.returncode == 0, err[-3000:]
+    from lockprof.export import pprof
+    prof = pprof.read(str(out))
+    locks = {lk["name"]: lk for lk in prof.locks}
+    limiter = locks["anyio default thread limiter"]
+    # 16 clients, 4 tokens, 60 sync requests of 20 ms each: most wait
+    assert limiter["kind"] == "anyio.CapacityLimiter" and limiter["contentions"] > 0, limiter
+    app_line = _line_in(examples / "threadpool_app.py", "ledger_lock = anyio.Lock()")
+    ledger = locks[f"{examples / 'threadpool_app.py'}:{app_line}:ledger_lock"]
+    assert ledger["kind"] == "anyio.Lock" and ledger["contentions"] > 0, ledger
+    # the limiter's waits are charged to the stack that asked for a worker
+    # thread: Starlette's run_in_threadpool, called by its router
+    waits = [s for s in prof.samples() if s["lock_name"] == "anyio default thread limiter"
+             and s["event"] == "contention"]
+    assert waits and all(any(f[1] == "run_in_threadpool" for f in s["frames"]) for s in waits)
+    # and lockprof report, as a user runs it, shows both first
+    rep = subprocess.run([sys.executable, "-m", "lockprof", "report", str(out)],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert rep.returncode == 0, rep.stderr
+    top = rep.stdout.splitlines()[3:5]
+    assert any(x.startswith("anyio default thread limiter ") for x in top), rep.stdout
+    assert any(x.split()[0].endswith(f"threadpool_app.py:{app_line}:ledger_lock")
+               for x in top), rep.stdout
+
+
+def _line_in(path, text):
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if text in line:
+            return i
+    raise AssertionError(text)
