@@ -28,6 +28,13 @@ CASES = [
     # methods passed through unrecorded, on a held Condition
     ("threading.Condition", "notify"), ("threading.Condition", "notify_all"),
 ]
+try:                    # third-party types, where installed (a test extra)
+    import anyio  # noqa: F401
+except ImportError:
+    pass
+else:
+    CASES += [("anyio.Lock", "async with"), ("anyio.Semaphore", "async with"),
+              ("anyio.CapacityLimiter", "async with")]
 STMTS = {"acquire+release": "l.acquire(); l.release()", "with": "with l: pass",
          "async with": "async with l: pass", "put+get": "l.put(1); l.get()",
          "notify": "l.notify()", "notify_all": "l.notify_all()",
@@ -42,8 +49,12 @@ if config != "native":
     lockprof.start(float(rate), seed=1, lock_order=extra == "order",
                    hang_timeout=60.0 if extra == "hang" else None)
 modname, kind = key.split(".")
-mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
-l = getattr(mod, kind)()
+if modname == "anyio":
+    import anyio as mod           # its locks are made on a running loop (below)
+else:
+    mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
+args = (1,) if kind in ("Semaphore", "CapacityLimiter") else ()
+l = getattr(mod, kind)(*args) if modname != "anyio" else None
 if stmt.startswith("l.notify"):
     l.acquire()
 if stmt.startswith("holding"):
@@ -55,7 +66,11 @@ is_async = stmt.startswith("async")
 src = ("async " if is_async else "") + "def run(l, n):\\n    for _ in range(n):\\n" + body + "\\n"
 ns = {}
 exec(src, ns)
-if is_async:
+if modname == "anyio":
+    async def main():
+        await ns["run"](getattr(mod, kind)(*args), n // 10)
+    mod.run(main)
+elif is_async:
     asyncio.new_event_loop().run_until_complete(ns["run"](l, n // 10))
 else:
     ns["run"](l, n // 10)

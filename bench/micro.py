@@ -141,27 +141,57 @@ def cases() -> List[Dict[str, Any]]:
                         make=lambda: _uncontended("async with l: pass", True)))
         out.append(dict(type=f"asyncio.{t}", kind=t, is_async=True, op="async with, 8 tasks",
                         make=lambda: _tasks(8), scale=0.1))
+    try:                # third-party types, where installed (a test extra)
+        import anyio  # noqa: F401
+    except ImportError:
+        return out
+    for t in ANYIO_TYPES:
+        out.append(dict(type=f"anyio.{t}", kind=t, is_async=True, lib="anyio", op="async with",
+                        make=lambda: _uncontended("async with l: pass", True)))
+        out.append(dict(type=f"anyio.{t}", kind=t, is_async=True, lib="anyio",
+                        op="async with, 8 tasks", make=lambda: _tasks(8), scale=0.1))
     return out
+
+
+ANYIO_TYPES = ("Lock", "Semaphore", "CapacityLimiter")
+
+
+def _make(case):
+    """A lock of the case's type, made as a program makes it (anyio's on a
+    running event loop, where its backend is known)."""
+    kind = case["kind"]
+    if case.get("lib") == "anyio":
+        import anyio
+        args = (1,) if kind in ("Semaphore", "CapacityLimiter") else ()
+
+        async def make():
+            return getattr(anyio, kind)(*args)
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(make())
+        finally:
+            loop.close()
+    return getattr(asyncio if case["is_async"] else threading, kind)()
 
 
 def _objects(case, configs) -> Dict[str, Optional[Any]]:
     """One lock per family; None where a configuration has no such lock."""
-    mod = asyncio if case["is_async"] else threading
     kind = case["kind"]
-    objs: Dict[str, Optional[Any]] = {"native": getattr(mod, kind)()}
+    objs: Dict[str, Optional[Any]] = {"native": _make(case)}
     lockprof.start(0.0)
     try:
-        objs["lockprof"] = getattr(mod, kind)()
+        objs["lockprof"] = _make(case)
     finally:
         lockprof.stop()
     assert type(objs["lockprof"]) is not type(objs["native"]), f"{kind} was not wrapped"
     families = {fam for _, fam, _ in configs}
     if "reference" in families:
-        objs["reference"] = (None if case["is_async"]
+        objs["reference"] = (None if case["is_async"] or case.get("lib")
                              else reference.Profiler(1.0).make(kind))
     if "ddtrace" in families:
         objs["ddtrace"] = (ddtrace_locks.make(kind, case["is_async"])
-                           if ddtrace_locks.why_unavailable() is None else None)
+                           if ddtrace_locks.why_unavailable() is None and not case.get("lib")
+                           else None)
     return objs
 
 
