@@ -159,6 +159,7 @@ lp_anyio_CapacityLimiter_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
 static PyType_Slot lp_anyio_CapacityLimiter_slots[] = {
     {Py_tp_dealloc, lp_wrapper_dealloc},
     {Py_tp_repr, lp_wrapper_repr},
+    {Py_tp_str, lp_wrapper_str},
     {Py_tp_new, lp_anyio_CapacityLimiter_new},
     {Py_tp_methods, lp_anyio_CapacityLimiter_methods},
     {Py_tp_getset, lp_anyio_CapacityLimiter_getset},

@@ -132,6 +132,7 @@ lp_asyncio_Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static PyType_Slot lp_asyncio_Lock_slots[] = {
     {Py_tp_dealloc, lp_wrapper_dealloc},
     {Py_tp_repr, lp_wrapper_repr},
+    {Py_tp_str, lp_wrapper_str},
     {Py_tp_new, lp_asyncio_Lock_new},
     {Py_tp_methods, lp_asyncio_Lock_methods},
     {Py_tp_getset, lp_asyncio_Lock_getset},

@@ -207,6 +207,7 @@ lp_gevent_thread_LockType_new(PyTypeObject *type, PyObject *args, PyObject *kwar
 static PyType_Slot lp_gevent_thread_LockType_slots[] = {
     {Py_tp_dealloc, lp_wrapper_dealloc},
     {Py_tp_repr, lp_wrapper_repr},
+    {Py_tp_str, lp_wrapper_str},
     {Py_tp_new, lp_gevent_thread_LockType_new},
     {Py_tp_methods, lp_gevent_thread_LockType_methods},
     {Py_tp_getset, lp_gevent_thread_LockType_getset},

@@ -24,6 +24,9 @@ static const lp_typedef *const lp_all_defs[LP_NKINDS] = {
     &lp_anyio_Lock_def,
     &lp_anyio_Semaphore_def,
     &lp_anyio_CapacityLimiter_def,
+    &lp_gevent_lock_Semaphore_def,
+    &lp_gevent_lock_BoundedSemaphore_def,
+    &lp_gevent_lock_RLock_def,
 };
 
 /* Multi-phase initialisation: the module's state is the runtime's C

@@ -239,6 +239,7 @@ lp_threading_Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static PyType_Slot lp_threading_Condition_slots[] = {
     {Py_tp_dealloc, lp_wrapper_dealloc},
     {Py_tp_repr, lp_wrapper_repr},
+    {Py_tp_str, lp_wrapper_str},
     {Py_tp_new, lp_threading_Condition_new},
     {Py_tp_methods, lp_threading_Condition_methods},
     {Py_tp_getset, lp_threading_Condition_getset},

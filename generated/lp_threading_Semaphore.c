@@ -169,6 +169,7 @@ lp_threading_Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static PyType_Slot lp_threading_Semaphore_slots[] = {
     {Py_tp_dealloc, lp_wrapper_dealloc},
     {Py_tp_repr, lp_wrapper_repr},
+    {Py_tp_str, lp_wrapper_str},
     {Py_tp_new, lp_threading_Semaphore_new},
     {Py_tp_methods, lp_threading_Semaphore_methods},
     {Py_tp_getset, lp_threading_Semaphore_getset},

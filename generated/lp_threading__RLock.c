@@ -253,6 +253,7 @@ lp_threading__RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static PyType_Slot lp_threading__RLock_slots[] = {
     {Py_tp_dealloc, lp_wrapper_dealloc},
     {Py_tp_repr, lp_wrapper_repr},
+    {Py_tp_str, lp_wrapper_str},
     {Py_tp_new, lp_threading__RLock_new},
     {Py_tp_methods, lp_threading__RLock_methods},
     {Py_tp_getset, lp_threading__RLock_getset},

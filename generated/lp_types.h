@@ -24,7 +24,10 @@
 #define LP_KIND_ANYIO_LOCK 11
 #define LP_KIND_ANYIO_SEMAPHORE 12
 #define LP_KIND_ANYIO_CAPACITYLIMITER 13
-#define LP_NKINDS 14
+#define LP_KIND_GEVENT_LOCK_SEMAPHORE 14
+#define LP_KIND_GEVENT_LOCK_BOUNDEDSEMAPHORE 15
+#define LP_KIND_GEVENT_LOCK_RLOCK 16
+#define LP_NKINDS 17
 
 extern const lp_typedef lp_threading_Lock_def;
 extern const lp_typedef lp_threading_RLock_def;
@@ -40,5 +43,8 @@ extern const lp_typedef lp_gevent_thread_LockType_def;
 extern const lp_typedef lp_anyio_Lock_def;
 extern const lp_typedef lp_anyio_Semaphore_def;
 extern const lp_typedef lp_anyio_CapacityLimiter_def;
+extern const lp_typedef lp_gevent_lock_Semaphore_def;
+extern const lp_typedef lp_gevent_lock_BoundedSemaphore_def;
+extern const lp_typedef lp_gevent_lock_RLock_def;
 
 #endif

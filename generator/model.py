@@ -78,6 +78,9 @@ class Method:
     # an "aenter" whose wrapped __aenter__ returns the lock itself (anyio's
     # Semaphore): `async with lock as x` gives the wrapper; otherwise None
     returns_self: bool = False
+    # an "enter" whose wrapped __enter__ returns None (gevent's Semaphore),
+    # not acquire()'s True
+    returns_none: bool = False
 
     @property
     def c_doc(self) -> str:
@@ -195,9 +198,11 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         extra = set(m) - {"name", "role", "since", "signature", "returns"}
         if extra:
             raise SpecError(f"{mwhere}: unknown field(s) {sorted(extra)}")
-        if "returns" in m and (m["returns"] != "self" or role != "aenter"):
-            raise SpecError(f"{mwhere}: 'returns' can only be \"self\", for an 'aenter' method "
-                            f"whose wrapped __aenter__ returns the lock")
+        if "returns" in m and not ((m["returns"] == "self" and role == "aenter")
+                                   or (m["returns"] == "none" and role == "enter")):
+            raise SpecError(f"{mwhere}: 'returns' is \"self\" for an 'aenter' method whose "
+                            f"wrapped __aenter__ returns the lock, or \"none\" for an 'enter' "
+                            f"method whose wrapped __enter__ returns None")
         guard = None
         if "since" in m:
             guard = f"PY_VERSION_HEX >= {_version_hex(m['since'], mwhere)}"
@@ -228,7 +233,8 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
             meth_flags=flags, inner=inner_name, inner_c=c_var, guard=guard,
             doc=_text_signature(name, sig)
             + f"{name}: as {shown}.{inner_name}, recorded by lockprof ({role}).",
-            returns_self=m.get("returns") == "self"))
+            returns_self=m.get("returns") == "self",
+            returns_none=m.get("returns") == "none"))
     release = None
     if any(x.role == "aexit" for x in methods):
         release = next((x for x in methods if x.name == "release"), None)

@@ -272,7 +272,7 @@ class _ImportWatch:
     so that asyncio imported after start() is profiled and a re-import of
     threading or asyncio (importlib.reload) gets the factories back."""
 
-    WATCHED = frozenset(("threading", "asyncio", "anyio._backends._asyncio"))
+    WATCHED = frozenset(("threading", "asyncio", "anyio._backends._asyncio", "gevent.lock"))
 
     def find_spec(self, name, path=None, target=None):
         mp = sys.meta_path

@@ -327,12 +327,11 @@ lp_wrapper_dealloc(lp_wrapper *self)
     Py_DECREF(tp);
 }
 
-PyObject *
-lp_wrapper_repr(lp_wrapper *self)
+/* the wrapped object's text `r` (stolen) with our address in place of the
+ * inner one, so that it matches id() as it does natively */
+static PyObject *
+own_address(lp_wrapper *self, PyObject *r)
 {
-    /* The stdlib's repr of the wrapped object, with our address in place of
-     * the inner one, so that repr() matches id() as it does natively. */
-    PyObject *r = PyObject_Repr(self->inner);
     if (r == NULL) {
         return NULL;
     }
@@ -346,6 +345,24 @@ lp_wrapper_repr(lp_wrapper *self)
     Py_XDECREF(to);
     Py_DECREF(r);
     return out;
+}
+
+PyObject *
+lp_wrapper_repr(lp_wrapper *self)
+{
+    return own_address(self, PyObject_Repr(self->inner));
+}
+
+PyObject *
+lp_wrapper_str(lp_wrapper *self)
+{
+    /* a class with a __str__ of its own (gevent's Semaphore) says it; any
+     * other's str() is its repr */
+    reprfunc s = Py_TYPE(self->inner)->tp_str;
+    if (s == NULL || s == PyBaseObject_Type.tp_str) {
+        return lp_wrapper_repr(self);
+    }
+    return own_address(self, PyObject_Str(self->inner));
 }
 
 PyObject *

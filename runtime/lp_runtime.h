@@ -440,6 +440,7 @@ int lp_wrapper_traverse(lp_wrapper *self, visitproc visit, void *arg);
 int lp_wrapper_clear(lp_wrapper *self);
 void lp_wrapper_dealloc(lp_wrapper *self);
 PyObject *lp_wrapper_repr(lp_wrapper *self);
+PyObject *lp_wrapper_str(lp_wrapper *self);
 /* lp_attrs.c: the attribute model of the wrappers of Python classes */
 int lp_wrapper_setattro_forward(PyObject *self, PyObject *name, PyObject *value);
 PyObject *lp_wrapper_get_dict(lp_wrapper *self, void *closure);

@@ -27,6 +27,12 @@ except ImportError:
     anyio = None
 else:
     NAMES += ["anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"]
+try:
+    import gevent.lock  # noqa: F401
+except ImportError:
+    pass
+else:
+    NAMES += ["gevent.lock.Semaphore", "gevent.lock.BoundedSemaphore", "gevent.lock.RLock"]
 # what the name is called with to make an object
 ARGS = {"anyio.Semaphore": (2,), "anyio.CapacityLimiter": (2,)}
 ASYNC_MODULES = ("asyncio", "anyio")

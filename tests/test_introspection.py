@@ -96,7 +96,13 @@ except ImportError:
     ANYIO = ()
 else:
     ANYIO = ("anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter")
-ALL += ANYIO
+try:                                    # a test extra where it builds (not free-threaded)
+    import gevent.lock  # noqa: F401
+except ImportError:
+    GEVENT = ()
+else:
+    GEVENT = ("gevent.lock.Semaphore", "gevent.lock.BoundedSemaphore", "gevent.lock.RLock")
+ALL += ANYIO + GEVENT
 ASYNC = tuple(n for n in ALL if n.startswith(("asyncio.", "anyio.")))
 CLASSES = tuple(n for n in ALL if n != "threading.RLock")   # natively classes
 CONDITIONS = ("threading.Condition", "asyncio.Condition")
@@ -112,7 +118,8 @@ KNOWN = [
                   "inspect.signature(obj.acquire)", "inspect.signature(obj.release)")),
     ("methods passed through unrecorded are the wrapped object's bound methods",
      ALL, ("obj.locked.__self__ is obj", "obj.notify.__self__ is obj",
-           "obj.statistics.__self__ is obj", "obj.acquire_nowait.__self__ is obj")),
+           "obj.statistics.__self__ is obj", "obj.acquire_nowait.__self__ is obj",
+           "obj.wait.__self__ is obj")),
     ("asyncio's acquire() returns lockprof's awaitable (asyncio.iscoroutine and "
      "inspect.isawaitable still say True)",
      ASYNC, ("type(obj.acquire())",)),
@@ -120,8 +127,10 @@ KNOWN = [
      "inspect.signature (a C method's text signature cannot carry one)",
      ANYIO, ("inspect.signature(obj.acquire)", "inspect.signature(obj.release)")),
     ("threading.Lock and threading.RLock are factory objects, not the builtin "
-     "function, class or Python function (subclassing fails with another TypeError)",
-     ("threading.Lock", "threading.RLock"),
+     "function, class or Python function (subclassing fails with another TypeError); "
+     "so are gevent's Semaphore classes (C classes: a class statement subclasses them, "
+     "type() with three arguments and types.new_class fail)",
+     ("threading.Lock", "threading.RLock") + tuple(n for n in GEVENT if "Semaphore" in n),
      ("type", "type() with three arguments", "types.new_class")),
 ]
 
