@@ -87,7 +87,10 @@ def test_contentions_are_exact_and_waits_are_the_holds():
                                              ("gevent.lock.BoundedSemaphore", "bsem", 0, 0),
                                              ("gevent.lock.RLock", "rlock", 2, 0)):
         name, acq, cont, timeouts, wait_ms = rows[kind]
-        assert re.fullmatch(rf"<string>:\d+:{var}", name), name
+        # 3.11+ reads the variable the creating call stores in; before, the
+        # lock is looked up where its first event ran (the holder's `lock`)
+        assert re.fullmatch(rf"<string>:\d+:{var if sys.version_info >= (3, 11) else 'lock'}",
+                            name), name
         assert cont == 4 + extra_cont, (kind, cont)
         assert acq == 8 + extra_acq, (kind, acq)
         assert timeouts == extra_cont, (kind, timeouts)
