@@ -27,7 +27,7 @@ import re
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import _lockprof, _patch
+from . import _lockprof, _names, _patch
 
 __all__ = ["start", "stop", "is_running", "stats", "samples", "profile", "write", "reset",
            "counters", "lock_order_cycles", "Profiler", "DEFAULT_SAMPLE_RATE", "CAPS"]
@@ -250,7 +250,7 @@ def _stats(snapshot) -> List[Dict[str, Any]]:
     for r in snapshot:
         r = dict(r)
         r["site"] = f"{r['file']}:{r['line']}" if r["file"] else "<unknown>"
-        if r["var"] and " " in r["var"]:     # a library's label (lockprof._names.LABELS)
+        if _names.is_label(r["var"]):
             r["name"] = r["var"]
         else:
             r["name"] = f"{r['site']}:{r['var']}" if r["var"] else r["site"]

@@ -67,6 +67,12 @@ def _local(code, index: int) -> Optional[str]:
 LABELS: Dict[object, str] = {}
 
 
+def is_label(var: Optional[str]) -> bool:
+    """A library's name for a lock it makes (LABELS), shown without the
+    file:line inside the library."""
+    return bool(var) and " " in var
+
+
 def assignment_target(code, offset: int) -> Optional[str]:
     """The name the call at byte `offset` of `code` stores its result in, or
     None when the result goes elsewhere (a list, an argument, a return) or

@@ -103,12 +103,21 @@ def _sync_files() -> List[str]:
     return files
 
 
+def _code_of(modname: str, owner: str, name: str):
+    """The code object of function `name` in the dict of class `owner` of an
+    imported module (through staticmethod, classmethod, property), or None."""
+    cls = getattr(sys.modules.get(modname), owner, None)
+    fn = cls.__dict__.get(name) if isinstance(cls, type) else None
+    if isinstance(fn, (staticmethod, classmethod)):
+        fn = fn.__func__
+    elif isinstance(fn, property):
+        fn = fn.fget
+    return getattr(fn, "__code__", None)
+
+
 def _set_labels() -> None:
     """Names for the locks libraries make for themselves (_names.LABELS)."""
-    backend = sys.modules.get("anyio._backends._asyncio")
-    cls = getattr(backend, "AsyncIOBackend", None) if backend is not None else None
-    fn = cls.__dict__.get("current_default_thread_limiter") if isinstance(cls, type) else None
-    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    code = _code_of("anyio._backends._asyncio", "AsyncIOBackend", "current_default_thread_limiter")
     if code is not None:
         _names.LABELS[code] = "anyio default thread limiter"
 
@@ -118,28 +127,15 @@ def _pass_through_codes() -> List[object]:
     site is the first frame outside them.  (anyio.Lock() runs Lock.__new__,
     which asks the backend's create_lock, which calls the backend's class;
     anyio.Condition() makes its Lock in __init__.)"""
-    codes = []
-    core = sys.modules.get("anyio._core._synchronization")
-    backend = sys.modules.get("anyio._backends._asyncio")
-    for mod, owner, names in ((core, "Lock", ("__new__",)), (core, "Semaphore", ("__new__",)),
-                              (core, "CapacityLimiter", ("__new__",)),
-                              (core, "Condition", ("__init__",)),
-                              (core, "LockAdapter", ("_lock",)),
-                              (core, "SemaphoreAdapter", ("_semaphore",)),
-                              (core, "CapacityLimiterAdapter", ("_limiter",)),
-                              (backend, "AsyncIOBackend", ("create_lock", "create_semaphore",
-                                                           "create_capacity_limiter"))):
-        cls = getattr(mod, owner, None) if mod is not None else None
-        for n in names:
-            fn = cls.__dict__.get(n) if isinstance(cls, type) else None
-            if isinstance(fn, (staticmethod, classmethod)):
-                fn = fn.__func__
-            elif isinstance(fn, property):
-                fn = fn.fget
-            code = getattr(fn, "__code__", None)
-            if code is not None:
-                codes.append(code)
-    return codes
+    core, backend = _PASS_THROUGH_MODULES
+    found = (_code_of(mod, owner, name) for mod, owner, name in (
+        (core, "Lock", "__new__"), (core, "Semaphore", "__new__"),
+        (core, "CapacityLimiter", "__new__"), (core, "Condition", "__init__"),
+        (core, "LockAdapter", "_lock"), (core, "SemaphoreAdapter", "_semaphore"),
+        (core, "CapacityLimiterAdapter", "_limiter"),
+        (backend, "AsyncIOBackend", "create_lock"), (backend, "AsyncIOBackend", "create_semaphore"),
+        (backend, "AsyncIOBackend", "create_capacity_limiter")))
+    return [c for c in found if c is not None]
 
 
 def _after_fork_in_child() -> None:

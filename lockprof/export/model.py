@@ -26,6 +26,8 @@ import re
 from array import array
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .._names import is_label
+
 EVENTS: Tuple[str, ...] = ("acquire", "contention", "hold", "cond_wait", "delay")
 EVENT_ID = {e: i for i, e in enumerate(EVENTS)}
 
@@ -115,12 +117,6 @@ def has_event(lk: Dict[str, Any]) -> bool:
     """Whether a lock's figures record anything."""
     return bool(lk["contentions"] or lk["acquisitions"] or lk["hold_ns"] or lk["cond_waits"]
                 or lk.get("acquisition_samples") or lk.get("hold_samples"))
-
-
-def is_label(var: Optional[str]) -> bool:
-    """A library's name for a lock it makes (`anyio default thread limiter`,
-    lockprof._names.LABELS), shown without the file:line inside the library."""
-    return bool(var) and " " in var
 
 
 def lock_name(file: Optional[str], line: int, var: Optional[str]) -> str:

@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Tuple
 
 from ._files import write_text
 from ._names import frame_name, short_name, short_path
-from .model import EVENT_ID, Profile, has_event, is_label
+from .._names import is_label
+from .model import EVENT_ID, Profile, has_event
 
 SORT_KEYS = {"wait": "wait_ns", "hold": "hold_ns", "contentions": "contentions",
              "acquisitions": "acquisitions"}
