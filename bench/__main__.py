@@ -100,7 +100,8 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         r = _ratio(res, t, "async with")
         if r is not None:
             add(f"{t} `async with` at the default rate", r, "<= 1.10x", r <= 1.10, "x")
-    for t in ("anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"):     # issue 20
+    for t in ("anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter",     # issue 20
+              "trio.Lock", "trio.Semaphore", "trio.CapacityLimiter", "trio.Condition"):
         r = _ratio(res, t, "async with")
         if r is not None:
             add(f"{t} `async with` at the default rate", r, "<= 1.05x", r <= 1.05, "x")

@@ -35,6 +35,13 @@ except ImportError:
 else:
     CASES += [("anyio.Lock", "async with"), ("anyio.Semaphore", "async with"),
               ("anyio.CapacityLimiter", "async with")]
+try:
+    import trio  # noqa: F401
+except ImportError:
+    pass
+else:
+    CASES += [("trio.Lock", "async with"), ("trio.Semaphore", "async with"),
+              ("trio.CapacityLimiter", "async with"), ("trio.Condition", "async with")]
 STMTS = {"acquire+release": "l.acquire(); l.release()", "with": "with l: pass",
          "async with": "async with l: pass", "put+get": "l.put(1); l.get()",
          "notify": "l.notify()", "notify_all": "l.notify_all()",
@@ -49,8 +56,8 @@ if config != "native":
     lockprof.start(float(rate), seed=1, lock_order=extra == "order",
                    hang_timeout=60.0 if extra == "hang" else None)
 modname, kind = key.split(".")
-if modname == "anyio":
-    import anyio as mod           # its locks are made on a running loop (below)
+if modname in ("anyio", "trio"):
+    mod = __import__(modname)     # run in its own loop (below)
 else:
     mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
 args = (1,) if kind in ("Semaphore", "CapacityLimiter") else ()
@@ -66,7 +73,7 @@ is_async = stmt.startswith("async")
 src = ("async " if is_async else "") + "def run(l, n):\\n    for _ in range(n):\\n" + body + "\\n"
 ns = {}
 exec(src, ns)
-if modname == "anyio":
+if modname in ("anyio", "trio"):
     async def main():
         await ns["run"](getattr(mod, kind)(*args), n // 10)
     mod.run(main)

@@ -97,6 +97,40 @@ def _tasks(n_tasks: int):
     return run, n_tasks
 
 
+def _trio_uncontended():
+    """async with, timed inside trio.run (its locks need a trio task)."""
+    fn = _unrolled("async with l: pass", True)
+
+    def run(lock, loops, loop):
+        import trio
+
+        async def main():
+            t0 = time.perf_counter_ns()
+            await fn(lock, loops)
+            return time.perf_counter_ns() - t0
+        return trio.run(main)
+    return run, UNROLL
+
+
+def _trio_tasks(n_tasks: int):
+    def run(lock, loops, loop):
+        import trio
+
+        async def worker():
+            for _ in range(loops):
+                async with lock:
+                    await trio.sleep(0)
+
+        async def main():
+            t0 = time.perf_counter_ns()
+            async with trio.open_nursery() as nursery:
+                for _ in range(n_tasks):
+                    nursery.start_soon(worker)
+            return time.perf_counter_ns() - t0
+        return trio.run(main)
+    return run, n_tasks
+
+
 def _round_trip():
     """Two threads hand a turn back and forth through Condition wait/notify."""
     def player(cond, me, turn, n):
@@ -142,6 +176,16 @@ def cases() -> List[Dict[str, Any]]:
         out.append(dict(type=f"asyncio.{t}", kind=t, is_async=True, op="async with, 8 tasks",
                         make=lambda: _tasks(8), scale=0.1))
     try:                # third-party types, where installed (a test extra)
+        import trio  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        for t in TRIO_TYPES:
+            out.append(dict(type=f"trio.{t}", kind=t, is_async=True, lib="trio",
+                            op="async with", make=_trio_uncontended))
+            out.append(dict(type=f"trio.{t}", kind=t, is_async=True, lib="trio",
+                            op="async with, 8 tasks", make=lambda: _trio_tasks(8), scale=0.1))
+    try:
         import anyio  # noqa: F401
     except ImportError:
         return out
@@ -154,12 +198,16 @@ def cases() -> List[Dict[str, Any]]:
 
 
 ANYIO_TYPES = ("Lock", "Semaphore", "CapacityLimiter")
+TRIO_TYPES = ("Lock", "Semaphore", "CapacityLimiter", "Condition")
 
 
 def _make(case):
     """A lock of the case's type, made as a program makes it (anyio's on a
     running event loop, where its backend is known)."""
     kind = case["kind"]
+    if case.get("lib") == "trio":
+        import trio
+        return getattr(trio, kind)(*((1,) if kind in ("Semaphore", "CapacityLimiter") else ()))
     if case.get("lib") == "anyio":
         import anyio
         args = (1,) if kind in ("Semaphore", "CapacityLimiter") else ()

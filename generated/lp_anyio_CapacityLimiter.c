@@ -194,4 +194,7 @@ const lp_typedef lp_anyio_CapacityLimiter_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 1,
+    .kind = LP_KIND_ANYIO_CAPACITYLIMITER,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

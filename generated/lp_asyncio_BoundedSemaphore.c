@@ -167,4 +167,7 @@ const lp_typedef lp_asyncio_BoundedSemaphore_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 1,
+    .kind = LP_KIND_ASYNCIO_BOUNDEDSEMAPHORE,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

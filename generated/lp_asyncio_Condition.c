@@ -204,4 +204,7 @@ const lp_typedef lp_asyncio_Condition_def = {
     .is_condition = 1,
     .binds_lock = 1,
     .forward_attrs = 1,
+    .kind = LP_KIND_ASYNCIO_CONDITION,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

@@ -167,4 +167,7 @@ const lp_typedef lp_asyncio_Lock_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 1,
+    .kind = LP_KIND_ASYNCIO_LOCK,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

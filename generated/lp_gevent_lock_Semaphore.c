@@ -228,4 +228,7 @@ const lp_typedef lp_gevent_lock_Semaphore_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 1,
+    .kind = LP_KIND_GEVENT_LOCK_SEMAPHORE,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

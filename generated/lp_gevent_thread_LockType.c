@@ -242,4 +242,7 @@ const lp_typedef lp_gevent_thread_LockType_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 1,
+    .kind = LP_KIND_GEVENT_THREAD_LOCKTYPE,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

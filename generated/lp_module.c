@@ -27,6 +27,11 @@ static const lp_typedef *const lp_all_defs[LP_NKINDS] = {
     &lp_gevent_lock_Semaphore_def,
     &lp_gevent_lock_BoundedSemaphore_def,
     &lp_gevent_lock_RLock_def,
+    &lp_trio_Lock_def,
+    &lp_trio_StrictFIFOLock_def,
+    &lp_trio_Semaphore_def,
+    &lp_trio_Condition_def,
+    &lp_trio_CapacityLimiter_def,
 };
 
 /* Multi-phase initialisation: the module's state is the runtime's C

@@ -284,4 +284,7 @@ const lp_typedef lp_threading_Lock_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 0,
+    .kind = LP_KIND_THREADING_LOCK,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

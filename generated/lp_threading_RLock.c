@@ -337,4 +337,7 @@ const lp_typedef lp_threading_RLock_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 0,
+    .kind = LP_KIND_THREADING_RLOCK,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

@@ -288,4 +288,7 @@ const lp_typedef lp_threading__RLock_def = {
     .is_condition = 0,
     .binds_lock = 0,
     .forward_attrs = 1,
+    .kind = LP_KIND_THREADING__RLOCK,
+    .wait_yield = NULL,
+    .unwrap_args = 0,
 };

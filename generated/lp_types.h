@@ -27,7 +27,12 @@
 #define LP_KIND_GEVENT_LOCK_SEMAPHORE 14
 #define LP_KIND_GEVENT_LOCK_BOUNDEDSEMAPHORE 15
 #define LP_KIND_GEVENT_LOCK_RLOCK 16
-#define LP_NKINDS 17
+#define LP_KIND_TRIO_LOCK 17
+#define LP_KIND_TRIO_STRICTFIFOLOCK 18
+#define LP_KIND_TRIO_SEMAPHORE 19
+#define LP_KIND_TRIO_CONDITION 20
+#define LP_KIND_TRIO_CAPACITYLIMITER 21
+#define LP_NKINDS 22
 
 extern const lp_typedef lp_threading_Lock_def;
 extern const lp_typedef lp_threading_RLock_def;
@@ -46,5 +51,10 @@ extern const lp_typedef lp_anyio_CapacityLimiter_def;
 extern const lp_typedef lp_gevent_lock_Semaphore_def;
 extern const lp_typedef lp_gevent_lock_BoundedSemaphore_def;
 extern const lp_typedef lp_gevent_lock_RLock_def;
+extern const lp_typedef lp_trio_Lock_def;
+extern const lp_typedef lp_trio_StrictFIFOLock_def;
+extern const lp_typedef lp_trio_Semaphore_def;
+extern const lp_typedef lp_trio_Condition_def;
+extern const lp_typedef lp_trio_CapacityLimiter_def;
 
 #endif

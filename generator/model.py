@@ -32,9 +32,9 @@ SYNC_ONLY = {"acquire", "enter", "exit", "wait"}
 ASYNC_ONLY = {"async_acquire", "aenter", "aexit", "async_wait"}
 FIELDS = {"key", "module", "factory", "inner_type", "type_name", "native", "async",
           "reentrant", "condition", "methods", "bound_in_init", "busy_probe", "lazy",
-          "made_by"}
+          "made_by", "wait_yield", "unwrap_args"}
 REQUIRED = FIELDS - {"type_name", "bound_in_init", "busy_probe", "lazy", "made_by", "module",
-                     "factory"}
+                     "factory", "wait_yield", "unwrap_args"}
 
 
 class SpecError(ValueError):
@@ -117,6 +117,15 @@ class LockType:
     # key of the entry whose factory returns this class once another library
     # has replaced that factory (gevent's monkey-patching); no factory of its own
     made_by: Optional[str]
+    # an async entry whose acquire yields to its event loop even when
+    # uncontended (trio's checkpoints): the class of the yielded value that
+    # means "suspended until woken" (trio's WaitTaskRescheduled); None: any
+    # value other than a bare yield (asyncio's futures)
+    wait_yield: Optional[str]
+    # the class refuses our wrappers as arguments (trio.Condition(lock)
+    # checks type(lock) is Lock): a wrapper argument is replaced by the
+    # object it wraps when the class is called
+    unwrap_args: bool
     # derived
     prefix: str             # C prefix, e.g. lp_threading_Lock
     kind_macro: str         # e.g. LP_KIND_THREADING_LOCK
@@ -133,6 +142,7 @@ class LockType:
     c_factory: str
     c_made_by: str
     c_short_name: str       # the bare name it is renamed to, or NULL
+    c_wait_yield: str       # wait_yield as a C string, or NULL
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,14 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
     lazy = raw.get("lazy", False)
     if not isinstance(lazy, bool):
         raise SpecError(f"{where}: 'lazy' must be true or false, got {lazy!r}")
+    wait_yield = raw.get("wait_yield")
+    if wait_yield is not None and (not isinstance(wait_yield, str) or "." not in wait_yield
+                                   or not is_async):
+        raise SpecError(f"{where}: 'wait_yield' must be the dotted path of a class, as "
+                        "'trio._core._traps.WaitTaskRescheduled', on an async entry")
+    unwrap_args = raw.get("unwrap_args", False)
+    if not isinstance(unwrap_args, bool):
+        raise SpecError(f"{where}: 'unwrap_args' must be true or false, got {unwrap_args!r}")
     made_by = raw.get("made_by")
     if made_by is not None:
         if not isinstance(made_by, str) or not made_by:
@@ -268,7 +286,8 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
                 raise SpecError(f"{where}: missing field {f!r} (or 'made_by')")
     return LockType(
         key=key, index=index, module=raw.get("module"), factory=raw.get("factory"),
-        lazy=lazy, made_by=made_by,
+        lazy=lazy, made_by=made_by, wait_yield=wait_yield, unwrap_args=unwrap_args,
+        c_wait_yield=_c_str(wait_yield),
         inner_type=inner_type, type_name=type_name, type_module=type_module,
         native=native, is_async=is_async, reentrant=raw["reentrant"],
         condition=raw["condition"], methods=tuple(methods),

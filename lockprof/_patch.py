@@ -85,13 +85,17 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
 # synchronization (a Semaphore's inner Condition, an Event, a Barrier, asyncio's
 # internals), gevent's (its hub, thread pool and monkey-patching), and
 # lockprof itself
-DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "gevent", "lockprof")
+DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "gevent", "lockprof",
+                   # trio.Condition() makes its own trio.Lock, which must
+                   # stay trio's class (Condition checks type(lock) is Lock)
+                   "trio._sync")
 
 
 # libraries' modules whose lock-making functions only pass a program's call
 # on (anyio's public classes make their backend's): a lock made through them
 # is named, and sited, at the program's line that called them
-_PASS_THROUGH_MODULES = ("anyio._core._synchronization", "anyio._backends._asyncio")
+_PASS_THROUGH_MODULES = ("anyio._core._synchronization", "anyio._backends._asyncio",
+                         "anyio._backends._trio")
 
 
 def _sync_files() -> List[str]:
@@ -120,6 +124,11 @@ def _set_labels() -> None:
     code = _code_of("anyio._backends._asyncio", "AsyncIOBackend", "current_default_thread_limiter")
     if code is not None:
         _names.LABELS[code] = "anyio default thread limiter"
+    # trio's, which anyio's trio backend also hands out
+    fn = getattr(sys.modules.get("trio._threads"), "current_default_thread_limiter", None)
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        _names.LABELS[code] = "trio default thread limiter"
 
 
 def _pass_through_codes() -> List[object]:
@@ -127,14 +136,20 @@ def _pass_through_codes() -> List[object]:
     site is the first frame outside them.  (anyio.Lock() runs Lock.__new__,
     which asks the backend's create_lock, which calls the backend's class;
     anyio.Condition() makes its Lock in __init__.)"""
-    core, backend = _PASS_THROUGH_MODULES
+    core, backend, trio_backend = _PASS_THROUGH_MODULES
     found = (_code_of(mod, owner, name) for mod, owner, name in (
         (core, "Lock", "__new__"), (core, "Semaphore", "__new__"),
         (core, "CapacityLimiter", "__new__"), (core, "Condition", "__init__"),
         (core, "LockAdapter", "_lock"), (core, "SemaphoreAdapter", "_semaphore"),
         (core, "CapacityLimiterAdapter", "_limiter"),
         (backend, "AsyncIOBackend", "create_lock"), (backend, "AsyncIOBackend", "create_semaphore"),
-        (backend, "AsyncIOBackend", "create_capacity_limiter")))
+        (backend, "AsyncIOBackend", "create_capacity_limiter"),
+        # on trio, anyio's classes make trio's, which are the ones profiled
+        (trio_backend, "Lock", "__init__"), (trio_backend, "Semaphore", "__init__"),
+        (trio_backend, "CapacityLimiter", "__init__"),
+        (trio_backend, "TrioBackend", "create_lock"),
+        (trio_backend, "TrioBackend", "create_semaphore"),
+        (trio_backend, "TrioBackend", "create_capacity_limiter")))
     return [c for c in found if c is not None]
 
 
@@ -268,7 +283,8 @@ class _ImportWatch:
     so that asyncio imported after start() is profiled and a re-import of
     threading or asyncio (importlib.reload) gets the factories back."""
 
-    WATCHED = frozenset(("threading", "asyncio", "anyio._backends._asyncio", "gevent.lock"))
+    WATCHED = frozenset(("threading", "asyncio", "anyio._backends._asyncio", "gevent.lock",
+                         "trio", "anyio._backends._trio"))
 
     def find_spec(self, name, path=None, target=None):
         mp = sys.meta_path

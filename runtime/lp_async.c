@@ -158,6 +158,17 @@ abort_wait(lp_awaitable *a)
     a->t0 = 0;
 }
 
+/* whether the coroutine, yielding `value` (not None), suspends its task
+ * until woken: for trio, whose acquire yields a checkpoint on every call,
+ * only its WaitTaskRescheduled trap; for the others, anything but a bare
+ * yield (an asyncio future) */
+static int
+begins_wait(lp_awaitable *a, PyObject *value)
+{
+    PyObject *cls = lp_wait_yield_class(a->kind);
+    return cls == NULL || Py_TYPE(value) == (PyTypeObject *)cls;
+}
+
 static lp_send_result
 step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
 {
@@ -165,7 +176,7 @@ step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
         /* a bare yield (None) is a checkpoint: the task is scheduled again
          * at once (anyio's locks yield so on every acquire); only a
          * suspension on something to wait for (a future) begins a wait */
-        if (a->t0 == 0 && value != Py_None && LP_LOAD(lp_active)) {
+        if (a->t0 == 0 && value != Py_None && LP_LOAD(lp_active) && begins_wait(a, value)) {
             a->t0 = lp_now_ns();
             if (a->mode == LP_AW_ACQUIRE || LP_AW_IS_ENTER(a->mode)) {
                 if (LP_LOAD(lp_lock_order)) {

@@ -263,13 +263,30 @@ type_call(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames
     return r;
 }
 
+/* `args` with each of our wrappers replaced by the object it wraps, in
+ * `buf` (n strong references, released by the caller), or NULL with
+ * nothing held when none is a wrapper */
+static PyObject **
+unwrap_args(PyObject *const *args, Py_ssize_t n, PyObject **buf)
+{
+    Py_ssize_t i;
+    for (i = 0; i < n && !is_wrapper(args[i]); i++) {
+    }
+    if (i == n) {
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        buf[i] = Py_NewRef(is_wrapper(args[i]) ? ((lp_wrapper *)args[i])->inner : args[i]);
+    }
+    return buf;
+}
+
+#define LP_UNWRAP_MAX 8   /* arguments beyond it are passed as they are */
+
 static PyObject *
 class_vectorcall(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     const lp_typedef *d = NULL;
-    if (!LP_LOAD(lp_active)) {
-        return type_call(cls, args, nargsf, kwnames);
-    }
     lp_enter();
     for (int i = 0; i < n_class_hooks; i++) {
         if ((PyObject *)class_hooks[i].cls == cls) {
@@ -277,18 +294,24 @@ class_vectorcall(PyObject *cls, PyObject *const *args, size_t nargsf, PyObject *
             break;
         }
     }
-    int excluded = d == NULL || caller_excluded();
+    int excluded = d == NULL || !LP_LOAD(lp_active) || caller_excluded();
     lp_exit();
-    if (excluded) {
-        return type_call(cls, args, nargsf, kwnames);
+    /* a class that refuses our wrappers (trio.Condition(lock)) gets the
+     * objects they wrap, whether or not profiling is on now */
+    PyObject *buf[LP_UNWRAP_MAX];
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf) + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject **plain = (d != NULL && d->unwrap_args && n <= LP_UNWRAP_MAX)
+                       ? unwrap_args(args, n, buf) : NULL;
+    PyObject *const *call_args = plain ? (PyObject *const *)plain : args;
+    PyObject *r = type_call(cls, call_args, nargsf, kwnames);
+    if (r != NULL && !excluded) {
+        lp_enter();
+        r = wrap_made(d, r, call_args, nargsf, kwnames);
+        lp_exit();
     }
-    PyObject *inner = type_call(cls, args, nargsf, kwnames);
-    if (inner == NULL) {
-        return NULL;
+    for (Py_ssize_t i = 0; plain != NULL && i < n; i++) {
+        Py_DECREF(plain[i]);
     }
-    lp_enter();
-    PyObject *r = wrap_made(d, inner, args, nargsf, kwnames);
-    lp_exit();
     return r;
 }
 

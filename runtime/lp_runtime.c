@@ -623,6 +623,45 @@ adopt_attrs(const lp_typedef *d)
     return lp_attrs_install((PyTypeObject *)type, (PyTypeObject *)inner);
 }
 
+/* per kind, the class of d->wait_yield once resolved (strong, never
+ * released; written once before the entry's inner class is published) */
+#define LP_WAIT_YIELD_KINDS 64
+static PyObject *wait_yield_classes[LP_WAIT_YIELD_KINDS];
+
+PyObject *
+lp_wait_yield_class(int kind)
+{
+    return (kind >= 0 && kind < LP_WAIT_YIELD_KINDS) ? LP_LOAD_ACQ(wait_yield_classes[kind]) : NULL;
+}
+
+static int
+resolve_wait_yield(const lp_typedef *d)
+{
+    if (d->wait_yield == NULL || d->kind < 0 || d->kind >= LP_WAIT_YIELD_KINDS
+        || wait_yield_classes[d->kind] != NULL) {
+        return 0;
+    }
+    /* in a module the library imported before it made its lock classes */
+    PyObject *cls = lookup_dotted(d->wait_yield, 0);
+    if (cls == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_ImportError, "lockprof: %s is not imported", d->wait_yield);
+        }
+        return -1;
+    }
+    if (!PyType_Check(cls)) {
+        PyErr_Format(PyExc_TypeError, "lockprof: %s is not a class", d->wait_yield);
+        Py_DECREF(cls);
+        return -1;
+    }
+#ifdef Py_GIL_DISABLED
+    __atomic_store_n(&wait_yield_classes[d->kind], cls, __ATOMIC_RELEASE);
+#else
+    wait_yield_classes[d->kind] = cls;
+#endif
+    return 0;
+}
+
 static int
 resolve_def_locked(const lp_typedef *d)
 {
@@ -638,7 +677,7 @@ resolve_def_locked(const lp_typedef *d)
         Py_DECREF(inner);
         return -1;
     }
-    if (d->init_methods(inner) < 0) {
+    if (d->init_methods(inner) < 0 || resolve_wait_yield(d) < 0) {
         Py_DECREF(inner);
         return -1;
     }

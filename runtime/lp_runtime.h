@@ -476,6 +476,12 @@ typedef struct {
     int binds_lock;              /* the type is an lp_cond_wrapper */
     int forward_attrs;           /* a Python class's: its other attributes are
                                   * forwarded (lp_attrs.c) */
+    int kind;                    /* its index, the LP_KIND_* of its records */
+    const char *wait_yield;      /* dotted path of the class whose yielded
+                                  * instance begins an async wait, or NULL
+                                  * (any value but a bare yield) */
+    int unwrap_args;             /* wrapper arguments reach the class as the
+                                  * objects they wrap */
 } lp_typedef;
 
 /* The wrapped class of `d`, looked up (and its methods resolved) on first
@@ -485,6 +491,10 @@ int lp_resolve_def(const lp_typedef *d);
 /* The same, where the class must be there: 0, or -1 with an exception
  * (`exc_type` when its module is not imported yet). */
 int lp_require_def(const lp_typedef *d, PyObject *exc_type);
+
+/* The class whose yielded instance begins a wait for entries of `kind` with
+ * a wait_yield (borrowed; resolved with the entry), or NULL. */
+PyObject *lp_wait_yield_class(int kind);
 
 /* Runtime module setup: module helpers, the factory type, the awaitable. */
 int lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs);

@@ -33,9 +33,18 @@ except ImportError:
     pass
 else:
     NAMES += ["gevent.lock.Semaphore", "gevent.lock.BoundedSemaphore", "gevent.lock.RLock"]
+try:
+    import trio
+except ImportError:
+    trio = None
+else:
+    # probed inside trio.run (their methods need a trio task)
+    NAMES += ["trio.Lock", "trio.StrictFIFOLock", "trio.Semaphore", "trio.Condition",
+              "trio.CapacityLimiter"]
 # what the name is called with to make an object
-ARGS = {"anyio.Semaphore": (2,), "anyio.CapacityLimiter": (2,)}
-ASYNC_MODULES = ("asyncio", "anyio")
+ARGS = {"anyio.Semaphore": (2,), "anyio.CapacityLimiter": (2,), "trio.Semaphore": (2,),
+        "trio.CapacityLimiter": (2,)}
+ASYNC_MODULES = ("asyncio", "anyio", "trio")
 
 _ADDR = re.compile(r"0x[0-9a-fA-F]+")
 
@@ -209,9 +218,9 @@ async def _async_queries(obj, is_async):
     return out
 
 
-async def _probe_all():
+async def _probe_all(names):
     result = {}
-    for dotted in NAMES:
+    for dotted in names:
         modname, _, attr = dotted.rpartition(".")
         N = getattr(sys.modules[modname], attr)
         is_async = modname in ASYNC_MODULES
@@ -231,7 +240,9 @@ def main() -> None:
         lockprof.start(1.0)
     elif mode != "native":
         raise SystemExit(f"usage: {sys.argv[0]} native|profiled")
-    result = asyncio.run(_probe_all())
+    result = asyncio.run(_probe_all([n for n in NAMES if not n.startswith("trio.")]))
+    if trio is not None:
+        result.update(trio.run(_probe_all, [n for n in NAMES if n.startswith("trio.")]))
     if mode == "profiled":
         import lockprof
         stats = lockprof.stats()

@@ -102,8 +102,15 @@ except ImportError:
     GEVENT = ()
 else:
     GEVENT = ("gevent.lock.Semaphore", "gevent.lock.BoundedSemaphore", "gevent.lock.RLock")
-ALL += ANYIO + GEVENT
-ASYNC = tuple(n for n in ALL if n.startswith(("asyncio.", "anyio.")))
+try:                                    # a test extra: in CI everywhere
+    import trio  # noqa: F401
+except ImportError:
+    TRIO = ()
+else:
+    TRIO = ("trio.Lock", "trio.StrictFIFOLock", "trio.Semaphore", "trio.Condition",
+            "trio.CapacityLimiter")
+ALL += ANYIO + GEVENT + TRIO
+ASYNC = tuple(n for n in ALL if n.startswith(("asyncio.", "anyio.", "trio.")))
 CLASSES = tuple(n for n in ALL if n != "threading.RLock")   # natively classes
 CONDITIONS = ("threading.Condition", "asyncio.Condition")
 KNOWN = [
@@ -125,7 +132,8 @@ KNOWN = [
      ASYNC, ("type(obj.acquire())",)),
     ("a recorded method of a class with annotations shows no return annotation in "
      "inspect.signature (a C method's text signature cannot carry one)",
-     ANYIO, ("inspect.signature(obj.acquire)", "inspect.signature(obj.release)")),
+     ANYIO + TRIO, ("inspect.signature(obj.acquire)", "inspect.signature(obj.release)",
+                    "inspect.signature(obj.wait)")),
     ("threading.Lock and threading.RLock are factory objects, not the builtin "
      "function, class or Python function (subclassing fails with another TypeError); "
      "so are gevent's Semaphore classes (C classes: a class statement subclasses them, "
