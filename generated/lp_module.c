@@ -32,6 +32,11 @@ static const lp_typedef *const lp_all_defs[LP_NKINDS] = {
     &lp_trio_Semaphore_def,
     &lp_trio_Condition_def,
     &lp_trio_CapacityLimiter_def,
+    &lp_multiprocessing_Lock_def,
+    &lp_multiprocessing_RLock_def,
+    &lp_multiprocessing_Semaphore_def,
+    &lp_multiprocessing_BoundedSemaphore_def,
+    &lp_multiprocessing_Condition_def,
 };
 
 /* Multi-phase initialisation: the module's state is the runtime's C

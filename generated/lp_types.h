@@ -32,7 +32,12 @@
 #define LP_KIND_TRIO_SEMAPHORE 19
 #define LP_KIND_TRIO_CONDITION 20
 #define LP_KIND_TRIO_CAPACITYLIMITER 21
-#define LP_NKINDS 22
+#define LP_KIND_MULTIPROCESSING_LOCK 22
+#define LP_KIND_MULTIPROCESSING_RLOCK 23
+#define LP_KIND_MULTIPROCESSING_SEMAPHORE 24
+#define LP_KIND_MULTIPROCESSING_BOUNDEDSEMAPHORE 25
+#define LP_KIND_MULTIPROCESSING_CONDITION 26
+#define LP_NKINDS 27
 
 extern const lp_typedef lp_threading_Lock_def;
 extern const lp_typedef lp_threading_RLock_def;
@@ -56,5 +61,10 @@ extern const lp_typedef lp_trio_StrictFIFOLock_def;
 extern const lp_typedef lp_trio_Semaphore_def;
 extern const lp_typedef lp_trio_Condition_def;
 extern const lp_typedef lp_trio_CapacityLimiter_def;
+extern const lp_typedef lp_multiprocessing_Lock_def;
+extern const lp_typedef lp_multiprocessing_RLock_def;
+extern const lp_typedef lp_multiprocessing_Semaphore_def;
+extern const lp_typedef lp_multiprocessing_BoundedSemaphore_def;
+extern const lp_typedef lp_multiprocessing_Condition_def;
 
 #endif

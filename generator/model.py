@@ -32,9 +32,9 @@ SYNC_ONLY = {"acquire", "enter", "exit", "wait"}
 ASYNC_ONLY = {"async_acquire", "aenter", "aexit", "async_wait"}
 FIELDS = {"key", "module", "factory", "inner_type", "type_name", "native", "async",
           "reentrant", "condition", "methods", "bound_in_init", "busy_probe", "lazy",
-          "made_by", "wait_yield", "unwrap_args"}
+          "made_by", "wait_yield", "unwrap_args", "profile_unpickled"}
 REQUIRED = FIELDS - {"type_name", "bound_in_init", "busy_probe", "lazy", "made_by", "module",
-                     "factory", "wait_yield", "unwrap_args"}
+                     "factory", "wait_yield", "unwrap_args", "profile_unpickled"}
 
 
 class SpecError(ValueError):
@@ -126,6 +126,11 @@ class LockType:
     # checks type(lock) is Lock): a wrapper argument is replaced by the
     # object it wraps when the class is called
     unwrap_args: bool
+    # pickled to a child process (multiprocessing's locks): the copy the
+    # child unpickles is profiled there when the child profiles, under the
+    # parent's name (lockprof/_unpickle.py); otherwise pickling is the
+    # wrapped object's own
+    profile_unpickled: bool
     # derived
     prefix: str             # C prefix, e.g. lp_threading_Lock
     kind_macro: str         # e.g. LP_KIND_THREADING_LOCK
@@ -273,6 +278,10 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
     unwrap_args = raw.get("unwrap_args", False)
     if not isinstance(unwrap_args, bool):
         raise SpecError(f"{where}: 'unwrap_args' must be true or false, got {unwrap_args!r}")
+    profile_unpickled = raw.get("profile_unpickled", False)
+    if not isinstance(profile_unpickled, bool) or (profile_unpickled and raw["native"]):
+        raise SpecError(f"{where}: 'profile_unpickled' must be true or false, and only for a "
+                        "Python class")
     made_by = raw.get("made_by")
     if made_by is not None:
         if not isinstance(made_by, str) or not made_by:
@@ -287,6 +296,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
     return LockType(
         key=key, index=index, module=raw.get("module"), factory=raw.get("factory"),
         lazy=lazy, made_by=made_by, wait_yield=wait_yield, unwrap_args=unwrap_args,
+        profile_unpickled=profile_unpickled,
         c_wait_yield=_c_str(wait_yield),
         inner_type=inner_type, type_name=type_name, type_module=type_module,
         native=native, is_async=is_async, reentrant=raw["reentrant"],

@@ -88,7 +88,10 @@ def _scan_and_rebind(by_id: Dict[int, object]) -> None:
 DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "gevent", "lockprof",
                    # trio.Condition() makes its own trio.Lock, which must
                    # stay trio's class (Condition checks type(lock) is Lock)
-                   "trio._sync")
+                   "trio._sync",
+                   # a multiprocessing Condition's, Event's and Barrier's own
+                   # locks and semaphores
+                   "multiprocessing.synchronize")
 
 
 # libraries' modules whose lock-making functions only pass a program's call
@@ -100,7 +103,7 @@ _PASS_THROUGH_MODULES = ("anyio._core._synchronization", "anyio._backends._async
 
 def _sync_files() -> List[str]:
     files = []
-    for name in ("threading", "asyncio.locks") + _PASS_THROUGH_MODULES:
+    for name in ("threading", "asyncio.locks", "multiprocessing.synchronize") + _PASS_THROUGH_MODULES:
         mod = sys.modules.get(name)
         if mod is not None and getattr(mod, "__file__", None):
             files.append(mod.__file__)
@@ -132,12 +135,13 @@ def _set_labels() -> None:
 
 
 def _pass_through_codes() -> List[object]:
-    """The code objects of anyio's lock-making functions: a lock's creation
-    site is the first frame outside them.  (anyio.Lock() runs Lock.__new__,
-    which asks the backend's create_lock, which calls the backend's class;
+    """The code objects of libraries' lock-making functions: a lock's
+    creation site, and the module whose locks are profiled or not, is the
+    first frame outside them.  (anyio.Lock() runs Lock.__new__, which asks
+    the backend's create_lock, which calls the backend's class;
     anyio.Condition() makes its Lock in __init__.)"""
     core, backend, trio_backend = _PASS_THROUGH_MODULES
-    found = (_code_of(mod, owner, name) for mod, owner, name in (
+    codes = [c for c in (_code_of(mod, owner, name) for mod, owner, name in (
         (core, "Lock", "__new__"), (core, "Semaphore", "__new__"),
         (core, "CapacityLimiter", "__new__"), (core, "Condition", "__init__"),
         (core, "LockAdapter", "_lock"), (core, "SemaphoreAdapter", "_semaphore"),
@@ -149,8 +153,13 @@ def _pass_through_codes() -> List[object]:
         (trio_backend, "CapacityLimiter", "__init__"),
         (trio_backend, "TrioBackend", "create_lock"),
         (trio_backend, "TrioBackend", "create_semaphore"),
-        (trio_backend, "TrioBackend", "create_capacity_limiter")))
-    return [c for c in found if c is not None]
+        (trio_backend, "TrioBackend", "create_capacity_limiter"))) if c is not None]
+    # multiprocessing.Lock() and a context's Lock() call the class from
+    # the context's method
+    mp = "multiprocessing.context"
+    codes += [c for c in (_code_of(mp, "BaseContext", name) for name in (
+        "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition")) if c is not None]
+    return codes
 
 
 def _after_fork_in_child() -> None:
@@ -284,7 +293,7 @@ class _ImportWatch:
     threading or asyncio (importlib.reload) gets the factories back."""
 
     WATCHED = frozenset(("threading", "asyncio", "anyio._backends._asyncio", "gevent.lock",
-                         "trio", "anyio._backends._trio"))
+                         "trio", "anyio._backends._trio", "multiprocessing.synchronize"))
 
     def find_spec(self, name, path=None, target=None):
         mp = sys.meta_path

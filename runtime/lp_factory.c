@@ -70,12 +70,8 @@ prefix_match(PyObject *name, PyObject *prefixes)
 }
 
 static int
-caller_excluded(void)
+module_excluded(PyObject *g)
 {
-    PyObject *g = PyEval_GetGlobals();   /* borrowed; the calling frame's */
-    if (g == NULL || decisions == NULL || !PyDict_Check(g)) {
-        return 0;
-    }
     PyObject *name = PyDict_GetItemWithError(g, str_name);   /* borrowed */
     if (name == NULL || !PyUnicode_Check(name)) {
         if (PyErr_Occurred()) {
@@ -101,6 +97,21 @@ caller_excluded(void)
         lp_count_error();
     }
     return !profiled;
+}
+
+static int
+caller_excluded(void)
+{
+    /* the module of the frame making the lock, past a library's functions
+     * that only pass the call on (multiprocessing's context methods) */
+    PyObject *g = lp_creation_globals();
+    if (g == NULL || decisions == NULL || !PyDict_Check(g)) {
+        Py_XDECREF(g);
+        return 0;
+    }
+    int r = module_excluded(g);
+    Py_DECREF(g);
+    return r;
 }
 
 /* the entry made_by `base` whose class is `cls`, or NULL */
@@ -866,6 +877,41 @@ lp_py_is_wrapper(PyObject *mod, PyObject *obj)
     return PyBool_FromLong(is_wrapper(obj));
 }
 
+/* adopt(key, obj): obj, an instance of entry `key`'s class made without a
+ * call of the class (unpickled), profiled as if the calling frame had made
+ * it, when profiling runs; else obj itself */
+static PyObject *
+lp_py_adopt(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "adopt(key, obj)");
+        return NULL;
+    }
+    const char *key = PyUnicode_AsUTF8(args[0]);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *obj = args[1];
+    if (!LP_LOAD(lp_active) || is_wrapper(obj)) {
+        return Py_NewRef(obj);
+    }
+    const lp_typedef *d = def_by_key(key);
+    if (d == NULL) {
+        return NULL;
+    }
+    int r = lp_resolve_def(d);
+    if (r < 0) {
+        return NULL;
+    }
+    if (r == 0 || (PyObject *)Py_TYPE(obj) != *d->inner_class) {
+        return Py_NewRef(obj);
+    }
+    lp_enter();
+    PyObject *w = caller_excluded() ? Py_NewRef(obj) : wrap_made(d, Py_NewRef(obj), NULL, 0, NULL);
+    lp_exit();
+    return w;
+}
+
 /* find_refs(dicts, targets): (index of the dict, key, value) for every
  * value of the dicts that is one of the targets (by identity): the start-
  * time scan of sys.modules for names bound to the stdlib's factories, one
@@ -927,6 +973,9 @@ static PyMethodDef factory_module_methods[] = {
      "resolve(key)\n--\n\nThe class the entry wraps; None while its module is not imported."},
     {"unwrap", lp_py_unwrap, METH_O, "unwrap(obj)\n--\n\nThe stdlib object inside a wrapper."},
     {"is_wrapper", lp_py_is_wrapper, METH_O, "is_wrapper(obj)\n--\n\nTrue for a lockprof wrapper."},
+    {"adopt", (PyCFunction)(void (*)(void))lp_py_adopt, METH_FASTCALL,
+     "adopt(key, obj)\n--\n\nobj (an unpickled instance of entry key's class) profiled as made "
+     "by the calling frame, when profiling runs; else obj."},
     {NULL, NULL, 0, NULL},
 };
 

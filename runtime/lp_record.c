@@ -125,12 +125,15 @@ site_skipped(PyCodeObject *code)
     return 0;
 }
 
-static uint32_t
-record_site_here_locked(void)
+/* the first frame outside the site-skip codes: the caller's frame, or the
+ * program's frame under a library's lock-making functions (new reference;
+ * NULL when no Python frame runs) */
+static PyFrameObject *
+creation_frame(void)
 {
     PyFrameObject *f = PyEval_GetFrame();   /* borrowed: the caller's frame */
     if (f == NULL) {
-        return 0;
+        return NULL;
     }
     Py_INCREF(f);
     PyCodeObject *code = PyFrame_GetCode(f);
@@ -144,6 +147,34 @@ record_site_here_locked(void)
         f = back;
         code = PyFrame_GetCode(f);
     }
+    Py_DECREF(code);
+    return f;
+}
+
+PyObject *
+lp_creation_globals(void)
+{
+    PyFrameObject *f = creation_frame();
+    if (f == NULL) {
+        return NULL;
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *g = PyFrame_GetGlobals(f);
+#else
+    PyObject *g = Py_XNewRef(f->f_globals);
+#endif
+    Py_DECREF(f);
+    return g;
+}
+
+static uint32_t
+record_site_here_locked(void)
+{
+    PyFrameObject *f = creation_frame();
+    if (f == NULL) {
+        return 0;
+    }
+    PyCodeObject *code = PyFrame_GetCode(f);
 #ifdef LP_HAVE_LASTI
     int pos = PyFrame_GetLasti(f);
 #else

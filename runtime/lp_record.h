@@ -101,4 +101,9 @@ int lp_async_setup(PyObject *module);
 /* the factory currently installed in place of class `cls`, or NULL */
 int lp_factory_setup(PyObject *module, const lp_typedef *defs, int ndefs);
 
+/* The globals (new reference) of the frame a lock is made from, past the
+ * site-skip codes (a library's functions that only pass the call on), or
+ * NULL.  Under the tables' mutex. */
+PyObject *lp_creation_globals(void);
+
 #endif

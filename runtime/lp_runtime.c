@@ -117,7 +117,16 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
 /* slow paths                                                                */
 /* ------------------------------------------------------------------------ */
 
-static PyObject *lp_str_blocking;
+static PyObject *lp_str_blocking, *lp_str_block;
+
+/* the keyword of the first parameter: `blocking` (threading, gevent) or
+ * `block` (multiprocessing) */
+static int
+is_blocking_kw(PyObject *k)
+{
+    return k == lp_str_blocking || k == lp_str_block || PyUnicode_Compare(k, lp_str_blocking) == 0
+           || PyUnicode_Compare(k, lp_str_block) == 0;
+}
 
 /* 1: blocking, 0: non-blocking, -1: cannot tell (let the call decide).
  * *more is set when the call passes anything beyond `blocking`. */
@@ -132,7 +141,7 @@ lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *
     }
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        if (b == NULL && (k == lp_str_blocking || PyUnicode_Compare(k, lp_str_blocking) == 0)) {
+        if (b == NULL && is_blocking_kw(k)) {
             b = args[nargs + i];
         }
         else {
@@ -385,6 +394,46 @@ lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto)
     return PyObject_VectorcallMethod(name, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+PyObject *
+lp_wrapper_reduce_ex_rewrap(lp_wrapper *self, PyObject *proto, int kind)
+{
+    PyObject *r = lp_wrapper_reduce_ex(self, proto);
+    /* (callable, args[, state[, None, None]]): anything else, or a process
+     * not profiling, pickles as the wrapped object does */
+    if (r == NULL || !PyTuple_Check(r) || PyTuple_GET_SIZE(r) < 2 || PyTuple_GET_SIZE(r) > 5
+        || !PyTuple_Check(PyTuple_GET_ITEM(r, 1)) || !LP_LOAD(lp_active)) {
+        return r;
+    }
+    for (Py_ssize_t i = 3; i < PyTuple_GET_SIZE(r); i++) {
+        if (PyTuple_GET_ITEM(r, i) != Py_None) {
+            return r;
+        }
+    }
+    lp_enter();
+    PyObject *name = lp_lock_display_name(self, kind);
+    PyObject *key = lp_kind_name(kind);      /* borrowed */
+    lp_exit();
+    PyObject *mod = name != NULL && key != NULL ? PyImport_ImportModule("lockprof._unpickle") : NULL;
+    PyObject *rebuild = mod != NULL ? PyObject_GetAttrString(mod, "rebuild") : NULL;
+    PyObject *out = NULL;
+    if (rebuild != NULL) {
+        PyObject *state = PyTuple_GET_SIZE(r) >= 3 ? PyTuple_GET_ITEM(r, 2) : Py_None;
+        out = Py_BuildValue("(O(OOOOO))", rebuild, key, name, PyTuple_GET_ITEM(r, 0),
+                            PyTuple_GET_ITEM(r, 1), state);
+    }
+    Py_XDECREF(rebuild);
+    Py_XDECREF(mod);
+    Py_XDECREF(name);
+    if (out == NULL) {
+        /* the program pickles the wrapped object as it would natively */
+        PyErr_Clear();
+        lp_count_error();
+        return r;
+    }
+    Py_DECREF(r);
+    return out;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Conditions: the lock's methods, cached                                   */
 /* ------------------------------------------------------------------------ */
@@ -503,7 +552,8 @@ lp_runtime_setup(void)
     lp_empty_tuple = PyTuple_New(0);
     lp_false_tuple = PyTuple_Pack(1, Py_False);
     lp_str_blocking = PyUnicode_InternFromString("blocking");
-    if (!lp_empty_tuple || !lp_false_tuple || !lp_str_blocking) {
+    lp_str_block = PyUnicode_InternFromString("block");
+    if (!lp_empty_tuple || !lp_false_tuple || !lp_str_blocking || !lp_str_block) {
         return -1;
     }
     return lp_thread_setup();

@@ -451,6 +451,10 @@ int lp_attrs_setup(PyObject *module);
 PyObject *lp_raw_class_attr(PyTypeObject *tp, PyObject *name);
 PyObject *lp_wrapper_get_class(lp_wrapper *self, void *closure);
 PyObject *lp_wrapper_reduce_ex(lp_wrapper *self, PyObject *proto);
+/* the same, for a lock a child process profiles once unpickled: the wrapped
+ * object's reduction, handed to lockprof._unpickle.rebuild with the kind's
+ * key and the lock's name */
+PyObject *lp_wrapper_reduce_ex_rewrap(lp_wrapper *self, PyObject *proto, int kind);
 
 /* ------------------------------------------------------------------------ */
 /* Registration of the generated types                                       */

@@ -38,11 +38,42 @@ class _Result(unittest.TextTestResult):
                        else "ERROR", err)
 
 
+# CPython's multiprocessing tests of its locks, for one start method:
+# "multiprocessing:fork" installs test._test_multiprocessing's classes for
+# that method into a module of their own (as test_multiprocessing_fork does,
+# which some installs lack) and names its Lock, Semaphore and Condition tests
+MP_TESTS = ("WithProcessesTestLock", "WithProcessesTestSemaphore", "WithProcessesTestCondition")
+
+
+def _mp_names(method: str, where: str):
+    """Writes the module (spawned children import it by name) into `where`,
+    which goes on sys.path, and names its tests."""
+    import importlib
+    name = f"lockprof_mp_{method}"
+    path = os.path.join(where, f"{name}.py")
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            f.write("from test import _test_multiprocessing\n"
+                    f"_test_multiprocessing.install_tests_in_module_dict(globals(), {method!r})\n")
+        os.replace(path + ".tmp", path)
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    mod = importlib.import_module(name)
+    return [f"{name}.{cls}" for cls in MP_TESTS if hasattr(mod, cls)]
+
+
 def main() -> int:
     out, names = sys.argv[1], sys.argv[2:]
+    where = os.path.dirname(os.path.abspath(out))
     suite = unittest.TestSuite()
     loader = unittest.defaultTestLoader
     for name in names:
+        if name.startswith("multiprocessing:"):
+            for sub in _mp_names(name.split(":", 1)[1], where):
+                suite.addTests(loader.loadTestsFromName(sub))
+            continue
+        if name.startswith("lockprof_mp_"):       # a retry of one of those tests
+            _mp_names(name.split(".")[0][len("lockprof_mp_"):], where)
         suite.addTests(loader.loadTestsFromName(name))
     t0 = time.monotonic()
     runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=0, resultclass=_Result)

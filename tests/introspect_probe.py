@@ -19,6 +19,11 @@ import weakref
 NAMES = ["threading.Lock", "threading.RLock", "threading.Semaphore",
          "threading.BoundedSemaphore", "threading.Condition",
          "asyncio.Lock", "asyncio.Semaphore", "asyncio.BoundedSemaphore", "asyncio.Condition"]
+# multiprocessing's, through its default context's methods (which make
+# multiprocessing.synchronize's classes)
+import multiprocessing  # noqa: E402,F401
+NAMES += ["multiprocessing.Lock", "multiprocessing.RLock", "multiprocessing.Semaphore",
+          "multiprocessing.BoundedSemaphore", "multiprocessing.Condition"]
 # third-party lock types, where installed: imported before lockprof starts,
 # their backend module after (anyio imports its asyncio backend on first use)
 try:

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
-LOCK_SUITES = ["test.test_threading", "test.test_queue", "test.test_asyncio.test_locks"]
+LOCK_SUITES = ["test.test_threading", "test.test_queue", "test.test_asyncio.test_locks",
+               # multiprocessing's Lock, Semaphore and Condition tests, per start
+               # method (tests/cpython_suites.py): locks shared with forked
+               # children, and pickled to spawned ones
+               "multiprocessing:fork", "multiprocessing:spawn"]
 SUITES = LOCK_SUITES + ["test.test_concurrent_futures"]
 MODE = os.environ.get("LOCKPROF_CPYTHON_SUITES", "")
 SELECTED = SUITES if MODE in ("1", "all") else LOCK_SUITES if MODE == "locks" else []
@@ -50,8 +54,9 @@ def _run(tmp_path, tag, names, profiled):
 
 @pytest.mark.parametrize("suite", SELECTED or SUITES)
 def test_suite_passes_profiled_as_plain(suite, tmp_path):
-    if importlib.util.find_spec(suite.rpartition(".")[0] or suite) is None or \
-            importlib.util.find_spec(suite) is None:
+    module = "test._test_multiprocessing" if suite.startswith("multiprocessing:") else suite
+    if importlib.util.find_spec(module.rpartition(".")[0] or module) is None or \
+            importlib.util.find_spec(module) is None:
         pytest.fail(f"{suite} is not installed: CPython's test package is needed "
                     "(Debian: libpython3.X-testsuite)")
     from concurrent.futures import ThreadPoolExecutor

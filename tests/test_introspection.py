@@ -109,7 +109,9 @@ except ImportError:
 else:
     TRIO = ("trio.Lock", "trio.StrictFIFOLock", "trio.Semaphore", "trio.Condition",
             "trio.CapacityLimiter")
-ALL += ANYIO + GEVENT + TRIO
+MULTIPROCESSING = ("multiprocessing.Lock", "multiprocessing.RLock", "multiprocessing.Semaphore",
+                   "multiprocessing.BoundedSemaphore", "multiprocessing.Condition")
+ALL += MULTIPROCESSING + ANYIO + GEVENT + TRIO
 ASYNC = tuple(n for n in ALL if n.startswith(("asyncio.", "anyio.", "trio.")))
 CLASSES = tuple(n for n in ALL if n != "threading.RLock")   # natively classes
 CONDITIONS = ("threading.Condition", "asyncio.Condition")
@@ -123,6 +125,9 @@ KNOWN = [
     ("a Condition's acquire and release are the wrapper's, not its lock's bound methods",
      CONDITIONS, ("obj.acquire.__self__ is obj", "obj.release.__self__ is obj",
                   "inspect.signature(obj.acquire)", "inspect.signature(obj.release)")),
+    ("multiprocessing's acquire and release, natively its semaphore's bound methods set "
+     "per instance (a Condition's: its lock's), are the wrapper's",
+     MULTIPROCESSING, ("obj.acquire.__self__ is obj", "obj.release.__self__ is obj")),
     ("methods passed through unrecorded are the wrapped object's bound methods",
      ALL, ("obj.locked.__self__ is obj", "obj.notify.__self__ is obj",
            "obj.statistics.__self__ is obj", "obj.acquire_nowait.__self__ is obj",
