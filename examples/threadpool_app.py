@@ -12,8 +12,9 @@ Profile it under load:
     (in another shell) python threadpool_app.py load http://127.0.0.1:8000 200
     (Ctrl-C the server, then) lockprof report app.pprof
 
-The report's top rows are `anyio default thread limiter`, with each wait's
-stack reaching the line that called the sync endpoint, and
+The report's top rows are `anyio default thread limiter`, each wait's stack
+starting at the sync endpoint it was for (`report`) and reaching the line that
+called it, and
 `threadpool_app.py:NN:ledger_lock`.
 """
 import contextlib

@@ -162,6 +162,25 @@ def _pass_through_codes() -> List[object]:
     return codes
 
 
+def _dispatchers() -> List[tuple]:
+    """(code, local name) of the functions that hand a function to a worker
+    thread and wait for a token first: a limiter wait's stack shows the
+    function handed over (a sync endpoint)."""
+    pairs = []
+    for mod, owner, name in (("anyio._backends._asyncio", "AsyncIOBackend",
+                              "run_sync_in_worker_thread"),
+                             ("anyio._backends._trio", "TrioBackend",
+                              "run_sync_in_worker_thread")):
+        code = _code_of(mod, owner, name)
+        if code is not None and "func" in code.co_varnames:
+            pairs.append((code, "func"))
+    fn = getattr(sys.modules.get("trio._threads"), "to_thread_run_sync", None)
+    code = getattr(fn, "__code__", None)
+    if code is not None and "sync_fn" in code.co_varnames:
+        pairs.append((code, "sync_fn"))
+    return pairs
+
+
 def _after_fork_in_child() -> None:
     """A forked child starts a fresh profile of its own; the guard another
     thread may have held at the fork is made new."""
@@ -198,6 +217,7 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
         _lockprof.set_target_finder(_names.assignment_target)
         _lockprof.set_name_skip(_sync_files())
         _lockprof.set_site_skip(_pass_through_codes())
+        _lockprof.set_dispatch(_dispatchers())
         _set_labels()
         if _running:
             _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
@@ -248,6 +268,7 @@ def reinstall() -> None:
             _install_all()
             _lockprof.set_name_skip(_sync_files())
             _lockprof.set_site_skip(_pass_through_codes())
+            _lockprof.set_dispatch(_dispatchers())
             _set_labels()
     except Exception:
         _lockprof.count_error()

@@ -833,7 +833,36 @@ lp_records_counters(void)
 }
 
 
+static PyObject *
+lp_py_set_dispatch(PyObject *mod, PyObject *pairs)
+{
+    PyObject *t = PySequence_Tuple(pairs);
+    if (t == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        PyObject *p = PyTuple_GET_ITEM(t, i);
+        if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 2 || !PyCode_Check(PyTuple_GET_ITEM(p, 0))
+            || !PyUnicode_Check(PyTuple_GET_ITEM(p, 1))) {
+            PyErr_Format(PyExc_TypeError, "set_dispatch: (code, str) pairs expected, got %R", p);
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
+    lp_enter();
+    int r = lp_stack_set_dispatch(t);
+    lp_exit();
+    Py_DECREF(t);
+    if (r < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef record_methods[] = {
+    {"set_dispatch", lp_py_set_dispatch, METH_O,
+     "set_dispatch(pairs)\n--\n\n(code, local name) of libraries' functions that hand a "
+     "function to a worker thread: stacks through them show that function."},
     {"set_site_skip", lp_py_set_site_skip, METH_O,
      "set_site_skip(codes)\n--\n\nCode objects of libraries' lock-making functions: a lock's "
      "creation site is the first frame outside them."},

@@ -89,6 +89,95 @@ stack_intern(const lp_frame *frames, uint32_t n, uint32_t omitted)
     return id;
 }
 
+/* Libraries' functions that hand a function to a worker thread (anyio's
+ * run_sync_in_worker_thread, trio's to_thread_run_sync): a stack through
+ * one of them shows the function handed over (a sync endpoint) as a frame
+ * of its own, at its `def` line, just inside the library's frame.  A tuple
+ * of (code, name of the local holding the function) pairs, swapped whole by
+ * set_dispatch; the tuples replaced are kept, since a capture may run
+ * outside the tables' mutex (lp_ctx_prepare). */
+static PyObject *dispatch = NULL;
+static PyObject *dispatch_old = NULL;     /* list of the replaced tuples */
+
+int
+lp_stack_set_dispatch(PyObject *pairs)
+{
+    if (dispatch_old == NULL && (dispatch_old = PyList_New(0)) == NULL) {
+        return -1;
+    }
+    PyObject *prev = LP_LOAD_ACQ(dispatch);
+    if (prev != NULL && PyList_Append(dispatch_old, prev) < 0) {
+        return -1;
+    }
+#ifdef Py_GIL_DISABLED
+    __atomic_store_n(&dispatch, Py_NewRef(pairs), __ATOMIC_RELEASE);
+#else
+    dispatch = Py_NewRef(pairs);
+#endif
+    Py_XDECREF(prev);           /* still referenced by dispatch_old */
+    return 0;
+}
+
+/* the function a dispatching frame hands over, unwrapped to its code
+ * (functools.partial, bound methods), or NULL (borrowed from the frame's
+ * objects, alive while the frame is) */
+static PyObject *
+dispatched_code(PyFrameObject *f, PyObject *varname)
+{
+    PyObject *fn;
+#if PY_VERSION_HEX >= 0x030C0000
+    fn = PyFrame_GetVar(f, varname);
+#elif PY_VERSION_HEX >= 0x030B0000
+    PyObject *locals = PyFrame_GetLocals(f);
+    fn = locals != NULL ? PyObject_GetItem(locals, varname) : NULL;
+    Py_XDECREF(locals);
+#else
+    fn = NULL;
+    if (PyFrame_FastToLocalsWithError(f) == 0 && f->f_locals != NULL) {
+        fn = PyObject_GetItem(f->f_locals, varname);
+    }
+#endif
+    PyObject *code = NULL;
+    for (int depth = 0; fn != NULL && depth < 4; depth++) {
+        if (PyFunction_Check(fn)) {
+            code = PyFunction_GetCode(fn);      /* borrowed */
+            break;
+        }
+        PyObject *inner = NULL;
+        if (PyMethod_Check(fn)) {
+            inner = Py_NewRef(PyMethod_GET_FUNCTION(fn));
+        }
+        else if (PyObject_HasAttrString(fn, "func") && PyObject_HasAttrString(fn, "keywords")) {
+            inner = PyObject_GetAttrString(fn, "func");     /* functools.partial */
+        }
+        Py_DECREF(fn);
+        fn = inner;
+    }
+    /* the function object may be a temporary (a partial's own): the code
+     * object lives on in its function's definition */
+    Py_XDECREF(fn);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return code;
+}
+
+static PyObject *
+dispatch_var(PyCodeObject *code)
+{
+    PyObject *pairs = LP_LOAD_ACQ(dispatch);
+    if (pairs == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        if (PyTuple_GET_ITEM(pair, 0) == (PyObject *)code) {
+            return PyTuple_GET_ITEM(pair, 1);
+        }
+    }
+    return NULL;
+}
+
 static void
 capture(lp_frame *buf, uint32_t *np, uint32_t *omittedp)
 {
@@ -102,6 +191,18 @@ capture(lp_frame *buf, uint32_t *np, uint32_t *omittedp)
             /* the frames on the stack keep their code objects alive while
              * we walk it: the pointer is borrowed until interned */
             PyCodeObject *code = PyFrame_GetCode(f);
+            PyObject *var = dispatch_var(code);
+            PyObject *handed = var != NULL ? dispatched_code(f, var) : NULL;
+            if (handed != NULL && n + 1 < limit) {
+                /* the function handed to a worker thread, at its def line */
+                buf[n].code = handed;
+#ifdef LP_HAVE_LASTI
+                buf[n].pos = -1;    /* PyCode_Addr2Line: the def line */
+#else
+                buf[n].pos = ((PyCodeObject *)handed)->co_firstlineno;
+#endif
+                n++;
+            }
             buf[n].code = (PyObject *)code;
 #ifdef LP_HAVE_LASTI
             buf[n].pos = PyFrame_GetLasti(f);

@@ -98,4 +98,8 @@ int lp_samples_remap(const uint32_t *newid, uint32_t n);
 PyObject *lp_py_samples(PyObject *mod, PyObject *unused);
 int lp_stack_setup(PyObject *module);
 
+/* (code, local name) pairs of libraries' worker-thread dispatchers (a
+ * tuple; set_dispatch): their stacks show the function handed over */
+int lp_stack_set_dispatch(PyObject *pairs);
+
 #endif

@@ -147,8 +147,11 @@ def test_the_default_thread_limiter_is_named_and_its_wait_charged_to_the_caller(
     waits = [s for s in lockprof.samples() if s["kind"] == "anyio.CapacityLimiter"
              and s["event"] == "contention"]
     assert waits
+    work_line = _line_of("        def work():")
     for s in waits:
         assert any(f[0] == __file__ and f[2] == line for f in s["frames"]), s["frames"]
+        # the function handed to the worker thread is shown innermost, at its def
+        assert tuple(s["frames"][0][:3]) == (__file__, "work", work_line), s["frames"][:3]
     # in the file a user reads, too
     prof = lockprof.profile()
     assert "anyio default thread limiter" in {lk["name"] for lk in prof.locks}
@@ -350,6 +353,13 @@ def test_a_real_server_on_loopback_shows_the_limiter_and_lock_waits(tmp_path):
     waits = [s for s in prof.samples() if s["lock_name"] == "anyio default thread limiter"
              and s["event"] == "contention"]
     assert waits and all(any(f[1] == "run_in_threadpool" for f in s["frames"]) for s in waits)
+    # with the sync endpoint handed to the worker thread, at its def line,
+    # innermost (the library's frame that waited comes next)
+    def_line = _line_in(examples / "threadpool_app.py", "def report(request):")
+    for s in waits:
+        assert s["frames"][0][:3] == (str(examples / "threadpool_app.py"), "report", def_line) \
+            or list(s["frames"][0][:3]) == [str(examples / "threadpool_app.py"), "report",
+                                            def_line], s["frames"][:3]
     # and lockprof report, as a user runs it, shows both first
     rep = subprocess.run([sys.executable, "-m", "lockprof", "report", str(out)],
                          capture_output=True, text=True, timeout=120, env=env)

@@ -162,8 +162,11 @@ def test_the_default_thread_limiter_is_named_and_its_wait_charged_to_the_caller(
     waits = [s for s in lockprof.samples() if s["kind"] == "trio.CapacityLimiter"
              and s["event"] == "contention"]
     assert waits
+    work_line = _line_of("        def work():")
     for s in waits:
         assert any(f[0] == __file__ and f[2] == line for f in s["frames"]), s["frames"]
+        # the function handed to the worker thread is shown innermost, at its def
+        assert tuple(s["frames"][0][:3]) == (__file__, "work", work_line), s["frames"][:3]
 
 
 def test_semantics_kept():
