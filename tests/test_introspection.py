@@ -128,6 +128,10 @@ KNOWN = [
     ("multiprocessing's acquire and release, natively its semaphore's bound methods set "
      "per instance (a Condition's: its lock's), are the wrapper's",
      MULTIPROCESSING, ("obj.acquire.__self__ is obj", "obj.release.__self__ is obj")),
+    ("3.9's multiprocessing semaphore methods have no text signature; the wrapper's "
+     "recorded methods have one",
+     MULTIPROCESSING if sys.version_info < (3, 10) else (),
+     ("inspect.signature(obj.acquire)", "inspect.signature(obj.release)")),
     ("methods passed through unrecorded are the wrapped object's bound methods",
      ALL, ("obj.locked.__self__ is obj", "obj.notify.__self__ is obj",
            "obj.statistics.__self__ is obj", "obj.acquire_nowait.__self__ is obj",
