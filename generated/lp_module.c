@@ -37,6 +37,7 @@ static const lp_typedef *const lp_all_defs[LP_NKINDS] = {
     &lp_multiprocessing_Semaphore_def,
     &lp_multiprocessing_BoundedSemaphore_def,
     &lp_multiprocessing_Condition_def,
+    &lp_anyio_Condition_def,
 };
 
 /* Multi-phase initialisation: the module's state is the runtime's C

@@ -37,7 +37,8 @@
 #define LP_KIND_MULTIPROCESSING_SEMAPHORE 24
 #define LP_KIND_MULTIPROCESSING_BOUNDEDSEMAPHORE 25
 #define LP_KIND_MULTIPROCESSING_CONDITION 26
-#define LP_NKINDS 27
+#define LP_KIND_ANYIO_CONDITION 27
+#define LP_NKINDS 28
 
 extern const lp_typedef lp_threading_Lock_def;
 extern const lp_typedef lp_threading_RLock_def;
@@ -66,5 +67,6 @@ extern const lp_typedef lp_multiprocessing_RLock_def;
 extern const lp_typedef lp_multiprocessing_Semaphore_def;
 extern const lp_typedef lp_multiprocessing_BoundedSemaphore_def;
 extern const lp_typedef lp_multiprocessing_Condition_def;
+extern const lp_typedef lp_anyio_Condition_def;
 
 #endif

@@ -89,6 +89,8 @@ DEFAULT_EXCLUDE = ("threading", "_threading_local", "asyncio", "gevent", "lockpr
                    # trio.Condition() makes its own trio.Lock, which must
                    # stay trio's class (Condition checks type(lock) is Lock)
                    "trio._sync",
+                   # anyio's Condition's own lock (its class is profiled)
+                   "anyio._core._synchronization",
                    # a multiprocessing Condition's, Event's and Barrier's own
                    # locks and semaphores
                    "multiprocessing.synchronize")
@@ -139,11 +141,11 @@ def _pass_through_codes() -> List[object]:
     creation site, and the module whose locks are profiled or not, is the
     first frame outside them.  (anyio.Lock() runs Lock.__new__, which asks
     the backend's create_lock, which calls the backend's class;
-    anyio.Condition() makes its Lock in __init__.)"""
+    anyio.Condition is profiled as a class of its own; its Lock is not.)"""
     core, backend, trio_backend = _PASS_THROUGH_MODULES
     codes = [c for c in (_code_of(mod, owner, name) for mod, owner, name in (
         (core, "Lock", "__new__"), (core, "Semaphore", "__new__"),
-        (core, "CapacityLimiter", "__new__"), (core, "Condition", "__init__"),
+        (core, "CapacityLimiter", "__new__"),
         (core, "LockAdapter", "_lock"), (core, "SemaphoreAdapter", "_semaphore"),
         (core, "CapacityLimiterAdapter", "_limiter"),
         (backend, "AsyncIOBackend", "create_lock"), (backend, "AsyncIOBackend", "create_semaphore"),
@@ -313,7 +315,7 @@ class _ImportWatch:
     so that asyncio imported after start() is profiled and a re-import of
     threading or asyncio (importlib.reload) gets the factories back."""
 
-    WATCHED = frozenset(("threading", "asyncio", "anyio._backends._asyncio", "gevent.lock",
+    WATCHED = frozenset(("threading", "asyncio", "anyio", "anyio._backends._asyncio", "gevent.lock",
                          "trio", "anyio._backends._trio", "multiprocessing.synchronize"))
 
     def find_spec(self, name, path=None, target=None):

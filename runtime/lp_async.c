@@ -161,12 +161,17 @@ abort_wait(lp_awaitable *a)
 /* whether the coroutine, yielding `value` (not None), suspends its task
  * until woken: for trio, whose acquire yields a checkpoint on every call,
  * only its WaitTaskRescheduled trap; for the others, anything but a bare
- * yield (an asyncio future) */
+ * yield or a class (an asyncio future, a trio trap instance) */
 static int
 begins_wait(lp_awaitable *a, PyObject *value)
 {
     PyObject *cls = lp_wait_yield_class(a->kind);
-    return cls == NULL || Py_TYPE(value) == (PyTypeObject *)cls;
+    if (cls != NULL) {
+        return Py_TYPE(value) == (PyTypeObject *)cls;
+    }
+    /* a class is trio's checkpoint trap (anyio's generic Condition runs on
+     * either backend): it reschedules at once, as a bare yield does */
+    return !PyType_Check(value);
 }
 
 static lp_send_result

@@ -31,7 +31,7 @@ try:
 except ImportError:
     anyio = None
 else:
-    NAMES += ["anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"]
+    NAMES += ["anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter", "anyio.Condition"]
 try:
     import gevent.lock  # noqa: F401
 except ImportError:

@@ -93,16 +93,47 @@ def test_a_lock_is_named_at_the_programs_line():
         account_lock = anyio.Lock()
         async with account_lock:
             pass
-        cond = anyio.Condition()        # its lock is made inside anyio
+        cond = anyio.Condition()        # its own lock, made inside anyio, stays anyio's
         async with cond:
             pass
     anyio.run(main)
-    names = {r["name"] for r in lockprof.stats() if r["kind"] == "anyio.Lock"}
-    # 3.11+ reads the variable the creating call stores in; before, the lock
-    # is looked up where its first event ran: the attribute of `cond`
-    cond_var = "cond" if sys.version_info >= (3, 11) else "_lock"
-    assert names == {f"{__file__}:{_line_of('account_lock = anyio.Lock()')}:account_lock",
-                     f"{__file__}:{_line_of('cond = anyio.Condition()')}:{cond_var}"}, names
+    names = {(r["kind"], r["name"]) for r in lockprof.stats() if r["kind"].startswith("anyio")}
+    assert names == {
+        ("anyio.Lock", f"{__file__}:{_line_of('account_lock = anyio.Lock()')}:account_lock"),
+        ("anyio.Condition", f"{__file__}:{_line_of('cond = anyio.Condition()')}:cond")}, names
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_condition_waits_are_exact_on_either_backend(backend):
+    if backend == "trio":
+        pytest.importorskip("trio")
+    lockprof.start(1.0)
+    rounds = 3
+
+    async def main():
+        cond = anyio.Condition()
+        assert lockprof._lockprof.is_wrapper(cond) and isinstance(cond, anyio.Condition)
+        got = []
+
+        async def consumer():
+            async with cond:
+                for _ in range(rounds):
+                    await cond.wait()
+                    got.append(1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer)
+            for _ in range(rounds):
+                await anyio.sleep(HOLD)
+                async with cond:
+                    cond.notify()
+        assert len(got) == rounds
+        assert cond.statistics().lock_statistics.locked is False
+    anyio.run(main, backend=backend)
+    r = _only("anyio.Condition")
+    # every acquire is a checkpoint on either backend, and none waited
+    assert r["acquisitions"] == rounds + 1 and r["contentions"] == 0, r
+    assert r["cond_waits"] == rounds
+    assert rounds * HOLD * 0.9 <= r["cond_wait_ns"] / 1e9 <= rounds * HOLD * 1.1 + 0.05, r
 
 
 def test_uncontended_acquires_read_no_clock_and_count_no_wait():

@@ -95,7 +95,7 @@ try:                                    # a test extra: in CI everywhere
 except ImportError:
     ANYIO = ()
 else:
-    ANYIO = ("anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter")
+    ANYIO = ("anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter", "anyio.Condition")
 try:                                    # a test extra where it builds (not free-threaded)
     import gevent.lock  # noqa: F401
 except ImportError:
@@ -128,10 +128,6 @@ KNOWN = [
     ("multiprocessing's acquire and release, natively its semaphore's bound methods set "
      "per instance (a Condition's: its lock's), are the wrapper's",
      MULTIPROCESSING, ("obj.acquire.__self__ is obj", "obj.release.__self__ is obj")),
-    ("3.9's multiprocessing semaphore methods have no text signature; the wrapper's "
-     "recorded methods have one",
-     MULTIPROCESSING if sys.version_info < (3, 10) else (),
-     ("inspect.signature(obj.acquire)", "inspect.signature(obj.release)")),
     ("methods passed through unrecorded are the wrapped object's bound methods",
      ALL, ("obj.locked.__self__ is obj", "obj.notify.__self__ is obj",
            "obj.statistics.__self__ is obj", "obj.acquire_nowait.__self__ is obj",
@@ -150,6 +146,10 @@ KNOWN = [
      ("threading.Lock", "threading.RLock") + tuple(n for n in GEVENT if "Semaphore" in n),
      ("type", "type() with three arguments", "types.new_class")),
 ]
+if sys.version_info < (3, 10):
+    KNOWN.append(("3.9's multiprocessing semaphore methods have no text signature; the "
+                  "wrapper's recorded methods have one", MULTIPROCESSING,
+                  ("inspect.signature(obj.acquire)", "inspect.signature(obj.release)")))
 
 
 def _probe(mode):
