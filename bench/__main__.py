@@ -100,6 +100,11 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         r = _ratio(res, t, "async with")
         if r is not None:
             add(f"{t} `async with` at the default rate", r, "<= 1.10x", r <= 1.10, "x")
+    for t in ("multiprocessing.Lock", "multiprocessing.RLock",              # issue 20
+              "multiprocessing.Semaphore"):
+        r = _ratio(res, t, "with")
+        if r is not None:
+            add(f"{t} `with` at the default rate", r, "<= 1.05x", r <= 1.05, "x")
     for t in ("anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter",     # issue 20
               "trio.Lock", "trio.Semaphore", "trio.CapacityLimiter", "trio.Condition"):
         r = _ratio(res, t, "async with")

@@ -28,6 +28,9 @@ CASES = [
     # methods passed through unrecorded, on a held Condition
     ("threading.Condition", "notify"), ("threading.Condition", "notify_all"),
 ]
+# process-shared locks (a semaphore syscall-free when uncontended)
+CASES += [(f"multiprocessing.{t}", op) for t in ("Lock", "RLock", "Semaphore")
+          for op in ("acquire+release", "with")]
 try:                    # third-party types, where installed (a test extra)
     import anyio  # noqa: F401
 except ImportError:
@@ -48,7 +51,7 @@ STMTS = {"acquire+release": "l.acquire(); l.release()", "with": "with l: pass",
          "acquire+release holding one": "holding: l.acquire(); l.release()"}
 
 SCRIPT = """
-import sys, asyncio, threading, queue
+import sys, asyncio, threading, queue, multiprocessing
 config, key, stmt, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if config != "native":
     import lockprof
@@ -59,7 +62,8 @@ modname, kind = key.split(".")
 if modname in ("anyio", "trio"):
     mod = __import__(modname)     # run in its own loop (below)
 else:
-    mod = {"asyncio": asyncio, "threading": threading, "queue": queue}[modname]
+    mod = {"asyncio": asyncio, "threading": threading, "queue": queue,
+           "multiprocessing": multiprocessing}[modname]
 args = (1,) if kind in ("Semaphore", "CapacityLimiter") else ()
 l = getattr(mod, kind)(*args) if modname != "anyio" else None
 if stmt.startswith("l.notify"):

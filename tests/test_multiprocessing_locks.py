@@ -161,3 +161,32 @@ def test_lazy_nothing_imported_and_patched_when_imported_later():
     """)], capture_output=True, text=True, timeout=120, env=e)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["True ['<string>:6:lock']", "False"], r.stdout
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition"])
+def test_contentions_are_exact_and_waits_are_the_holds(kind):
+    """Handshakes between two threads of one process: n contentions, each
+    waiting what is left of a HOLD-long hold."""
+    import multiprocessing as mp
+    import threading
+    import time
+    lockprof.start(1.0)
+    n, hold = 3, 0.05
+    lock = getattr(mp, kind)()
+    for _ in range(n):
+        held = threading.Event()
+
+        def holder():
+            with lock:
+                held.set()
+                time.sleep(hold)
+        t = threading.Thread(target=holder)
+        t.start()
+        held.wait()
+        with lock:
+            pass
+        t.join()
+    [r] = [x for x in lockprof.stats() if x["kind"] == f"multiprocessing.{kind}"]
+    assert r["contentions"] == n and r["acquisitions"] == 2 * n, r
+    assert hold * 0.9 <= r["wait_ns"] / n / 1e9 <= hold * 1.1 + 0.01, r
+    assert r["name"].endswith(":lock"), r["name"]
