@@ -25,6 +25,7 @@ import gc
 import math
 import re
 import time
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _lockprof, _names, _patch
@@ -114,7 +115,7 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
           max_thread_names: int = CAPS["max_thread_names"],
           max_task_names: int = CAPS["max_task_names"], lock_order: bool = False,
           max_order_edges: int = 10000, hang_timeout: Optional[float] = None,
-          max_hang_waits: int = 4096) -> None:
+          max_hang_waits: int = 4096, http: Optional[str] = None) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
     Locks are profiled by the module whose code creates them:
@@ -138,7 +139,14 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     that makes the hang doctor print, once, to the stderr of the moment,
     every waiter, its lock, that lock's holders and where they are now, and
     `deadlock:` with the cycle when the waits form one.  max_hang_waits caps
-    the waits tracked at once (counted when full)."""
+    the waits tracked at once (counted when full).
+
+    http: "[HOST:]PORT" serves the live profile as Go's net/http/pprof does
+    (GET /debug/pprof/mutex, ?seconds=N for a delta) from threads of
+    lockprof's own; loopback unless a host is given, and a host that is not
+    loopback needs the token in LOCKPROF_HTTP_TOKEN (sent by clients as
+    'Authorization: Bearer <token>').  A problem serving is one line on
+    stderr; profiling runs on.  stop() stops serving."""
     rate = _check_rate(sample_rate)
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
@@ -163,6 +171,9 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples,
                  exclude=exclude, include=include, caps=caps)
     _hang_configure(hang_timeout, max_hang_waits)
+    if http is not None:
+        from . import _http
+        _http.start(http)
     _window["sample_rate"] = rate
     _window["wait_period_ns"] = wait_period_ns
 
@@ -174,6 +185,8 @@ def stop() -> None:
     _warn_errors()       # first: what was replaced is known while installed
     _lockprof.hang_stop()
     _patch.stop()
+    if "lockprof._http" in sys.modules:
+        sys.modules["lockprof._http"].stop()
 
 
 _hang_state = {"atexit": False}

@@ -61,6 +61,15 @@ def _modules(text: str) -> Tuple[str, ...]:
     return names
 
 
+def _http_address(text: str) -> str:
+    from ._http import HTTPConfigError, parse_address
+    try:
+        parse_address(text)
+    except HTTPConfigError as e:
+        raise ConfigError(str(e)) from None
+    return text
+
+
 def _flag(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -139,6 +148,10 @@ OPTIONS: Sequence[Option] = (
            "SECONDS"),
     Option("max_hang_waits", ("--max-hang-waits",), _int_in(1, 2**31 - 1), 4096,
            "cap: waits the hang doctor tracks at once (default 4096)", "N"),
+    Option("http", ("--http",), _http_address, None,
+           "serve the live profile over HTTP, as Go's net/http/pprof does "
+           "(/debug/pprof/mutex); loopback unless a host is given, and a host that is not "
+           "loopback needs LOCKPROF_HTTP_TOKEN", metavar="[HOST:]PORT"),
     Option("top", ("--top",), _int_in(0, 100000), 10,
            "locks shown in the report at exit (default 10)", "N"),
     Option("quiet", ("-q", "--quiet"), None, False, "print no report at exit"),

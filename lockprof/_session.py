@@ -125,7 +125,8 @@ class Session:
                        **{cap: s[cap] for cap in lockprof.CAPS},
                        exclude_modules=s["exclude_module"], include_modules=s["include_module"],
                        lock_order=s["lock_order"], max_order_edges=s["max_order_edges"],
-                       hang_timeout=s["hang_timeout"], max_hang_waits=s["max_hang_waits"])
+                       hang_timeout=s["hang_timeout"], max_hang_waits=s["max_hang_waits"],
+                       http=s.get("http"))
         atexit.register(self.finish)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork_child)

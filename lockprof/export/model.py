@@ -343,6 +343,42 @@ class Profile:
         return b.build(exact=all(p.exact for p in profiles if p.locks), **meta)
 
 
+    @classmethod
+    def delta(cls, before: "Profile", after: "Profile", **meta) -> "Profile":
+        """What happened between two profiles of one process (Go's
+        `?seconds=N`): after's figures less before's, lock by lock and row by
+        row; rows and locks with nothing left drop out.  When the tables were
+        reset in between (a figure went down), after is all there is since."""
+        old = {(lk["name"], lk["kind"]): lk for lk in before.locks}
+        for lk in after.locks:
+            prev = old.get((lk["name"], lk["kind"]))
+            if prev is not None and any((lk.get(f) or 0) < (prev.get(f) or 0)
+                                        for f in ("contentions", "acquisitions", "wait_ns")):
+                return after
+        b = Builder()
+        b.add_profile(after)
+        b.add_profile(before, sign=-1)
+        meta.setdefault("time_nanos", after.time_nanos)
+        meta.setdefault("duration_nanos",
+                        max(0, after.time_nanos + after.duration_nanos
+                            - before.time_nanos - before.duration_nanos))
+        meta.setdefault("sample_rate", after.sample_rate)
+        meta.setdefault("wait_period_ns", after.wait_period_ns)
+        meta.setdefault("title", after.title)
+        meta.setdefault("counters", dict(after.counters))
+        p = b.build(exact=after.exact and before.exact, **meta)
+        # a lock whose figures did not move is not in the delta
+        keep = [i for i, lk in enumerate(p.locks) if has_event(lk)]
+        if len(keep) == len(p.locks):
+            return p
+        b2 = Builder()
+        b2.add_profile(p)
+        b2.locks = [b2.locks[i] for i in keep]
+        remap = {old: new for new, old in enumerate(keep)}
+        b2._rows = {(remap[k[0]],) + k[1:]: v for k, v in b2._rows.items() if k[0] in remap}
+        return b2.build(exact=p.exact, **dict(meta, counters=p.counters, windows=()))
+
+
 _SUMMED = ("locks", "acquisition_samples", "acquisitions", "contentions", "timeouts", "wait_ns",
            "hold_samples", "hold_ns", "cond_waits", "cond_wait_ns")
 
@@ -372,9 +408,13 @@ class Builder:
         self.lock_order: List[List[Dict[str, Any]]] = []
         self._cycle_keys: set = set()
 
-    def add_profile(self, p: "Profile") -> None:
+    def add_profile(self, p: "Profile", sign: int = 1) -> None:
         """All of p: its locks, stacks, labels and rows re-interned, its
-        counters summed (caps: the last one's)."""
+        counters summed (caps: the last one's).  sign=-1 takes p's figures
+        away instead (Profile.delta); counters are then left as they are."""
+        if sign < 0:
+            self._subtract(p)
+            return
         lmap = [self.lock(lk, whole=True) for lk in p.locks]
         fmap = [self.frame(fr) for fr in p.frames]
         smap = [self.stack(tuple(fmap[f] for f in p.stack_ids(s))) for s in range(p.nstacks)]
@@ -394,6 +434,40 @@ class Builder:
         self.exact = self.exact and p.exact
         for cycle in p.lock_order:
             self.cycle(cycle)
+
+    def _subtract(self, p: "Profile") -> None:
+        for lk in p.locks:
+            j = self._lock_ix.get((lk["name"], lk["kind"]))
+            if j is None:
+                continue
+            g = self.locks[j]
+            for f in _SUMMED:
+                if f != "locks" and g.get(f) is not None:
+                    g[f] = max(0, g[f] - (lk.get(f) or 0))
+            if not g.get("contentions"):
+                g["max_wait_ns"] = 0
+        lmap = [self._lock_ix.get((lk["name"], lk["kind"])) for lk in p.locks]
+        fmap = [self._frame_ix.get(fr) for fr in p.frames]
+        smap = []
+        for s in range(p.nstacks):
+            ids = tuple(fmap[f] for f in p.stack_ids(s))
+            smap.append(None if None in ids else self._stack_ix.get(ids))
+        thmap = [self._thread_ix.get(name) for name in p.threads]
+        tkmap = [self._task_ix.get(name) for name in p.tasks]
+        for lk, st, ev, th, tk, n, c, v in zip(*p.columns(
+                "lock", "stack", "event", "thread", "task", "samples", "count", "value")):
+            key = (lmap[lk], smap[st], ev, thmap[th] if th < len(thmap) else NONE,
+                   tkmap[tk] if tk < len(tkmap) else NONE)
+            acc = self._rows.get(key)
+            if acc is None:
+                continue
+            acc[0] -= n
+            acc[1] -= c
+            acc[2] -= v
+            if acc[0] <= 0 and acc[1] <= 1e-9 and acc[2] <= 1e-9:
+                del self._rows[key]
+            else:
+                acc[0], acc[1], acc[2] = max(acc[0], 0), max(acc[1], 0.0), max(acc[2], 0.0)
 
     def cycle(self, edges: List[Dict[str, Any]]) -> None:
         """A potential deadlock, kept once (windows and processes repeat it)."""
