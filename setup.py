@@ -58,7 +58,9 @@ free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 test_extras = ["pytest>=7", "jinja2>=3.0", "setuptools>=77",
                # the third-party lock types lockprof profiles, and a real server
                # using them (tests/test_anyio.py, tests/test_trio.py)
-               "anyio>=4.5", "trio>=0.25", "starlette", "uvicorn"]
+               "anyio>=4.5", "trio>=0.25", "starlette", "uvicorn",
+               # a pre-fork server for the live endpoint (tests/test_http.py)
+               "gunicorn; sys_platform != 'win32'"]
 if not free_threaded:
     test_extras.append("gevent>=23; platform_python_implementation == 'CPython'")
 

@@ -180,6 +180,9 @@ def start(address: str, token: Optional[str] = None, quiet: bool = False) -> Opt
                 _server.close()
                 _server = None
             _server = Server(host, port, token)
+            global _workers_dir
+            if _workers_dir is None:
+                _workers_dir = _make_workers_dir()
         except HTTPConfigError as e:
             print(f"lockprof: http: {e}; the profile is not served", file=sys.stderr)
             return None
@@ -201,9 +204,125 @@ def current() -> Optional[Server]:
     return _server
 
 
+# --- pre-fork servers: the serving process's forked workers ---------------
+#
+# A scraper addresses a host, not a pid: the process that serves (a gunicorn
+# or uwsgi master, a multiprocessing pool's parent) answers for its forked
+# descendants too.  Each forked descendant binds nothing on the network; it
+# answers on a Unix socket of its own, <dir>/<pid>.sock, in a directory only
+# this user can enter, made by the serving process.  A request to the
+# endpoint asks every live worker there for its profile and merges them with
+# the server's own (exact figures summed, as `lockprof merge` does).
+
+WORKER_TIMEOUT = 10.0        # a worker that does not answer in this time is left out
+_workers_dir: Optional[str] = None      # set in the serving process and inherited
+
+
+def _make_workers_dir() -> Optional[str]:
+    import tempfile
+    d = os.path.join(tempfile.gettempdir(), f"lockprof-http-{os.getuid()}-{os.getpid()}")
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.stat(d)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None          # not ours alone: no workers are gathered
+    return d
+
+
+def worker_profiles(exclude_pid: int = 0):
+    """{pid: pprof bytes} of the live workers (a dead one's socket is removed)."""
+    d = _workers_dir
+    out = {}
+    if d is None:
+        return out
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return out
+    for name in names:
+        if not name.endswith(".sock") or not name[:-5].isdigit():
+            continue
+        pid = int(name[:-5])
+        path = os.path.join(d, name)
+        try:
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.settimeout(WORKER_TIMEOUT)
+            try:
+                c.connect(path)
+                c.sendall(b"profile\n")
+                chunks = []
+                while True:
+                    b = c.recv(1 << 16)
+                    if not b:
+                        break
+                    chunks.append(b)
+            finally:
+                c.close()
+        except (ConnectionRefusedError, FileNotFoundError):
+            try:
+                os.unlink(path)      # its process is gone
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        data = b"".join(chunks)
+        if data and pid != exclude_pid:
+            out[pid] = data
+    return out
+
+
+def _serve_as_worker(d: str) -> None:
+    """In a forked descendant of the serving process: answer on <d>/<pid>.sock."""
+    path = os.path.join(d, f"{os.getpid()}.sock")
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        sock.bind(path)
+        sock.listen(4)
+    except OSError:
+        return
+
+    def loop():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(WORKER_TIMEOUT)
+                if conn.recv(64).startswith(b"profile"):
+                    import lockprof
+                    from .export import pprof
+                    conn.sendall(pprof.dumps(lockprof.profile()))
+            except Exception:
+                pass
+            finally:
+                conn.close()
+
+    def remove():
+        if os.getpid() == pid:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    pid = os.getpid()
+    import atexit
+    atexit.register(remove)
+    _thread.start_new_thread(loop, ())
+
+
 def _after_fork_in_child() -> None:
-    """A forked child (a pre-fork server's worker) binds nothing: the
-    listening socket it inherited is closed, and its parent serves."""
+    """A forked child (a pre-fork server's worker) binds nothing on the
+    network: the listening socket it inherited is closed; it answers its
+    profile to the serving process on a Unix socket (see above)."""
     global _guard, _server
     _guard = _thread.allocate_lock()
     s, _server = _server, None
@@ -212,6 +331,11 @@ def _after_fork_in_child() -> None:
         try:
             s.sock.close()
         except OSError:
+            pass
+    if _workers_dir is not None:
+        try:
+            _serve_as_worker(_workers_dir)
+        except Exception:
             pass
 
 

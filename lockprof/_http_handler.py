@@ -84,17 +84,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/debug/pprof/mutex":
             self._mutex(query)
         elif path in ("/lockprof", "/lockprof/"):
-            p = lockprof.profile()
+            p = _merged()
             self._send(200, html_writer.render(p, title=p.title,
                                                meta=html_writer.meta_line(p)).encode(),
                        "text/html; charset=utf-8")
         elif path == "/lockprof/report":
-            self._send(200, text.report(lockprof.profile()).encode())
+            self._send(200, text.report(_merged()).encode())
         else:
             self._error(404, f"lockprof: no page {path!r}; see /debug/pprof/")
 
     def _index(self) -> None:
-        p = lockprof.profile()
+        p = _merged()
         base = self.server.url
         running = lockprof.is_running()
         body = _INDEX.format(pid=os.getpid(),
@@ -116,16 +116,40 @@ class _Handler(BaseHTTPRequestHandler):
         if debug not in ("0", "1"):
             self._error(400, f"lockprof: debug={debug!r}: accepted: 0 (pprof), 1 (text)")
             return
-        p = lockprof.profile()
+        before = _gather()
+        p = before[0]
         if seconds is not None:
             time.sleep(seconds)
-            p = Profile.delta(p, lockprof.profile())
+            after = _gather()
+            # each process's own delta, then merged: a worker that came or
+            # went in between gives what it has
+            p = Profile.merge([Profile.delta(before[pid], prof) if pid in before else prof
+                               for pid, prof in after.items()])
+        elif len(before) > 1:
+            p = Profile.merge(list(before.values()))
         if debug == "1":
             self._send(200, text.report(p).encode())
             return
         self._send(200, pprof.dumps(p), "application/octet-stream",
                    {"Content-Disposition": 'attachment; filename="mutex.pb.gz"'})
 
+
+
+def _gather():
+    """{0: this process's profile, pid: each live worker's}."""
+    from . import _http
+    out = {0: lockprof.profile()}
+    for pid, data in _http.worker_profiles().items():
+        try:
+            out[pid] = pprof.loads(data, f"<worker {pid}>")
+        except Exception:
+            continue
+    return out
+
+
+def _merged():
+    got = _gather()
+    return got[0] if len(got) == 1 else Profile.merge(list(got.values()))
 
 
 def handle(server, conn, addr) -> None:

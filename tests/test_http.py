@@ -240,3 +240,77 @@ def test_lockprof_run_serves_and_forked_children_bind_nothing(tmp_path):
                        timeout=120, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "True"], (r.stdout, r.stderr)
+
+
+APP = """
+import threading, time
+ledger_lock = threading.Lock()
+
+def app(environ, start_response):
+    # one contention per request, by a handshake with a helper thread
+    held = threading.Event()
+    def holder():
+        with ledger_lock:
+            held.set()
+            time.sleep(0.01)
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait()
+    with ledger_lock:
+        pass
+    t.join()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+def test_pre_fork_server_one_endpoint_sums_the_workers(tmp_path):
+    """gunicorn with 2 sync workers under `lockprof run --http`: the master's
+    endpoint shows the app's lock with exactly the requests' contentions,
+    the sum of the files the workers write at exit."""
+    pytest.importorskip("gunicorn")
+    import signal
+    import threading
+    from lockprof.export import pprof
+    (tmp_path / "wsgiapp.py").write_text(APP)
+    port, admin = _free_port(), _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    env.pop("LOCKPROF_ENABLED", None)
+    srv = subprocess.Popen([sys.executable, "-m", "lockprof", "run", "-q", "--sample-rate", "1",
+                            "--http", str(admin), "-o", str(tmp_path / "g.pprof"), "-m",
+                            "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "wsgiapp:app"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and srv.poll() is None, srv.stderr.read()
+                time.sleep(0.2)
+        n = 40
+
+        def client(k):
+            for _ in range(k):
+                assert urllib.request.urlopen(f"http://127.0.0.1:{port}/",
+                                              timeout=30).read() == b"ok"
+        clients = [threading.Thread(target=client, args=(n // 4,)) for _ in range(4)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        total = n + 1                        # and the readiness probe's
+        status, body, _ = _get(f"http://127.0.0.1:{admin}/debug/pprof/mutex")
+        assert status == 200
+        merged = pprof.loads(body)
+        rows = [lk for lk in merged.locks if lk["name"].endswith("wsgiapp.py:3:ledger_lock")]
+        assert len(rows) == 1 and rows[0]["contentions"] == total, merged.locks
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(60)
+    files = [f for f in tmp_path.glob("g.*.pprof")]
+    own = sum(lk["contentions"] for f in files for lk in pprof.read(str(f)).locks
+              if lk["name"].endswith("wsgiapp.py:3:ledger_lock"))
+    assert len(files) >= 2 and own == total, (files, own)
