@@ -117,7 +117,7 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
 /* slow paths                                                                */
 /* ------------------------------------------------------------------------ */
 
-static PyObject *lp_str_blocking, *lp_str_block;
+static PyObject *lp_str_blocking, *lp_str_block, *lp_str_timeout;
 
 /* the keyword of the first parameter: `blocking` (threading, gevent) or
  * `block` (multiprocessing) */
@@ -128,14 +128,30 @@ is_blocking_kw(PyObject *k)
            || PyUnicode_Compare(k, lp_str_block) == 0;
 }
 
+/* A timeout that waits forever: None (threading.Semaphore, multiprocessing,
+ * gevent) or -1 (threading's locks' and Condition's own "no timeout"). */
+static int
+untimed(PyObject *t)
+{
+    if (t == Py_None) {
+        return 1;
+    }
+    if (PyLong_CheckExact(t)) {
+        int overflow = 0;
+        return PyLong_AsLongAndOverflow(t, &overflow) == -1 && !overflow;
+    }
+    return PyFloat_CheckExact(t) && PyFloat_AS_DOUBLE(t) == -1.0;
+}
+
 /* 1: blocking, 0: non-blocking, -1: cannot tell (let the call decide).
- * *more is set when the call passes anything beyond `blocking`. */
+ * *more is set when the call passes anything beyond `blocking` other than a
+ * timeout that waits forever (acquire(timeout=-1) is acquire()). */
 static int
 lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *more)
 {
     PyObject *b = NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    *more = nargs > 1;
+    *more = nargs > 2 || (nargs == 2 && !untimed(args[1]));
     if (nargs >= 1) {
         b = args[0];
     }
@@ -144,7 +160,8 @@ lp_is_blocking(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *
         if (b == NULL && is_blocking_kw(k)) {
             b = args[nargs + i];
         }
-        else {
+        else if (!(k == lp_str_timeout || PyUnicode_Compare(k, lp_str_timeout) == 0)
+                 || !untimed(args[nargs + i])) {
             *more = 1;
         }
     }
@@ -553,7 +570,9 @@ lp_runtime_setup(void)
     lp_false_tuple = PyTuple_Pack(1, Py_False);
     lp_str_blocking = PyUnicode_InternFromString("blocking");
     lp_str_block = PyUnicode_InternFromString("block");
-    if (!lp_empty_tuple || !lp_false_tuple || !lp_str_blocking || !lp_str_block) {
+    lp_str_timeout = PyUnicode_InternFromString("timeout");
+    if (!lp_empty_tuple || !lp_false_tuple || !lp_str_blocking || !lp_str_block
+        || !lp_str_timeout) {
         return -1;
     }
     return lp_thread_setup();

@@ -196,3 +196,12 @@ def test_cycles_travel_in_the_profile_file(tmp_path):
                            text=True, timeout=300)
         assert g.returncode == 0, g.stderr
         assert "Sample types" in g.stdout or "contentions" in g.stdout
+
+
+def test_a_timeout_that_waits_forever_is_untimed(tmp_path):
+    """acquire(timeout=-1) and acquire(True, -1) are acquire(): the inversion
+    written with them is reported as the plain one is (issue 23)."""
+    blocks, _ = _run(tmp_path, "untimed.py")
+    assert len(blocks) == 1
+    assert sorted(set(_cycle_names(blocks[0]))) == ["untimed.py:5:ledger_lock",
+                                                    "untimed.py:6:audit_lock"]
