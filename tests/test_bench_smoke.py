@@ -81,10 +81,18 @@ def test_instruction_count_smoke():
     from bench import instructions
     if instructions.available() is not None:
         pytest.skip(instructions.available())
-    res = instructions.measure(n=5000, cases=[("threading.Lock", "with")])
-    r = res[0]
-    assert r["instructions"]["native"] > 0 and r["ratio"]["native"] == 1.0
-    assert 0.2 < r["ratio"]["0.01"] < 5
+    ratios = []
+    for _ in range(2):
+        # one-time work that lands in one run of a pair (a .pyc written, a
+        # thread of another program's scheduling) shows as a wild ratio
+        # once (a CI run saw 15.9x, never reproduced): a second measure
+        # must then be sane; two wild ones fail
+        r = instructions.measure(n=5000, cases=[("threading.Lock", "with")])[0]
+        assert r["instructions"]["native"] > 0 and r["ratio"]["native"] == 1.0
+        ratios.append(r["ratio"]["0.01"])
+        if 0.2 < ratios[-1] < 5:
+            break
+    assert 0.2 < ratios[-1] < 5, ratios
 
 
 def test_scale_benchmark_smoke():
