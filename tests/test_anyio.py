@@ -14,6 +14,8 @@ import pytest
 
 import lockprof
 
+from . import library_suites
+
 anyio = pytest.importorskip("anyio")     # a test extra: installed in CI everywhere
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,10 +26,7 @@ def _rows(kind):
     return [r for r in lockprof.stats() if r["kind"] == kind]
 
 
-def _only(kind):
-    rows = _rows(kind)
-    assert len(rows) == 1, rows
-    return rows[0]
+_only = library_suites.only
 
 
 async def _handshakes(lock, n):
@@ -79,11 +78,9 @@ def test_contentions_are_exact_and_waits_are_the_holds(make, kind):
     assert r["name"] == f"{__file__}:{made}:lock", r["name"]
 
 
+
 def _line_of(text):
-    for i, line in enumerate(Path(__file__).read_text().splitlines(), 1):
-        if text in line and "_line_of" not in line:
-            return i
-    raise AssertionError(text)
+    return library_suites.line_of(__file__, text)
 
 
 def test_a_lock_is_named_at_the_programs_line():
@@ -305,23 +302,7 @@ def test_anyios_own_synchronization_tests_pass_profiled(tmp_path):
     # both backends: on trio, anyio's classes delegate to trio's, profiled
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:lockprof",
             "tests/test_synchronization.py", "-W", "ignore::DeprecationWarning"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("LOCKPROF_ENABLED", None)
-    plain = subprocess.run([sys.executable] + args, cwd=tests, capture_output=True, text=True,
-                           timeout=600, env=env)
-    out = tmp_path / "anyio.pprof"
-    profiled = subprocess.run([sys.executable, "-m", "lockprof", "run", "--sample-rate", "1.0",
-                               "-q", "-o", str(out)] + args, cwd=tests, capture_output=True,
-                              text=True, timeout=600, env=env)
-
-    def summary(r):
-        lines = [x for x in r.stdout.splitlines() if " passed" in x or " failed" in x]
-        assert lines, r.stdout[-3000:] + r.stderr[-3000:]
-        return lines[-1].split(" in ")[0]
-    assert summary(profiled) == summary(plain)
-    assert " passed" in summary(plain) and "failed" not in summary(plain), summary(plain)
-    from lockprof.export import pprof
-    kinds = {s["kind"] for s in pprof.read(str(out)).samples()}
+    kinds = library_suites.passes_profiled_as_plain(args, tests, tmp_path / "anyio.pprof")
     assert {"anyio.Lock", "anyio.Semaphore", "anyio.CapacityLimiter"} <= kinds, kinds
     if importlib.util.find_spec("trio") is not None:
         assert {"trio.Lock", "trio.Semaphore", "trio.CapacityLimiter"} <= kinds, kinds

@@ -15,6 +15,8 @@ import pytest
 
 import lockprof
 
+from . import library_suites
+
 trio = pytest.importorskip("trio")       # a test extra: installed in CI everywhere
 import trio.testing  # noqa: E402
 
@@ -22,17 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 HOLD = 0.05
 
 
-def _only(kind):
-    rows = [r for r in lockprof.stats() if r["kind"] == kind]
-    assert len(rows) == 1, rows
-    return rows[0]
+_only = library_suites.only
+
 
 
 def _line_of(text):
-    for i, line in enumerate(Path(__file__).read_text().splitlines(), 1):
-        if text in line and "_line_of" not in line:
-            return i
-    raise AssertionError(text)
+    return library_suites.line_of(__file__, text)
 
 
 async def _handshakes(lock, n):
@@ -310,23 +307,7 @@ def test_trios_own_tests_pass_profiled(tmp_path, suite):
             # its KeyboardInterrupt tests race a signal against threads: on a
             # loaded machine they fail plainly now and then
             "-k", "not _ki"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("LOCKPROF_ENABLED", None)
-    plain = subprocess.run([sys.executable] + args, cwd=tmp_path, capture_output=True,
-                           text=True, timeout=600, env=env)
-    out = tmp_path / "trio.pprof"
-    profiled = subprocess.run([sys.executable, "-m", "lockprof", "run", "--sample-rate", "1.0",
-                               "-q", "-o", str(out)] + args, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=600, env=env)
-
-    def summary(r):
-        lines = [x for x in r.stdout.splitlines() if " passed" in x or " failed" in x]
-        assert lines, r.stdout[-3000:] + r.stderr[-3000:]
-        return lines[-1].split(" in ")[0]
-    assert summary(profiled) == summary(plain)
-    assert " passed" in summary(plain) and "failed" not in summary(plain), summary(plain)
-    from lockprof.export import pprof
-    kinds = {s["kind"] for s in pprof.read(str(out)).samples()}
+    kinds = library_suites.passes_profiled_as_plain(args, tmp_path, tmp_path / "trio.pprof")
     expect = ({"trio.Lock", "trio.StrictFIFOLock", "trio.Semaphore", "trio.Condition",
                "trio.CapacityLimiter"} if suite == "test_sync" else {"trio.CapacityLimiter"})
     assert expect <= kinds, kinds
