@@ -166,7 +166,7 @@ def _refuse_busy(conn) -> None:
 def start(address: str, token: Optional[str] = None, quiet: bool = False) -> Optional[Server]:
     """Serves the live profile at `address` (see parse_address); replaces a
     server already running.  A problem is one line on stderr, and None."""
-    global _server
+    global _server, _workers_dir
     if token is None:
         token = os.environ.get("LOCKPROF_HTTP_TOKEN") or None
     with _guard:
@@ -180,7 +180,6 @@ def start(address: str, token: Optional[str] = None, quiet: bool = False) -> Opt
                 _server.close()
                 _server = None
             _server = Server(host, port, token)
-            global _workers_dir
             if _workers_dir is None:
                 _workers_dir = _make_workers_dir()
         except HTTPConfigError as e:
