@@ -29,9 +29,11 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _lockprof, _names, _patch
+from ._labels import current_labels, labels
 
 __all__ = ["start", "stop", "is_running", "stats", "samples", "profile", "write", "reset",
-           "counters", "lock_order_cycles", "Profiler", "DEFAULT_SAMPLE_RATE", "CAPS"]
+           "labels", "current_labels", "counters", "lock_order_cycles", "Profiler",
+           "DEFAULT_SAMPLE_RATE", "CAPS"]
 
 # what the profile covers: since the last reset (or import), with which settings
 _window = {"time_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
@@ -46,7 +48,7 @@ DEFAULT_MAX_SAMPLES = 1 << 20
 # (dropped_*), written into the profile's comments and told in the report
 CAPS = {"max_locks": DEFAULT_MAX_LOCKS, "max_samples": DEFAULT_MAX_SAMPLES,
         "max_stacks": 1 << 18, "max_sites": 1 << 20, "max_thread_names": 4096,
-        "max_task_names": 4096}
+        "max_task_names": 4096, "max_label_sets": 1024, "max_label_value": 200}
 
 
 # start() and stop() one at a time: each patches and unpatches the factories
@@ -113,7 +115,9 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
           exclude_modules: Sequence[str] = (), include_modules: Sequence[str] = (),
           max_stacks: int = CAPS["max_stacks"], max_sites: int = CAPS["max_sites"],
           max_thread_names: int = CAPS["max_thread_names"],
-          max_task_names: int = CAPS["max_task_names"], lock_order: bool = False,
+          max_task_names: int = CAPS["max_task_names"],
+          max_label_sets: int = CAPS["max_label_sets"],
+          max_label_value: int = CAPS["max_label_value"], lock_order: bool = False,
           max_order_edges: int = 10000, hang_timeout: Optional[float] = None,
           max_hang_waits: int = 4096, http: Optional[str] = None) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
@@ -128,7 +132,9 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     defaults): locks (records of live locks; dead ones are folded per
     creation site), samples (rows of (lock, stack, event, thread, task)),
     stacks, sites (creation sites), thread_names and task_names (distinct
-    labels).  Whatever a full table drops is counted in counters().
+    labels), label_sets (distinct lockprof.labels sets; past it an event's
+    label values are "<other>"); max_label_value cuts longer label values.
+    Whatever a full table drops or cuts is counted in counters().
 
     lock_order: record which locks are taken while others are held and
     report each cycle (a potential deadlock, found before it happens) in
@@ -153,7 +159,8 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     _check_int("wait_period_ns", wait_period_ns, 1, 2**62)
     _check_int("max_samples", max_samples, 1, 2**32 - 1)
     caps = {"max_stacks": max_stacks, "max_sites": max_sites,
-            "max_thread_names": max_thread_names, "max_task_names": max_task_names}
+            "max_thread_names": max_thread_names, "max_task_names": max_task_names,
+            "max_label_sets": max_label_sets, "max_label_value": max_label_value}
     for name, value in caps.items():
         _check_int(name, value, 1, 2**32 - 2)
     exclude = _check_modules("exclude_modules", exclude_modules)

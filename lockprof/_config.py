@@ -126,6 +126,11 @@ OPTIONS: Sequence[Option] = (
            "cap: distinct thread labels; past it, <other> (default 4096)", "N"),
     Option("max_task_names", ("--max-task-names",), _int_in(1, 2**32 - 2), 4096,
            "cap: distinct asyncio task labels; past it, <other> (default 4096)", "N"),
+    Option("max_label_sets", ("--max-label-sets",), _int_in(1, 2**32 - 2), 1024,
+           "cap: distinct request label sets (lockprof.labels); past it, values are <other> "
+           "(default 1024)", "N"),
+    Option("max_label_value", ("--max-label-value",), _int_in(1, 2**32 - 2), 200,
+           "cap: characters kept of a request label value (default 200)", "N"),
     Option("interval", ("--interval",), _seconds, None,
            "write a fresh profile every SECONDS into the output directory, and the last one "
            "at exit", "SECONDS"),

@@ -98,6 +98,7 @@ flush_release_locked(lp_wrapper *w, int64_t t_release)
          * most a wait period old: one capture per period, not per release) */
         LP_STORE(r->release_stack, lp_stack_here());
         r->release_thread = lp_thread_slot();
+        r->release_labels = lp_labels_slot();
         LP_STORE(r->release_stack_ns, t_release);
     }
     if (!(LP_WF(w) & LP_W_HOLDING)) {
@@ -263,7 +264,7 @@ sample_wait(lp_lockrec *r, int event, int64_t wait_ns, int at_release, lp_wait_d
     }
     if (at_release) {
         lp_sample_add_for(r->id, r->release_stack, event, 1.0 / p, (double)wait_ns / p,
-                          r->release_thread, UINT32_MAX);
+                          r->release_thread, UINT32_MAX, r->release_labels);
     }
     else {
         lp_sample_add(r->id, lp_stack_here(), event, 1.0 / p, (double)wait_ns / p);

@@ -484,14 +484,17 @@ static PyObject *
 labels_list(int tasks)
 {
     uint32_t n = lp_label_count(tasks);
-    PyObject *out = PyList_New(n + 1);
+    int other = tasks != LP_LABEL_SETS;     /* label sets have no <other> id */
+    PyObject *out = PyList_New(n + other);
     if (out == NULL) {
         return NULL;
     }
     for (uint32_t i = 0; i < n; i++) {
         PyList_SET_ITEM(out, i, Py_NewRef(lp_label_name(tasks, i)));
     }
-    PyList_SET_ITEM(out, n, Py_NewRef(lp_label_name(tasks, LP_LABEL_OTHER)));
+    if (other) {
+        PyList_SET_ITEM(out, n, Py_NewRef(lp_label_name(tasks, LP_LABEL_OTHER)));
+    }
     return out;
 }
 
@@ -520,7 +523,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     memset(&x, 0, sizeof(x));
     lp_pmap rowmap;
     memset(&rowmap, 0, sizeof(rowmap));
-    lp_vec r_lock = {0}, r_stack = {0}, r_thread = {0}, r_task = {0};
+    lp_vec r_lock = {0}, r_stack = {0}, r_thread = {0}, r_task = {0}, r_labels = {0};
     uint8_t *r_event = NULL;
     uint64_t *r_samples = NULL;
     double *r_count = NULL, *r_value = NULL;
@@ -654,8 +657,10 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         }
         uint32_t th = label_index(s->thread, thread_other);
         uint32_t tk = label_index(s->task, task_other);
+        uint32_t ls = s->labels;        /* label sets have no <other> id */
         uint64_t ka = ((uint64_t)gi << 32) | st;
-        uint64_t kb = ((uint64_t)th << 32) ^ ((uint64_t)tk * 0x9E3779B1ULL) ^ ((uint64_t)s->event << 61);
+        uint64_t kb = ((uint64_t)th << 32) ^ ((uint64_t)tk * 0x9E3779B1ULL) ^
+                      ((uint64_t)ls * 0x85EBCA77ULL << 16) ^ ((uint64_t)s->event << 61);
         /* the pair is a hash of the key, not the key: rows are compared */
         if (pmap_grow(&rowmap) < 0) {
             PyErr_NoMemory();
@@ -666,7 +671,7 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         while (rowmap.val[j] != UINT32_MAX) {
             uint32_t o = rowmap.val[j];
             if (rowmap.ka[j] == ka && rowmap.kb[j] == kb && r_thread.v[o] == th &&
-                r_task.v[o] == tk && r_event[o] == s->event) {
+                r_task.v[o] == tk && r_labels.v[o] == ls && r_event[o] == s->event) {
                 found = o;
                 break;
             }
@@ -683,7 +688,9 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         vec_push(&r_stack, st);
         vec_push(&r_thread, th);
         vec_push(&r_task, tk);
-        if (r_lock.failed || r_stack.failed || r_thread.failed || r_task.failed) {
+        vec_push(&r_labels, ls);
+        if (r_lock.failed || r_stack.failed || r_thread.failed || r_task.failed ||
+            r_labels.failed) {
             PyErr_NoMemory();
             goto done;
         }
@@ -704,10 +711,12 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     /* labels, and the one thread behind each thread label when only one was */
     PyObject *threads = labels_list(0), *tasks = labels_list(1);
     PyObject *thread_ids = PyList_New(0);
-    if (threads == NULL || tasks == NULL || thread_ids == NULL) {
+    PyObject *label_sets = labels_list(LP_LABEL_SETS);
+    if (threads == NULL || tasks == NULL || thread_ids == NULL || label_sets == NULL) {
         Py_XDECREF(threads);
         Py_XDECREF(tasks);
         Py_XDECREF(thread_ids);
+        Py_XDECREF(label_sets);
         goto done;
     }
     for (uint32_t i = 0; i <= thread_other; i++) {
@@ -721,13 +730,14 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(threads);
             Py_DECREF(tasks);
             Py_DECREF(thread_ids);
+            Py_DECREF(label_sets);
             goto done;
         }
         Py_DECREF(t);
     }
     uint32_t nrows = r_lock.n;
     result = Py_BuildValue(
-        "{s:O,s:O,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:O}",
+        "{s:O,s:O,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:O}",
         "locks", locks, "frames", x.frames,
         "stack_offsets", bytes_of(x.offsets.v, x.offsets.n * sizeof(uint32_t)),
         "stack_frames", bytes_of(x.flat.v, x.flat.n * sizeof(uint32_t)),
@@ -736,11 +746,12 @@ lp_py_export(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         "row_event", bytes_of(r_event, nrows),
         "row_thread", bytes_of(r_thread.v, nrows * sizeof(uint32_t)),
         "row_task", bytes_of(r_task.v, nrows * sizeof(uint32_t)),
+        "row_labels", bytes_of(r_labels.v, nrows * sizeof(uint32_t)),
         "row_samples", bytes_of(r_samples, nrows * sizeof(uint64_t)),
         "row_count", bytes_of(r_count, nrows * sizeof(double)),
         "row_value", bytes_of(r_value, nrows * sizeof(double)),
         "threads", threads, "thread_ids", thread_ids, "tasks", tasks,
-        "counters", counters);
+        "label_sets", label_sets, "counters", counters);
     if (held) {
         lp_records_hold(-1);
         held = 0;
@@ -779,6 +790,7 @@ done:
     PyMem_Free(r_stack.v);
     PyMem_Free(r_thread.v);
     PyMem_Free(r_task.v);
+    PyMem_Free(r_labels.v);
     PyMem_Free(r_event);
     PyMem_Free(r_samples);
     PyMem_Free(r_count);
@@ -946,25 +958,28 @@ round_i64(double d)
 /* encode_pprof(frames, stack_offsets, stack_frames, row_lock, row_stack,
  *              row_event, row_thread, row_task, row_count, row_value,
  *              lock_labels, threads, thread_ids, tasks, comments,
- *              time_nanos, duration_nanos, exact)
+ *              time_nanos, duration_nanos, exact, row_labels, label_sets)
  * frames: [(file, function, line)]; lock_labels: [(name, kind)];
  * thread_ids: [int] (0: none); exact: None, or per lock a tuple of ints and
- * strs written as lockprof's own Profile field 1000 (ignored by pprof). */
+ * strs written as lockprof's own Profile field 1000 (ignored by pprof);
+ * label_sets: [((key, value), ...)], each pair a pprof string label of the
+ * rows whose row_labels names the set. */
 static PyObject *
 lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 18) {
-        PyErr_SetString(PyExc_TypeError, "encode_pprof() takes 18 arguments");
+    if (nargs != 20) {
+        PyErr_SetString(PyExc_TypeError, "encode_pprof() takes 20 arguments");
         return NULL;
     }
     PyObject *frames = args[0], *lock_labels = args[10], *threads = args[11];
     PyObject *thread_ids = args[12], *tasks = args[13], *comments = args[14];
-    PyObject *exact = args[17];
+    PyObject *exact = args[17], *label_sets = args[19];
     if (!PyList_Check(frames) || !PyList_Check(lock_labels) || !PyList_Check(threads) ||
         !PyList_Check(thread_ids) || !PyList_Check(tasks) || !PyList_Check(comments) ||
-        (exact != Py_None && !PyList_Check(exact))) {
+        (exact != Py_None && !PyList_Check(exact)) || !PyList_Check(label_sets)) {
         PyErr_SetString(PyExc_TypeError, "encode_pprof(): frames, lock_labels, threads, "
-                                         "thread_ids, tasks, comments and exact are lists");
+                                         "thread_ids, tasks, comments, exact and label_sets "
+                                         "are lists");
         return NULL;
     }
     long long time_nanos = PyLong_AsLongLong(args[15]);
@@ -972,12 +987,13 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    lp_view v[10];
+    lp_view v[11];
     memset(v, 0, sizeof(v));
     PyObject *out = NULL;
     lp_strings st = {PyDict_New(), PyList_New(0)};
     lp_buf body = {0}, tmp = {0};
-    lp_buf *lockb = NULL, *threadb = NULL, *taskb = NULL;
+    lp_buf *lockb = NULL, *threadb = NULL, *taskb = NULL, *setb = NULL;
+    Py_ssize_t nsets = PyList_GET_SIZE(label_sets);
     Py_ssize_t nlocks = PyList_GET_SIZE(lock_labels);
     Py_ssize_t nthreads = PyList_GET_SIZE(threads), ntasks = PyList_GET_SIZE(tasks);
     Py_ssize_t nframes = PyList_GET_SIZE(frames);
@@ -996,12 +1012,13 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         get_view(args[6], &v[5], 4, &nrows, "row_thread") < 0 ||
         get_view(args[7], &v[6], 4, &nrows, "row_task") < 0 ||
         get_view(args[8], &v[7], 8, &nrows, "row_count") < 0 ||
-        get_view(args[9], &v[8], 8, &nrows, "row_value") < 0) {
+        get_view(args[9], &v[8], 8, &nrows, "row_value") < 0 ||
+        get_view(args[18], &v[9], 4, &nrows, "row_labels") < 0) {
         goto done;
     }
     const uint32_t *offsets = v[0].view.buf, *flat = v[1].view.buf;
     const uint32_t *rl = v[2].view.buf, *rs = v[3].view.buf, *rth = v[5].view.buf;
-    const uint32_t *rtk = v[6].view.buf;
+    const uint32_t *rtk = v[6].view.buf, *rls = v[9].view.buf;
     const uint8_t *rev = v[4].view.buf;
     const double *rc = v[7].view.buf, *rv = v[8].view.buf;
     if (nst < 1) {
@@ -1052,7 +1069,8 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     lockb = PyMem_Calloc(nlocks + 1, sizeof(lp_buf));
     threadb = PyMem_Calloc(nthreads + 1, sizeof(lp_buf));
     taskb = PyMem_Calloc(ntasks + 1, sizeof(lp_buf));
-    if (lockb == NULL || threadb == NULL || taskb == NULL) {
+    setb = PyMem_Calloc(nsets + 1, sizeof(lp_buf));
+    if (lockb == NULL || threadb == NULL || taskb == NULL || setb == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1072,6 +1090,28 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (name_labels(&st, threads, k_thread, threadb) < 0 ||
         name_labels(&st, tasks, k_task, taskb) < 0) {
         goto done;
+    }
+    for (Py_ssize_t i = 0; i < nsets; i++) {
+        PyObject *set = PyList_GET_ITEM(label_sets, i);
+        if (!PyTuple_Check(set)) {
+            PyErr_SetString(PyExc_TypeError, "encode_pprof(): label_sets are tuples of "
+                                             "(key, value) pairs");
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(set); k++) {
+            PyObject *pair = PyTuple_GET_ITEM(set, k);
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                PyErr_SetString(PyExc_TypeError, "encode_pprof(): label_sets are tuples of "
+                                                 "(key, value) pairs");
+                goto done;
+            }
+            int64_t key = str_id(&st, PyTuple_GET_ITEM(pair, 0));
+            int64_t val = str_id(&st, PyTuple_GET_ITEM(pair, 1));
+            if (key < 0 || val < 0) {
+                goto done;
+            }
+            put_label(&setb[i], key, val, 0, 0);
+        }
     }
     for (Py_ssize_t i = 0; i < nthreads && i < PyList_GET_SIZE(thread_ids); i++) {
         long long id = PyLong_AsLongLong(PyList_GET_ITEM(thread_ids, i));
@@ -1112,9 +1152,10 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         const lp_buf *lb = &lockb[rl[i]];
         const lp_buf *tb = rth[i] < (uint32_t)nthreads ? &threadb[rth[i]] : NULL;
         const lp_buf *kb = rtk[i] < (uint32_t)ntasks ? &taskb[rtk[i]] : NULL;
+        const lp_buf *sb = rls[i] < (uint32_t)nsets ? &setb[rls[i]] : NULL;
         size_t len = (locs_len ? 1 + varint_len(locs_len) + locs_len : 0) +
                      1 + varint_len(vals_len) + vals_len + lb->n +
-                     (tb ? tb->n : 0) + (kb ? kb->n : 0);
+                     (tb ? tb->n : 0) + (kb ? kb->n : 0) + (sb ? sb->n : 0);
         buf_key(&body, 2, 2);
         buf_varint(&body, len);
         if (locs_len) {
@@ -1135,6 +1176,9 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         }
         if (kb) {
             buf_put(&body, kb->p, kb->n);
+        }
+        if (sb) {
+            buf_put(&body, sb->p, sb->n);
         }
         if (body.failed) {
             PyErr_NoMemory();
@@ -1299,7 +1343,7 @@ lp_py_encode_pprof(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     out = bytes_of(body.p, body.n);
 
 done:
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < 11; i++) {
         release_view(&v[i]);
     }
     if (lockb != NULL) {
@@ -1317,9 +1361,15 @@ done:
             buf_free(&taskb[i]);
         }
     }
+    if (setb != NULL) {
+        for (Py_ssize_t i = 0; i < nsets; i++) {
+            buf_free(&setb[i]);
+        }
+    }
     PyMem_Free(lockb);
     PyMem_Free(threadb);
     PyMem_Free(taskb);
+    PyMem_Free(setb);
     PyMem_Free(frame_fn);
     PyMem_Free(frame_line);
     buf_free(&body);
@@ -1342,7 +1392,8 @@ static PyMethodDef encode_methods[] = {
     {"encode_pprof", (PyCFunction)(void (*)(void))lp_py_encode_pprof, METH_FASTCALL,
      "encode_pprof(frames, stack_offsets, stack_frames, row_lock, row_stack, row_event, "
      "row_thread, row_task, row_count, row_value, lock_labels, threads, thread_ids, tasks, "
-     "comments, time_nanos, duration_nanos, exact)\n--\n\nprofile.proto bytes (uncompressed)."},
+     "comments, time_nanos, duration_nanos, exact, row_labels, label_sets)\n--\n\n"
+     "profile.proto bytes (uncompressed)."},
     {NULL, NULL, 0, NULL},
 };
 

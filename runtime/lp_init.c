@@ -28,7 +28,7 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames",
                              "wait_period_ns", "max_samples", "max_stacks", "max_sites",
                              "max_thread_names", "max_task_names", "lock_order",
-                             "max_order_edges", NULL};
+                             "max_order_edges", "max_label_sets", "max_label_value", NULL};
     int active;
     double rate;
     unsigned int maxl = lp_max_locks;
@@ -39,16 +39,22 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     unsigned int maxth = lp_labels_max(0), maxta = lp_labels_max(1);
     int order = lp_lock_order;
     unsigned int maxoe = lp_max_order_edges;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIIIpI:configure", kwlist,
+    unsigned int maxls = lp_labels_max(LP_LABEL_SETS), maxlv = lp_label_value_max();
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIIIpIII:configure", kwlist,
                                      &active, &rate, &maxl, &seed, &maxf, &period, &maxs,
-                                     &maxst, &maxsi, &maxth, &maxta, &order, &maxoe)) {
+                                     &maxst, &maxsi, &maxth, &maxta, &order, &maxoe,
+                                     &maxls, &maxlv)) {
+        return NULL;
+    }
+    if (maxlv < 1) {
+        PyErr_Format(PyExc_ValueError, "max_label_value must be a positive integer, got %u", maxlv);
         return NULL;
     }
     lp_max_order_edges = maxoe;
     lp_max_samples = maxs;
     lp_max_stacks = maxst;
     lp_max_sites = maxsi;
-    lp_labels_configure(maxth, maxta);
+    lp_labels_configure(maxth, maxta, maxls, maxlv);
     if (period < 1) {
         PyErr_Format(PyExc_ValueError, "wait_period_ns must be a positive integer, got %lld", period);
         return NULL;

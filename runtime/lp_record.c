@@ -361,6 +361,7 @@ rec_for(lp_wrapper *w, int kind)
     r->kind = kind;
     r->site = w->site;
     r->release_thread = UINT32_MAX;     /* no release with waiters seen yet */
+    r->release_labels = UINT32_MAX;
     r->serial = next_serial++;
     recs[r->id - 1] = r;
     LP_STORE_REL(w->rec, r);
@@ -709,6 +710,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
         rec_zero(r);
         LP_STORE(r->release_stack, 0);
         r->release_thread = UINT32_MAX;
+        r->release_labels = UINT32_MAX;
         r->id = kept + 1;
         recs[kept++] = r;
     }
@@ -728,9 +730,9 @@ static PyObject *
 lp_py_counters(PyObject *mod, PyObject *unused)
 {
     /* what was dropped or folded, the tables' sizes, and their caps */
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
-                         "s:I,s:I,s:I,s:I,s:I,s:I,"
-                         "s:I,s:I,s:I,s:I,s:I,s:I}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,"
+                         "s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
+                         "s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
                          "compactions", (unsigned long long)n_compactions,
                          "name_errors", (unsigned long long)lp_name_errors,
                          "foreign_locks", (unsigned long long)lp_foreign_locks,
@@ -740,6 +742,9 @@ lp_py_counters(PyObject *mod, PyObject *unused)
                          "dropped_sites", (unsigned long long)n_dropped_sites,
                          "dropped_thread_names", (unsigned long long)lp_labels_dropped(0),
                          "dropped_task_names", (unsigned long long)lp_labels_dropped(1),
+                         "dropped_label_sets",
+                         (unsigned long long)lp_labels_dropped(LP_LABEL_SETS),
+                         "cut_label_values", (unsigned long long)lp_label_values_cut(),
                          "errors", (unsigned long long)lp_errors(),
                          "locks", (unsigned int)nrecs,
                          "sites", (unsigned int)(nsites - 1),
@@ -747,12 +752,15 @@ lp_py_counters(PyObject *mod, PyObject *unused)
                          "samples", (unsigned int)lp_nsamples,
                          "thread_names", (unsigned int)lp_label_count(0),
                          "task_names", (unsigned int)lp_label_count(1),
+                         "label_sets", (unsigned int)lp_label_count(LP_LABEL_SETS),
                          "max_locks", (unsigned int)lp_max_locks,
                          "max_sites", (unsigned int)lp_max_sites,
                          "max_stacks", (unsigned int)lp_max_stacks,
                          "max_samples", (unsigned int)lp_max_samples,
                          "max_thread_names", (unsigned int)lp_labels_max(0),
-                         "max_task_names", (unsigned int)lp_labels_max(1));
+                         "max_task_names", (unsigned int)lp_labels_max(1),
+                         "max_label_sets", (unsigned int)lp_labels_max(LP_LABEL_SETS),
+                         "max_label_value", (unsigned int)lp_label_value_max());
 }
 
 
@@ -881,6 +889,7 @@ int
 lp_record_setup(PyObject *module)
 {
     overflow_rec.release_thread = UINT32_MAX;
+    overflow_rec.release_labels = UINT32_MAX;
     overflow_rec.kind = -1;             /* shown as "<other>": locks past lp_max_locks */
     return lp_add_functions(module, record_methods);
 }

@@ -34,6 +34,7 @@ typedef struct lp_lockrec {
     uint32_t nwaiting;          /* profiled acquires blocked on it now */
     uint32_t release_stack;     /* stack of the last release that had waiters */
     uint32_t release_thread;    /* and the thread (slot) that made it */
+    uint32_t release_labels;    /* and its request label set */
     int64_t release_stack_ns;   /* and when */
     int orphan;                 /* its wrapper is gone: merged into its site's retired
                                  * record by the next compaction, freed at reset */

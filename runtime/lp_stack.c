@@ -269,9 +269,14 @@ typedef struct {
 static lp_labels thread_labels = {NULL, NULL, 1u << 12, 0, NULL, NULL, NULL, 0};
 static lp_labels task_labels = {NULL, NULL, 1u << 12, 0, NULL, NULL, NULL, 0};
 
-/* the label id of `name` (a str; reference borrowed), interned */
+static lp_labels label_sets = {NULL, NULL, 1024, 0, NULL, NULL, NULL, 0};
+static uint32_t label_value_max = 200;      /* characters of a label value kept */
+static uint64_t label_values_cut = 0;       /* events whose label values were cut (atomic) */
+
+/* the id of `name` in t (reference borrowed), or UINT32_MAX when it is not
+ * there; 0 tables are made on first use (LP_LABEL_NONE when that fails) */
 static uint32_t
-label_intern(lp_labels *t, PyObject *name)
+label_find(lp_labels *t, PyObject *name)
 {
     if (t->ids == NULL) {
         t->ids = PyDict_New();
@@ -289,11 +294,14 @@ label_intern(lp_labels *t, PyObject *name)
         return (uint32_t)PyLong_AsUnsignedLong(s);
     }
     PyErr_Clear();
+    return UINT32_MAX;
+}
+
+/* name appended to t as a new label (no cap checked here) */
+static uint32_t
+label_append(lp_labels *t, PyObject *name)
+{
     uint32_t n = (uint32_t)PyList_GET_SIZE(t->names);
-    if (n >= t->max) {
-        t->dropped++;
-        return LP_LABEL_OTHER;
-    }
     if (t == &thread_labels) {
         if (n >= t->cap) {
             uint32_t nc = t->cap ? t->cap * 2 : 16;
@@ -330,6 +338,74 @@ label_intern(lp_labels *t, PyObject *name)
     }
     Py_DECREF(id);
     return n;
+}
+
+/* the label id of `name` (a str; reference borrowed), interned */
+static uint32_t
+label_intern(lp_labels *t, PyObject *name)
+{
+    uint32_t id = label_find(t, name);
+    if (id != UINT32_MAX) {
+        return id;
+    }
+    if ((uint32_t)PyList_GET_SIZE(t->names) >= t->max) {
+        t->dropped++;
+        return LP_LABEL_OTHER;
+    }
+    return label_append(t, name);
+}
+
+/* Past max_label_sets, a set is recorded as its keys with the value
+ * "<other>", so that grouping by any key keeps the overflow apart; those
+ * sets are keyed by label names, which code writes, and past this many of
+ * them every overflow shares one set, (("<other>", "<other>"),). */
+#define LP_OVERFLOW_SETS 16
+
+/* the id of a request label set (a tuple of (key, value) str pairs, resolved
+ * and cut; reference borrowed), interned; under the tables' mutex */
+static uint32_t
+labelset_intern(PyObject *set)
+{
+    lp_labels *t = &label_sets;
+    uint32_t id = label_find(t, set);
+    if (id != UINT32_MAX) {
+        return id;
+    }
+    uint32_t n = (uint32_t)PyList_GET_SIZE(t->names);
+    if (n < t->max) {
+        return label_append(t, set);
+    }
+    t->dropped++;
+    Py_ssize_t k = PyTuple_GET_SIZE(set);
+    PyObject *other = PyUnicode_InternFromString("<other>");
+    PyObject *keyed = other != NULL ? PyTuple_New(n < t->max + LP_OVERFLOW_SETS - 1 ? k : 1)
+                                    : NULL;
+    if (keyed == NULL) {
+        Py_XDECREF(other);
+        PyErr_Clear();
+        lp_count_error();
+        return LP_LABEL_NONE;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keyed); i++) {
+        PyObject *key = n < t->max + LP_OVERFLOW_SETS - 1
+                        ? PyTuple_GET_ITEM(PyTuple_GET_ITEM(set, i), 0) : other;
+        PyObject *pair = PyTuple_Pack(2, key, other);
+        if (pair == NULL) {
+            Py_DECREF(keyed);
+            Py_DECREF(other);
+            PyErr_Clear();
+            lp_count_error();
+            return LP_LABEL_NONE;
+        }
+        PyTuple_SET_ITEM(keyed, i, pair);
+    }
+    Py_DECREF(other);
+    id = label_find(t, keyed);
+    if (id == UINT32_MAX) {
+        id = n < t->max + LP_OVERFLOW_SETS ? label_append(t, keyed) : LP_LABEL_NONE;
+    }
+    Py_DECREF(keyed);
+    return id;
 }
 
 /* "prefix-<digits>" at the start of s (n bytes): the offset after the
@@ -729,6 +805,164 @@ task_label_now(void)
     return label;
 }
 
+/* ------------------------------------------------------------------------ */
+/* request labels (lockprof.labels): read from their ContextVar             */
+/* ------------------------------------------------------------------------ */
+
+/* the ContextVar lockprof.labels sets, handed over once at import
+ * (set_labels_var), then only read: published with a release store */
+static PyObject *labels_var = NULL;
+
+#ifdef Py_GIL_DISABLED
+#  define LP_COUNT_ATOMIC(x) ((void)__atomic_fetch_add(&(x), 1, __ATOMIC_RELAXED))
+#else
+#  define LP_COUNT_ATOMIC(x) ((void)((x)++))
+#endif
+
+/* a dict's item as a new reference (NULL: none, no error set) */
+static PyObject *
+dict_item(PyObject *d, PyObject *key)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *v = NULL;
+    if (PyDict_GetItemRef(d, key, &v) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return v;
+#else
+    PyObject *v = PyDict_GetItemWithError(d, key);
+    PyErr_Clear();
+    return Py_XNewRef(v);
+#endif
+}
+
+/* A label value the middleware resolves late (the route is known only once
+ * the framework has routed the request): (mapping, key, (attr, ...),
+ * fallback), read as mapping[key].attr... when that is a non-empty str, else
+ * fallback.  A str value is itself.  New reference, or NULL: no value. */
+static PyObject *
+label_value(PyObject *v)
+{
+    if (PyUnicode_Check(v)) {
+        return Py_NewRef(v);
+    }
+    if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) != 4 || !PyDict_Check(PyTuple_GET_ITEM(v, 0)) ||
+        !PyTuple_Check(PyTuple_GET_ITEM(v, 2)) || !PyUnicode_Check(PyTuple_GET_ITEM(v, 3))) {
+        return NULL;
+    }
+    PyObject *o = dict_item(PyTuple_GET_ITEM(v, 0), PyTuple_GET_ITEM(v, 1));
+    PyObject *attrs = PyTuple_GET_ITEM(v, 2);
+    for (Py_ssize_t i = 0; o != NULL && i < PyTuple_GET_SIZE(attrs); i++) {
+        PyObject *next = o == Py_None ? NULL : PyObject_GetAttr(o, PyTuple_GET_ITEM(attrs, i));
+        PyErr_Clear();
+        Py_SETREF(o, next);
+    }
+    if (o != NULL && PyUnicode_Check(o) && PyUnicode_GET_LENGTH(o) > 0) {
+        return o;
+    }
+    Py_XDECREF(o);
+    return Py_NewRef(PyTuple_GET_ITEM(v, 3));
+}
+
+/* value cut to label_value_max characters (new reference) */
+static PyObject *
+label_cut(PyObject *value)
+{
+    Py_ssize_t max = (Py_ssize_t)LP_LOAD(label_value_max);
+    if (PyUnicode_GET_LENGTH(value) <= max) {
+        return Py_NewRef(value);
+    }
+    LP_COUNT_ATOMIC(label_values_cut);
+    return PyUnicode_Substring(value, 0, max);
+}
+
+/* The current request labels, resolved and cut: a tuple of (key, value)
+ * str pairs (new reference), or NULL when there are none.  Outside the
+ * tables' mutex: a late value may run a property. */
+static PyObject *
+labels_now(void)
+{
+    PyObject *var = LP_LOAD_ACQ(labels_var);
+    PyObject *set = NULL;
+    if (var == NULL || PyContextVar_Get(var, NULL, &set) < 0 || set == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyTuple_Check(set) || PyTuple_GET_SIZE(set) == 0) {
+        Py_DECREF(set);
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(set);
+    PyObject *out = PyTuple_New(n);
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(set, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+            continue;
+        }
+        PyObject *v = label_value(PyTuple_GET_ITEM(pair, 1));
+        PyObject *cut = v != NULL ? label_cut(v) : NULL;
+        Py_XDECREF(v);
+        if (cut == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        if (cut == PyTuple_GET_ITEM(pair, 1)) {
+            Py_DECREF(cut);
+            PyTuple_SET_ITEM(out, k++, Py_NewRef(pair));
+            continue;
+        }
+        PyObject *np = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), cut);
+        Py_DECREF(cut);
+        if (np == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, k++, np);
+    }
+    Py_DECREF(set);
+    if (out == NULL || k == 0) {
+        Py_XDECREF(out);
+        PyErr_Clear();
+        return NULL;
+    }
+    if (k < n) {
+        /* pairs that were not (str, value) were left out; the tail is NULL */
+        Py_SETREF(out, PyTuple_GetSlice(out, 0, k));
+        PyErr_Clear();
+    }
+    return out;
+}
+
+uint32_t
+lp_labels_slot(void)
+{
+    lp_ctx *c = lp_ts.ctx;
+    PyObject *set = c != NULL ? Py_XNewRef(c->labels) : labels_now();
+    uint32_t slot = LP_LABEL_NONE;
+    if (set != NULL) {
+        slot = labelset_intern(set);
+        Py_DECREF(set);
+    }
+    PyErr_Clear();
+    return slot;
+}
+
+static PyObject *
+lp_py_set_labels_var(PyObject *mod, PyObject *var)
+{
+    if (!PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError, "set_labels_var() takes a contextvars.ContextVar");
+        return NULL;
+    }
+    if (LP_LOAD_ACQ(labels_var) == NULL) {
+        LP_STORE_REL(labels_var, Py_NewRef(var));    /* kept for the process's life */
+    }
+    Py_RETURN_NONE;
+}
+
 void
 lp_ctx_prepare(lp_ctx *c)
 {
@@ -736,6 +970,7 @@ lp_ctx_prepare(lp_ctx *c)
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     capture(c->frames, &c->nframes, &c->omitted);
     c->task_label = task_label_now();
+    c->labels = labels_now();
     PyErr_Restore(exc_type, exc_value, exc_tb);
     c->prev = lp_ts.ctx;
     lp_ts.ctx = c;
@@ -746,6 +981,7 @@ lp_ctx_done(lp_ctx *c)
 {
     lp_ts.ctx = c->prev;
     Py_CLEAR(c->task_label);
+    Py_CLEAR(c->labels);
 }
 
 static uint32_t
@@ -780,11 +1016,13 @@ uint32_t lp_max_samples = 1u << 20;
 uint64_t lp_dropped_samples = 0;
 
 static inline uint32_t
-sample_hash(uint32_t rec, uint32_t stack, uint32_t event, uint32_t thread, uint32_t task)
+sample_hash(uint32_t rec, uint32_t stack, uint32_t event, uint32_t thread, uint32_t task,
+            uint32_t labels)
 {
     uint64_t h = ((uint64_t)rec * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)stack * 0xC2B2AE3D27D4EB4FULL) ^
                  ((uint64_t)thread * 0x165667B19E3779F9ULL) ^
-                 ((uint64_t)task * 0x27D4EB2F165667C5ULL) ^ event;
+                 ((uint64_t)task * 0x27D4EB2F165667C5ULL) ^
+                 ((uint64_t)labels * 0x85EBCA77C2B2AE63ULL) ^ event;
     return (uint32_t)(h ^ (h >> 29));
 }
 
@@ -793,28 +1031,29 @@ static uint32_t
 sample_entry_hash(uint32_t e)
 {
     const lp_sample *s = &lp_samples[e - 1];
-    return sample_hash(s->rec, s->stack, s->event, s->thread, s->task);
+    return sample_hash(s->rec, s->stack, s->event, s->thread, s->task, s->labels);
 }
 
 void
 lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value)
 {
-    lp_sample_add_for(rec, stack, event, estimate, value, lp_thread_slot(), task_slot());
+    lp_sample_add_for(rec, stack, event, estimate, value, lp_thread_slot(), task_slot(),
+                      lp_labels_slot());
 }
 
 void
 lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
-                  uint32_t thread, uint32_t task)
+                  uint32_t thread, uint32_t task, uint32_t labels)
 {
     if (lp_index_reserve(&sample_index, lp_nsamples, 1, lp_nsamples + 1, sample_entry_hash) < 0) {
         lp_dropped_samples++;
         return;
     }
-    uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread, task) & sample_index.mask;
+    uint32_t j = sample_hash(rec, stack, (uint32_t)event, thread, task, labels) & sample_index.mask;
     while (sample_index.slots[j]) {
         lp_sample *s = &lp_samples[sample_index.slots[j] - 1];
         if (s->rec == rec && s->stack == stack && s->event == (uint32_t)event &&
-            s->thread == thread && s->task == task) {
+            s->thread == thread && s->task == task && s->labels == labels) {
             s->count += 1;
             s->estimate += estimate;
             s->value += value;
@@ -842,6 +1081,7 @@ lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, doub
     s->event = (uint32_t)event;
     s->thread = thread;
     s->task = task;
+    s->labels = labels;
     s->count = 1;
     s->estimate = estimate;
     s->value = value;
@@ -887,11 +1127,11 @@ lp_samples_remap(const uint32_t *newid, uint32_t n)
         if (s.rec >= 1 && s.rec <= n) {
             s.rec = newid[s.rec];
         }
-        uint32_t j = sample_hash(s.rec, s.stack, s.event, s.thread, s.task) & ix.mask;
+        uint32_t j = sample_hash(s.rec, s.stack, s.event, s.thread, s.task, s.labels) & ix.mask;
         while (ix.slots[j]) {
             lp_sample *o = &out[ix.slots[j] - 1];
             if (o->rec == s.rec && o->stack == s.stack && o->event == s.event &&
-                o->thread == s.thread && o->task == s.task) {
+                o->thread == s.thread && o->task == s.task && o->labels == s.labels) {
                 o->count += s.count;
                 o->estimate += s.estimate;
                 o->value += s.value;
@@ -916,11 +1156,17 @@ lp_samples_remap(const uint32_t *newid, uint32_t n)
 /* the label's name (borrowed), "<other>" past the cap, Py_None for none */
 static PyObject *other_str = NULL;
 
+static const lp_labels *
+table_of(int tasks)
+{
+    return tasks == LP_LABEL_SETS ? &label_sets : tasks ? &task_labels : &thread_labels;
+}
+
 PyObject *
 lp_label_name(int tasks, uint32_t id)
 {
-    const lp_labels *t = tasks ? &task_labels : &thread_labels;
-    if (id == LP_LABEL_OTHER) {
+    const lp_labels *t = table_of(tasks);
+    if (id == LP_LABEL_OTHER && tasks != LP_LABEL_SETS) {
         if (other_str == NULL) {
             other_str = PyUnicode_InternFromString("<other>");
         }
@@ -935,7 +1181,7 @@ lp_label_name(int tasks, uint32_t id)
 uint32_t
 lp_label_count(int tasks)
 {
-    const lp_labels *t = tasks ? &task_labels : &thread_labels;
+    const lp_labels *t = table_of(tasks);
     return t->names ? (uint32_t)PyList_GET_SIZE(t->names) : 0;
 }
 
@@ -955,20 +1201,35 @@ lp_thread_label_ids(uint32_t id, unsigned long *ident, unsigned long *native)
 uint64_t
 lp_labels_dropped(int tasks)
 {
-    return tasks ? task_labels.dropped : thread_labels.dropped;
+    return table_of(tasks)->dropped;
 }
 
 void
-lp_labels_configure(uint32_t max_threads, uint32_t max_tasks)
+lp_labels_configure(uint32_t max_threads, uint32_t max_tasks, uint32_t max_sets,
+                    uint32_t max_value)
 {
     thread_labels.max = max_threads;
     task_labels.max = max_tasks;
+    label_sets.max = max_sets;
+    LP_STORE(label_value_max, max_value);
 }
 
 uint32_t
 lp_labels_max(int tasks)
 {
-    return tasks ? task_labels.max : thread_labels.max;
+    return table_of(tasks)->max;
+}
+
+uint32_t
+lp_label_value_max(void)
+{
+    return LP_LOAD(label_value_max);
+}
+
+uint64_t
+lp_label_values_cut(void)
+{
+    return LP_LOAD(label_values_cut);
 }
 
 /* at reset: the rows that named the labels are gone, so are the labels
@@ -976,8 +1237,9 @@ lp_labels_max(int tasks)
 void
 lp_labels_reset(void)
 {
-    lp_labels *all[2] = {&thread_labels, &task_labels};
-    for (int k = 0; k < 2; k++) {
+    lp_labels *all[3] = {&thread_labels, &task_labels, &label_sets};
+    LP_STORE(label_values_cut, 0);
+    for (int k = 0; k < 3; k++) {
         lp_labels *t = all[k];
         t->dropped = 0;
         if (t->ids != NULL) {
@@ -1011,10 +1273,11 @@ lp_py_samples(PyObject *mod, PyObject *unused)
         const lp_sample *s = &lp_samples[i];
         unsigned long ident, native;
         lp_thread_label_ids(s->thread, &ident, &native);
-        PyObject *t = Py_BuildValue("(IIsKdd(kkO)O)", s->rec, s->stack, event_names[s->event],
+        PyObject *t = Py_BuildValue("(IIsKdd(kkO)OO)", s->rec, s->stack, event_names[s->event],
                                     (unsigned long long)s->count, s->estimate, s->value,
                                     ident, native, lp_label_name(0, s->thread),
-                                    lp_label_name(1, s->task));
+                                    lp_label_name(1, s->task),
+                                    lp_label_name(LP_LABEL_SETS, s->labels));
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(out);
@@ -1065,7 +1328,9 @@ lp_py_stack(PyObject *mod, PyObject *arg)
 
 static PyMethodDef stack_methods[] = {
     {"samples", lp_py_samples, METH_NOARGS,
-     "samples()\n--\n\n(lock id, stack id, event, samples, estimated events, estimated ns, (thread id, native id, name), task name)."},
+     "samples()\n--\n\n(lock id, stack id, event, samples, estimated events, estimated ns, (thread id, native id, name), task name, request labels: ((key, value), ...) or None)."},
+    {"set_labels_var", lp_py_set_labels_var, METH_O,
+     "set_labels_var(var)\n--\n\nThe ContextVar whose value is the request labels (once)."},
     {"stack", lp_py_stack, METH_O,
      "stack(id)\n--\n\n([(file, function, line), ...] leaf first, frames omitted)."},
     {NULL, NULL, 0, NULL},

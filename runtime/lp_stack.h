@@ -21,12 +21,14 @@ typedef struct {
     lp_frame *frames;   /* leaf first */
 } lp_stack;
 
-/* one sample row: (lock record, stack, event, thread label, task label) */
+/* one sample row: (lock record, stack, event, thread label, task label,
+ * request label set) */
 typedef struct {
     uint32_t rec, stack;
     uint32_t event;
     uint32_t thread;        /* thread label, LP_LABEL_NONE if unknown */
     uint32_t task;          /* task label, LP_LABEL_NONE if none */
+    uint32_t labels;        /* request label set (lockprof.labels), LP_LABEL_NONE if none */
     uint64_t count;         /* stack samples taken */
     double estimate;        /* events they stand for (scaled) */
     double value;           /* ns they stand for (scaled) */
@@ -45,12 +47,19 @@ extern lp_sample *lp_samples;
 extern uint32_t lp_nsamples;
 extern uint32_t lp_max_stacks;
 
-/* labels: tasks = 0 for thread labels, 1 for task labels */
+/* labels: tasks = 0 for thread labels, 1 for task labels, LP_LABEL_SETS
+ * for request label sets (whose names are tuples of (key, value) str pairs,
+ * and which have no <other> id: the sets past the cap are real sets) */
+#define LP_LABEL_SETS 2
 PyObject *lp_label_name(int tasks, uint32_t id);        /* borrowed */
 uint32_t lp_label_count(int tasks);
 uint64_t lp_labels_dropped(int tasks);
 uint32_t lp_labels_max(int tasks);
-void lp_labels_configure(uint32_t max_threads, uint32_t max_tasks);
+void lp_labels_configure(uint32_t max_threads, uint32_t max_tasks, uint32_t max_sets,
+                         uint32_t max_value);
+/* the longest label value kept (longer ones are cut), and how many were cut */
+uint32_t lp_label_value_max(void);
+uint64_t lp_label_values_cut(void);
 /* the one thread that carried a thread label (1), or 0 when several did */
 int lp_thread_label_ids(uint32_t id, unsigned long *ident, unsigned long *native);
 void lp_labels_after_fork(void);
@@ -71,6 +80,9 @@ typedef struct lp_ctx {
     lp_frame frames[LP_MAX_FRAMES_CAP];
     uint32_t nframes, omitted;
     PyObject *task_label;       /* new reference, or NULL: none */
+    PyObject *labels;           /* the request labels, resolved: a tuple of
+                                   (key, value) str pairs (new reference), or
+                                   NULL: none */
 } lp_ctx;
 void lp_ctx_prepare(lp_ctx *c);     /* outside the mutex */
 void lp_ctx_done(lp_ctx *c);        /* after it */
@@ -80,9 +92,12 @@ uint32_t lp_stack_here(void);
 /* one recorded stack sample: `estimate` events (already scaled by the
  * inverse of its sampling probability) worth `value` ns in total */
 void lp_sample_add(uint32_t rec, uint32_t stack, int event, double estimate, double value);
-/* the same, attributed to thread slot `thread` instead of the current one */
+/* the same, attributed to thread slot `thread` and label set `labels`
+ * instead of the current ones */
 void lp_sample_add_for(uint32_t rec, uint32_t stack, int event, double estimate, double value,
-                       uint32_t thread, uint32_t task);
+                       uint32_t thread, uint32_t task, uint32_t labels);
+/* the current request label set's id (LP_LABEL_NONE: none) */
+uint32_t lp_labels_slot(void);
 /* the current thread's slot in the thread table */
 uint32_t lp_thread_slot(void);
 /* the current task's label slot (LP_LABEL_NONE: none), and the task itself

@@ -10,10 +10,13 @@ file (lockprof.export.pprof.read).  It holds:
   and the estimated ones (acquisitions, hold_ns);
 - frames: (file, function, line) tuples, each once;
 - stacks: a flat array of frame indices (leaf first) cut by stack_offsets;
-- rows: columns (lock, stack, event, thread, task, samples, count, value),
-  one entry per (lock, stack, event, thread label, task label);
+- rows: columns (lock, stack, event, thread, task, labels, samples, count,
+  value), one entry per (lock, stack, event, thread label, task label,
+  request label set);
 - threads / tasks: the labels the thread and task columns index (None where
   a row has none), thread_ids: the one thread a label stood for, or 0;
+- label_sets: the request label sets (lockprof.labels) the labels column
+  indexes, each a tuple of (key, value) pairs sorted by key;
 - the time window, the settings and the runtime's counters.
 
 Rows are never dicts inside the model; samples() makes them for the Python
@@ -63,6 +66,11 @@ CAPS: Dict[str, Tuple[str, str]] = {
                              "events of threads past the cap are labelled <other>"),
     "dropped_task_names": ("max_task_names",
                            "events of tasks past the cap are labelled <other>"),
+    "dropped_label_sets": ("max_label_sets",
+                           "events with request label sets past the cap have their label "
+                           "values recorded as <other>"),
+    "cut_label_values": ("max_label_value",
+                         "events had request label values longer than the cap, cut to it"),
     "dropped_order_edges": ("max_order_edges",
                             "lock-order pairs past the cap were not checked for cycles"),
     "dropped_hang_waits": ("max_hang_waits",
@@ -142,7 +150,8 @@ class Profile:
                  sample_rate: Optional[float] = None, wait_period_ns: Optional[int] = None,
                  counters: Optional[Dict[str, int]] = None, comments: Sequence[str] = (),
                  title: str = "lockprof", lock_order: Sequence[List[Dict[str, Any]]] = (),
-                 windows: Sequence[Dict[str, Any]] = ()):
+                 windows: Sequence[Dict[str, Any]] = (),
+                 label_sets: Sequence[Tuple[Tuple[str, str], ...]] = ()):
         self.locks = locks
         # the profiles a merged one was made of, in time order: each a dict
         # with start_ns, duration_ns, source (file name) and wait ({lock
@@ -159,6 +168,9 @@ class Profile:
         self.thread_ids = thread_ids
         self.thread_native_ids = thread_native_ids or [0] * len(thread_ids)
         self.tasks = tasks
+        self.label_sets = [tuple(tuple(p) for p in s) for s in label_sets]
+        if "labels" not in rows:
+            rows["labels"] = array("I", [NONE]) * len(rows["lock"])
         self.exact = exact
         self.time_nanos = time_nanos
         self.duration_nanos = duration_nanos
@@ -181,6 +193,7 @@ class Profile:
         rows = {"lock": _u32(snap["row_lock"]), "stack": _u32(snap["row_stack"]),
                 "event": memoryview(snap["row_event"]),
                 "thread": _u32(snap["row_thread"]), "task": _u32(snap["row_task"]),
+                "labels": _u32(snap["row_labels"]),
                 "samples": memoryview(snap["row_samples"]).cast("Q") if snap["row_samples"]
                 else memoryview(array("Q")),
                 "count": memoryview(snap["row_count"]).cast("d") if snap["row_count"]
@@ -192,7 +205,8 @@ class Profile:
                    stack_frames=_u32(snap["stack_frames"]), rows=rows,
                    threads=snap["threads"], thread_ids=[i for i, _ in snap["thread_ids"]],
                    thread_native_ids=[n for _, n in snap["thread_ids"]],
-                   tasks=snap["tasks"], exact=True, counters=snap["counters"], **meta)
+                   tasks=snap["tasks"], label_sets=snap["label_sets"], exact=True,
+                   counters=snap["counters"], **meta)
 
     # -- reading ---------------------------------------------------------
     @property
@@ -273,7 +287,7 @@ class Profile:
                         frames = frames[:-1]
                 got = stacks[s] = (frames, omitted)
             lock = self.locks[r["lock"][i]]
-            th, tk = r["thread"][i], r["task"][i]
+            th, tk, ls = r["thread"][i], r["task"][i], r["labels"][i]
             tid = self.thread_ids[th] if th < len(self.thread_ids) else 0
             nid = self.thread_native_ids[th] if th < len(self.thread_native_ids) else 0
             yield {"lock_id": r["lock"][i], "kind": lock["kind"], "lock_name": lock["name"],
@@ -282,7 +296,8 @@ class Profile:
                    "frames": list(got[0]), "omitted": got[1],
                    "thread_id": tid or None, "thread_native_id": nid or None,
                    "thread_name": self.threads[th] if th < len(self.threads) else None,
-                   "task_name": self.tasks[tk] if tk < len(self.tasks) else None}
+                   "task_name": self.tasks[tk] if tk < len(self.tasks) else None,
+                   "labels": dict(self.label_sets[ls]) if ls < len(self.label_sets) else {}}
 
     def active_locks(self) -> List[Dict[str, Any]]:
         """The locks with any event in this profile."""
@@ -401,6 +416,8 @@ class Builder:
         self._thread_ix: Dict[Any, int] = {}
         self.tasks: List[Optional[str]] = []
         self._task_ix: Dict[Any, int] = {}
+        self.label_sets: List[Tuple[Tuple[str, str], ...]] = []
+        self._set_ix: Dict[Tuple, int] = {}
         self._rows: Dict[Tuple, List[float]] = {}
         self.counters: Dict[str, int] = {}
         self.profiles = 0           # added whole by add_profile
@@ -421,10 +438,13 @@ class Builder:
         thmap = [self.thread(name, p.thread_ids[i] if i < len(p.thread_ids) else 0)
                  for i, name in enumerate(p.threads)]
         tkmap = [self.task(name) for name in p.tasks]
-        for lk, st, ev, th, tk, n, c, v in zip(*p.columns(
-                "lock", "stack", "event", "thread", "task", "samples", "count", "value")):
+        lsmap = [self.label_set(ls) for ls in p.label_sets]
+        for lk, st, ev, th, tk, ls, n, c, v in zip(*p.columns(
+                "lock", "stack", "event", "thread", "task", "labels", "samples", "count",
+                "value")):
             self.add(lmap[lk], smap[st], ev, thmap[th] if th < len(thmap) else NONE,
-                     tkmap[tk] if tk < len(tkmap) else NONE, n, c, v)
+                     tkmap[tk] if tk < len(tkmap) else NONE, n, c, v,
+                     lsmap[ls] if ls < len(lsmap) else NONE)
         for k, v in p.counters.items():
             if k.startswith("max_"):
                 self.counters[k] = v
@@ -454,10 +474,13 @@ class Builder:
             smap.append(None if None in ids else self._stack_ix.get(ids))
         thmap = [self._thread_ix.get(name) for name in p.threads]
         tkmap = [self._task_ix.get(name) for name in p.tasks]
-        for lk, st, ev, th, tk, n, c, v in zip(*p.columns(
-                "lock", "stack", "event", "thread", "task", "samples", "count", "value")):
+        lsmap = [self._set_ix.get(ls) for ls in p.label_sets]
+        for lk, st, ev, th, tk, ls, n, c, v in zip(*p.columns(
+                "lock", "stack", "event", "thread", "task", "labels", "samples", "count",
+                "value")):
             key = (lmap[lk], smap[st], ev, thmap[th] if th < len(thmap) else NONE,
-                   tkmap[tk] if tk < len(tkmap) else NONE)
+                   tkmap[tk] if tk < len(tkmap) else NONE,
+                   lsmap[ls] if ls < len(lsmap) else NONE)
             acc = self._rows.get(key)
             if acc is None:
                 continue
@@ -533,9 +556,18 @@ class Builder:
             self.tasks.append(name)
         return j
 
+    def label_set(self, pairs) -> int:
+        """A request label set (pairs of key and value, in any order)."""
+        key = tuple(sorted(tuple(p) for p in pairs))
+        j = self._set_ix.get(key)
+        if j is None:
+            self._set_ix[key] = j = len(self.label_sets)
+            self.label_sets.append(key)
+        return j
+
     def add(self, lock: int, stack: int, event: int, thread: int, task: int,
-            samples: float, count: float, value: float) -> None:
-        key = (lock, stack, event, thread, task)
+            samples: float, count: float, value: float, labels: int = NONE) -> None:
+        key = (lock, stack, event, thread, task, labels)
         acc = self._rows.get(key)
         if acc is None:
             self._rows[key] = [samples, count, value]
@@ -548,17 +580,20 @@ class Builder:
         meta.setdefault("counters", self.counters)
         meta.setdefault("lock_order", self.lock_order)
         cols = {"lock": array("I"), "stack": array("I"), "event": array("B"),
-                "thread": array("I"), "task": array("I"), "samples": array("Q"),
+                "thread": array("I"), "task": array("I"), "labels": array("I"),
+                "samples": array("Q"),
                 "count": array("d"), "value": array("d")}
-        for (lk, st, ev, th, tk), (n, c, v) in self._rows.items():
+        for (lk, st, ev, th, tk, ls), (n, c, v) in self._rows.items():
             cols["lock"].append(lk)
             cols["stack"].append(st)
             cols["event"].append(ev)
             cols["thread"].append(th)
             cols["task"].append(tk)
+            cols["labels"].append(ls)
             cols["samples"].append(int(n))
             cols["count"].append(c)
             cols["value"].append(v)
         return Profile(locks=self.locks, frames=self.frames, stack_offsets=self.offsets,
                        stack_frames=self.flat, rows=cols, threads=self.threads,
-                       thread_ids=self.thread_ids, tasks=self.tasks, exact=exact, **meta)
+                       thread_ids=self.thread_ids, tasks=self.tasks,
+                       label_sets=self.label_sets, exact=exact, **meta)

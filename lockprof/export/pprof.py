@@ -35,6 +35,9 @@ _EXACT = ("name", "kind", "file", "line", "function", "var", "locks", "acquisiti
           "hold_ns", "cond_waits", "cond_wait_ns")
 _EXACT_STR = {"name", "kind", "file", "function", "var"}
 GZIP_LEVEL = 1
+# the sample labels lockprof writes itself; any other string label is a
+# request label (lockprof.labels, or a Go program's pprof.Do labels)
+_OWN_LABELS = frozenset(("lock name", "lock kind", "thread name", "thread id", "task name"))
 
 
 class ProfileError(ValueError):
@@ -63,7 +66,8 @@ def encode(p: Profile) -> bytes:
         [(lk["name"], lk["kind"] or "<unknown>") for lk in p.locks], list(p.threads),
         [int(t or 0) for t in p.thread_ids], list(p.tasks), p.comments(),
         int(p.time_nanos), int(p.duration_nanos),
-        [_exact_tuple(lk) for lk in p.locks] if p.exact else None)
+        [_exact_tuple(lk) for lk in p.locks] if p.exact else None,
+        r["labels"], list(p.label_sets))
 
 
 def compress(data: bytes) -> bytes:
@@ -283,6 +287,7 @@ def _decode(data: bytes) -> Profile:
         locs: List[int] = []
         values: List[int] = []
         labels: Dict[str, Any] = {}
+        request: List[Tuple[str, str]] = []
         for f, w, v in _fields(sraw):
             if f == 1:
                 locs += _ints(v, w)
@@ -291,7 +296,10 @@ def _decode(data: bytes) -> Profile:
             elif f == 3:
                 lab = {lf: lv for lf, _, lv in _fields(v)}
                 key = strings[lab.get(1, 0)]
-                labels[key] = strings[lab[2]] if lab.get(2) else lab.get(3, 0)
+                if key in _OWN_LABELS:
+                    labels[key] = strings[lab[2]] if lab.get(2) else lab.get(3, 0)
+                elif lab.get(2):
+                    request.append((key, strings[lab[2]]))
         st = b.stack(tuple(j for lid in locs for j in loc_frames.get(lid, ())))
         name = labels.get("lock name") or "<unknown>"
         kind = labels.get("lock kind") or "<unknown>"
@@ -307,12 +315,13 @@ def _decode(data: bytes) -> Profile:
         th = b.thread(tname, labels.get("thread id") or 0) if tname is not None else NONE
         kname = labels.get("task name")
         tk = b.task(kname) if kname is not None else NONE
+        ls = b.label_set(request) if request else NONE
         for ev, c, n in columns:
             count = values[c] if c is not None and c < len(values) else 0
             value = values[n] if n is not None and n < len(values) else 0
             if not (count or value):
                 continue
-            b.add(lk, st, ev, th, tk, 1, count, value)
+            b.add(lk, st, ev, th, tk, 1, count, value, ls)
             est = estimated.get(lk)
             if est is not None:
                 # no exact figures for this lock: its figures from its samples
