@@ -59,6 +59,8 @@ test_extras = ["pytest>=7", "jinja2>=3.0", "setuptools>=77",
                # the third-party lock types lockprof profiles, and a real server
                # using them (tests/test_anyio.py, tests/test_trio.py)
                "anyio>=4.5", "trio>=0.25", "starlette", "uvicorn",
+               # request labels through real apps (tests/test_labels.py)
+               "flask", "waitress",
                # a pre-fork server for the live endpoint (tests/test_http.py)
                "gunicorn; sys_platform != 'win32'"]
 if not free_threaded:

@@ -74,6 +74,15 @@ _FILES_HELP = ("pprof files, or directories of them (the output of --interval an
                "workers): read as one profile, figures summed")
 
 
+def _label_name(text: str) -> str:
+    from lockprof._labels import _KEY
+    if not _KEY.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a label name (letters, digits, '_', '.', '-', not starting "
+            f"with a digit)")
+    return text
+
+
 def _file_parsers(sub) -> None:
     rep = sub.add_parser("report", help="the text report of saved profiles")
     rep.add_argument("files", nargs="+", metavar="FILE", help=_FILES_HELP)
@@ -81,6 +90,9 @@ def _file_parsers(sub) -> None:
     rep.add_argument("--sort", choices=("wait", "hold", "contentions", "acquisitions"),
                      default="wait")
     rep.add_argument("--json", action="store_true", help="per-lock records as JSON")
+    rep.add_argument("--by", metavar="LABEL", type=_label_name,
+                     help="group the figures by a request label (lockprof.labels; the "
+                          "middleware's is 'endpoint')")
     conv = sub.add_parser("convert", help="convert saved pprof profiles to another format")
     conv.add_argument("files", nargs="+", metavar="FILE", help=_FILES_HELP)
     conv.add_argument("-f", "--format", required=True, choices=_config.FORMATS)
@@ -139,6 +151,16 @@ def _report(ns) -> int:
     from lockprof.export import text
 
     prof = _load(ns.files)
+    if ns.by is not None:
+        if ns.json:
+            groups = prof.by_label(ns.by)
+            for g in groups:
+                g["locks"] = [{"name": prof.locks[lk]["name"], "kind": prof.locks[lk]["kind"],
+                               "wait_ns": w, "cond_wait_ns": cw} for lk, w, cw in g["locks"]]
+            print(json.dumps(groups, indent=1))
+        else:
+            print(text.report_by(prof, ns.by, ns.top))
+        return 0
     if ns.json:
         # exact: the figures are the run's own counts (lockprof's file), not
         # estimates from the file's samples

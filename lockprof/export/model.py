@@ -299,6 +299,51 @@ class Profile:
                    "task_name": self.tasks[tk] if tk < len(self.tasks) else None,
                    "labels": dict(self.label_sets[ls]) if ls < len(self.label_sets) else {}}
 
+    def label_keys(self) -> List[str]:
+        """The request label names that occur in this profile, sorted."""
+        return sorted({k for ls in self.label_sets for k, _ in ls})
+
+    def by_label(self, key: str) -> List[Dict[str, Any]]:
+        """The figures of the rows grouped by the value of request label
+        `key` (None: rows without it, last), most blocked (lock wait plus
+        Condition wait) first.  Each group: value, contentions, wait_ns,
+        caused_wait_ns, acquisitions, hold_ns, cond_waits, cond_wait_ns
+        (estimates from the samples, exact where every wait was recorded),
+        and locks: [(lock index, wait_ns, cond_wait_ns)] most blocked first."""
+        value_of = [dict(ls).get(key) for ls in self.label_sets]
+        groups: Dict[Optional[str], Dict[str, Any]] = {}
+        per_lock: Dict[Optional[str], Dict[int, List[float]]] = {}
+        names = {EVENT_ID["contention"]: ("contentions", "wait_ns"),
+                 EVENT_ID["delay"]: (None, "caused_wait_ns"),
+                 EVENT_ID["acquire"]: ("acquisitions", None),
+                 EVENT_ID["hold"]: (None, "hold_ns"),
+                 EVENT_ID["cond_wait"]: ("cond_waits", "cond_wait_ns")}
+        for e, lk, ls, c, v in zip(*self.columns("event", "lock", "labels", "count", "value")):
+            val = value_of[ls] if ls < len(value_of) else None
+            g = groups.get(val)
+            if g is None:
+                g = groups[val] = {"value": val, "contentions": 0.0, "wait_ns": 0.0,
+                                   "caused_wait_ns": 0.0, "acquisitions": 0.0, "hold_ns": 0.0,
+                                   "cond_waits": 0.0, "cond_wait_ns": 0.0}
+                per_lock[val] = {}
+            cname, vname = names.get(e, (None, None))
+            if cname:
+                g[cname] += c
+            if vname:
+                g[vname] += v
+            if e in (EVENT_ID["contention"], EVENT_ID["cond_wait"]):
+                acc = per_lock[val].setdefault(lk, [0.0, 0.0])
+                acc[0 if e == EVENT_ID["contention"] else 1] += v
+        out = []
+        for val, g in groups.items():
+            g["locks"] = sorted(((lk, w, cw) for lk, (w, cw) in per_lock[val].items()),
+                                key=lambda t: -(t[1] + t[2]))
+            out.append(g)
+        # events outside any labelled request (idle workers, start-up) last
+        out.sort(key=lambda g: (g["value"] is None, -(g["wait_ns"] + g["cond_wait_ns"]),
+                                -g["contentions"], -g["acquisitions"], str(g["value"])))
+        return out
+
     def active_locks(self) -> List[Dict[str, Any]]:
         """The locks with any event in this profile."""
         return [lk for lk in self.locks if has_event(lk)]

@@ -111,5 +111,48 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
     return "\n".join(lines)
 
 
+def report_by(p: Profile, key: str, top: int = 10, locks: int = 3) -> str:
+    """The figures grouped by request label `key` (lockprof.labels, the
+    middleware's `endpoint`): one line per value, most blocked first, each
+    followed by the locks it waited on most."""
+    groups = p.by_label(key)
+    with_key = [g for g in groups if g["value"] is not None]
+    head = [key, "contentions", "wait ms", "cond.wait ms", "wait caused ms", "hold ms",
+            "acquisitions"]
+    body = []
+    for g in groups[:top]:
+        body.append([str(g["value"]) if g["value"] is not None else f"(no {key})",
+                     f"{g['contentions']:.0f}", _ms(g["wait_ns"]), _ms(g["cond_wait_ns"]),
+                     _ms(g["caused_wait_ns"]), _ms(g["hold_ns"]), f"{g['acquisitions']:.0f}"])
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+
+    def fmt(row):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths)))
+
+    lines = [f"lockprof: {len(with_key)} values of label {key!r}, by lock wait plus "
+             f"Condition wait (estimated from the samples; waits of a wait period or more "
+             f"are all recorded)", fmt(head), fmt(["-" * w for w in widths])]
+    lines += [fmt(b) for b in body]
+    if not with_key:
+        known = ", ".join(p.label_keys()) or "none"
+        lines.append(f"(no event carries the label {key!r}; the labels in this profile: "
+                     f"{known})")
+    blocks = []
+    for b, g in zip(body, groups[:top]):
+        waited = [t for t in g["locks"][:locks] if t[1] + t[2] > 0]
+        if waited:
+            blocks.append(f"  {b[0]}")
+            blocks += [f"    {_ms(w + cw)} ms  {shown_name(p.locks[lk])}"
+                       + (f" (Condition.wait {_ms(cw)} ms)" if cw else "")
+                       for lk, w, cw in waited]
+    if blocks:
+        lines += ["", "waited on (lock wait + Condition wait):"] + blocks
+    notes = p.cap_notes()
+    if notes:
+        lines += [""] + [f"lockprof: {n}" for n in notes]
+    return "\n".join(lines)
+
+
 def write(p: Profile, path: str) -> None:
     write_text(path, report(p, 20) + "\n")
