@@ -417,9 +417,14 @@ def test_starlette_on_uvicorn_by_endpoint(tmp_path):
                                            "127.0.0.1", "--port", str(port), "--log-level",
                                            "warning"], port, ["/items/{id}", "/report"])
     # the sync endpoint's wait happened on a worker thread: the label came
-    # with the context anyio copied there
-    _check_by_endpoint(prof, out, {"/items/{item_id}": ":items_lock",
-                                   "/report": ":report_lock"})
+    # with the context anyio copied there.  Recent Starlette puts the route
+    # in the scope (FastAPI always did); with older ones the label is the
+    # collapsed path, still one per route
+    import inspect
+    import starlette.routing
+    template = '"route"' in inspect.getsource(starlette.routing)
+    _check_by_endpoint(prof, out, {"/items/{item_id}" if template else "/items/{id}":
+                                   ":items_lock", "/report": ":report_lock"})
 
 
 def test_report_by_a_bad_label_name_is_one_line(tmp_path):
