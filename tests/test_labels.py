@@ -442,3 +442,32 @@ def test_report_by_a_bad_label_name_is_one_line(tmp_path):
                           str(out)], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert rep.returncode == 0 and "no event carries the label 'tenant'" in rep.stdout
+
+
+def test_page_groups_by_a_label_in_chromium(tmp_path):
+    from tests.test_html import BROWSER, _dom
+    if BROWSER is None:
+        pytest.skip("no chromium on this machine (CI installs it)")
+    lockprof.start(1.0)
+    orders = threading.Lock()
+    stock = threading.Lock()
+    for _ in range(3):
+        _handshake(orders, waiter_labels={"endpoint": "/orders/{id}"})
+    _handshake(stock, waiter_labels={"endpoint": "/stock"})
+    path = tmp_path / "page.html"
+    lockprof.write(str(path))
+    plain = _dom(str(path))
+    # the selector offers the label; nothing is grouped until it is chosen
+    assert '<option value="endpoint">group by endpoint</option>' in plain, plain[:3000]
+    import re
+
+    def panel(dom):
+        return re.search(r'<div id="bylabel"[^>]*>(.*?)</div>', dom, re.S).group(1)
+    assert '<tr class="group">' not in panel(plain)
+    dom = _dom(str(path), "#measure=delay&by=endpoint")
+    rows = re.findall(r'<tr class="group">(.*?)</tr>', panel(dom), re.S)
+    got = [(re.search(r'data-col="value">([^<]*)<', r).group(1),
+            re.search(r'data-col="contentions" data-value="([^"]*)"', r).group(1),
+            re.search(r'data-col="locks">([^<]*)<', r).group(1)) for r in rows]
+    assert [(v, float(c)) for v, c, _ in got[:2]] == [("/orders/{id}", 3.0), ("/stock", 1.0)], got
+    assert ":orders" in got[0][2] and ":stock" in got[1][2], got

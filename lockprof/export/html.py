@@ -58,8 +58,18 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
                for w in p.windows]
     figures = ("contentions and waits exact, acquisitions and hold estimated" if p.exact
                else "every figure estimated from the file's samples")
+    # the figures grouped by each request label (lockprof.labels): the
+    # page's "group by" selector; bounded by max_label_sets
+    labels = {}
+    for key in p.label_keys():
+        labels[key] = [dict({k: g[k] for k in ("value", "contentions", "wait_ns", "cond_wait_ns",
+                                                "caused_wait_ns", "hold_ns", "acquisitions")},
+                            locks=[[_shown(p.locks[lk]), w + cw] for lk, w, cw in g["locks"][:3]
+                                   if w + cw > 0])
+                       for g in p.by_label(key)]
     data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures,
-                       "locks": table, "windows": windows, "figures": figures},
+                       "locks": table, "windows": windows, "figures": figures,
+                       "labels": labels},
                       separators=(",", ":"))
     # inside <script>, "</" could end the element early; JSON allows "<\/"
     data = data.replace("</", "<\\/").replace("<!--", "<\\u0021--")
