@@ -195,6 +195,17 @@ def markdown(report: Dict[str, Any]) -> str:
         for r in report["instructions"]:
             parts.append(f"| {r['type']} | {r['op']} | {r['instructions']['native']:.0f} | "
                          f"{r['instructions']['0.01']:.0f} | {r['ratio']['0.01']:.2f}x |")
+    lb = report.get("labels")
+    if lb:
+        parts += ["", "Request labels (`lockprof.labels`), threading.Lock `with`, instructions "
+                      "(callgrind):", "",
+                  "| | instructions |", "|---|---:|",
+                  f"| per `with`, default rate, no labels | {lb['default']:.0f} |",
+                  f"| per `with`, default rate, two labels set | {lb['default_labels']:.0f} |",
+                  f"| one recorded event (rate 1), no labels | {lb['event']:.0f} |",
+                  f"| added to a recorded event by two labels | {lb['event_labels']:.0f} |",
+                  f"| added by the middleware's route label (read late) | "
+                  f"{lb['event_late']:.0f} |"]
     mx = report.get("mutex")
     if mx:
         parts += ["", f"Free-threaded: the tables' mutex costs a sampled event "
@@ -289,6 +300,7 @@ def main(argv=None) -> int:
     if "instructions" in only and instructions.available() is None and not args.quick:
         report["instructions"] = instructions.measure(n=args.instr_ops)
         report["mutex"] = instructions.mutex_cost(n=args.instr_ops)
+        report["labels"] = instructions.labels_cost(n=args.instr_ops)
     if "sampled" in only:
         report["sampled_event"] = sampled.measure(rounds=args.rounds, loops=max(10, args.loops))
         report["first_event"] = sampled.first_event(rounds=args.rounds, n=max(10, args.loops))

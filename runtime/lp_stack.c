@@ -361,10 +361,77 @@ label_intern(lp_labels *t, PyObject *name)
  * them every overflow shares one set, (("<other>", "<other>"),). */
 #define LP_OVERFLOW_SETS 16
 
+/* Sets seen last, by the identity of their keys and values: lockprof.labels
+ * makes one tuple per `with`, and the middleware's late values resolve to
+ * the same route str each time, but a dict lookup would hash the tuple and
+ * its pairs again on every event (tuples do not cache their hash) and
+ * compare them item by item.  Holds strong references to the sets (of strs
+ * only), at most LP_SETCACHE. */
+#define LP_SETCACHE 64
+static struct {
+    PyObject *set;
+    uint32_t id;
+    int over;           /* past max_label_sets: each event counts as dropped */
+} setcache[LP_SETCACHE];
+
+static void
+setcache_clear(void)
+{
+    for (int i = 0; i < LP_SETCACHE; i++) {
+        Py_CLEAR(setcache[i].set);
+    }
+}
+
+/* whether sets a and b hold the same key and value objects, in order */
+static int
+same_items(PyObject *a, PyObject *b)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(a);
+    if (PyTuple_GET_SIZE(b) != n) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pa = PyTuple_GET_ITEM(a, i), *pb = PyTuple_GET_ITEM(b, i);
+        if (pa != pb && (PyTuple_GET_ITEM(pa, 0) != PyTuple_GET_ITEM(pb, 0) ||
+                         PyTuple_GET_ITEM(pa, 1) != PyTuple_GET_ITEM(pb, 1))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static uint32_t labelset_find_or_add(PyObject *set);
+
 /* the id of a request label set (a tuple of (key, value) str pairs, resolved
  * and cut; reference borrowed), interned; under the tables' mutex */
 static uint32_t
 labelset_intern(PyObject *set)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(set); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(set, i);
+        h = (h ^ (uint64_t)(uintptr_t)PyTuple_GET_ITEM(pair, 0)) * 1099511628211ULL;
+        h = (h ^ (uint64_t)(uintptr_t)PyTuple_GET_ITEM(pair, 1)) * 1099511628211ULL;
+    }
+    uint32_t j = (uint32_t)(h ^ (h >> 29)) & (LP_SETCACHE - 1);
+    if (setcache[j].set != NULL && same_items(setcache[j].set, set)) {
+        label_sets.dropped += setcache[j].over;
+        return setcache[j].id;
+    }
+    uint64_t dropped = label_sets.dropped;
+    uint32_t id = labelset_find_or_add(set);
+    if (id != LP_LABEL_NONE) {
+        PyObject *old = setcache[j].set;
+        setcache[j].set = Py_NewRef(set);
+        setcache[j].id = id;
+        setcache[j].over = label_sets.dropped != dropped;
+        Py_XDECREF(old);
+    }
+    return id;
+}
+
+static uint32_t
+labelset_find_or_add(PyObject *set)
 {
     lp_labels *t = &label_sets;
     uint32_t id = label_find(t, set);
@@ -894,9 +961,26 @@ labels_now(void)
         return NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(set);
+    Py_ssize_t max = (Py_ssize_t)LP_LOAD(label_value_max);
+    Py_ssize_t i = 0;
+    for (; i < n; i++) {
+        /* the common case: every value a str within the cap, and the set is
+         * the one lockprof.labels made (the same object all through a
+         * request: interning finds it by identity) */
+        PyObject *pair = PyTuple_GET_ITEM(set, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 1)) ||
+            PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(pair, 1)) > max) {
+            break;
+        }
+    }
+    if (i == n) {
+        return set;
+    }
     PyObject *out = PyTuple_New(n);
     Py_ssize_t k = 0;
-    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+    for (i = 0; out != NULL && i < n; i++) {
         PyObject *pair = PyTuple_GET_ITEM(set, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
             !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
@@ -1239,6 +1323,7 @@ lp_labels_reset(void)
 {
     lp_labels *all[3] = {&thread_labels, &task_labels, &label_sets};
     LP_STORE(label_values_cut, 0);
+    setcache_clear();
     for (int k = 0; k < 3; k++) {
         lp_labels *t = all[k];
         t->dropped = 0;
