@@ -119,7 +119,8 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
           max_label_sets: int = CAPS["max_label_sets"],
           max_label_value: int = CAPS["max_label_value"], lock_order: bool = False,
           max_order_edges: int = 10000, hang_timeout: Optional[float] = None,
-          max_hang_waits: int = 4096, http: Optional[str] = None) -> None:
+          max_hang_waits: int = 4096, http: Optional[str] = None,
+          http_max_clients: int = 8) -> None:
     """Start profiling: new locks made through threading/asyncio are wrapped.
 
     Locks are profiled by the module whose code creates them:
@@ -152,7 +153,9 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     lockprof's own; loopback unless a host is given, and a host that is not
     loopback needs the token in LOCKPROF_HTTP_TOKEN (sent by clients as
     'Authorization: Bearer <token>').  A problem serving is one line on
-    stderr; profiling runs on.  stop() stops serving."""
+    stderr; profiling runs on.  stop() stops serving.  http_max_clients
+    requests are served at once; more are answered 503 and counted
+    (dropped_http_clients in the served profile)."""
     rate = _check_rate(sample_rate)
     _check_int("max_locks", max_locks, 1, 2**32 - 1)
     _check_int("max_frames", max_frames, 1, 512)
@@ -174,13 +177,14 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
             raise ValueError(f"hang_timeout must be a number of seconds in [0.001, 604800] "
                              f"or None, got {hang_timeout!r}")
     _check_int("max_hang_waits", max_hang_waits, 1, 2**31 - 1)
+    _check_int("http_max_clients", http_max_clients, 1, 1024)
     caps = dict(caps, lock_order=lock_order, max_order_edges=max_order_edges)
     _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples,
                  exclude=exclude, include=include, caps=caps)
     _hang_configure(hang_timeout, max_hang_waits)
     if http is not None:
         from . import _http
-        _http.start(http)
+        _http.start(http, max_clients=http_max_clients)
     _window["sample_rate"] = rate
     _window["wait_period_ns"] = wait_period_ns
 

@@ -157,6 +157,8 @@ OPTIONS: Sequence[Option] = (
            "serve the live profile over HTTP, as Go's net/http/pprof does "
            "(/debug/pprof/mutex); loopback unless a host is given, and a host that is not "
            "loopback needs LOCKPROF_HTTP_TOKEN", metavar="[HOST:]PORT"),
+    Option("http_max_clients", ("--http-max-clients",), _int_in(1, 1024), 8,
+           "cap: requests the endpoint serves at once; more get 503, counted (default 8)", "N"),
     Option("top", ("--top",), _int_in(0, 100000), 10,
            "locks shown in the report at exit (default 10)", "N"),
     Option("quiet", ("-q", "--quiet"), None, False, "print no report at exit"),

@@ -73,7 +73,8 @@ def is_loopback(host: str) -> bool:
 
 
 class Server:
-    def __init__(self, host: str, port: int, token: Optional[str]):
+    def __init__(self, host: str, port: int, token: Optional[str],
+                 max_clients: int = MAX_CLIENTS):
         if not is_loopback(host) and not token:
             raise HTTPConfigError(
                 f"serving on {host!r} (not loopback) needs a token: set LOCKPROF_HTTP_TOKEN; "
@@ -92,6 +93,8 @@ class Server:
         self.host, self.port = host, sock.getsockname()[1]
         self.pid = os.getpid()
         self.clients = 0
+        self.max_clients = max_clients
+        self.refused = 0        # requests answered 503: max_clients were being served
         self._count = _thread.allocate_lock()
         self.closed = False
         _thread.start_new_thread(self._accept_loop, ())
@@ -110,8 +113,10 @@ class Server:
                     return
                 continue
             with self._count:
-                busy = self.clients >= MAX_CLIENTS
-                if not busy:
+                busy = self.clients >= self.max_clients
+                if busy:
+                    self.refused += 1
+                else:
                     self.clients += 1
             if busy:
                 _refuse_busy(conn)
@@ -156,14 +161,23 @@ class Server:
 
 def _refuse_busy(conn) -> None:
     try:
+        conn.settimeout(0.05)
+        try:
+            # what the client sent already: closing with unread bytes would
+            # reset the connection before it reads the 503
+            conn.recv(65536)
+        except OSError:
+            pass
         conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
                      b"Connection: close\r\nRetry-After: 1\r\n\r\n")
+        conn.shutdown(socket.SHUT_WR)
     except OSError:
         pass
     conn.close()
 
 
-def start(address: str, token: Optional[str] = None, quiet: bool = False) -> Optional[Server]:
+def start(address: str, token: Optional[str] = None, quiet: bool = False,
+          max_clients: int = MAX_CLIENTS) -> Optional[Server]:
     """Serves the live profile at `address` (see parse_address); replaces a
     server already running.  A problem is one line on stderr, and None."""
     global _server, _workers_dir
@@ -175,11 +189,12 @@ def start(address: str, token: Optional[str] = None, quiet: bool = False) -> Opt
             if (_server is not None and not _server.closed and (host, port) in (
                     (_server.host, _server.port), (_server.host, 0))
                     and _server.token == (token.encode() if token else None)):
+                _server.max_clients = max_clients
                 return _server          # start() again with the same address
             if _server is not None:
                 _server.close()
                 _server = None
-            _server = Server(host, port, token)
+            _server = Server(host, port, token, max_clients)
             if _workers_dir is None:
                 _workers_dir = _make_workers_dir()
         except HTTPConfigError as e:

@@ -138,7 +138,12 @@ class _Handler(BaseHTTPRequestHandler):
 def _gather():
     """{0: this process's profile, pid: each live worker's}."""
     from . import _http
-    out = {0: lockprof.profile()}
+    own = lockprof.profile()
+    srv = _http.current()
+    if srv is not None:             # the endpoint's own cap, counted as every cap is
+        own.counters["dropped_http_clients"] = srv.refused
+        own.counters["http_max_clients"] = srv.max_clients
+    out = {0: own}
     for pid, data in _http.worker_profiles().items():
         try:
             out[pid] = pprof.loads(data, f"<worker {pid}>")

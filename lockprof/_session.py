@@ -126,7 +126,7 @@ class Session:
                        exclude_modules=s["exclude_module"], include_modules=s["include_module"],
                        lock_order=s["lock_order"], max_order_edges=s["max_order_edges"],
                        hang_timeout=s["hang_timeout"], max_hang_waits=s["max_hang_waits"],
-                       http=s.get("http"))
+                       http=s.get("http"), http_max_clients=s.get("http_max_clients", 8))
         atexit.register(self.finish)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(before=self._before_fork, after_in_child=self._after_fork_child)

@@ -314,3 +314,38 @@ def test_pre_fork_server_one_endpoint_sums_the_workers(tmp_path):
     own = sum(lk["contentions"] for f in files for lk in pprof.read(str(f)).locks
               if lk["name"].endswith("wsgiapp.py:3:ledger_lock"))
     assert len(files) >= 2 and own == total, (files, own)
+
+
+def test_clients_past_the_cap_get_503_counted_in_the_profile():
+    import lockprof
+    from lockprof import _http
+    lockprof.start(1.0, http="127.0.0.1:0", http_max_clients=1)
+    try:
+        base = _http.current().url
+        host, port = _http.current().host, _http.current().port
+        idle = socket.create_connection((host, port), timeout=10)   # holds the one slot
+        try:
+            time.sleep(0.2)
+            status, _, headers = _get(base + "mutex")
+            assert status == 503 and headers.get("Retry-After") == "1"
+        finally:
+            idle.close()
+        deadline = time.monotonic() + 30
+        while True:
+            status, body, _ = _get(base + "mutex?debug=1")
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200
+        # the 503 above, and any the retries here got while the slot was freed
+        assert re.search(rb"dropped_http_clients=[1-9]\d*: http_max_clients=1 was reached",
+                         body), body
+        for _ in range(100):        # a slot frees just after its response is sent
+            status, raw, _ = _get(base + "mutex")
+            if status == 200:
+                break
+            time.sleep(0.1)
+        from lockprof.export import pprof
+        assert pprof.loads(raw).counters["dropped_http_clients"] >= 1
+    finally:
+        lockprof.stop()

@@ -307,7 +307,8 @@ BAD_ENV = {
     "quiet": "maybe", "force": "2", "max_locks": "0", "max_stacks": "many",
     "max_samples": "-5", "max_sites": "1.5", "max_thread_names": "0", "max_task_names": "x",
     "lock_order": "maybe", "max_order_edges": "0", "hang_timeout": "soon",
-    "max_hang_waits": "0", "http": "localhost:http",
+    "max_hang_waits": "0", "http": "localhost:http", "max_label_sets": "0",
+    "max_label_value": "ten", "http_max_clients": "2000",
 }
 
 

@@ -75,6 +75,8 @@ CAPS: Dict[str, Tuple[str, str]] = {
                             "lock-order pairs past the cap were not checked for cycles"),
     "dropped_hang_waits": ("max_hang_waits",
                            "waits past the cap were not watched by the hang doctor"),
+    "dropped_http_clients": ("http_max_clients",
+                             "requests to the live endpoint past the cap were answered 503"),
 }
 COMMENT_COUNTERS = tuple(CAPS) + ("errors", "name_errors", "foreign_locks") + tuple(
     cap for cap, _ in CAPS.values())
