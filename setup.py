@@ -60,7 +60,7 @@ test_extras = ["pytest>=7", "jinja2>=3.0", "setuptools>=77",
                # using them (tests/test_anyio.py, tests/test_trio.py)
                "anyio>=4.5", "trio>=0.25", "starlette", "uvicorn",
                # request labels through real apps (tests/test_labels.py)
-               "flask", "waitress",
+               "flask", "waitress", "django; python_version >= '3.10'",
                # a pre-fork server for the live endpoint (tests/test_http.py)
                "gunicorn; sys_platform != 'win32'"]
 if not free_threaded:

@@ -471,3 +471,42 @@ def test_page_groups_by_a_label_in_chromium(tmp_path):
             re.search(r'data-col="locks">([^<]*)<', r).group(1)) for r in rows]
     assert [(v, float(c)) for v, c, _ in got[:2]] == [("/orders/{id}", 3.0), ("/stock", 1.0)], got
     assert ":orders" in got[0][2] and ":stock" in got[1][2], got
+
+
+DJANGO_PROG = '''
+import sys, threading
+import django
+from django.conf import settings
+settings.configure(DEBUG=False, ROOT_URLCONF=__name__, ALLOWED_HOSTS=["testserver"],
+                   MIDDLEWARE=["lockprof.wsgi.DjangoMiddleware"], SECRET_KEY="x")
+django.setup()
+from django.http import HttpResponse
+from django.test import Client
+from django.urls import path
+import lockprof
+
+lockprof.start(1.0)
+ledger_lock = threading.Lock()
+
+def order(request, pk):
+    with ledger_lock:
+        pass
+    return HttpResponse("ok")
+
+urlpatterns = [path("orders/<int:pk>/", order)]
+c = Client()
+for pk in (1, 22, 333):
+    assert c.get(f"/orders/{pk}/").status_code == 200
+for s in lockprof.samples():
+    if s["event"] == "acquire" and s["lock_name"].endswith(":ledger_lock"):
+        print(s["labels"].get("endpoint"), s["count"])
+'''
+
+
+def test_django_middleware_labels_the_resolved_route(tmp_path):
+    pytest.importorskip("django")
+    (tmp_path / "dj.py").write_text(DJANGO_PROG)
+    r = subprocess.run([sys.executable, str(tmp_path / "dj.py")], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["orders/<int:pk>/", "3.0"], r.stdout
