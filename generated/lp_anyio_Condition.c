@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* anyio.Condition: wrapper of anyio.Condition (generator/locks.json, line 550) */
+/* anyio.Condition: wrapper of anyio.Condition (generator/locks.json, line 554) */
 /* ======================================================================== */
 #include "lp_types.h"
 

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* multiprocessing.Condition: wrapper of multiprocessing.synchronize.Condition (generator/locks.json, line 528) */
+/* multiprocessing.Condition: wrapper of multiprocessing.synchronize.Condition (generator/locks.json, line 532) */
 /* ======================================================================== */
 #include "lp_types.h"
 

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* multiprocessing.RLock: wrapper of multiprocessing.synchronize.RLock (generator/locks.json, line 474) */
+/* multiprocessing.RLock: wrapper of multiprocessing.synchronize.RLock (generator/locks.json, line 475) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -36,6 +36,12 @@ lp_multiprocessing_RLock_acquire_impl(lp_wrapper *self, const lp_method *m,
 {
     PyObject *target = self->inner;
     const lp_method *release = &lp_multiprocessing_RLock_m_release;
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        /* the lock's own C methods, resolved when the Condition was made */
+        target = ((lp_cond_wrapper *)self)->lock;
+        m = &((lp_cond_wrapper *)self)->methods->acquire;
+        release = &((lp_cond_wrapper *)self)->methods->release;
+    }
     PyObject *r;
     int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
@@ -93,7 +99,12 @@ lp_multiprocessing_RLock_release_impl(lp_wrapper *self, const lp_method *m,
         self->depth = depth - 1;
     }
 #endif
-    PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
+    PyObject *target = self->inner;
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        target = ((lp_cond_wrapper *)self)->lock;
+        m = &((lp_cond_wrapper *)self)->methods->release;
+    }
+    PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
 #ifndef Py_GIL_DISABLED
         /* under the GIL nothing runs between the release and this */
@@ -190,7 +201,11 @@ lp_multiprocessing_RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     if (inner == NULL) {
         return NULL;
     }
-    return lp_wrap(type, inner);
+    PyObject *w = lp_wrap(type, inner);
+    if (w != NULL) {
+        lp_cond_bind((lp_cond_wrapper *)w);
+    }
+    return w;
 }
 
 static PyType_Slot lp_multiprocessing_RLock_slots[] = {
@@ -201,15 +216,15 @@ static PyType_Slot lp_multiprocessing_RLock_slots[] = {
     {Py_tp_methods, lp_multiprocessing_RLock_methods},
     {Py_tp_getset, lp_multiprocessing_RLock_getset},
     {Py_tp_members, lp_multiprocessing_RLock_members},
-    {Py_tp_traverse, lp_wrapper_traverse},
-    {Py_tp_clear, lp_wrapper_clear},
+    {Py_tp_traverse, lp_cond_traverse},
+    {Py_tp_clear, lp_cond_clear},
     {Py_tp_setattro, lp_wrapper_setattro_forward},
     {0, NULL},
 };
 
 static PyType_Spec lp_multiprocessing_RLock_spec = {
     .name = "multiprocessing.synchronize.RLock",
-    .basicsize = sizeof(lp_wrapper),
+    .basicsize = sizeof(lp_cond_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_multiprocessing_RLock_slots,
 };
@@ -229,7 +244,7 @@ const lp_typedef lp_multiprocessing_RLock_def = {
     .lazy = 1,
     .is_async = 0,
     .is_condition = 0,
-    .binds_lock = 0,
+    .binds_lock = 1,
     .forward_attrs = 1,
     .kind = LP_KIND_MULTIPROCESSING_RLOCK,
     .wait_yield = NULL,

@@ -5,7 +5,7 @@
  * (python -m generator --check reports files out of date). */
 
 /* ======================================================================== */
-/* multiprocessing.Semaphore: wrapper of multiprocessing.synchronize.Semaphore (generator/locks.json, line 492) */
+/* multiprocessing.Semaphore: wrapper of multiprocessing.synchronize.Semaphore (generator/locks.json, line 494) */
 /* ======================================================================== */
 #include "lp_types.h"
 
@@ -36,6 +36,12 @@ lp_multiprocessing_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
 {
     PyObject *target = self->inner;
     const lp_method *release = &lp_multiprocessing_Semaphore_m_release;
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        /* the lock's own C methods, resolved when the Condition was made */
+        target = ((lp_cond_wrapper *)self)->lock;
+        m = &((lp_cond_wrapper *)self)->methods->acquire;
+        release = &((lp_cond_wrapper *)self)->methods->release;
+    }
     PyObject *r;
     int forever = 1;        /* could it have waited without end (lock order) */
     if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
@@ -84,7 +90,12 @@ lp_multiprocessing_Semaphore_release_impl(lp_wrapper *self, const lp_method *m,
          * needs the call, not the time */
         t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
-    PyObject *r = lp_call(m, self->inner, args, nargs, kwnames);
+    PyObject *target = self->inner;
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        target = ((lp_cond_wrapper *)self)->lock;
+        m = &((lp_cond_wrapper *)self)->methods->release;
+    }
+    PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
         if (LP_UNLIKELY(t != 0)) {
             lp_flush_release(self, t);
@@ -170,7 +181,11 @@ lp_multiprocessing_Semaphore_new(PyTypeObject *type, PyObject *args, PyObject *k
     if (inner == NULL) {
         return NULL;
     }
-    return lp_wrap(type, inner);
+    PyObject *w = lp_wrap(type, inner);
+    if (w != NULL) {
+        lp_cond_bind((lp_cond_wrapper *)w);
+    }
+    return w;
 }
 
 static PyType_Slot lp_multiprocessing_Semaphore_slots[] = {
@@ -181,15 +196,15 @@ static PyType_Slot lp_multiprocessing_Semaphore_slots[] = {
     {Py_tp_methods, lp_multiprocessing_Semaphore_methods},
     {Py_tp_getset, lp_multiprocessing_Semaphore_getset},
     {Py_tp_members, lp_multiprocessing_Semaphore_members},
-    {Py_tp_traverse, lp_wrapper_traverse},
-    {Py_tp_clear, lp_wrapper_clear},
+    {Py_tp_traverse, lp_cond_traverse},
+    {Py_tp_clear, lp_cond_clear},
     {Py_tp_setattro, lp_wrapper_setattro_forward},
     {0, NULL},
 };
 
 static PyType_Spec lp_multiprocessing_Semaphore_spec = {
     .name = "multiprocessing.synchronize.Semaphore",
-    .basicsize = sizeof(lp_wrapper),
+    .basicsize = sizeof(lp_cond_wrapper),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .slots = lp_multiprocessing_Semaphore_slots,
 };
@@ -209,7 +224,7 @@ const lp_typedef lp_multiprocessing_Semaphore_def = {
     .lazy = 1,
     .is_async = 0,
     .is_condition = 0,
-    .binds_lock = 0,
+    .binds_lock = 1,
     .forward_attrs = 1,
     .kind = LP_KIND_MULTIPROCESSING_SEMAPHORE,
     .wait_yield = NULL,

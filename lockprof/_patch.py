@@ -225,6 +225,7 @@ def start(sample_rate: float, max_locks: int, seed, max_frames: int = 64,
             _lockprof.configure(True, sample_rate, max_locks, seed, max_frames, wait_period_ns,
                                 max_samples, **caps)
             return
+        _lockprof.imports_changed()
         by_id = _install_all()
         _scan_and_rebind(by_id)
         if _watch not in sys.meta_path:
@@ -267,6 +268,7 @@ def reinstall() -> None:
         with _guard:
             if not _running:
                 return
+            _lockprof.imports_changed()
             _install_all()
             _lockprof.set_name_skip(_sync_files())
             _lockprof.set_site_skip(_pass_through_codes())
@@ -316,7 +318,10 @@ class _ImportWatch:
     threading or asyncio (importlib.reload) gets the factories back."""
 
     WATCHED = frozenset(("threading", "asyncio", "anyio", "anyio._backends._asyncio", "gevent.lock",
-                         "trio", "anyio._backends._trio", "multiprocessing.synchronize"))
+                         "trio", "anyio._backends._trio", "multiprocessing.synchronize",
+                         # the runtime looks these up for task labels
+                         # (imports_changed): "_asyncio" comes with asyncio
+                         "gevent"))
 
     def find_spec(self, name, path=None, target=None):
         mp = sys.meta_path

@@ -664,12 +664,36 @@ static PyObject *get_running_loop = NULL, *current_task = NULL, *current_tasks =
 static int asyncio_looked_up = 0;
 static PyObject *str_asyncio = NULL;    /* "_asyncio", made at setup */
 
+/* Which modules are imported changes only when lockprof's import watch sees
+ * a watched module (asyncio, gevent...) imported, or profiling starts: each
+ * bumps modules_epoch (imports_changed()).  A lookup that found a module
+ * missing is not made again until the epoch moves: sys.modules is not read
+ * on every event of a program that uses neither asyncio nor gevent. */
+static int modules_epoch = 1;
+static int asyncio_missing_at = 0, gevent_missing_at = 0;
+
+static PyObject *
+lp_py_imports_changed(PyObject *mod, PyObject *unused)
+{
+#ifdef Py_GIL_DISABLED
+    __atomic_fetch_add(&modules_epoch, 1, __ATOMIC_RELEASE);
+#else
+    modules_epoch++;
+#endif
+    Py_RETURN_NONE;
+}
+
 static void
 asyncio_lookup(void)
 {
+    int epoch = LP_LOAD_ACQ(modules_epoch);
+    if (LP_LOAD(asyncio_missing_at) == epoch) {
+        return;                         /* not imported, and no import since */
+    }
     PyObject *mod = PyImport_GetModule(str_asyncio);   /* only if already imported */
     if (mod == NULL) {
         PyErr_Clear();                  /* try again once asyncio is in use */
+        LP_STORE(asyncio_missing_at, epoch);
         return;
     }
     lp_enter();
@@ -742,9 +766,14 @@ static PyObject *gevent_module = NULL, *gevent_getcurrent = NULL, *gevent_greenl
 static PyObject *
 current_greenlet_label(void)
 {
+    int epoch = LP_LOAD_ACQ(modules_epoch);
+    if (LP_LOAD(gevent_missing_at) == epoch) {
+        return NULL;                    /* not imported, and no import since */
+    }
     PyObject *mod = PyImport_GetModule(str_gevent);
     if (mod == NULL) {
         PyErr_Clear();
+        LP_STORE(gevent_missing_at, epoch);
         return NULL;
     }
     /* the cached functions, refreshed when gevent was re-imported: under the
@@ -1414,6 +1443,8 @@ lp_py_stack(PyObject *mod, PyObject *arg)
 static PyMethodDef stack_methods[] = {
     {"samples", lp_py_samples, METH_NOARGS,
      "samples()\n--\n\n(lock id, stack id, event, samples, estimated events, estimated ns, (thread id, native id, name), task name, request labels: ((key, value), ...) or None)."},
+    {"imports_changed", lp_py_imports_changed, METH_NOARGS,
+     "imports_changed()\n--\n\nA watched module was imported: look asyncio and gevent up again."},
     {"set_labels_var", lp_py_set_labels_var, METH_O,
      "set_labels_var(var)\n--\n\nThe ContextVar whose value is the request labels (once)."},
     {"stack", lp_py_stack, METH_O,
