@@ -175,12 +175,13 @@ wrap_made(const lp_typedef *d, PyObject *inner, PyObject *const *args, size_t na
         if (lock != NULL && is_wrapper(lock)) {
             LP_WF_SET(((lp_wrapper *)w), LP_W_DELEGATED);
         }
-        if (d->binds_lock) {
-            /* the lock's C acquire/release, called directly: the stdlib's
-             * own, or our wrapper's when delegated (queue.Queue's
-             * Conditions over its wrapped mutex) */
-            lp_cond_bind((lp_cond_wrapper *)w);
-        }
+    }
+    if (d->binds_lock) {
+        /* the acquire/release the object bound in __init__, called directly
+         * when they are C methods: a Condition's lock's (the stdlib's own,
+         * or our wrapper's when delegated: queue.Queue's Conditions over its
+         * wrapped mutex), a multiprocessing lock's SemLock's */
+        lp_cond_bind((lp_cond_wrapper *)w);
     }
     return w;
 }
