@@ -32,7 +32,8 @@ from . import _lockprof, _names, _patch
 from ._labels import current_labels, labels
 
 __all__ = ["start", "stop", "is_running", "stats", "samples", "profile", "write", "reset",
-           "labels", "current_labels", "counters", "lock_order_cycles", "Profiler",
+           "labels", "current_labels", "counters", "lock_order_cycles", "order_exempt",
+           "Profiler",
            "DEFAULT_SAMPLE_RATE", "CAPS"]
 
 # what the profile covers: since the last reset (or import), with which settings
@@ -386,6 +387,19 @@ def lock_order_cycles() -> List[List[Dict[str, Any]]]:
     innermost first).  An edge says: `acquired` was taken while `held` was
     held.  Each cycle is found once, on the run where nothing went wrong."""
     return _lockprof.lock_order_cycles()
+
+
+def order_exempt(lock: Any) -> bool:
+    """Take `lock`'s class (every lock made where it was made) out of the
+    lock-order check: for a lock held by a group (a readers-writer lock's
+    resource, taken by the first reader and given back by the last) or used
+    as a signal, where "held" means nothing.  lockprof does this by itself
+    for a lock it sees released by another thread or task than the one that
+    took it; this is for the ones it has not seen so yet.  Potential
+    deadlocks through the class are set aside, counted
+    (order_cycles_set_aside) and named under the report.  Returns False,
+    doing nothing, when `lock` is not a lock lockprof profiles."""
+    return _lockprof.order_exempt(lock)
 
 
 class Profiler:

@@ -9,6 +9,7 @@ from lockprof.export._names import base_name
 from lockprof.export.model import _is_loop_step, is_outer, trim_outer
 
 HEAD = "lockprof: potential deadlock (lock-order inversion):"
+EXEMPT = "lockprof.order_exempt()"      # the reason the runtime gives for an annotation
 
 
 def trim(frames: Sequence[Sequence[Any]]) -> List[Sequence[Any]]:
@@ -26,9 +27,26 @@ def _frames(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[st
     return out
 
 
-def block(cycle: List[Dict[str, Any]], limit: int = 12) -> str:
+def _where(frames: Sequence[Sequence[Any]]) -> tuple:
+    t = trim(frames)
+    return (t[0][0], t[0][2]) if t else ()
+
+
+def signature(cycle: List[Dict[str, Any]]) -> frozenset:
+    """What two reports of one code pattern share: for each edge, the
+    functions (and files) where its two locks were taken.  Cycles through
+    other instances or creation sites of the same pattern (a test suite's
+    tests each making their own locks) have the same signature."""
+    return frozenset((_where(e.get("held_frames") or ()), _where(e.get("acquired_frames") or ()))
+                     for e in cycle)
+
+
+def block(cycle: List[Dict[str, Any]], limit: int = 12, variants: int = 0) -> str:
     names = [base_name(e["held"]) for e in cycle]
     lines = [f"{HEAD} {' -> '.join(names + [names[0]])}"]
+    if variants:
+        lines.append(f"  (and {variants} more cycle{'s' if variants > 1 else ''} of the same "
+                     f"code paths through other locks or creation sites, not shown)")
     for i, e in enumerate(cycle, 1):
         who = e.get("task_name") and f"task {e['task_name']!r} in thread {e['thread_name']!r}" \
             or f"thread {e.get('thread_name')!r}"
@@ -43,5 +61,24 @@ def block(cycle: List[Dict[str, Any]], limit: int = 12) -> str:
     return "\n".join(lines)
 
 
-def report(cycles: List[List[Dict[str, Any]]]) -> str:
-    return "\n\n".join(block(c) for c in cycles)
+def report(cycles: List[List[Dict[str, Any]]], unordered: Sequence[Sequence[str]] = (),
+           set_aside: int = 0) -> str:
+    """One block per code pattern (cycles of the same signature are one
+    block, with their count), and, when cycles were set aside (set_aside:
+    how many), a footer naming the lock classes taken out of the order
+    (unordered: (name, reason) pairs)."""
+    groups: Dict[frozenset, List[List[Dict[str, Any]]]] = {}
+    for c in cycles:
+        groups.setdefault(signature(c), []).append(c)
+    out = [block(cs[0], variants=len(cs) - 1) for cs in groups.values()]
+    exempt = [(n, why) for n, why in unordered if why == EXEMPT]
+    if set_aside or exempt:
+        head = (f"{set_aside} cycle{'s' if set_aside > 1 else ''} set aside: "
+                f"{'they pass' if set_aside > 1 else 'it passes'} through locks that are not "
+                f"ordered" if set_aside else "locks not ordered")
+        lines = [f"lockprof: lock order: {head} (a signal or a group-held lock cannot be part "
+                 f"of a deadlock by its order):"]
+        lines += [f"  {base_name(name)}: {why}" for name, why in (unordered if set_aside
+                                                                else exempt)]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)

@@ -221,7 +221,9 @@ class Session:
         if self.s["lock_order"]:
             # a finding, not a table: printed even with -q
             from lockprof import _order
-            text_ = _order.report(lockprof.lock_order_cycles())
+            text_ = _order.report(
+                lockprof.lock_order_cycles(), lockprof._lockprof.lock_order_unordered(),
+                lockprof._lockprof.lock_order_counters()["order_cycles_set_aside"])
             if text_:
                 print(text_, file=sys.stderr)
         child = pid != self.parent_pid

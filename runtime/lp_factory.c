@@ -52,6 +52,19 @@ is_wrapper(PyObject *o)
     return 0;
 }
 
+/* the kind (LP_KIND_*) of a wrapper of ours, or -1 for any other object */
+int
+lp_wrapper_kind(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    for (int i = 0; i < n_wrapper_types; i++) {
+        if (t == wrapper_types[i]) {
+            return type_defs[i].kind;
+        }
+    }
+    return -1;
+}
+
 static int
 prefix_match(PyObject *name, PyObject *prefixes)
 {

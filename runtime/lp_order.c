@@ -14,6 +14,15 @@
  * same class is an inversion, while taking them in one global order (sorted
  * by key) never records both directions.
  *
+ * Unordered classes: a lock that is released by another thread or task than
+ * the one that took it is a signal, or held by a group (the first reader of
+ * a readers-writer lock takes it for all readers, the last one gives it
+ * back), not owned: "held" means nothing for it.  From the first such
+ * release its class gets no edges out of it, the cycle search does not pass
+ * through it, and the cycles found through it before are set aside (kept,
+ * not reported; counted).  lockprof.order_exempt(lock) does the same for a
+ * class the program names.
+ *
  * Not an edge: an RLock taken again by its owner (not a first acquisition),
  * a Condition's wait (it releases and retakes its lock), and an acquire that
  * cannot wait forever (non-blocking, or with a timeout): it adds no edge into
@@ -25,8 +34,8 @@
  * as without this file.
  *
  * Owns: the held-lock lists of threads and tasks (holders), the class edges,
- * the classes, the same-class instance pairs, the cycles found, and the
- * lock_order/track_holds settings.
+ * the classes, the same-class instance pairs, the cycles found (with their
+ * classes), the unordered classes, and the lock_order/track_holds settings.
  * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
  * threaded build, the GIL otherwise (entered from lp_record.c's flush
  * functions and from the acquire's slow path); the settings are read on the
@@ -100,7 +109,37 @@ uint64_t lp_dropped_order_edges = 0;
 uint64_t lp_dropped_holders = 0;        /* acquisitions past LP_HELD_MAX or the table */
 
 static PyObject *cycles = NULL;         /* list of lists of edge dicts */
+static PyObject *cycle_classes = NULL;  /* per cycle, the tuple of its class ids */
 static PyObject *reported = NULL;       /* set of frozensets of class ids */
+
+static inline uint32_t
+mix64_32(uint32_t x)
+{
+    uint64_t h = (uint64_t)x * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(h >> 32);
+}
+
+/* unordered classes (see the top): an open-addressed set of class ids (0 is
+ * no class), and, for the report, each one's name and why */
+static uint32_t *unordered = NULL;
+static uint32_t unordered_cap = 0, unordered_n = 0;
+static PyObject *unordered_info = NULL;     /* list of (name, reason) */
+static uint64_t unordered_skips = 0;        /* acquires not ordered after such a lock */
+
+static inline int
+is_unordered(uint32_t cls)
+{
+    if (unordered_n == 0) {
+        return 0;
+    }
+    uint32_t mask = unordered_cap - 1;
+    for (uint32_t j = (uint32_t)mix64_32(cls) & mask; unordered[j]; j = (j + 1) & mask) {
+        if (unordered[j] == cls) {
+            return 1;
+        }
+    }
+    return 0;
+}
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                   */
@@ -413,8 +452,8 @@ edge_info(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind)
 static int
 find_path(uint32_t from, uint32_t to, PyObject *seen, PyObject *path, int depth)
 {
-    if (depth > 64) {
-        return 0;
+    if (depth > 64 || is_unordered(from)) {
+        return 0;               /* no edge out of an unordered class counts */
     }
     PyObject *k = PyLong_FromUnsignedLong(from);
     if (k == NULL || PySet_Add(seen, k) < 0) {
@@ -455,8 +494,11 @@ find_path(uint32_t from, uint32_t to, PyObject *seen, PyObject *path, int depth)
     return 0;
 }
 
+/* a cycle found: its edge dicts, the key it is kept once by, and the tuple
+ * of its classes (a cycle through a class found unordered later is set
+ * aside when read) */
 static void
-report_cycle(PyObject *edge_dicts, PyObject *key)
+report_cycle(PyObject *edge_dicts, PyObject *key, PyObject *classes)
 {
     int was = PySet_Contains(reported, key);
     if (was != 0) {
@@ -465,10 +507,59 @@ report_cycle(PyObject *edge_dicts, PyObject *key)
         }
         return;
     }
-    if (PySet_Add(reported, key) < 0 || PyList_Append(cycles, edge_dicts) < 0) {
+    if (PySet_Add(reported, key) < 0 || PyList_Append(cycle_classes, classes) < 0) {
+        PyErr_Clear();
+        lp_count_error();
+        return;
+    }
+    if (PyList_Append(cycles, edge_dicts) < 0) {
+        PyErr_Clear();
+        PySequence_DelItem(cycle_classes, PyList_GET_SIZE(cycle_classes) - 1);
         PyErr_Clear();
         lp_count_error();
     }
+}
+
+/* class `cls` (of wrapper w, kind `kind`) becomes unordered, for `reason` */
+static void
+mark_unordered(uint32_t cls, lp_wrapper *w, int kind, const char *reason)
+{
+    if (cls == 0 || is_unordered(cls)) {
+        return;
+    }
+    if ((unordered_n + 1) * 2 > unordered_cap) {
+        uint32_t nc = unordered_cap ? unordered_cap * 2 : 64;
+        uint32_t *n = PyMem_Calloc(nc, sizeof(uint32_t));
+        if (n == NULL) {
+            lp_count_error();
+            return;
+        }
+        for (uint32_t i = 0; i < unordered_cap; i++) {
+            if (unordered[i]) {
+                uint32_t j = mix64_32(unordered[i]) & (nc - 1);
+                while (n[j]) {
+                    j = (j + 1) & (nc - 1);
+                }
+                n[j] = unordered[i];
+            }
+        }
+        PyMem_Free(unordered);
+        unordered = n;
+        unordered_cap = nc;
+    }
+    uint32_t j = mix64_32(cls) & (unordered_cap - 1);
+    while (unordered[j]) {
+        j = (j + 1) & (unordered_cap - 1);
+    }
+    unordered[j] = cls;
+    unordered_n++;
+    PyObject *name = lp_lock_display_name(w, kind);
+    PyObject *t = name != NULL ? Py_BuildValue("(Os)", name, reason) : NULL;
+    if (t == NULL || PyList_Append(unordered_info, t) < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(t);
+    Py_XDECREF(name);
 }
 
 /* the new class edge `e` (a -> b) closes a cycle when b reaches a */
@@ -508,14 +599,16 @@ check_cycle(int32_t e)
         Py_XDECREF(c);
     }
     PyObject *key = ok ? PyFrozenSet_New(classes) : NULL;
-    if (key != NULL) {
-        report_cycle(dicts, key);
+    PyObject *ctuple = key != NULL ? PyList_AsTuple(classes) : NULL;
+    if (ctuple != NULL) {
+        report_cycle(dicts, key, ctuple);
     }
     else {
         PyErr_Clear();
         lp_count_error();
     }
     Py_XDECREF(key);
+    Py_XDECREF(ctuple);
     Py_DECREF(dicts);
     Py_DECREF(classes);
 done:
@@ -594,8 +687,9 @@ add_instance_pair(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kin
     }
     PyObject *dicts = Py_BuildValue("[OO]", ipairs[back].info, info);
     PyObject *key = Py_BuildValue("(sk)", "class", (unsigned long)cls);
-    if (dicts != NULL && key != NULL) {
-        report_cycle(dicts, key);
+    PyObject *ctuple = Py_BuildValue("(k)", (unsigned long)cls);
+    if (dicts != NULL && key != NULL && ctuple != NULL) {
+        report_cycle(dicts, key, ctuple);
     }
     else {
         PyErr_Clear();
@@ -603,6 +697,7 @@ add_instance_pair(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kin
     }
     Py_XDECREF(dicts);
     Py_XDECREF(key);
+    Py_XDECREF(ctuple);
 }
 
 /* edge from held lock `h` into lock `w` (class `cls`, instance `serial`) */
@@ -610,6 +705,10 @@ static void
 add_edge(const lp_holder *who, const lp_held *h, lp_wrapper *w, int kind, uint32_t cls,
          uint64_t serial)
 {
+    if (is_unordered(h->cls)) {
+        unordered_skips++;          /* "held" means nothing for it */
+        return;
+    }
     if (h->cls == cls) {
         add_instance_pair(who, h, w, kind, cls, serial);
         return;
@@ -820,6 +919,10 @@ lp_order_released(lp_wrapper *w)
         lp_holder *o = &holders[i];
         if (o->ident != 0 && o->ident != LP_TOMB && pop_from(o, w)) {
             done = 1;
+            /* taken by one thread or task, released by another: a signal
+             * or a group-held lock, never an owned one */
+            mark_unordered(lock_class(r), w, r->kind,
+                           "released by another thread or task than the one that took it");
         }
     }
     if (done) {
@@ -908,7 +1011,26 @@ clear_all(void)
     lp_dropped_order_edges = 0;
     lp_dropped_holders = 0;
     PyList_SetSlice(cycles, 0, PyList_GET_SIZE(cycles), NULL);
+    PyList_SetSlice(cycle_classes, 0, PyList_GET_SIZE(cycle_classes), NULL);
     PySet_Clear(reported);
+    PyMem_Free(unordered);
+    unordered = NULL;
+    unordered_cap = unordered_n = 0;
+    unordered_skips = 0;
+    PyList_SetSlice(unordered_info, 0, PyList_GET_SIZE(unordered_info), NULL);
+}
+
+/* whether cycle i passes through an unordered class */
+static int
+cycle_set_aside(Py_ssize_t i)
+{
+    PyObject *cls = PyList_GET_ITEM(cycle_classes, i);
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(cls); k++) {
+        if (is_unordered((uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(cls, k)))) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* reset(): the held locks stay known (they are still held); the edges and
@@ -934,7 +1056,36 @@ lp_order_after_fork(void)
 static PyObject *
 py_lock_order_cycles(PyObject *mod, PyObject *unused)
 {
-    return PyObject_CallMethod(cycles, "copy", NULL);
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(cycles); i++) {
+        if (!cycle_set_aside(i) && PyList_Append(out, PyList_GET_ITEM(cycles, i)) < 0) {
+            Py_CLEAR(out);
+        }
+    }
+    return out;
+}
+
+/* lockprof.order_exempt(lock): its class is unordered; False when `lock`
+ * is not a lock lockprof profiles */
+static PyObject *
+py_order_exempt(PyObject *mod, PyObject *lock)
+{
+    int kind = lp_wrapper_kind(lock);
+    if (kind < 0) {
+        Py_RETURN_FALSE;
+    }
+    lp_lockrec *r = lp_rec_for((lp_wrapper *)lock, kind);
+    if (r == NULL) {
+        Py_RETURN_FALSE;
+    }
+    mark_unordered(lock_class(r), (lp_wrapper *)lock, kind, "lockprof.order_exempt()");
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+py_lock_order_unordered(PyObject *mod, PyObject *unused)
+{
+    return PyObject_CallMethod(unordered_info, "copy", NULL);
 }
 
 static PyObject *
@@ -947,16 +1098,26 @@ py_lock_order_clear(PyObject *mod, PyObject *unused)
 static PyObject *
 py_lock_order_counters(PyObject *mod, PyObject *unused)
 {
-    return Py_BuildValue("{sIsIsKsKsIsn}", "order_edges", nedges, "order_instance_pairs",
+    Py_ssize_t aside = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cycles); i++) {
+        aside += cycle_set_aside(i);
+    }
+    return Py_BuildValue("{sIsIsKsKsIsnsnsIsK}", "order_edges", nedges, "order_instance_pairs",
                          n_ipairs, "dropped_order_edges", (unsigned long long)lp_dropped_order_edges,
                          "dropped_order_holds", (unsigned long long)lp_dropped_holders,
                          "max_order_edges", lp_max_order_edges, "order_cycles",
-                         PyList_GET_SIZE(cycles));
+                         PyList_GET_SIZE(cycles) - aside, "order_cycles_set_aside", aside,
+                         "order_unordered_classes", unordered_n, "order_unordered_skips",
+                         (unsigned long long)unordered_skips);
 }
 
 static PyMethodDef order_methods[] = {
     {"lock_order_cycles", py_lock_order_cycles, METH_NOARGS,
      "lock_order_cycles()\n--\n\nThe potential deadlocks found: lists of edge dicts."},
+    {"order_exempt", py_order_exempt, METH_O,
+     "order_exempt(lock)\n--\n\nThe lock's class is not ordered (a signal or a group-held lock)."},
+    {"lock_order_unordered", py_lock_order_unordered, METH_NOARGS,
+     "lock_order_unordered()\n--\n\n(name, reason) of each lock class taken out of the order."},
     {"lock_order_clear", py_lock_order_clear, METH_NOARGS,
      "lock_order_clear()\n--\n\nForgets the edges, cycles and held locks."},
     {"lock_order_counters", py_lock_order_counters, METH_NOARGS,
@@ -968,8 +1129,10 @@ int
 lp_order_setup(PyObject *module)
 {
     cycles = PyList_New(0);
+    cycle_classes = PyList_New(0);
+    unordered_info = PyList_New(0);
     reported = PySet_New(NULL);
-    if (cycles == NULL || reported == NULL) {
+    if (cycles == NULL || cycle_classes == NULL || unordered_info == NULL || reported == NULL) {
         return -1;
     }
     return lp_add_functions(module, order_methods);

@@ -226,6 +226,8 @@ void lp_order_after_fork(void);
 int lp_order_setup(PyObject *module);
 /* the holders of a lock now: list of (ident, task id or None, file, line, func) */
 PyObject *lp_order_holders_of(lp_wrapper *w);
+/* the kind (LP_KIND_*) of a wrapper of ours, or -1 for any other object */
+int lp_wrapper_kind(PyObject *o);
 
 /* lp_hang.c: the hang doctor */
 extern int64_t lp_hang_ns;

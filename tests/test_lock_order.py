@@ -205,3 +205,83 @@ def test_a_timeout_that_waits_forever_is_untimed(tmp_path):
     assert len(blocks) == 1
     assert sorted(set(_cycle_names(blocks[0]))) == ["untimed.py:5:ledger_lock",
                                                     "untimed.py:6:audit_lock"]
+
+
+def test_a_group_held_readers_writer_lock_is_no_deadlock_asyncio(tmp_path):
+    """The first reader takes `resource` for the group, the last one (another
+    task) gives it back: the cycle it makes with count_lock is set aside,
+    named and counted, never reported."""
+    blocks, err = _run(tmp_path, "rwlock_async.py")
+    assert blocks == [], err
+    assert "lockprof: lock order: 1 cycle set aside" in err
+    assert "rwlock_async.py:12:resource: released by another thread or task" in err
+
+
+def test_a_group_held_readers_writer_lock_is_no_deadlock_threads(tmp_path):
+    blocks, err = _run(tmp_path, "rwlock_threads.py")
+    assert blocks == [], err
+    assert "rwlock_threads.py:11:resource: released by another thread or task" in err
+
+
+def test_the_owned_twin_of_the_readers_writer_lock_is_reported(tmp_path):
+    blocks, err = _run(tmp_path, "rwlock_owned.py")
+    assert len(blocks) == 1
+    assert sorted(set(_cycle_names(blocks[0]))) == ["rwlock_owned.py:20:count_lock",
+                                                    "rwlock_owned.py:21:resource"]
+    assert "set aside" not in err
+
+
+def test_cycles_of_one_code_pattern_are_one_report(tmp_path):
+    blocks, err = _run(tmp_path, "variants.py")
+    assert len(blocks) == 1, err
+    assert "(and 1 more cycle of the same code paths" in blocks[0]
+
+
+def test_order_exempt_sets_a_lock_aside_and_says_so(tmp_path):
+    blocks, err = _run(tmp_path, "exempt.py")
+    assert blocks == [], err
+    assert "exempt.py:7:gate: lockprof.order_exempt()" in err
+
+
+def test_cycles_found_before_the_release_that_shows_a_signal_are_set_aside():
+    """A lock first used as if owned (AB, then BA), later released by
+    another thread: the cycle found earlier leaves lock_order_cycles(), and
+    the counters say so."""
+    lockprof.start(0.0, lock_order=True)
+    try:
+        signal = threading.Lock()
+        data = threading.Lock()
+        with signal:
+            with data:
+                pass
+        with data:
+            with signal:
+                pass
+        assert len(lockprof.lock_order_cycles()) == 1
+        assert lockprof.order_exempt(object()) is False     # not a profiled lock
+        signal.acquire()
+        t = threading.Thread(target=signal.release)          # released by another thread
+        t.start()
+        t.join()
+        assert lockprof.lock_order_cycles() == []
+        c = lockprof.counters()
+        assert c["order_cycles_set_aside"] == 1 and c["order_unordered_classes"] == 1
+        # and from now on no edge starts at it
+        before = c["order_unordered_skips"]
+        with signal:
+            with data:
+                pass
+        assert lockprof.counters()["order_unordered_skips"] == before + 1
+    finally:
+        lockprof.stop()
+        lockprof._lockprof.lock_order_clear()
+
+
+def test_the_queue_put_deadlock_of_a_process_pool_library_is_reported(tmp_path):
+    blocks, err = _run(tmp_path, "queue_put.py")
+    assert len(blocks) == 1, err
+    import re
+    names = sorted(set(_cycle_names(blocks[0])))
+    assert re.fullmatch(r"queue\.py:\d+:mutex", names[0]) and names[1] == "queue_put.py:9:cond", \
+        names
+    assert "queue_put.py:14 in _put" in blocks[0] and "queue_put.py:27 in watcher" in blocks[0]
