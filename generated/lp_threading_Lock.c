@@ -49,33 +49,19 @@ lp_threading_Lock_init_methods(PyObject *inner_type)
     return 0;
 }
 
-/* acquire: a non-blocking try first; the clock is read only when it fails */
-static inline PyObject *
-lp_threading_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
-    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* acquire with arguments, or one whose try did not get the lock (it must
+ * wait, or the class's acquire returned another true value): out of line,
+ * so that the argument-free, uncontended path saves few registers.
+ * `tried`: the result of the argument-free try (tried_it), else unused. */
+static LP_NOINLINE PyObject *
+lp_threading_Lock_acquire_rest(lp_wrapper *self, const lp_method *m, PyObject *target,
+    const lp_method *release, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+    PyObject *tried, int tried_it)
 {
-    PyObject *target = self->inner;
-    const lp_method *release = &lp_threading_Lock_m_release;
     PyObject *r;
     int forever = 1;        /* could it have waited without end (lock order) */
-    if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
-#ifdef Py_GIL_DISABLED
-        /* without the GIL another thread may take it between a probe and
-         * an acquire: the non-blocking try is exact by itself */
-        r = lp_call_false(m, target);
-#else
-        /* threading.Lock is free exactly when the probe says so (we hold the
-         * GIL), and then the argument-free acquire cannot wait */
-        r = lp_call0(&lp_threading_Lock_m_locked, target);
-        if (LP_LIKELY(r == Py_False)) {
-            Py_DECREF(r);
-            r = lp_call0(m, target);
-        }
-        else if (r != NULL) {
-            Py_DECREF(r);
-            r = Py_NewRef(Py_False);   /* busy: take the timed path below */
-        }
-#endif
+    if (tried_it) {
+        r = tried;
         if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
             if (r == NULL) {
                 return NULL;
@@ -104,6 +90,51 @@ lp_threading_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
     }
     if (LP_SAMPLED()) {
         lp_flush_acquire(self, LP_KIND_THREADING_LOCK, 1, forever);
+    }
+    return r;
+}
+
+/* acquire: a non-blocking try first; the clock is read only when it fails */
+static inline PyObject *
+lp_threading_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *target = self->inner;
+    const lp_method *release = &lp_threading_Lock_m_release;
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
+        return lp_threading_Lock_acquire_rest(self, m, target, release, args, nargs, kwnames, NULL, 0);
+    }
+    PyObject *r;
+#ifdef Py_GIL_DISABLED
+    /* without the GIL another thread may take it between a probe and an
+     * acquire: the non-blocking try is exact by itself */
+    r = lp_call_false(m, target);
+#else
+    if ((m->flags & LP_METH_KINDS) == (METH_FASTCALL | METH_KEYWORDS)) {
+        /* an acquire that takes its arguments without building a tuple
+         * (Argument Clinic's fastcall, 3.14+): one call, the try */
+        r = lp_call_false(m, target);
+    }
+    else {
+        /* threading.Lock is free exactly when the probe says so (we hold the
+         * GIL), and then the argument-free acquire cannot wait: two calls
+         * without arguments cost less than parsing one */
+        r = lp_call0(&lp_threading_Lock_m_locked, target);
+        if (LP_LIKELY(r == Py_False)) {
+            Py_DECREF(r);
+            r = lp_call0(m, target);
+        }
+        else if (r != NULL) {
+            Py_DECREF(r);
+            r = Py_NewRef(Py_False);   /* busy: take the timed path */
+        }
+    }
+#endif
+    if (LP_UNLIKELY(r != Py_True)) {
+        return lp_threading_Lock_acquire_rest(self, m, target, release, args, 0, NULL, r, 1);
+    }
+    if (LP_SAMPLED()) {
+        lp_flush_acquire(self, LP_KIND_THREADING_LOCK, 1, 1);
     }
     return r;
 }

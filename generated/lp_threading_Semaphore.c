@@ -29,17 +29,19 @@ lp_threading_Semaphore_init_methods(PyObject *inner_type)
     return 0;
 }
 
-/* acquire: a non-blocking try first; the clock is read only when it fails */
-static inline PyObject *
-lp_threading_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
-    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* acquire with arguments, or one whose try did not get the lock (it must
+ * wait, or the class's acquire returned another true value): out of line,
+ * so that the argument-free, uncontended path saves few registers.
+ * `tried`: the result of the argument-free try (tried_it), else unused. */
+static LP_NOINLINE PyObject *
+lp_threading_Semaphore_acquire_rest(lp_wrapper *self, const lp_method *m, PyObject *target,
+    const lp_method *release, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+    PyObject *tried, int tried_it)
 {
-    PyObject *target = self->inner;
-    const lp_method *release = &lp_threading_Semaphore_m_release;
     PyObject *r;
     int forever = 1;        /* could it have waited without end (lock order) */
-    if (LP_LIKELY(nargs == 0 && kwnames == NULL)) {
-        r = lp_call_false(m, target);
+    if (tried_it) {
+        r = tried;
         if (LP_UNLIKELY(!LP_ACQUIRED(r))) {
             if (r == NULL) {
                 return NULL;
@@ -68,6 +70,27 @@ lp_threading_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
     }
     if (LP_SAMPLED()) {
         lp_flush_acquire(self, LP_KIND_THREADING_SEMAPHORE, 1, forever);
+    }
+    return r;
+}
+
+/* acquire: a non-blocking try first; the clock is read only when it fails */
+static inline PyObject *
+lp_threading_Semaphore_acquire_impl(lp_wrapper *self, const lp_method *m,
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *target = self->inner;
+    const lp_method *release = &lp_threading_Semaphore_m_release;
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
+        return lp_threading_Semaphore_acquire_rest(self, m, target, release, args, nargs, kwnames, NULL, 0);
+    }
+    PyObject *r;
+    r = lp_call_false(m, target);
+    if (LP_UNLIKELY(r != Py_True)) {
+        return lp_threading_Semaphore_acquire_rest(self, m, target, release, args, 0, NULL, r, 1);
+    }
+    if (LP_SAMPLED()) {
+        lp_flush_acquire(self, LP_KIND_THREADING_SEMAPHORE, 1, 1);
     }
     return r;
 }
