@@ -53,8 +53,8 @@ is_wrapper(PyObject *o)
 }
 
 /* the kind (LP_KIND_*) of a wrapper of ours, or -1 for any other object */
-int
-lp_wrapper_kind(PyObject *o)
+static int
+wrapper_kind(PyObject *o)
 {
     PyTypeObject *t = Py_TYPE(o);
     for (int i = 0; i < n_wrapper_types; i++) {
@@ -891,6 +891,15 @@ lp_py_is_wrapper(PyObject *mod, PyObject *obj)
     return PyBool_FromLong(is_wrapper(obj));
 }
 
+/* lockprof.order_exempt(lock): False when `lock` is not a lock lockprof
+ * profiles */
+static PyObject *
+lp_py_order_exempt(PyObject *mod, PyObject *lock)
+{
+    int kind = wrapper_kind(lock);
+    return PyBool_FromLong(kind >= 0 && lp_order_exempt((lp_wrapper *)lock, kind));
+}
+
 /* adopt(key, obj): obj, an instance of entry `key`'s class made without a
  * call of the class (unpickled), profiled as if the calling frame had made
  * it, when profiling runs; else obj itself */
@@ -987,6 +996,8 @@ static PyMethodDef factory_module_methods[] = {
      "resolve(key)\n--\n\nThe class the entry wraps; None while its module is not imported."},
     {"unwrap", lp_py_unwrap, METH_O, "unwrap(obj)\n--\n\nThe stdlib object inside a wrapper."},
     {"is_wrapper", lp_py_is_wrapper, METH_O, "is_wrapper(obj)\n--\n\nTrue for a lockprof wrapper."},
+    {"order_exempt", lp_py_order_exempt, METH_O,
+     "order_exempt(lock)\n--\n\nThe lock's class is not ordered (a signal or a group-held lock)."},
     {"adopt", (PyCFunction)(void (*)(void))lp_py_adopt, METH_FASTCALL,
      "adopt(key, obj)\n--\n\nobj (an unpickled instance of entry key's class) profiled as made "
      "by the calling frame, when profiling runs; else obj."},

@@ -1065,21 +1065,17 @@ py_lock_order_cycles(PyObject *mod, PyObject *unused)
     return out;
 }
 
-/* lockprof.order_exempt(lock): its class is unordered; False when `lock`
- * is not a lock lockprof profiles */
-static PyObject *
-py_order_exempt(PyObject *mod, PyObject *lock)
+/* lockprof.order_exempt(lock) on wrapper w of kind `kind`: its class is
+ * unordered; 0 when it has no record */
+int
+lp_order_exempt(lp_wrapper *w, int kind)
 {
-    int kind = lp_wrapper_kind(lock);
-    if (kind < 0) {
-        Py_RETURN_FALSE;
-    }
-    lp_lockrec *r = lp_rec_for((lp_wrapper *)lock, kind);
+    lp_lockrec *r = lp_rec_for(w, kind);
     if (r == NULL) {
-        Py_RETURN_FALSE;
+        return 0;
     }
-    mark_unordered(lock_class(r), (lp_wrapper *)lock, kind, "lockprof.order_exempt()");
-    Py_RETURN_TRUE;
+    mark_unordered(lock_class(r), w, kind, "lockprof.order_exempt()");
+    return 1;
 }
 
 static PyObject *
@@ -1114,8 +1110,6 @@ py_lock_order_counters(PyObject *mod, PyObject *unused)
 static PyMethodDef order_methods[] = {
     {"lock_order_cycles", py_lock_order_cycles, METH_NOARGS,
      "lock_order_cycles()\n--\n\nThe potential deadlocks found: lists of edge dicts."},
-    {"order_exempt", py_order_exempt, METH_O,
-     "order_exempt(lock)\n--\n\nThe lock's class is not ordered (a signal or a group-held lock)."},
     {"lock_order_unordered", py_lock_order_unordered, METH_NOARGS,
      "lock_order_unordered()\n--\n\n(name, reason) of each lock class taken out of the order."},
     {"lock_order_clear", py_lock_order_clear, METH_NOARGS,

@@ -228,8 +228,8 @@ void lp_order_after_fork(void);
 int lp_order_setup(PyObject *module);
 /* the holders of a lock now: list of (ident, task id or None, file, line, func) */
 PyObject *lp_order_holders_of(lp_wrapper *w);
-/* the kind (LP_KIND_*) of a wrapper of ours, or -1 for any other object */
-int lp_wrapper_kind(PyObject *o);
+/* lockprof.order_exempt(): wrapper w's class is not ordered (0: no record) */
+int lp_order_exempt(lp_wrapper *w, int kind);
 
 /* lp_hang.c: the hang doctor */
 extern int64_t lp_hang_ns;
