@@ -27,6 +27,7 @@ typedef struct {
     int kind;
     int mode;
     int done;
+    int bounded;            /* its wait is bounded by a timeout (wait_for) */
 } lp_awaitable;
 
 static PyTypeObject *awaitable_type = NULL;
@@ -75,6 +76,7 @@ lp_awaitable_new(lp_wrapper *w, int kind, int mode, const lp_method *m,
     a->kind = kind;
     a->mode = mode;
     a->done = 0;
+    a->bounded = 0;
     if (coro != NULL) {
         /* a task waiting on the lock can reach this object again (through
          * the future in the lock's waiters): cycles are possible.  The
@@ -117,6 +119,8 @@ coro_send(PyObject *coro, PyObject *arg, PyObject **result)
 #endif
 }
 
+static int acquire_bounded(void);
+
 /* The stdlib coroutine returned `value` (a new reference). */
 static lp_send_result
 finish(lp_awaitable *a, PyObject *value, PyObject **result)
@@ -128,12 +132,15 @@ finish(lp_awaitable *a, PyObject *value, PyObject **result)
         /* an acquire coroutine that returns has acquired: asyncio's return
          * True, anyio's None */
         int acquired = value == Py_None || LP_ACQUIRED(value);
+        if (a->t0 == 0 && acquired && LP_LOAD(lp_lock_order)) {
+            a->bounded = acquire_bounded();     /* taken without waiting */
+        }
         if (a->t0 != 0) {
             lp_flush_contended(w, a->kind, lp_now_ns() - a->t0, acquired);
             a->t0 = 0;
         }
         if (acquired && LP_SAMPLED()) {
-            lp_flush_acquire(w, a->kind, 1, 1);
+            lp_flush_acquire(w, a->kind, 1, !a->bounded);
         }
     }
     else if (a->mode == LP_AW_WAIT && a->t0 != 0) {
@@ -156,6 +163,78 @@ abort_wait(lp_awaitable *a)
         lp_wait_abort(a->w);
     }
     a->t0 = 0;
+}
+
+/* whether `file` (a code object's co_filename) is asyncio's `name` module */
+static int
+is_asyncio_module(PyObject *file, const char *name)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(file, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    char tail[64];
+    int k = snprintf(tail, sizeof(tail), "asyncio/%s.py", name);
+    if (k <= 0 || (size_t)k >= sizeof(tail) || n < k) {
+        return 0;
+    }
+    const char *end = s + n - k;
+    for (int i = 0; i < k; i++) {
+        char c = end[i] == '\\' ? '/' : end[i];
+        if (c != tail[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Whether the acquire being awaited now is bounded by asyncio.wait_for with
+ * a timeout, so that it cannot wait forever (lock order: no edge into its
+ * lock).  3.12+: wait_for awaits in the caller's task, so its frame is on
+ * the stack, with its `timeout` not None.  3.9-3.11: wait_for runs what it
+ * is given in a task of its own; a task that runs nothing but this acquire
+ * (asyncio's _wrap_awaitable, with no frame under it) was made to bound or
+ * cancel it.  Read only when a wait begins. */
+static int
+acquire_bounded(void)
+{
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    int bounded = 0;
+    for (int depth = 0; f != NULL && depth < 64 && !bounded; depth++) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        PyFrameObject *back = PyFrame_GetBack(f);
+        if (is_asyncio_module(code->co_filename, "tasks")) {
+            const char *name = PyUnicode_AsUTF8(code->co_name);
+            if (name == NULL) {
+                PyErr_Clear();
+            }
+#if PY_VERSION_HEX >= 0x030C0000
+            else if (strcmp(name, "wait_for") == 0) {
+                PyObject *locals = PyFrame_GetLocals(f);
+                PyObject *timeout = locals ? PyMapping_GetItemString(locals, "timeout") : NULL;
+                bounded = timeout != NULL && timeout != Py_None;
+                Py_XDECREF(timeout);
+                Py_XDECREF(locals);
+                PyErr_Clear();
+            }
+#else
+            else if (strcmp(name, "_wrap_awaitable") == 0 && back == NULL) {
+                bounded = 1;
+            }
+#endif
+        }
+        Py_DECREF(code);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return bounded;
 }
 
 /* whether the coroutine, yielding `value` (not None), suspends its task
@@ -184,10 +263,13 @@ step(lp_awaitable *a, lp_send_result res, PyObject *value, PyObject **result)
         if (a->t0 == 0 && value != Py_None && LP_LOAD(lp_active) && begins_wait(a, value)) {
             a->t0 = lp_now_ns();
             if (a->mode == LP_AW_ACQUIRE || LP_AW_IS_ENTER(a->mode)) {
-                if (LP_LOAD(lp_lock_order)) {
+                if (LP_LOAD(lp_lock_order) || LP_LOAD(lp_hang_ns)) {
+                    a->bounded = acquire_bounded();
+                }
+                if (LP_LOAD(lp_lock_order) && !a->bounded) {
                     lp_wait_unbounded(a->w, a->kind);
                 }
-                lp_wait_begin(a->w, a->kind, 0);
+                lp_wait_begin(a->w, a->kind, a->bounded);
             }
         }
         *result = value;

@@ -56,6 +56,9 @@ typedef struct {
     int lasti;                  /* its instruction's byte offset (the line is
                                    found only for a report) */
     const void *frame;          /* identity of the frame it was taken in */
+    int handoff;                /* taken by a task that ran nothing else
+                                   (asyncio.wait_for on 3.9-3.11): its
+                                   release by the caller's task is no signal */
 } lp_held;
 
 typedef struct {
@@ -752,6 +755,19 @@ holder_task(int kind)
     return t;
 }
 
+/* whether `file` (a co_filename) is in asyncio's package */
+static int
+in_asyncio(PyObject *file)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(file, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return strstr(s, "/asyncio/") != NULL || strstr(s, "\\asyncio\\") != NULL;
+}
+
 /* the byte offset of frame f's current instruction */
 static inline int
 frame_lasti(PyFrameObject *f)
@@ -855,11 +871,29 @@ push(lp_wrapper *w, int kind, int forever, int check)
     h->code = NULL;
     h->lasti = 0;
     h->frame = NULL;
+    /* where it was taken: the innermost frame outside asyncio's own code
+     * (an acquire awaited through asyncio.wait_for is taken, for the
+     * program, where it awaited wait_for) */
     PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    h->handoff = 0;
+    for (int depth = 0; f != NULL && depth < 8; depth++) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        int inner = in_asyncio(code->co_filename);
+        Py_DECREF(code);
+        PyFrameObject *back = inner ? PyFrame_GetBack(f) : NULL;
+        if (back == NULL) {
+            /* only asyncio's frames: a task made to run this acquire */
+            h->handoff = inner && who->task != NULL;
+            break;
+        }
+        Py_SETREF(f, back);
+    }
     if (f != NULL) {
         h->code = (PyObject *)PyFrame_GetCode(f);
         h->lasti = frame_lasti(f);
-        h->frame = f;
+        h->frame = f;           /* identity only: it stays on the stack while held */
+        Py_DECREF(f);
     }
     r->order_holds++;
     LP_WF_SET(w, LP_W_ORDER);
@@ -882,12 +916,13 @@ lp_order_reacquired(lp_wrapper *w, int kind)
     push(w, kind, 1, 0);
 }
 
-/* removes `w` from holder `e`: 1 if it was there */
+/* removes `w` from holder `e`: 1 if it was there (2: a handoff hold) */
 static int
 pop_from(lp_holder *e, lp_wrapper *w)
 {
     for (uint32_t i = e->n; i-- > 0;) {
         if (e->items[i].w == w) {
+            int r = e->items[i].handoff ? 2 : 1;
             Py_CLEAR(e->items[i].code);
             for (uint32_t k = i; k + 1 < e->n; k++) {
                 e->items[k] = e->items[k + 1];
@@ -896,7 +931,7 @@ pop_from(lp_holder *e, lp_wrapper *w)
             if (e->n == 0) {
                 holder_drop(e);
             }
-            return 1;
+            return r;
         }
     }
     return 0;
@@ -917,12 +952,15 @@ lp_order_released(lp_wrapper *w)
     int done = e != NULL && pop_from(e, w);
     for (uint32_t i = 0; !done && i < capholders; i++) {
         lp_holder *o = &holders[i];
-        if (o->ident != 0 && o->ident != LP_TOMB && pop_from(o, w)) {
+        int popped = o->ident != 0 && o->ident != LP_TOMB ? pop_from(o, w) : 0;
+        if (popped) {
             done = 1;
             /* taken by one thread or task, released by another: a signal
              * or a group-held lock, never an owned one */
-            mark_unordered(lock_class(r), w, r->kind,
-                           "released by another thread or task than the one that took it");
+            if (popped == 1) {
+                mark_unordered(lock_class(r), w, r->kind,
+                               "released by another thread or task than the one that took it");
+            }
         }
     }
     if (done) {
