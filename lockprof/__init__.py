@@ -219,6 +219,12 @@ def _hang_configure(timeout: Optional[float], max_waits: int) -> None:
         import atexit          # the watchdog ends before the interpreter does
         atexit.register(_lockprof.hang_stop)
         _hang_state["atexit"] = True
+        import os
+        if hasattr(os, "register_at_fork"):
+            # no watchdog thread at a fork: the process is not made to look
+            # multi-threaded (CPython 3.12+ warns); the next wait restarts it
+            os.register_at_fork(before=_lockprof.hang_fork_prepare,
+                                after_in_parent=_lockprof.hang_fork_parent)
 
 
 _warned = {"errors": False, "replaced": False, "foreign": False}

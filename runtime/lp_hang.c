@@ -52,7 +52,9 @@ static uint64_t hang_reports = 0, hang_errors = 0;
 
 static PyThread_type_lock wake = NULL;  /* held, except when posted */
 static PyThread_type_lock done = NULL;  /* held; released by a watchdog ending */
+static int configured = 0;              /* the hang doctor is on */
 static int running = 0;                 /* the watchdog should run */
+static unsigned long watch_native = 0;  /* its OS thread id, while alive */
 static int alive = 0;                   /* a watchdog thread exists */
 static int idle = 0;                    /* it sleeps until a wait begins */
 static int posted = 0;                  /* `wake` was released, not yet taken */
@@ -88,10 +90,12 @@ current_task(void)
 
 /* (lp_hang_wait_begin, lp_hang_wait_end: called by lp_record.c's flush
  * functions, holding the tables' mutex) */
+static int launch(void);
+
 void
 lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded)
 {
-    if (!running) {
+    if (!configured) {
         return;
     }
     if (nwaits >= lp_max_hang_waits) {
@@ -119,7 +123,16 @@ lp_hang_wait_begin(lp_wrapper *w, int kind, int bounded)
     e->kind = kind;
     e->reported = 0;
     e->bounded = bounded != 0;
-    if (idle) {
+    if (!alive) {
+        /* the watchdog exists only once a wait needs watching: a program
+         * that forks before any wait (or after one, see fork_prepare) is
+         * not multi-threaded because of it */
+        if (launch() < 0) {
+            PyErr_Clear();
+            hang_errors++;
+        }
+    }
+    else if (idle) {
         idle = 0;
         post();
     }
@@ -260,7 +273,13 @@ report(int64_t now)
 static PyObject *
 watch(PyObject *mod, PyObject *unused)
 {
+#if PY_VERSION_HEX >= 0x03080000 && (defined(__linux__) || defined(__APPLE__))
+    unsigned long me = PyThread_get_thread_native_id();
+#else
+    unsigned long me = 0;
+#endif
     lp_enter();
+    watch_native = me;
     while (running) {
         int64_t now = lp_now_ns(), next = INT64_MAX;
         int due = 0;
@@ -296,6 +315,28 @@ watch(PyObject *mod, PyObject *unused)
     PyThread_release_lock(done);
     lp_exit();
     Py_RETURN_NONE;
+}
+
+/* after the watchdog said it ended: until its OS thread is gone too (Linux:
+ * its /proc/self/task entry), at most 100 ms; the count of OS threads is
+ * what os.fork() warns about */
+static void
+wait_thread_gone(unsigned long tid)
+{
+#ifdef __linux__
+    if (tid == 0) {
+        return;
+    }
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/task/%lu", tid);
+    for (int i = 0; i < 200 && access(path, F_OK) == 0; i++) {
+        Py_BEGIN_ALLOW_THREADS
+        usleep(500);
+        Py_END_ALLOW_THREADS
+    }
+#else
+    (void)tid;
+#endif
 }
 
 static PyMethodDef watch_def = {
@@ -359,15 +400,43 @@ lp_hang_after_fork(void)
 {
     /* the watchdog and the other threads' waits stayed in the parent; the
      * parent's locks may have been in use at the fork: new ones (the old
-     * ones are left, not freed) */
+     * ones are left, not freed).  The child's watchdog starts with its first
+     * wait. */
     alive = 0;
     idle = 0;
+    running = 0;
+    watch_native = 0;
     wake = done = NULL;
     clear_waits();
-    if (running && launch() < 0) {
+}
+
+/* os.register_at_fork(before=...): the watchdog ends, and its OS thread is
+ * gone, before the fork, so that it does not make the process look
+ * multi-threaded (CPython 3.12+ warns); the next wait starts it again */
+static PyObject *
+py_hang_fork_prepare(PyObject *mod, PyObject *unused)
+{
+    unsigned long tid = watch_native;
+    if (!alive) {
+        Py_RETURN_NONE;
+    }
+    halt();
+    wait_thread_gone(tid);
+    Py_RETURN_NONE;
+}
+
+/* os.register_at_fork(after_in_parent=...): waits still in progress in the
+ * parent's other threads are watched again */
+static PyObject *
+py_hang_fork_parent(PyObject *mod, PyObject *unused)
+{
+    lp_enter();
+    if (configured && !alive && nwaits > 0 && launch() < 0) {
         PyErr_Clear();
         hang_errors++;
     }
+    lp_exit();
+    Py_RETURN_NONE;
 }
 
 
@@ -397,7 +466,7 @@ hang_start_locked(PyObject *args)
         PyErr_SetString(PyExc_ValueError, "max_hang_waits must be at least 1");
         return NULL;
     }
-    if (!running) {
+    if (!configured) {
         lp_dropped_hang_waits = 0;      /* a new session's counts */
         hang_reports = 0;
         hang_errors = 0;
@@ -410,13 +479,11 @@ hang_start_locked(PyObject *args)
         lp_hang_ns = 1;
     }
     set_tracking();
-    if (!alive && launch() < 0) {
-        lp_hang_ns = 0;
-        set_tracking();
-        return NULL;
+    configured = 1;
+    if (alive) {
+        running = 1;
+        post();         /* the timeout may have changed: look again */
     }
-    running = 1;
-    post();             /* the timeout may have changed: look again */
     Py_RETURN_NONE;
 }
 
@@ -434,6 +501,7 @@ py_hang_stop(PyObject *mod, PyObject *unused)
 {
     halt();
     lp_enter();
+    configured = 0;
     clear_waits();
     LP_STORE(lp_hang_ns, 0);
     set_tracking();
@@ -463,6 +531,10 @@ static PyMethodDef hang_control[] = {
      "hang_start(seconds, fd, report, max_waits=4096)\n--\n\n"
      "Start the hang doctor: waits longer than `seconds` are reported to fd."},
     {"hang_stop", py_hang_stop, METH_NOARGS, "hang_stop()\n--\n\nStop the hang doctor."},
+    {"hang_fork_prepare", py_hang_fork_prepare, METH_NOARGS,
+     "hang_fork_prepare()\n--\n\nBefore os.fork(): the watchdog thread ends."},
+    {"hang_fork_parent", py_hang_fork_parent, METH_NOARGS,
+     "hang_fork_parent()\n--\n\nAfter os.fork(), in the parent: watch the waits again."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -248,3 +248,30 @@ def test_the_cap_on_waits_is_counted_and_in_the_profile():
                    for n in p.cap_notes())
     finally:
         lockprof.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
+def test_forks_after_a_watched_wait_warn_as_unprofiled(tmp_path):
+    """CPython 3.12+ warns on os.fork() in a multi-threaded process; the
+    watchdog thread ends before each fork, so the program warns exactly as
+    it does unprofiled (not at all)."""
+    env = {"PYTHONWARNINGS": "always::DeprecationWarning"}
+    plain = _run(tmp_path, "fork_after_wait.py", env=env, profiled=False)
+    prof = _run(tmp_path, "fork_after_wait.py", "--hang-timeout", "30", env=env)
+    assert prof.stdout == plain.stdout == "forked 5 times\n"
+    assert "multi-threaded" not in plain.stderr
+    assert "multi-threaded" not in prof.stderr, prof.stderr
+    # and the hang doctor still watches after the forks
+    r = subprocess.run([sys.executable, "-c", (
+        "import lockprof, os, threading, time\n"
+        "lockprof.start(0.01, hang_timeout=0.2)\n"
+        "l = threading.Lock()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "l.acquire()\n"
+        "t = threading.Thread(target=l.acquire, daemon=True, name='late')\n"
+        "t.start()\n"
+        "time.sleep(1.0)\n")], capture_output=True, text=True, timeout=60, env=_env())
+    assert r.returncode == 0 and HEAD in r.stderr and "'late'" in r.stderr, r.stderr
