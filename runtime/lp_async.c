@@ -190,6 +190,25 @@ is_asyncio_module(PyObject *file, const char *name)
     return 1;
 }
 
+#if PY_VERSION_HEX < 0x030C0000
+/* whether frame f is absent or asyncio's Handle._run, the event loop's step
+ * that runs a task: the frame before it is the task's outermost */
+static int
+step_or_none(PyFrameObject *f)
+{
+    if (f == NULL) {
+        return 1;
+    }
+    PyCodeObject *code = PyFrame_GetCode(f);
+    const char *name = PyUnicode_AsUTF8(code->co_name);
+    int r = name != NULL && strcmp(name, "_run") == 0 && is_asyncio_module(code->co_filename,
+                                                                          "events");
+    PyErr_Clear();
+    Py_DECREF(code);
+    return r;
+}
+#endif
+
 /* Whether the acquire being awaited now is bounded by asyncio.wait_for with
  * a timeout, so that it cannot wait forever (lock order: no edge into its
  * lock).  3.12+: wait_for awaits in the caller's task, so its frame is on
@@ -223,8 +242,8 @@ acquire_bounded(void)
                 PyErr_Clear();
             }
 #else
-            else if (strcmp(name, "_wrap_awaitable") == 0 && back == NULL) {
-                bounded = 1;
+            else if (strcmp(name, "_wrap_awaitable") == 0 && step_or_none(back)) {
+                bounded = 1;        /* the task's only coroutine */
             }
 #endif
         }

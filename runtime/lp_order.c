@@ -768,6 +768,27 @@ in_asyncio(PyObject *file)
     return strstr(s, "/asyncio/") != NULL || strstr(s, "\\asyncio\\") != NULL;
 }
 
+/* whether `code` is asyncio's Handle._run: every task step runs under it */
+static int
+is_loop_step(PyCodeObject *code)
+{
+    const char *name = PyUnicode_AsUTF8(code->co_name);
+    if (name == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (strcmp(name, "_run") != 0) {
+        return 0;
+    }
+    const char *file = PyUnicode_AsUTF8(code->co_filename);
+    if (file == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    size_t n = strlen(file);
+    return n >= 9 && strcmp(file + n - 9, "events.py") == 0;
+}
+
 /* the byte offset of frame f's current instruction */
 static inline int
 frame_lasti(PyFrameObject *f)
@@ -880,11 +901,20 @@ push(lp_wrapper *w, int kind, int forever, int check)
     for (int depth = 0; f != NULL && depth < 8; depth++) {
         PyCodeObject *code = PyFrame_GetCode(f);
         int inner = in_asyncio(code->co_filename);
+        int step = inner && is_loop_step(code);
         Py_DECREF(code);
+        if (step) {
+            /* the event loop's step under the task: the task ran only
+             * asyncio's frames, it was made to run this acquire (wait_for
+             * on 3.9-3.11); where it was taken is its innermost frame */
+            h->handoff = who->task != NULL;
+            PyFrameObject *top = PyEval_GetFrame();
+            Py_XINCREF(top);
+            Py_SETREF(f, top);
+            break;
+        }
         PyFrameObject *back = inner ? PyFrame_GetBack(f) : NULL;
         if (back == NULL) {
-            /* only asyncio's frames: a task made to run this acquire */
-            h->handoff = inner && who->task != NULL;
             break;
         }
         Py_SETREF(f, back);

@@ -304,3 +304,21 @@ def test_held_since_names_the_line_that_awaited_wait_for(tmp_path):
     assert held[0].strip() == "tests/fixtures/order/asyncio_wait_for.py:35 in one" or \
         held[0].strip().endswith("asyncio_wait_for.py:35 in one"), b
     assert "tasks.py" not in b and " in wait_for" not in b, b
+
+
+def test_a_lock_taken_through_wait_for_and_released_by_its_caller_stays_ordered():
+    """3.9-3.11 run wait_for's acquire in a task of its own; the caller's
+    release of the lock it got that way is no signal."""
+    import asyncio
+    lockprof.start(0.0, lock_order=True)
+    try:
+        async def main():
+            count = asyncio.Lock()
+            await asyncio.wait_for(count.acquire(), timeout=5)
+            count.release()
+        asyncio.run(main())
+        assert lockprof._lockprof.lock_order_unordered() == []
+        assert lockprof.counters()["order_unordered_classes"] == 0
+    finally:
+        lockprof.stop()
+        lockprof._lockprof.lock_order_clear()
