@@ -103,11 +103,17 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
         if found:
             blocks.append(f"  {b[0]}")
             blocks += [f"    {line}" for line in found]
+    return _finish(p, lines, "hottest stacks (innermost first):", blocks)
+
+
+def _finish(p: Profile, lines: List[str], title: str, blocks: List[str]) -> str:
+    """the report's lines, then its blocks under `title`, then a line per
+    cap that dropped something"""
     if blocks:
-        lines += ["", "hottest stacks (innermost first):"] + blocks
+        lines = lines + ["", title] + blocks
     notes = p.cap_notes()
     if notes:
-        lines += [""] + [f"lockprof: {n}" for n in notes]
+        lines = lines + [""] + [f"lockprof: {n}" for n in notes]
     return "\n".join(lines)
 
 
@@ -146,12 +152,7 @@ def report_by(p: Profile, key: str, top: int = 10, locks: int = 3) -> str:
             blocks += [f"    {_ms(w + cw)} ms  {shown_name(p.locks[lk])}"
                        + (f" (Condition.wait {_ms(cw)} ms)" if cw else "")
                        for lk, w, cw in waited]
-    if blocks:
-        lines += ["", "waited on (lock wait + Condition wait):"] + blocks
-    notes = p.cap_notes()
-    if notes:
-        lines += [""] + [f"lockprof: {n}" for n in notes]
-    return "\n".join(lines)
+    return _finish(p, lines, "waited on (lock wait + Condition wait):", blocks)
 
 
 def write(p: Profile, path: str) -> None:
