@@ -416,8 +416,11 @@ lp_hang_after_fork(void)
 static PyObject *
 py_hang_fork_prepare(PyObject *mod, PyObject *unused)
 {
+    lp_enter();
     unsigned long tid = watch_native;
-    if (!alive) {
+    int was_alive = alive;
+    lp_exit();
+    if (!was_alive) {
         Py_RETURN_NONE;
     }
     halt();
