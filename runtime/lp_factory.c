@@ -997,7 +997,15 @@ static PyMethodDef factory_module_methods[] = {
     {"unwrap", lp_py_unwrap, METH_O, "unwrap(obj)\n--\n\nThe stdlib object inside a wrapper."},
     {"is_wrapper", lp_py_is_wrapper, METH_O, "is_wrapper(obj)\n--\n\nTrue for a lockprof wrapper."},
     {"order_exempt", lp_py_order_exempt, METH_O,
-     "order_exempt(lock)\n--\n\nThe lock's class is not ordered (a signal or a group-held lock)."},
+     "order_exempt(lock)\n--\n\n"
+     "Take `lock`'s class (every lock made where it was made) out of the lock-order check:\n"
+     "for a lock held by a group (a readers-writer lock's resource, taken by the first\n"
+     "reader and given back by the last) or used as a signal, where \"held\" means\n"
+     "nothing.  lockprof does this by itself for a lock it sees released by another\n"
+     "thread or task than the one that took it; this is for the ones it has not seen so\n"
+     "yet.  Potential deadlocks through the class are set aside, counted\n"
+     "(order_cycles_set_aside) and named under the report.  Returns False, doing\n"
+     "nothing, when `lock` is not a lock lockprof profiles."},
     {"adopt", (PyCFunction)(void (*)(void))lp_py_adopt, METH_FASTCALL,
      "adopt(key, obj)\n--\n\nobj (an unpickled instance of entry key's class) profiled as made "
      "by the calling frame, when profiling runs; else obj."},

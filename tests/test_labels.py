@@ -450,6 +450,8 @@ def test_page_groups_by_a_label_in_chromium(tmp_path):
     lockprof.start(1.0)
     orders = threading.Lock()
     stock = threading.Lock()
+    with orders, stock:             # named here, where the variables are (3.9, 3.10)
+        pass
     for _ in range(3):
         _handshake(orders, waiter_labels={"endpoint": "/orders/{id}"})
     _handshake(stock, waiter_labels={"endpoint": "/stock"})
