@@ -62,6 +62,26 @@ def _mp_names(method: str, where: str):
     return [f"{name}.{cls}" for cls in MP_TESTS if hasattr(mod, cls)]
 
 
+# CPython tests left out, plainly and profiled alike.  test_print_exception_
+# gh_102056 runs a child that recurses exponentially until
+# _thread.interrupt_main() stops it after a second; it takes no lock of the
+# test's, and on a loaded 2-core machine both its runs (plain and profiled)
+# once spun for 20 minutes (the interrupt lost in the recursion), where it
+# normally ends in 3 s.
+LEFT_OUT = ("test_print_exception_gh_102056",)
+
+
+def _without(suite, names):
+    """suite without the tests whose method name is in `names`"""
+    out = unittest.TestSuite()
+    for t in suite:
+        if isinstance(t, unittest.TestSuite):
+            out.addTest(_without(t, names))
+        elif t.id().rsplit(".", 1)[-1] not in names:
+            out.addTest(t)
+    return out
+
+
 def main() -> int:
     out, names = sys.argv[1], sys.argv[2:]
     where = os.path.dirname(os.path.abspath(out))
@@ -75,6 +95,7 @@ def main() -> int:
         if name.startswith("lockprof_mp_"):       # a retry of one of those tests
             _mp_names(name.split(".")[0][len("lockprof_mp_"):], where)
         suite.addTests(loader.loadTestsFromName(name))
+    suite = _without(suite, LEFT_OUT)
     t0 = time.monotonic()
     runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=0, resultclass=_Result)
     result = runner.run(suite)
