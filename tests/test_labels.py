@@ -287,7 +287,11 @@ def stock():
 app.wsgi_app = lockprof.wsgi.LockprofMiddleware(app.wsgi_app)
 
 if __name__ == "__main__":
+    import signal
     import waitress
+    # the test stops it with SIGINT: a process started where SIGINT is
+    # ignored (a background job) inherits that, and waitress sets no handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     waitress.serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=8, _quiet=True)
 '''
 
@@ -379,9 +383,11 @@ def _serve_and_load(tmp_path, argv, port, paths, clients_per_path=3, requests=10
     return out, pprof.read(str(out))
 
 
-def _check_by_endpoint(prof, out, expect):
+def _check_by_endpoint(prof, out, expect, fallbacks=()):
     """each route's group waited on its own lock only, with contentions, and
-    `lockprof report --by endpoint` lists every route"""
+    `lockprof report --by endpoint` lists every route.  fallbacks: the
+    collapsed paths, the label of events before the framework has routed
+    the request (the server's own locks)"""
     groups = {g["value"]: g for g in prof.by_label("endpoint")}
     for route, lock_suffix in expect.items():
         g = groups.get(route)
@@ -390,13 +396,14 @@ def _check_by_endpoint(prof, out, expect):
         waited = {prof.locks[lk]["name"] for lk, w, cw in g["locks"] if w > 0}
         assert waited and all(n.endswith(lock_suffix) for n in waited), (route, waited)
     # a path with ids gives one label per route, not one per id
-    assert {v for v in groups if v is not None} <= set(expect) | {"/favicon.ico"}, list(groups)
+    assert {v for v in groups if v is not None} <= set(expect) | set(fallbacks), list(groups)
     rep = subprocess.run([sys.executable, "-m", "lockprof", "report", "--by", "endpoint",
                           str(out)], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert rep.returncode == 0, rep.stderr
-    firsts = [ln.split()[0] for ln in rep.stdout.splitlines()[3:3 + len(expect)]]
-    assert sorted(firsts) == sorted(expect), rep.stdout
+    table = rep.stdout.split("\n\n")[0].splitlines()[3:]
+    firsts = [ln.split()[0] for ln in table]
+    assert set(expect) <= set(firsts), rep.stdout
     for route, lock_suffix in expect.items():
         block = rep.stdout.split(f"\n  {route}\n")[1].split("\n  ")[0]
         assert lock_suffix in block, rep.stdout
@@ -410,7 +417,7 @@ def test_flask_on_waitress_by_endpoint(tmp_path):
     out, prof = _serve_and_load(tmp_path, ["flask_app.py", str(port)], port,
                                 ["/orders/{id}", "/stock"])
     _check_by_endpoint(prof, out, {"/orders/<int:order_id>": ":orders_lock",
-                                   "/stock": ":stock_lock"})
+                                   "/stock": ":stock_lock"}, ("/orders/{id}", "/stock"))
 
 
 def test_starlette_on_uvicorn_by_endpoint(tmp_path):
@@ -429,7 +436,8 @@ def test_starlette_on_uvicorn_by_endpoint(tmp_path):
     import starlette.routing
     template = '"route"' in inspect.getsource(starlette.routing)
     _check_by_endpoint(prof, out, {"/items/{item_id}" if template else "/items/{id}":
-                                   ":items_lock", "/report": ":report_lock"})
+                                   ":items_lock", "/report": ":report_lock"},
+                       ("/items/{id}", "/report"))
 
 
 def test_report_by_a_bad_label_name_is_one_line(tmp_path):
