@@ -195,7 +195,7 @@ class LockprofPlugin:
         import lockprof
         from lockprof import _order
         cycles = lockprof.lock_order_cycles()
-        seen = self._cycles_seen if isinstance(self._cycles_seen, set) else set()
+        seen = self._cycles_seen
         new = [c for c in cycles if id(c) not in seen]
         self._cycles_seen = seen | {id(c) for c in cycles}
         if new and outcome.excinfo is None:
