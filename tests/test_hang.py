@@ -254,13 +254,16 @@ def test_the_cap_on_waits_is_counted_and_in_the_profile():
 def test_forks_after_a_watched_wait_warn_as_unprofiled(tmp_path):
     """CPython 3.12+ warns on os.fork() in a multi-threaded process; the
     watchdog thread ends before each fork, so the program warns exactly as
-    it does unprofiled (not at all)."""
+    it does unprofiled."""
     env = {"PYTHONWARNINGS": "always::DeprecationWarning"}
     plain = _run(tmp_path, "fork_after_wait.py", env=env, profiled=False)
     prof = _run(tmp_path, "fork_after_wait.py", "--hang-timeout", "30", env=env)
     assert prof.stdout == plain.stdout == "forked 5 times\n"
-    assert "multi-threaded" not in plain.stderr
-    assert "multi-threaded" not in prof.stderr, prof.stderr
+    # Unprofiled, the program warns only where the runtime itself runs a
+    # thread (a ThreadSanitizer build has one): profiled, it warns as often.
+    warned = plain.stderr.count("is multi-threaded")
+    assert warned in (0, 5), plain.stderr
+    assert prof.stderr.count("is multi-threaded") == warned, prof.stderr
     # and the hang doctor still watches after the forks
     r = subprocess.run([sys.executable, "-c", (
         "import lockprof, os, threading, time\n"
