@@ -56,7 +56,7 @@ config, key, stmt, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if config != "native":
     import lockprof
     rate, _, extra = config.partition("+")
-    lockprof.start(float(rate), seed=1, lock_order=extra == "order",
+    lockprof.start(float(rate), seed=1, lock_order=extra == "order", max_overhead=0,
                    hang_timeout=60.0 if extra == "hang" else None)
     if extra == "labels":        # request labels set around every operation
         lockprof.labels(endpoint="/orders/{id}", tenant="acme").__enter__()
@@ -165,7 +165,7 @@ def labels_cost(n: int = 20000) -> Dict[str, float]:
 
 MUTEX_SCRIPT = """
 import sys, threading, lockprof
-lockprof.start(1.0, seed=1)
+lockprof.start(1.0, seed=1, max_overhead=0)
 l = threading.Lock()
 for _ in range(int(sys.argv[1])):
     l.acquire(); l.release()

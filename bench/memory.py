@@ -59,7 +59,7 @@ def _per_wrapper(n: int) -> List[Dict]:
             assert lockprof._lockprof.is_wrapper(sample), f"{modname}.{kind} was not wrapped"
         finally:
             lockprof.stop()
-        lockprof.start(1.0)
+        lockprof.start(1.0, max_overhead=0)
         try:
             locks = [make() for _ in range(n)]
 
@@ -96,7 +96,7 @@ def profile_size(events: int = 1_000_000, stacks: int = 1000) -> Dict:
     `with` records an acquisition and a hold) over `stacks` distinct stacks."""
     fns = _stack_functions(stacks)
     lockprof.reset()
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)
     try:
         lock = threading.Lock()
 

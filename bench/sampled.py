@@ -31,7 +31,7 @@ def measure(depths=(5, 20, 64), rounds: int = 7, loops: int = 2000) -> List[Dict
         best = {0.0: float("inf"), 1.0: float("inf")}
         for rnd in range(rounds + 1):
             for rate in (0.0, 1.0):
-                lockprof.start(rate, max_frames=64)
+                lockprof.start(rate, max_frames=64, max_overhead=0)
                 lock = threading.Lock()
                 # the loop runs `depth` frames below this one (incl. _loop)
                 t0 = time.perf_counter_ns()
@@ -59,7 +59,7 @@ def first_event(rounds: int = 7, n: int = 2000) -> Dict:
         makers.append(ns["make"])
 
     def run(rate: float) -> float:
-        lockprof.start(rate)
+        lockprof.start(rate, max_overhead=0)
         try:
             locks = [make() for make in makers]
             t0 = time.perf_counter_ns()

@@ -38,7 +38,7 @@ __all__ = ["start", "stop", "is_running", "stats", "samples", "profile", "write"
 
 # what the profile covers: since the last reset (or import), with which settings
 _window = {"time_ns": time.time_ns(), "mono_ns": time.monotonic_ns(),
-           "sample_rate": None, "wait_period_ns": None}
+           "sample_rate": None, "wait_period_ns": None, "max_overhead": None}
 
 DEFAULT_SAMPLE_RATE = 0.01
 DEFAULT_MAX_LOCKS = 100_000
@@ -49,7 +49,11 @@ DEFAULT_MAX_SAMPLES = 1 << 20
 # (dropped_*), written into the profile's comments and told in the report
 CAPS = {"max_locks": DEFAULT_MAX_LOCKS, "max_samples": DEFAULT_MAX_SAMPLES,
         "max_stacks": 1 << 18, "max_sites": 1 << 20, "max_thread_names": 4096,
-        "max_task_names": 4096, "max_label_sets": 1024, "max_label_value": 200}
+        "max_task_names": 4096, "max_label_sets": 1024, "max_label_value": 200,
+        "max_rate_windows": 3600}
+# --max-overhead: the share of wall time (percent) spent recording sampled
+# events, past which the sampling rate is lowered (lp_budget.c); 0: none
+DEFAULT_MAX_OVERHEAD = 1.0
 
 
 # start() and stop() one at a time: each patches and unpatches the factories
@@ -118,7 +122,9 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
           max_thread_names: int = CAPS["max_thread_names"],
           max_task_names: int = CAPS["max_task_names"],
           max_label_sets: int = CAPS["max_label_sets"],
-          max_label_value: int = CAPS["max_label_value"], lock_order: bool = False,
+          max_label_value: int = CAPS["max_label_value"],
+          max_overhead: float = DEFAULT_MAX_OVERHEAD,
+          max_rate_windows: int = CAPS["max_rate_windows"], lock_order: bool = False,
           max_order_edges: int = 10000, hang_timeout: Optional[float] = None,
           max_hang_waits: int = 4096, http: Optional[str] = None,
           http_max_clients: int = 8) -> None:
@@ -137,6 +143,14 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
     labels), label_sets (distinct lockprof.labels sets; past it an event's
     label values are "<other>"); max_label_value cuts longer label values.
     Whatever a full table drops or cuts is counted in counters().
+
+    max_overhead: percent of wall time lockprof may spend recording sampled
+    acquisitions and holds (default 1; 0: no limit).  Past it, within about
+    a second, the sampling rate is lowered, and it rises back to
+    sample_rate as the load falls (never below sample_rate / 10,000).
+    Each sampled event is weighted by the rate in force, so estimates stay
+    unbiased; contentions and waits stay exact.  The rate's changes are in
+    the profile (max_rate_windows of them, the oldest dropped and counted).
 
     lock_order: record which locks are taken while others are held and
     report each cycle (a potential deadlock, found before it happens) in
@@ -167,6 +181,10 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
             "max_label_sets": max_label_sets, "max_label_value": max_label_value}
     for name, value in caps.items():
         _check_int(name, value, 1, 2**32 - 2)
+    if (isinstance(max_overhead, bool) or not isinstance(max_overhead, (int, float))
+            or not 0.0 <= max_overhead <= 100.0):
+        raise ValueError(f"max_overhead must be a percentage in [0, 100], got {max_overhead!r}")
+    _check_int("max_rate_windows", max_rate_windows, 1, 2**32 - 2)
     exclude = _check_modules("exclude_modules", exclude_modules)
     include = _check_modules("include_modules", include_modules)
     if not isinstance(lock_order, bool):
@@ -179,7 +197,8 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
                              f"or None, got {hang_timeout!r}")
     _check_int("max_hang_waits", max_hang_waits, 1, 2**31 - 1)
     _check_int("http_max_clients", http_max_clients, 1, 1024)
-    caps = dict(caps, lock_order=lock_order, max_order_edges=max_order_edges)
+    caps = dict(caps, lock_order=lock_order, max_order_edges=max_order_edges,
+                max_overhead=float(max_overhead) / 100.0, max_rate_windows=max_rate_windows)
     _patch.start(rate, max_locks, seed, max_frames, wait_period_ns, max_samples,
                  exclude=exclude, include=include, caps=caps)
     _hang_configure(hang_timeout, max_hang_waits)
@@ -188,6 +207,7 @@ def start(sample_rate: float = DEFAULT_SAMPLE_RATE, *, max_locks: int = DEFAULT_
         _http.start(http, max_clients=http_max_clients)
     _window["sample_rate"] = rate
     _window["wait_period_ns"] = wait_period_ns
+    _window["max_overhead"] = float(max_overhead)
 
 
 @_serialized
@@ -272,6 +292,7 @@ def is_running() -> bool:
 def reset() -> None:
     """Forget everything recorded so far."""
     _lockprof.reset()
+    _lockprof.budget_state(True)
     _window["time_ns"] = time.time_ns()
     _window["mono_ns"] = time.monotonic_ns()
 
@@ -332,11 +353,16 @@ def profile(reset: bool = False, title: Optional[str] = None):
     finally:
         if paused:
             gc.enable()
+    budget = _lockprof.budget_state(reset)
     snap["counters"] = dict(snap["counters"], **_lockprof.lock_order_counters(),
-                            **_lockprof.hang_counters())
+                            **_lockprof.hang_counters(), **_budget_counters(budget))
+    # the rate's changes, on the wall clock, from the window's start
+    t0, m0 = _window["time_ns"], _window["mono_ns"]
+    rates = [(t0 + max(0, t - m0), r) for t, r in budget["rates"] if t <= now]
     p = Profile.from_snapshot(
-        snap, time_nanos=_window["time_ns"], duration_nanos=max(0, now - _window["mono_ns"]),
+        snap, time_nanos=t0, duration_nanos=max(0, now - m0),
         sample_rate=_window["sample_rate"], wait_period_ns=_window["wait_period_ns"],
+        max_overhead=_window["max_overhead"], rates=rates,
         title=title or f"lockprof: {' '.join(sys.argv[:1]) or 'python'}",
         lock_order=_lockprof.lock_order_cycles())
     if reset:
@@ -379,10 +405,19 @@ def write(path: str, format: Optional[str] = None, *, reset: bool = False) -> No
     export.write(profile(reset=reset), path, fmt)
 
 
+_BUDGET_COUNTERS = ("recording_ns", "rate_cuts", "dropped_rate_windows", "max_rate_windows")
+
+
+def _budget_counters(state: Dict[str, Any]) -> Dict[str, int]:
+    return {k: state[k] for k in _BUDGET_COUNTERS}
+
+
 def counters() -> Dict[str, int]:
-    """Runtime counters: errors inside profiling, locks past the cap, table sizes."""
+    """Runtime counters: errors inside profiling, locks past the cap, table
+    sizes; recording_ns (time spent recording sampled events, which
+    max_overhead limits) and rate_cuts (times the budget lowered the rate)."""
     return dict(_lockprof.counters(), **_lockprof.lock_order_counters(),
-                **_lockprof.hang_counters())
+                **_lockprof.hang_counters(), **_budget_counters(_lockprof.budget_state()))
 
 
 def lock_order_cycles() -> List[List[Dict[str, Any]]]:

@@ -24,6 +24,16 @@ def _rate(text: str) -> float:
     return value
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 100.0:
+        raise ConfigError(f"{text!r} is not a percentage in [0, 100]")
+    return value
+
+
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -131,6 +141,12 @@ OPTIONS: Sequence[Option] = (
            "(default 1024)", "N"),
     Option("max_label_value", ("--max-label-value",), _int_in(1, 2**32 - 2), 200,
            "cap: characters kept of a request label value (default 200)", "N"),
+    Option("max_overhead", ("--max-overhead",), _percent, 1.0,
+           "CPU budget: percent of wall time spent recording sampled events, past which "
+           "the sampling rate is lowered (estimates stay unbiased; contentions stay exact); "
+           "0: no limit (default 1)", "PERCENT"),
+    Option("max_rate_windows", ("--max-rate-windows",), _int_in(1, 2**32 - 2), 3600,
+           "cap: changes of the sampling rate kept in the profile (default 3600)", "N"),
     Option("interval", ("--interval",), _seconds, None,
            "write a fresh profile every SECONDS into the output directory, and the last one "
            "at exit", "SECONDS"),

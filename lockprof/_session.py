@@ -124,6 +124,7 @@ class Session:
         lockprof.start(s["sample_rate"], max_frames=s["max_frames"],
                        **{cap: s[cap] for cap in lockprof.CAPS},
                        exclude_modules=s["exclude_module"], include_modules=s["include_module"],
+                       max_overhead=s.get("max_overhead", 1.0),
                        lock_order=s["lock_order"], max_order_edges=s["max_order_edges"],
                        hang_timeout=s["hang_timeout"], max_hang_waits=s["max_hang_waits"],
                        http=s.get("http"), http_max_clients=s.get("http_max_clients", 8))

@@ -16,8 +16,11 @@
 #include "lp_record.h"
 #include "lp_stack.h"
 
-static void
-flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
+/* rate: the rate of the sampled event's gap (lp_sampled_rate); returns
+ * whether it recorded a sample, *t0 the time its recording began */
+static int
+flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever, double rate,
+                     int64_t *t0)
 {
     if (lp_track_holds) {
         /* every acquire comes here (lp_sample_expired): the order first,
@@ -26,29 +29,32 @@ flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
             lp_order_acquired(w, kind, forever);
         }
         if (!lp_order_sampled()) {
-            return;
+            return 0;
         }
+        rate = lp_sampled_rate();
+        *t0 = lp_now_ns();
     }
     lp_lockrec *r = lp_rec_for(w, kind);
-    /* the rate now: another thread may have stopped profiling since this
-     * event was drawn (or while the name was looked up) */
-    double rate = lp_sample_rate;
-    if (!lp_active || !(rate > 0.0)) {
-        return;
+    /* another thread may have stopped profiling since this event was drawn
+     * (or while the name was looked up) */
+    if (!lp_active || !(lp_sample_rate > 0.0) || !(rate > 0.0)) {
+        return 0;
     }
+    /* the event stands for its gap's events: 1 / its rate on average (the
+     * budget may have changed the rate since, lp_budget.c) */
     double scale = 1.0 / rate;
     r->acq_samples++;
     r->acq_estimate += scale;
     lp_sample_add(r->id, lp_stack_here(), LP_EV_ACQUIRE, scale, 0.0);
     if (!start_hold) {
-        return;
+        return 1;
     }
     if (r->nholds >= r->capholds) {
         uint32_t nc = r->capholds ? r->capholds * 2 : 1;
         lp_hold *nh = lp_fault() ? NULL : PyMem_Realloc(r->holds, nc * sizeof(lp_hold));
         if (nh == NULL) {
             lp_count_error();
-            return;
+            return 1;
         }
         r->holds = nh;
         r->capholds = nc;
@@ -58,6 +64,7 @@ flush_acquire_locked(lp_wrapper *w, int kind, int start_hold, int forever)
     h->t0 = lp_now_ns();
     r->hold_scale = scale;
     LP_WF_SET(w, LP_W_HOLDING);
+    return 1;
 }
 
 void
@@ -65,14 +72,22 @@ lp_flush_acquire(lp_wrapper *w, int kind, int start_hold, int forever)
 {
     /* with holds tracked every acquire comes here and the sampling is
      * decided inside; otherwise this one is sampled: its stack and task
-     * are found before the mutex */
+     * are found before the mutex.  Its rate is read first: finding the
+     * stack may run Python code, and another thread sample meanwhile. */
+    double rate = lp_sampled_rate();
     lp_ctx c;
     int prepared = !LP_LOAD(lp_track_holds);
+    int64_t t0 = 0;
     if (prepared) {
+        t0 = lp_now_ns();
         lp_ctx_prepare(&c);
     }
     lp_enter();
-    flush_acquire_locked(w, kind, start_hold, forever);
+    if (flush_acquire_locked(w, kind, start_hold, forever, rate, &t0)) {
+        /* the time spent recording, for the budget (lock order's own
+         * bookkeeping on every acquire is not the sampling's to limit) */
+        lp_budget_charge(t0, lp_now_ns());
+    }
     lp_exit();
     if (prepared) {
         lp_ctx_done(&c);
@@ -160,12 +175,18 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
         return;
     }
     lp_ctx c;
-    int prepared = (LP_WF(w) & (LP_W_HOLDING | LP_W_WAITERS)) != 0;
+    uint8_t f = LP_WF(w);
+    int prepared = (f & (LP_W_HOLDING | LP_W_WAITERS)) != 0;
     if (prepared) {
         lp_ctx_prepare(&c);
     }
     lp_enter();
     flush_release_locked(w, t_release);
+    if (f & LP_W_HOLDING) {
+        /* the end of a sampled hold: charged to the budget, from the
+         * release's clock read (lp_budget.c) */
+        lp_budget_charge(t_release, lp_now_ns());
+    }
     lp_exit();
     if (prepared) {
         lp_ctx_done(&c);

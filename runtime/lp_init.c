@@ -8,7 +8,7 @@
  *       the asyncio awaitable, the slow paths and slots, the attributes of
  *       Python classes' wrappers)
  *   lp_event.c (sampled and contended events)
- *   lp_hang.c -> lp_order.c (the features, fed by events)
+ *   lp_hang.c -> lp_order.c, lp_budget.c (the features, fed by events)
  *   lp_export.c (the snapshot of the tables)
  *   lp_record.c -> lp_names.c, lp_stack.c (the tables: sites, records,
  *       names, stacks, sample rows, labels)
@@ -28,7 +28,8 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"active", "sample_rate", "max_locks", "seed", "max_frames",
                              "wait_period_ns", "max_samples", "max_stacks", "max_sites",
                              "max_thread_names", "max_task_names", "lock_order",
-                             "max_order_edges", "max_label_sets", "max_label_value", NULL};
+                             "max_order_edges", "max_label_sets", "max_label_value",
+                             "max_overhead", "max_rate_windows", NULL};
     int active;
     double rate;
     unsigned int maxl = lp_max_locks;
@@ -40,10 +41,26 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     int order = lp_lock_order;
     unsigned int maxoe = lp_max_order_edges;
     unsigned int maxls = lp_labels_max(LP_LABEL_SETS), maxlv = lp_label_value_max();
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIIIpIII:configure", kwlist,
+    double overhead = 0.01;
+    unsigned int maxrw = 3600;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "pd|IOiLIIIIIpIIIdI:configure", kwlist,
                                      &active, &rate, &maxl, &seed, &maxf, &period, &maxs,
                                      &maxst, &maxsi, &maxth, &maxta, &order, &maxoe,
-                                     &maxls, &maxlv)) {
+                                     &maxls, &maxlv, &overhead, &maxrw)) {
+        return NULL;
+    }
+    if (!(overhead >= 0.0 && overhead <= 1.0)) {
+        PyObject *v = PyFloat_FromDouble(overhead);
+        if (v != NULL) {
+            PyErr_Format(PyExc_ValueError, "max_overhead must be a fraction in [0, 1], got %R",
+                         v);
+            Py_DECREF(v);
+        }
+        return NULL;
+    }
+    if (maxrw < 1) {
+        PyErr_Format(PyExc_ValueError, "max_rate_windows must be a positive integer, got %u",
+                     maxrw);
         return NULL;
     }
     if (maxlv < 1) {
@@ -80,6 +97,10 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
     lp_max_locks = maxl;
     LP_STORE(lp_lock_order, order);
     lp_sampling_configure(active, rate);
+    if (active) {
+        /* stop() leaves the budget's history as it was */
+        lp_budget_configure(rate, overhead, maxrw);
+    }
     Py_RETURN_NONE;
 }
 
@@ -109,7 +130,7 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
         lp_types_init(module, defs, ndefs) < 0 || lp_stack_setup(module) < 0 ||
         lp_export_setup(module) < 0 || lp_record_setup(module) < 0 ||
         lp_factory_setup(module, defs, ndefs) < 0 || lp_async_setup(module) < 0 ||
-        lp_names_setup(module) < 0) {
+        lp_names_setup(module) < 0 || lp_budget_setup(module) < 0) {
         return -1;
     }
     return lp_add_functions(module, init_methods);

@@ -92,6 +92,13 @@ int lp_export_setup(PyObject *module);
 
 extern double lp_sample_rate;
 void lp_sampling_configure(int active, double rate);
+void lp_sampling_set_rate(double rate);     /* the budget's: same settings, a new rate */
+double lp_sampled_rate(void);   /* the rate of this thread's latest sampled event's gap */
+/* the CPU budget (lp_budget.c): the time [t0, t1] spent recording a
+ * sampled event; configure() sets the user's rate and the budget */
+void lp_budget_charge(int64_t t0, int64_t t1);
+void lp_budget_configure(double rate, double max_overhead, uint32_t max_rate_windows);
+int lp_budget_setup(PyObject *module);
 void lp_seed(uint64_t seed);
 double lp_rand_unit(void);      /* uniform in [0, 1) */
 int lp_runtime_setup(void);

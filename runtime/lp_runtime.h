@@ -268,6 +268,12 @@ typedef struct lp_tstate {
     int64_t countdown;          /* events until the next sampled one; starts
                                    at 0 so a thread's first event draws */
     int64_t order_countdown;    /* the same, while lock order sees every acquire */
+    double draw_rate;           /* the rate countdown was drawn under */
+    double order_draw_rate;     /* the rate order_countdown was drawn under */
+    double sampled_rate;        /* the rate of the gap that ran out at this
+                                   thread's latest sampled event: its weight
+                                   is 1 / sampled_rate (max_overhead changes
+                                   the rate; lp_budget.c) */
     uint64_t rng;               /* this thread's splitmix64 state */
     uint32_t gen;               /* the sampling settings it drew under */
     uint32_t seed_gen;          /* the seed it drew from */

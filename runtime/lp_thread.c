@@ -10,8 +10,8 @@
  *     registry_mutex, a plain pthread mutex taken when a thread first draws,
  *     when it exits, and by configure().
  *   - the sampling settings (lp_active, lp_sample_rate, the generations):
- *     written by configure() under the tables' mutex, read by every thread
- *     with relaxed loads (LP_LOAD).
+ *     written by configure() and by the budget (lp_budget.c) under the
+ *     tables' mutex, read by every thread with relaxed loads (LP_LOAD).
  *   - the tables' mutex itself (free-threaded builds: lp_tables_lock and
  *     lp_tables_unlock, lp_enter and lp_exit), the one mutex of the
  *     runtime's tables (lp_runtime.h).
@@ -288,9 +288,10 @@ lp_seed(uint64_t seed)
 /* Number of events until the next sampled one (>= 1): geometric with
  * parameter p, drawn by inversion. */
 static int64_t
-draw_countdown(lp_tstate *ts)
+draw_countdown(lp_tstate *ts, double *drawn)
 {
     double p = rate_now();
+    *drawn = p;
     if (!LP_LOAD(lp_active) || p <= 0.0) {
 #ifdef Py_GIL_DISABLED
         /* not INT64_MAX: should configure()'s reset of this thread's
@@ -340,21 +341,24 @@ lp_sample_expired(void)
          * out, and the sampling draws on order_countdown instead */
         set_countdown(ts, 0);
         if (redraw) {
-            ts->order_countdown = draw_countdown(ts);
+            ts->order_countdown = draw_countdown(ts, &ts->order_draw_rate);
         }
         return LP_LOAD(lp_active);
     }
     if (redraw) {
         /* this event is the first of the new sequence */
-        int64_t c = draw_countdown(ts) - 1;
+        int64_t c = draw_countdown(ts, &ts->draw_rate) - 1;
         if (c > 0) {
             set_countdown(ts, c);
             return 0;
         }
     }
-    /* The event that brought the countdown to zero is the sampled one. */
-    set_countdown(ts, draw_countdown(ts));
-    return LP_LOAD(lp_active) && rate_now() > 0.0;
+    /* The event that brought the countdown to zero is the sampled one; it
+     * stands for the events of its gap, 1 / (the gap's rate) on average. */
+    double p = ts->draw_rate;
+    set_countdown(ts, draw_countdown(ts, &ts->draw_rate));
+    ts->sampled_rate = p;
+    return LP_LOAD(lp_active) && p > 0.0 && rate_now() > 0.0;
 }
 
 int
@@ -364,8 +368,24 @@ lp_order_sampled(void)
     if (--ts->order_countdown > 0) {
         return 0;
     }
-    ts->order_countdown = draw_countdown(ts);
-    return rate_now() > 0.0;
+    double p = ts->order_draw_rate;
+    ts->order_countdown = draw_countdown(ts, &ts->order_draw_rate);
+    ts->sampled_rate = p;
+    return p > 0.0 && rate_now() > 0.0;
+}
+
+double
+lp_sampled_rate(void)
+{
+    return lp_ts.sampled_rate;
+}
+
+/* A new rate, the same settings otherwise (max_overhead, lp_budget.c):
+ * every thread's next event draws a fresh gap under it. */
+void
+lp_sampling_set_rate(double rate)
+{
+    lp_sampling_configure(LP_LOAD(lp_active), rate);
 }
 
 void

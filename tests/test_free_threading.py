@@ -135,7 +135,7 @@ def test_shared_lock_counts_are_exact_at_rate_one(tmp_path, name):
     """N threads x M acquisitions of one shared lock: exactly N*M, in
     stats() and in the file; the lock still excludes (no lost update)."""
     n, m = 4, 3000
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)   # every event: exact counts
     try:
         lock = getattr(threading, name)()
         box = [0]
@@ -170,7 +170,7 @@ def test_asyncio_locks_in_parallel_loops_are_exact(name):
     """asyncio locks belong to one loop: N threads, each its own loop and
     lock (one creation site), tasks contending in each; exactly N*M."""
     n, tasks, m = 4, 5, 400
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)
     try:
         def work(i):
             async def main():
@@ -252,7 +252,7 @@ def test_sampling_rate_per_thread_locks_within_binomial_bounds():
     Binomial(T*M, 0.01); the total stays within 5 standard deviations.  A
     countdown shared without the GIL loses decrements and misses this."""
     t_n, m, p = 4, 100_000, 0.01
-    lockprof.start(p)
+    lockprof.start(p, max_overhead=0)    # the fixed rate p
     try:
         def work(i):
             lock = threading.Lock()
@@ -293,7 +293,7 @@ print("n", sum(counts))
 def test_interval_windows_sum_to_the_total_while_threads_hammer(tmp_path):
     prog = tmp_path / "hammer.py"
     prog.write_text(HAMMER)
-    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "-q", "--sample-rate", "1",
+    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "-q", "--sample-rate", "1", "--max-overhead", "0",
                         "--interval", "0.3", "--keep", "1000", "-o", "snaps", str(prog)],
                        capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -50,7 +50,7 @@ def test_contention_counted_exactly_with_wait():
 
 
 def test_uncontended_are_not_contentions_and_rate_one_counts_all():
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)   # every event, no CPU budget
     locks = {k: getattr(threading, k)() for k in ("Lock", "RLock", "Semaphore", "Condition")}
     for _ in range(250):
         for l in locks.values():
@@ -252,7 +252,7 @@ def test_uncontended_estimate_within_10_percent_at_default_rate():
 def test_period_100_round_robin_does_not_alias():
     """A lock used once every 100 operations gets its share of the samples.
     A fixed every-100th counter would give it all of them or none."""
-    lockprof.start(0.01)
+    lockprof.start(0.01, max_overhead=0)     # the fixed rate (no CPU budget)
     rare, common = threading.Lock(), threading.Lock()
     reps = 20_000                    # rare: 20,000 uses, ~200 samples
     for _ in range(reps):
@@ -356,7 +356,7 @@ def test_dead_locks_records_are_folded_per_site():
     one record per site, not one per lock: memory stays flat without reset,
     and totals stay exact."""
     import gc
-    lockprof.start(1.0, max_locks=300)
+    lockprof.start(1.0, max_locks=300, max_overhead=0)
     try:
         def request():
             per_request = threading.Lock()

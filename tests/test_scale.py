@@ -57,7 +57,7 @@ def _threads(n, lock):
 
 def _run_workload(n_tasks, n_threads):
     lockprof.reset()
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)
     lock = threading.Lock()
     _tasks(n_tasks)
     _threads(n_threads, lock)
@@ -204,7 +204,7 @@ def test_every_cap_when_hit_is_counted_written_and_reported(tmp_path, cap, dropp
 
 
 def test_caps_are_not_told_when_nothing_was_dropped():
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)
     _cap_workload()
     lockprof.stop()
     assert lockprof.profile().cap_notes() == []

@@ -223,7 +223,7 @@ def test_interval_export_covers_every_event_once(tmp_path):
                 time.sleep(0.001)
         print("n", n)
     """)
-    r = _run(["run", "-q", "--sample-rate", "1", "--interval", "0.3", "--keep", "1000",
+    r = _run(["run", "-q", "--sample-rate", "1", "--max-overhead", "0", "--interval", "0.3", "--keep", "1000",
               "-o", "snaps", prog], tmp_path)
     assert r.returncode == 0, r.stderr
     n = int(re.search(r"n (\d+)", r.stdout).group(1))
@@ -308,7 +308,8 @@ BAD_ENV = {
     "max_samples": "-5", "max_sites": "1.5", "max_thread_names": "0", "max_task_names": "x",
     "lock_order": "maybe", "max_order_edges": "0", "hang_timeout": "soon",
     "max_hang_waits": "0", "http": "localhost:http", "max_label_sets": "0",
-    "max_label_value": "ten", "http_max_clients": "2000",
+    "max_label_value": "ten", "http_max_clients": "2000", "max_overhead": "101",
+    "max_rate_windows": "0",
 }
 
 

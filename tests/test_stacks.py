@@ -187,7 +187,7 @@ def test_steady_state_allocates_nothing_per_event():
     tables allocate with PyMem, which tracemalloc sees."""
     import tracemalloc
 
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)
     lock = threading.Lock()
 
     def work(n):
@@ -254,7 +254,7 @@ def test_tables_grow_and_still_find_every_entry():
     src = "\n".join(f"def f{i}(lock):\n    with lock:\n        pass\n" for i in range(n))
     ns = {}
     exec(compile(src, "<many_sites>", "exec"), ns)
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)
     locks = [threading.Lock() for _ in range(n)]
     for _ in range(2):
         for i in range(n):

@@ -98,7 +98,7 @@ def test_hammer_while_controlling(tmp_path):
 
 
 def test_counts_exact_under_contention():
-    lockprof.start(1.0)
+    lockprof.start(1.0, max_overhead=0)
     lk = threading.Lock()
     n, k = 8, 2000
     box = [0]

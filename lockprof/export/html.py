@@ -69,7 +69,9 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
                        for g in p.by_label(key)]
     data = json.dumps({"title": title, "meta": meta, "frames": frames, "measures": measures,
                        "locks": table, "windows": windows, "figures": figures,
-                       "labels": labels},
+                       "labels": labels, "span": p.duration_nanos,
+                       "max_overhead": p.max_overhead,
+                       "rates": [[max(0, t - p.time_nanos), r] for t, r in p.rates]},
                       separators=(",", ":"))
     # inside <script>, "</" could end the element early; JSON allows "<\/"
     data = data.replace("</", "<\\/").replace("<!--", "<\\u0021--")

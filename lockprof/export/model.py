@@ -77,9 +77,12 @@ CAPS: Dict[str, Tuple[str, str]] = {
                            "waits past the cap were not watched by the hang doctor"),
     "dropped_http_clients": ("http_max_clients",
                              "requests to the live endpoint past the cap were answered 503"),
+    "dropped_rate_windows": ("max_rate_windows",
+                             "the oldest changes of the sampling rate were dropped from the "
+                             "profile's history of it"),
 }
-COMMENT_COUNTERS = tuple(CAPS) + ("errors", "name_errors", "foreign_locks") + tuple(
-    cap for cap, _ in CAPS.values())
+COMMENT_COUNTERS = tuple(CAPS) + ("errors", "name_errors", "foreign_locks", "recording_ns",
+                                  "rate_cuts") + tuple(cap for cap, _ in CAPS.values())
 
 
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -153,8 +156,15 @@ class Profile:
                  counters: Optional[Dict[str, int]] = None, comments: Sequence[str] = (),
                  title: str = "lockprof", lock_order: Sequence[List[Dict[str, Any]]] = (),
                  windows: Sequence[Dict[str, Any]] = (),
-                 label_sets: Sequence[Tuple[Tuple[str, str], ...]] = ()):
+                 label_sets: Sequence[Tuple[Tuple[str, str], ...]] = (),
+                 max_overhead: Optional[float] = None,
+                 rates: Sequence[Tuple[int, float]] = ()):
         self.locks = locks
+        # the CPU budget (percent; None: not recorded) and the sampling rate
+        # over time: (wall ns, rate in force from then), in time order; one
+        # entry, the start, unless the budget moved it
+        self.max_overhead = max_overhead
+        self.rates = sorted((int(t), float(r)) for t, r in rates)
         # the profiles a merged one was made of, in time order: each a dict
         # with start_ns, duration_ns, source (file name) and wait ({lock
         # index: exact wait ns}); empty for a profile read or made whole
@@ -249,6 +259,8 @@ class Profile:
         """The settings, and every cap with what it dropped (never silent)."""
         out = [f"lockprof sample_rate={self.sample_rate}",
                f"lockprof wait_period_ns={self.wait_period_ns}"]
+        if self.max_overhead is not None:
+            out.append(f"lockprof max_overhead={self.max_overhead:g}")
         for key in COMMENT_COUNTERS:
             if key in self.counters:
                 out.append(f"lockprof {key}={self.counters[key]}")
@@ -263,6 +275,14 @@ class Profile:
                 limit = self.counters.get(cap)
                 out.append(f"{key}={n}: {cap}={limit} was reached; {what} "
                            f"(raise it: lockprof.start({cap}=...))")
+        cuts = self.counters.get("rate_cuts", 0)
+        if cuts and self.rates:
+            low = min(r for _, r in self.rates)
+            budget = f"{self.max_overhead:g}%" if self.max_overhead is not None else "its"
+            out.append(f"rate_cuts={cuts}: the CPU budget (max_overhead={budget}) lowered the "
+                       f"sampling rate, to {low:.3g} at the lowest; acquisitions and holds are "
+                       f"weighted by the rate in force (raise it: lockprof.start(max_overhead="
+                       f"...) or --max-overhead)")
         n = self.counters.get("errors", 0) + self.counters.get("name_errors", 0)
         if n:
             out.append(f"errors={n}: failures inside profiling were absorbed; some events or "
@@ -400,6 +420,8 @@ class Profile:
         meta.setdefault("duration_nanos", max(0, end - start))
         meta.setdefault("sample_rate", first.sample_rate if first else None)
         meta.setdefault("wait_period_ns", first.wait_period_ns if first else None)
+        meta.setdefault("max_overhead", first.max_overhead if first else None)
+        meta.setdefault("rates", [x for p in profiles for x in p.rates])
         meta.setdefault("windows", windows)
         # a profile with no lock cannot make the others' figures estimates
         return b.build(exact=all(p.exact for p in profiles if p.locks), **meta)
@@ -426,6 +448,12 @@ class Profile:
                             - before.time_nanos - before.duration_nanos))
         meta.setdefault("sample_rate", after.sample_rate)
         meta.setdefault("wait_period_ns", after.wait_period_ns)
+        meta.setdefault("max_overhead", after.max_overhead)
+        # the rate in force at before's end, and its changes since
+        cut = before.time_nanos + before.duration_nanos
+        since = [x for x in after.rates if x[0] > cut]
+        at_cut = [x for x in after.rates if x[0] <= cut][-1:]
+        meta.setdefault("rates", [(cut, r) for _, r in at_cut] + since)
         meta.setdefault("title", after.title)
         meta.setdefault("counters", dict(after.counters))
         p = b.build(exact=after.exact and before.exact, **meta)

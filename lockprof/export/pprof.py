@@ -30,6 +30,7 @@ COLUMNS = dict(_lockprof.PPROF_EVENT_COLUMNS)
 EXACT_SECTION = 1000
 LOCK_ORDER_SECTION = 1001     # potential deadlocks: JSON, see _order_section
 WINDOWS_SECTION = 1002        # the windows of a merged profile: JSON, see _windows_section
+RATES_SECTION = 1003          # the sampling rate over time: JSON, see _rates_section
 _EXACT = ("name", "kind", "file", "line", "function", "var", "locks", "acquisition_samples",
           "acquisitions", "contentions", "timeouts", "wait_ns", "max_wait_ns", "hold_samples",
           "hold_ns", "cond_waits", "cond_wait_ns")
@@ -99,6 +100,15 @@ def _windows_section(p: Profile) -> bytes:
     return _varint(WINDOWS_SECTION << 3 | 2) + _varint(len(body)) + body
 
 
+def _rates_section(p: Profile) -> bytes:
+    """The sampling rate over time, [[wall ns, rate], ...] (the CPU budget
+    moves it), as field RATES_SECTION (JSON; Go's reader skips it)"""
+    if not p.rates:
+        return b""
+    body = json.dumps([[t, r] for t, r in p.rates], separators=(",", ":")).encode("utf-8")
+    return _varint(RATES_SECTION << 3 | 2) + _varint(len(body)) + body
+
+
 def _varint(v: int) -> bytes:
     out = bytearray()
     while True:
@@ -111,7 +121,7 @@ def _varint(v: int) -> bytes:
 
 def dumps(p: Profile) -> bytes:
     # a message's fields may come in any order: the section is appended
-    return compress(encode(p) + _order_section(p) + _windows_section(p))
+    return compress(encode(p) + _order_section(p) + _windows_section(p) + _rates_section(p))
 
 
 def write(p: Profile, path: str) -> None:
@@ -210,6 +220,7 @@ def _decode(data: bytes) -> Profile:
     strings: List[str] = []
     types, samples_raw, exact_raw, comments, order_raw = [], [], [], [], []
     windows_raw: List[bytes] = []
+    rates_raw: List[bytes] = []
     locations: Dict[int, List[Tuple[int, int]]] = {}
     functions: Dict[int, Tuple[int, int]] = {}
     meta: Dict[str, int] = {}
@@ -243,6 +254,8 @@ def _decode(data: bytes) -> Profile:
             order_raw.append(value)
         elif field == WINDOWS_SECTION and wire == 2:
             windows_raw.append(value)
+        elif field == RATES_SECTION and wire == 2:
+            rates_raw.append(value)
     names = [strings[t] for t, _ in types]
     col = {n: i for i, n in enumerate(names)}
     if "contentions" not in col or "delay" not in col:
@@ -340,6 +353,7 @@ def _decode(data: bytes) -> Profile:
     counters: Dict[str, int] = {}
     sample_rate: Optional[float] = None
     wait_period: Optional[int] = None
+    max_overhead: Optional[float] = None
     other = []
     for c in texts:
         if c.startswith("lockprof ") and "=" in c:
@@ -349,6 +363,9 @@ def _decode(data: bytes) -> Profile:
                 continue
             if k == "wait_period_ns":
                 wait_period = None if v == "None" else int(v)
+                continue
+            if k == "max_overhead":
+                max_overhead = float(v)
                 continue
             if v.isdigit():
                 counters[k] = int(v)
@@ -368,7 +385,13 @@ def _decode(data: bytes) -> Profile:
             windows.append({"start_ns": int(w.get("start_ns", 0)),
                             "duration_ns": int(w.get("duration_ns", 0)),
                             "source": w.get("source"), "wait": wait})
+    rates = []
+    for raw in rates_raw:
+        rs = json.loads(raw.decode("utf-8"))
+        if not isinstance(rs, list) or not all(isinstance(x, list) and len(x) == 2 for x in rs):
+            raise ProfileError("its rates section is not a list of [time, rate] pairs")
+        rates += [(int(t), float(r)) for t, r in rs]
     return b.build(exact=exact, time_nanos=meta.get("time_nanos", 0),
                    duration_nanos=meta.get("duration_nanos", 0), sample_rate=sample_rate,
                    wait_period_ns=wait_period, counters=counters, comments=other,
-                   windows=windows)
+                   windows=windows, max_overhead=max_overhead, rates=rates)

@@ -1,0 +1,192 @@
+/* lockprof runtime: the CPU budget (max_overhead).
+ *
+ * A sampled acquisition, and the release that ends the hold it started,
+ * each capture a stack: most of lockprof's cost beyond the hot path.  At a
+ * fixed rate a program taking millions of locks a second pays for them in
+ * proportion.  The events that record them (lp_event.c) read the clock
+ * before and after and charge the difference here.  Over a window of about
+ * a second the charged time is set against max_overhead times the window's
+ * wall time, and the rate in force is scaled by their ratio: down when over
+ * the budget, back up (at most 4x a window) as the load falls, never below
+ * the floor (the user's rate / 10,000) nor above the user's rate.  A burst
+ * that has spent twice the budget of the time elapsed ends its window at
+ * once.  Contentions and waits are not charged: they stay exact.
+ *
+ * Estimates stay unbiased: a new rate makes every thread draw a fresh
+ * geometric gap (lp_sampling_set_rate), and each sampled event is weighted
+ * by the inverse of the rate its gap was drawn under (lp_sampled_rate).
+ *
+ * Owns: the budget's settings (max_overhead, the user's rate), its window
+ * (start, time charged), its totals, and the history of the rate (a ring of
+ * the latest max_rate_windows changes, the oldest dropped and counted).
+ * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a
+ * free-threaded build: events charge holding it, and the Python functions
+ * run holding it (lp_add_functions); the GIL otherwise.
+ * Calls: lp_thread.c (the rate). */
+#include "lp_record.h"
+
+#define WINDOW_NS 1000000000LL          /* a budget window: about a second */
+#define BURST_MIN_NS 50000000LL         /* a burst is judged over 50 ms at least */
+#define MAX_RAISE 4.0                   /* the rate rises at most 4x a window */
+#define FLOOR_DIVISOR 10000.0           /* floor = the user's rate / 10,000 */
+
+typedef struct {
+    int64_t t_ns;       /* CLOCK_MONOTONIC */
+    double rate;
+} rate_change;
+
+static double max_overhead = 0.01;      /* a fraction of wall time; 0: none */
+static double user_rate = 0.0;
+static int64_t win_start = 0;           /* 0: no window open */
+static int64_t win_spent = 0;
+static uint64_t total_ns = 0;           /* charged since the last reset */
+static uint64_t lowered = 0;            /* windows that lowered the rate */
+static uint64_t dropped_changes = 0;
+static uint32_t max_changes = 3600;
+static rate_change *ring = NULL;
+static uint32_t ring_cap = 0, ring_head = 0, ring_len = 0;
+
+static void
+remember(int64_t t, double rate)
+{
+    if (ring_cap != max_changes) {
+        /* resized (or first use): the history starts again */
+        rate_change *r = lp_fault() ? NULL : PyMem_Realloc(ring, max_changes * sizeof(*ring));
+        if (r == NULL) {
+            lp_count_error();
+            return;
+        }
+        ring = r;
+        ring_cap = max_changes;
+        ring_head = ring_len = 0;
+    }
+    if (ring_len == ring_cap) {
+        ring_head = (ring_head + 1) % ring_cap;
+        ring_len--;
+        dropped_changes++;
+    }
+    ring[(ring_head + ring_len) % ring_cap] = (rate_change){t, rate};
+    ring_len++;
+}
+
+static void
+end_window(int64_t now, int64_t elapsed)
+{
+    double cur = lp_sample_rate;
+    double used = elapsed > 0 ? (double)win_spent / (double)elapsed : 1.0;
+    double next = used > 0.0 ? cur * (max_overhead / used) : user_rate;
+    if (next > cur * MAX_RAISE) {
+        next = cur * MAX_RAISE;
+    }
+    double floor = user_rate / FLOOR_DIVISOR;
+    if (next > user_rate) {
+        next = user_rate;
+    }
+    if (next < floor) {
+        next = floor;
+    }
+    win_start = 0;
+    win_spent = 0;
+    /* a change of under 5% is not worth every thread's redraw, unless it
+     * reaches a bound */
+    double ratio = cur > 0.0 ? next / cur : 2.0;
+    if (next != cur && (ratio < 0.95 || ratio > 1.05 || next == user_rate || next == floor)) {
+        if (next < cur) {
+            lowered++;
+        }
+        lp_sampling_set_rate(next);
+        remember(now, next);
+    }
+}
+
+void
+lp_budget_charge(int64_t t0, int64_t t1)
+{
+    int64_t cost = t1 - t0;
+    if (cost <= 0) {
+        return;
+    }
+    total_ns += (uint64_t)cost;
+    if (!(max_overhead > 0.0) || !LP_LOAD(lp_active) || !(user_rate > 0.0)) {
+        return;
+    }
+    if (win_start == 0) {
+        win_start = t0;
+    }
+    win_spent += cost;
+    int64_t elapsed = t1 - win_start;
+    if (elapsed < WINDOW_NS) {
+        int64_t judged = elapsed > BURST_MIN_NS ? elapsed : BURST_MIN_NS;
+        if ((double)win_spent <= 2.0 * max_overhead * (double)judged) {
+            return;
+        }
+    }
+    end_window(t1, elapsed);
+}
+
+/* configure(): the user's rate is the rate again; the history starts */
+void
+lp_budget_configure(double rate, double overhead, uint32_t max_windows)
+{
+    user_rate = rate;
+    max_overhead = overhead;
+    max_changes = max_windows;
+    win_start = 0;
+    win_spent = 0;
+    ring_len = 0;
+    ring_head = 0;
+    remember(lp_now_ns(), rate);
+}
+
+static PyObject *
+lp_py_budget_state(PyObject *mod, PyObject *args)
+{
+    int reset = 0;
+    if (!PyArg_ParseTuple(args, "|p:budget_state", &reset)) {
+        return NULL;
+    }
+    PyObject *rates = PyList_New(0);
+    if (rates == NULL) {
+        return NULL;
+    }
+    for (uint32_t i = 0; i < ring_len; i++) {
+        rate_change *c = &ring[(ring_head + i) % ring_cap];
+        PyObject *t = Py_BuildValue("(Ld)", (long long)c->t_ns, c->rate);
+        if (t == NULL || PyList_Append(rates, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(rates);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    PyObject *out = Py_BuildValue(
+        "{s:N,s:d,s:d,s:d,s:K,s:K,s:K,s:I}", "rates", rates, "rate", lp_sample_rate,
+        "user_rate", user_rate, "max_overhead", max_overhead, "recording_ns",
+        (unsigned long long)total_ns, "rate_cuts", (unsigned long long)lowered,
+        "dropped_rate_windows", (unsigned long long)dropped_changes, "max_rate_windows",
+        (unsigned int)max_changes);
+    if (out != NULL && reset) {
+        /* the next profile starts with the rate in force now */
+        total_ns = 0;
+        lowered = 0;
+        dropped_changes = 0;
+        ring_len = 0;
+        ring_head = 0;
+        remember(lp_now_ns(), lp_sample_rate);
+    }
+    return out;
+}
+
+static PyMethodDef budget_methods[] = {
+    {"budget_state", lp_py_budget_state, METH_VARARGS,
+     "budget_state(reset=False)\n--\n\n"
+     "The CPU budget: the rate in force, its changes [(monotonic ns, rate)], the\n"
+     "time charged to recording and its counters; reset starts them again."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+lp_budget_setup(PyObject *module)
+{
+    return lp_add_functions(module, budget_methods);
+}
