@@ -7,10 +7,14 @@
  * before and after and charge the difference here.  Over a window of about
  * a second the charged time is set against max_overhead times the window's
  * wall time, and the rate in force is scaled by their ratio: down when over
- * the budget, back up (at most 4x a window) as the load falls, never below
+ * the budget, back up (at most 16x a second) as the load falls, never below
  * the floor (the user's rate / 10,000) nor above the user's rate.  A burst
  * that has spent twice the budget of the time elapsed ends its window at
- * once.  Contentions and waits are not charged: they stay exact.
+ * once.  A window ends at a recorded event (nothing else reads the clock):
+ * at a lowered rate p, after the load fell from E to E' events a second,
+ * the next one comes after about 1 / (p E') = (E / E') x (cost / budget)
+ * seconds, under a second for a 10,000-fold fall.  Contentions and waits
+ * are not charged: they stay exact.
  *
  * Estimates stay unbiased: a new rate makes every thread draw a fresh
  * geometric gap (lp_sampling_set_rate), and each sampled event is weighted
@@ -25,9 +29,11 @@
  * Calls: lp_thread.c (the rate). */
 #include "lp_record.h"
 
+#include <math.h>
+
 #define WINDOW_NS 1000000000LL          /* a budget window: about a second */
 #define BURST_MIN_NS 50000000LL         /* a burst is judged over 50 ms at least */
-#define MAX_RAISE 4.0                   /* the rate rises at most 4x a window */
+#define MAX_RAISE 16.0                  /* the rate rises at most 16x a second */
 #define FLOOR_DIVISOR 10000.0           /* floor = the user's rate / 10,000 */
 
 typedef struct {
@@ -75,8 +81,11 @@ end_window(int64_t now, int64_t elapsed)
     double cur = lp_sample_rate;
     double used = elapsed > 0 ? (double)win_spent / (double)elapsed : 1.0;
     double next = used > 0.0 ? cur * (max_overhead / used) : user_rate;
-    if (next > cur * MAX_RAISE) {
-        next = cur * MAX_RAISE;
+    /* up at most MAX_RAISE a second: a window that lasted long (events
+     * came rarely at the lowered rate) may raise it that much more */
+    double raise = pow(MAX_RAISE, (double)elapsed / (double)WINDOW_NS);
+    if (next > cur * raise) {
+        next = cur * raise;
     }
     double floor = user_rate / FLOOR_DIVISOR;
     if (next > user_rate) {
