@@ -163,6 +163,54 @@ def labels_cost(n: int = 20000) -> Dict[str, float]:
     return r
 
 
+def _count_argv(argv: List[str]) -> int:
+    out = tempfile.mktemp(prefix="lockprof-cg-")
+    try:
+        r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                            *argv], capture_output=True, text=True, timeout=600,
+                           env={**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
+                                "PYTHONHASHSEED": "0"})
+        m = re.search(r"Collected : (\d+)", r.stderr) or re.search(r"refs:\s+([\d,]+)", r.stderr)
+        if r.returncode != 0 or m is None:
+            raise RuntimeError(f"callgrind failed: {r.stderr.strip().splitlines()[-1:]}")
+        return int(m.group(1).replace(",", ""))
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+def startup_cost() -> Dict[str, float]:
+    """`import lockprof` and `lockprof.start()`: instructions over a bare
+    interpreter (-S: no site, so nothing the environment imports is shared),
+    min of three runs each (bytecode cached by a first run).  deps: the
+    stdlib modules lockprof imports (threading, contextvars, opcode, os),
+    which a program taking locks has mostly imported already; _own: import
+    and start over an interpreter that has them."""
+    import lockprof
+    root = os.path.dirname(os.path.dirname(os.path.abspath(lockprof.__file__)))
+    python = os.path.realpath(sys.executable)
+    head = f"import sys; sys.path.insert(0, {root!r})"
+    # what lockprof needs that a program taking locks imports anyway
+    deps = "; import threading, contextvars, opcode, os"
+    steps = {"bare": head, "deps": head + deps, "import": head + "; import lockprof",
+             "import+start": head + "; import lockprof; lockprof.start()",
+             "deps+import+start": head + deps + "; import lockprof; lockprof.start()"}
+    # bytecode cached, as where programs are deployed
+    saved = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    try:
+        for code in steps.values():
+            subprocess.run([python, "-S", "-c", code], check=True)     # .pyc written
+        counts = {k: min(_count_argv([python, "-S", "-c", code]) for _ in range(3))
+                  for k, code in steps.items()}
+    finally:
+        if saved is not None:
+            os.environ["PYTHONDONTWRITEBYTECODE"] = saved
+    return {"import": counts["import"] - counts["bare"],
+            "import_start": counts["import+start"] - counts["bare"],
+            "deps": counts["deps"] - counts["bare"],
+            "import_start_own": counts["deps+import+start"] - counts["deps"]}
+
+
 MUTEX_SCRIPT = """
 import sys, threading, lockprof
 lockprof.start(1.0, seed=1, max_overhead=0)

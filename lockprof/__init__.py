@@ -20,13 +20,15 @@ imported lockprof first, as `lockprof run -m pytest` does, would otherwise get
 from __future__ import annotations
 
 import _thread
-import functools
 import gc
-import math
-import re
 import time
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+# not imported at run time: `import lockprof` costs a program's start-up
+# nothing it does not use (typing and re take milliseconds)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _lockprof, _names, _patch
 from ._labels import current_labels, labels
@@ -74,10 +76,14 @@ if hasattr(__import__("os"), "register_at_fork"):
 
 
 def _serialized(fn):
-    @functools.wraps(fn)
     def call(*args, **kwargs):
         with _control:
             return fn(*args, **kwargs)
+    # functools.wraps' work, without importing it
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(call, attr, getattr(fn, attr))
+    call.__dict__.update(fn.__dict__)
+    call.__wrapped__ = fn
     return call
 
 
@@ -85,7 +91,7 @@ def _check_rate(sample_rate: Any) -> float:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
         raise ValueError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
     rate = float(sample_rate)
-    if not (0.0 <= rate <= 1.0) or math.isnan(rate):
+    if not (0.0 <= rate <= 1.0):       # NaN too
         raise ValueError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
     return rate
 
@@ -96,7 +102,9 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+def _is_module_name(name: str) -> bool:
+    """dotted identifiers, ASCII: [A-Za-z_][A-Za-z0-9_]*(.[A-Za-z_][A-Za-z0-9_]*)*"""
+    return name.isascii() and all(part.isidentifier() for part in name.split("."))
 
 
 def _check_modules(name: str, value: Any) -> Tuple[str, ...]:
@@ -107,7 +115,7 @@ def _check_modules(name: str, value: Any) -> Tuple[str, ...]:
     except TypeError:
         raise ValueError(f"{name} must be a list of module names, got {value!r}") from None
     for m in names:
-        if not isinstance(m, str) or not _MODULE_NAME.match(m):
+        if not isinstance(m, str) or not _is_module_name(m):
             raise ValueError(f"{name}: {m!r} is not a module name "
                              f"(dotted identifiers, like 'myapp' or 'myapp.db')")
     return names

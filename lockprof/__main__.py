@@ -75,8 +75,8 @@ _FILES_HELP = ("pprof files, or directories of them (the output of --interval an
 
 
 def _label_name(text: str) -> str:
-    from lockprof._labels import _KEY
-    if not _KEY.match(text):
+    from lockprof._labels import _is_key
+    if not _is_key(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a label name (letters, digits, '_', '.', '-', not starting "
             f"with a digit)")

@@ -16,8 +16,9 @@ late value reads it where the framework puts it.
 from __future__ import annotations
 
 import contextvars
-import re
-from typing import Any, Dict, Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:        # not imported at run time (start-up cost)
+    from typing import Any, Dict, Optional, Tuple
 
 from . import _lockprof
 
@@ -27,12 +28,18 @@ _VAR: "contextvars.ContextVar[Tuple[Tuple[str, Any], ...]]" = contextvars.Contex
     "lockprof.labels", default=())
 _lockprof.set_labels_var(_VAR)
 
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _is_key(k: Any) -> bool:
+    """[A-Za-z_][A-Za-z0-9_.-]* (without importing re: start-up cost)"""
+    return (isinstance(k, str) and k != "" and not k[0].isdigit() and k[0] not in ".-"
+            and _KEY_CHARS.issuperset(k))
 
 
 def _check(kv: Dict[str, Any]) -> None:
     for k, v in kv.items():
-        if not isinstance(k, str) or not _KEY.match(k):
+        if not _is_key(k):
             raise ValueError(f"lockprof.labels: label name {k!r} is not accepted "
                              f"(letters, digits, '_', '.', '-', not starting with a digit)")
         if not isinstance(v, str):
@@ -107,9 +114,10 @@ def _set_late(key: str, value: Any) -> contextvars.Token:
 
 # a path segment that names one object, not a route: numbers, hex ids,
 # UUIDs, long tokens with digits
-_ID_SEGMENT = re.compile(
+_ID_SEGMENT_RE = (
     r"\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
     r"|[0-9a-fA-F]{12,}|(?=[^/]*\d)[A-Za-z0-9_\-.~%]{16,}|[^/]*\d[^/]*\d[^/]*\d[^/]*\d[^/]*")
+_id_segment = None          # compiled at first use (re is not imported at start-up)
 
 
 def collapse_path(path: str, max_segments: int = 8) -> str:
@@ -117,9 +125,14 @@ def collapse_path(path: str, max_segments: int = 8) -> str:
     other digit-heavy tokens) as `{id}`, and at most max_segments segments:
     /orders/8812/items/3f2c9a1e-... -> /orders/{id}/items/{id}.  The query
     string is dropped.  Used where the framework gives no route template."""
+    global _id_segment
+    if _id_segment is None:
+        import re
+        _id_segment = re.compile(_ID_SEGMENT_RE)
+    is_id = _id_segment.fullmatch
     path = path.split("?", 1)[0] or "/"
     parts = path.split("/")
-    out = ["{id}" if p and _ID_SEGMENT.fullmatch(p) else p for p in parts[:max_segments + 1]]
+    out = ["{id}" if p and is_id(p) else p for p in parts[:max_segments + 1]]
     if len(parts) > max_segments + 1:
         out.append("...")
     return "/".join(out)

@@ -15,7 +15,9 @@ body with `dis` takes milliseconds, too long inside a recorded event)."""
 from __future__ import annotations
 
 import opcode as _opcode
-from typing import Dict, Optional, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:        # not imported at run time (start-up cost)
+    from typing import Dict, Optional, Tuple
 
 _NAMES = _opcode.opname
 _CACHE = _opcode.opmap.get("CACHE", -1)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import _thread
 import sys
-from typing import Dict, List, Tuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:        # not imported at run time (start-up cost)
+    from typing import Dict, List, Tuple
 
 from . import _lockprof, _names
 
