@@ -179,6 +179,103 @@ def _count_argv(argv: List[str]) -> int:
             os.unlink(out)
 
 
+CONTENDED_SCRIPT = """
+import sys, asyncio, threading
+config, case, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if config != "native":
+    import lockprof
+    rate, _, fixed = config.partition("/")
+    # "/fixed": no wait is long enough, against a wait period of a year, to
+    # keep a stack: the fixed cost alone (clock reads, counters, the draw)
+    lockprof.start(float(rate), seed=1, max_overhead=0,
+                   wait_period_ns=365 * 86400 * 10**9 if fixed else 1_000_000)
+
+def pingpong(n):
+    # two threads hand two locks back and forth: each acquire waits for the
+    # other thread's release (a contended acquire, then a release that has
+    # a waiter), n round trips
+    a, b = threading.Lock(), threading.Lock()
+    a.acquire(); b.acquire()
+    def other():
+        for _ in range(n):
+            a.acquire()
+            b.release()
+    t = threading.Thread(target=other)
+    t.start()
+    for _ in range(n):
+        a.release()
+        b.acquire()
+    t.join()
+
+def condition(n):
+    # a Condition round trip: each thread waits for its turn, then passes it
+    cond = threading.Condition()
+    turn = [0]
+    def play(me, n):
+        for _ in range(n):
+            with cond:
+                while turn[0] != me:
+                    cond.wait()
+                turn[0] = 1 - me
+                cond.notify()
+    t = threading.Thread(target=play, args=(1, n))
+    t.start()
+    play(0, n)
+    t.join()
+
+def async_with(n):
+    # two tasks on one asyncio.Lock, each suspending inside it: the other's
+    # acquire waits every time (contended), in one thread: deterministic
+    async def main():
+        lock = asyncio.Lock()
+        async def task():
+            for _ in range(n):
+                async with lock:
+                    await asyncio.sleep(0)
+        await asyncio.gather(task(), task())
+    asyncio.new_event_loop().run_until_complete(main())
+
+{"pingpong": pingpong, "condition": condition, "async with": async_with}[case](n)
+if config != "native" and n:
+    c = sum(r["contentions"] for r in lockprof.stats())
+    print("contentions", c, file=sys.stderr)
+"""
+CONTENDED = {"pingpong": "threading.Lock, contended acquire+release (two-thread hand-off)",
+             "condition": "threading.Condition, wait/notify round trip (two threads)",
+             "async with": "asyncio.Lock, contended async with (two tasks)"}
+
+
+def contended_cost(n: int = 2000, configs=("native", "0.01", "0.01/fixed")) -> List[Dict]:
+    """The contended paths, scripted so every operation waits (callgrind
+    runs one thread at a time, and a thread that blocks hands over): per
+    round trip (two contended acquires and their releases; a Condition
+    wait and notify each side; each task's `async with`), N minus none.
+
+    The stacks of waits are sampled by time (a wait in proportion to its
+    length, a release stack once per wait period): under callgrind, 20-50x
+    slower than the machine, far more of them are kept than in a real run.
+    "0.01/fixed" keeps none: the fixed cost of a contended operation."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(CONTENDED_SCRIPT)
+        script = f.name
+    python = os.path.realpath(sys.executable)
+    out = []
+    try:
+        for case, what in CONTENDED.items():
+            per = {}
+            for config in configs:
+                per[config] = (_count_argv([python, script, config, case, str(n)])
+                               - _count_argv([python, script, config, case, "0"])) / n
+            base = per["native"]
+            out.append({"case": case, "what": what,
+                        "instructions": {c: round(v, 1) for c, v in per.items()},
+                        "added": {c: round(v - base, 1) for c, v in per.items()},
+                        "ratio": {c: round(v / base, 3) for c, v in per.items()}})
+    finally:
+        os.unlink(script)
+    return out
+
+
 def startup_cost() -> Dict[str, float]:
     """`import lockprof` and `lockprof.start()`: instructions over a bare
     interpreter (-S: no site, so nothing the environment imports is shared),

@@ -309,8 +309,10 @@ flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired, l
     }
     sample_wait(r, LP_EV_CONTENTION, wait_ns, 0, d);
     /* Go's mutex profile: the delay is also charged to the release that
-     * ended the wait, so the critical section that made others wait shows */
-    sample_wait(r, LP_EV_DELAY, wait_ns, 1, draw_wait(wait_ns));
+     * ended the wait, so the critical section that made others wait shows.
+     * The same draw: each event type's totals stay unbiased on their own,
+     * and a contended acquire pays one draw. */
+    sample_wait(r, LP_EV_DELAY, wait_ns, 1, d);
     if (r->nwaiting > 0 && --r->nwaiting == 0) {
         LP_WF_CLEAR(w, LP_W_WAITERS);
     }

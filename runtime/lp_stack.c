@@ -7,7 +7,7 @@
  * allocation.
  *
  * Owns: the stack table, the sample rows, the thread and task label tables,
- * the thread-label cache.
+ * the thread-label cache, the cache of tasks' labels by generated name.
  * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a free-
  * threaded build, the GIL otherwise (reached only from the flush functions
  * and the API). */
@@ -734,6 +734,15 @@ code_qualname(PyObject *o)
     return q;
 }
 
+/* the labels of tasks with asyncio's generated names, by the name's
+ * identity (task_label_of); strong references, so a cached name is never
+ * another task's */
+#define TASK_LABEL_CACHE 64
+static struct {
+    PyObject *name;
+    PyObject *label;
+} task_label_cache[TASK_LABEL_CACHE];
+
 /* whether `name` is "<prefix><digits>", a generated name */
 static int
 is_counter_name(PyObject *name, const char *prefix)
@@ -834,11 +843,38 @@ task_label_of(PyObject *task)
         return NULL;
     }
     if (is_counter_name(name, "Task-")) {
+        /* asyncio's generated name is one str per task: while the cache
+         * holds it, its identity is that task's, and so is the label found
+         * for it (the coroutine's qualname, which costs a few thousand
+         * instructions to make) */
+        uintptr_t slot = ((uintptr_t)name >> 4) % TASK_LABEL_CACHE;
+        PyObject *label = NULL;
+        lp_enter();
+        if (task_label_cache[slot].name == name) {
+            label = Py_NewRef(task_label_cache[slot].label);
+        }
+        lp_exit();
+        if (label != NULL) {
+            Py_DECREF(name);
+            return label;
+        }
         PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
         PyObject *q = code_qualname(coro);
         Py_XDECREF(coro);
         PyErr_Clear();
-        LP_XSETREF(name, q != NULL ? q : PyUnicode_FromString("Task"));
+        label = q != NULL ? q : PyUnicode_FromString("Task");
+        if (label != NULL) {
+            PyObject *old_name, *old_label;
+            lp_enter();
+            old_name = task_label_cache[slot].name;
+            old_label = task_label_cache[slot].label;
+            task_label_cache[slot].name = Py_NewRef(name);
+            task_label_cache[slot].label = Py_NewRef(label);
+            lp_exit();
+            Py_XDECREF(old_name);
+            Py_XDECREF(old_label);
+        }
+        Py_SETREF(name, label);
     }
     return name;
 }
