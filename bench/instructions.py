@@ -259,6 +259,7 @@ def contended_cost(n: int = 2000, configs=("native", "0.01", "0.01/fixed")) -> L
         f.write(CONTENDED_SCRIPT)
         script = f.name
     python = os.path.realpath(sys.executable)
+    os.environ.setdefault("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = []
     try:
         for case, what in CONTENDED.items():
