@@ -302,6 +302,7 @@ def main(argv=None) -> int:
         report["mutex"] = instructions.mutex_cost(n=args.instr_ops)
         report["labels"] = instructions.labels_cost(n=args.instr_ops)
         report["startup"] = instructions.startup_cost()
+        report["contended"] = instructions.contended_cost()
     if "sampled" in only:
         report["sampled_event"] = sampled.measure(rounds=args.rounds, loops=max(10, args.loops))
         report["first_event"] = sampled.first_event(rounds=args.rounds, n=max(10, args.loops))
