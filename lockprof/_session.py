@@ -12,6 +12,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 import lockprof
+from lockprof import _lockprof
 from lockprof import export as formats
 
 _EXT = formats.EXTENSION
@@ -141,10 +142,16 @@ class Session:
         try:
             if (threading_main() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
                 signal.signal(signal.SIGTERM, self._on_sigterm)
+                # a SIGTERM that reaches the main thread in C code just before
+                # a blocking call would leave the process waiting where it
+                # would have died: the guard then kills it after a second
+                # (runtime/lp_signal.c)
+                _lockprof.sigterm_guard()
         except (ValueError, OSError, AttributeError):
             pass
 
     def _on_sigterm(self, signum, frame) -> None:
+        _lockprof.sigterm_disarm()
         self.finish()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)

@@ -13,7 +13,8 @@
  *   lp_record.c -> lp_names.c, lp_stack.c (the tables: sites, records,
  *       names, stacks, sample rows, labels)
  *   lp_thread.c (a thread's own state, the settings, the counters, the
- *       tables' mutex), lp_pbread.c (reading protobuf; no state)
+ *       tables' mutex), lp_pbread.c (reading protobuf; no state),
+ *       lp_signal.c (the SIGTERM guard of `lockprof run`)
  * This file calls into all of them and none calls it.
  *
  * Owns: nothing beyond what it sets through the others.
@@ -130,7 +131,8 @@ lp_runtime_init(PyObject *module, const lp_typedef *defs, int ndefs)
         lp_types_init(module, defs, ndefs) < 0 || lp_stack_setup(module) < 0 ||
         lp_export_setup(module) < 0 || lp_record_setup(module) < 0 ||
         lp_factory_setup(module, defs, ndefs) < 0 || lp_async_setup(module) < 0 ||
-        lp_names_setup(module) < 0 || lp_budget_setup(module) < 0) {
+        lp_names_setup(module) < 0 || lp_budget_setup(module) < 0 ||
+        lp_signal_setup(module) < 0) {
         return -1;
     }
     return lp_add_functions(module, init_methods);

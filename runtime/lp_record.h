@@ -99,6 +99,7 @@ double lp_sampled_rate(void);   /* the rate of this thread's latest sampled even
 void lp_budget_charge(int64_t t0, int64_t t1);
 void lp_budget_configure(double rate, double max_overhead, uint32_t max_rate_windows);
 int lp_budget_setup(PyObject *module);
+int lp_signal_setup(PyObject *module);      /* lp_signal.c: the SIGTERM guard */
 void lp_seed(uint64_t seed);
 double lp_rand_unit(void);      /* uniform in [0, 1) */
 int lp_runtime_setup(void);

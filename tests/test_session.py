@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -101,6 +102,66 @@ def test_sigterm_writes_the_profile_and_the_process_dies_of_it(tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == -signal.SIGTERM, err
     assert _acquisitions(tmp_path / "p.pprof", "l") == 6
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard is Linux's")
+def test_sigterm_kills_a_process_whose_handler_cannot_run(tmp_path):
+    """lockprof's SIGTERM handler is Python code: it runs only when the main
+    thread is back in the interpreter.  A process held in C code that
+    retries on EINTR (here glibc's system(), waiting for its child; in the
+    wild a lock's sem_wait entered just after the signal came) would live
+    on, where unprofiled it dies at once; a pool's terminate() then waited
+    forever for it.  The guard kills it, of SIGTERM, after a second."""
+    prog = _script(tmp_path, """
+        import ctypes, threading
+        l = threading.Lock()
+        with l:
+            pass
+        print("ready", flush=True)
+        # (the sleep keeps no pipe of the test's open)
+        ctypes.CDLL(None).system(b"sleep 20 </dev/null >/dev/null 2>&1")
+        print("outlived SIGTERM", flush=True)
+    """)
+    for argv in ([sys.executable, prog],
+                 [sys.executable, "-m", "lockprof", "run", "-q", "-o", "p.pprof", prog]):
+        p = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        assert p.stdout.readline() == "ready\n"
+        time.sleep(0.2)             # in system() by now
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)          # (system()'s shell holds the pipes a while)
+        took = time.monotonic() - t0
+        p.stdout.close()
+        p.stderr.close()
+        assert p.returncode == -signal.SIGTERM, argv
+        assert took < 8, (argv, took)   # not the 20 s of the sleep
+
+
+def test_sigterm_guard_follows_forked_children(tmp_path):
+    """A forked child (a pool worker) inherits the handler but not the
+    guard's timer: it makes its own, so SIGTERM still kills it."""
+    prog = _script(tmp_path, """
+        import ctypes, os, signal, sys, threading, time
+        l = threading.Lock()
+        with l:
+            pass
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, b"x")
+            ctypes.CDLL(None).system(b"sleep 20")
+            os._exit(3)
+        os.read(r, 1)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        print(os.WIFSIGNALED(status) and os.WTERMSIG(status), time.monotonic() - t0 < 8)
+    """)
+    r = _run(["run", "-q", "-o", "p.pprof", prog], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(int(signal.SIGTERM)), "True"]
 
 
 def test_program_sigterm_handler_is_left_alone(tmp_path):
