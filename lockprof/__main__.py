@@ -87,8 +87,14 @@ def _file_parsers(sub) -> None:
     rep = sub.add_parser("report", help="the text report of saved profiles")
     rep.add_argument("files", nargs="+", metavar="FILE", help=_FILES_HELP)
     rep.add_argument("--top", type=_config.BY_NAME["top"].parse, default=10)
-    rep.add_argument("--sort", choices=("wait", "hold", "contentions", "acquisitions"),
-                     default="wait")
+    rep.add_argument("--sort", choices=("wait", "lock-wait", "hold", "contentions",
+                                        "acquisitions"), default="wait",
+                     help="wait (default): the time threads were blocked, lock wait and "
+                          "Condition wait of requests together; lock-wait: lock wait only")
+    rep.add_argument("--own-code", metavar="PATH", action="append", default=[],
+                     help="the program's own code is under these directories or files "
+                          "(repeatable, comma-separated; default: what is neither the "
+                          "stdlib nor an installed package)")
     rep.add_argument("--json", action="store_true", help="per-lock records as JSON")
     rep.add_argument("--by", metavar="LABEL", type=_label_name,
                      help="group the figures by a request label (lockprof.labels; the "
@@ -151,6 +157,9 @@ def _report(ns) -> int:
     from lockprof.export import text
 
     prof = _load(ns.files)
+    if ns.own_code:
+        from lockprof.export._names import set_own_code
+        set_own_code([x for arg in ns.own_code for x in arg.split(",") if x])
     if ns.by is not None:
         if ns.json:
             groups = prof.by_label(ns.by)
@@ -164,7 +173,12 @@ def _report(ns) -> int:
     if ns.json:
         # exact: the figures are the run's own counts (lockprof's file), not
         # estimates from the file's samples
-        print(json.dumps([dict(lk, exact=prof.exact) for lk in prof.active_locks()], indent=1))
+        # in the text report's order, with its derived figures
+        idle = prof.idle_cond_waits()
+        key = text.SORT_KEYS[ns.sort]
+        print(json.dumps([dict(prof.locks[i], exact=prof.exact, blocked_ns=prof.blocked_ns(i),
+                               idle_cond_wait_ns=idle.get(i, 0.0))
+                          for i in prof.ranked(key)], indent=1))
         return 0
     print(text.report(prof, ns.top, sort=ns.sort))
     if prof.lock_order:

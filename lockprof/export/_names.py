@@ -45,3 +45,44 @@ def short_name(name: str) -> str:
     if not m or m.group(1).startswith("<"):
         return name
     return f"{short_path(m.group(1))}:{m.group(2)}{m.group(3) or ''}"
+
+
+# ---- the program's own code -------------------------------------------------
+# "Own code" is what is neither the stdlib, nor an installed package, nor
+# lockprof: found by path, so that profiles made elsewhere read alike.  Where
+# that guess is wrong, --own-code (LOCKPROF_OWN_CODE) names the directories
+# (or files) that are the program's, and only they are.
+_LIB_PATH = re.compile(r"[/\\](site|dist)-packages[/\\]|[/\\]lib[/\\]python\d+\.\d+t?[/\\]"
+                       r"|[/\\]Lib[/\\]|[/\\]lib-dynload[/\\]")
+_LOCKPROF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_own_prefixes: List[str] = []
+
+
+def set_own_code(paths) -> None:
+    """The directories or files that are the program's own (empty: guess by
+    path); relative paths are taken from the working directory."""
+    global _own_prefixes
+    _own_prefixes = [os.path.abspath(p) for p in paths]
+    is_own.cache_clear()
+
+
+def _own(file: str) -> bool:
+    if not file or file.startswith("<"):
+        # <string>, <stdin> (-c code and the like) are the program's; frozen
+        # modules (<frozen runpy>) are the stdlib's
+        return bool(file) and not file.startswith("<frozen")
+    if _own_prefixes:
+        return any(file == p or file.startswith(p.rstrip(os.sep) + os.sep)
+                   for p in _own_prefixes)
+    if file.startswith(_LOCKPROF_DIR):
+        return False
+    return _LIB_PATH.search(file) is None and not any(file.startswith(p) for p in _prefixes())
+
+
+def _cached(fn):
+    import functools
+    return functools.lru_cache(maxsize=4096)(fn)
+
+
+is_own = _cached(_own)
+is_own.__doc__ = "whether a frame's file is the program's own code (see set_own_code)"

@@ -366,6 +366,65 @@ class Profile:
                                 -g["contentions"], -g["acquisitions"], str(g["value"])))
         return out
 
+    def idle_cond_waits(self) -> Dict[int, float]:
+        """Per lock, the part of its Condition wait (ns, of the exact total)
+        that was idle: threads waiting for work, not requests waiting.  With
+        request labels in the profile a wait outside any labelled request is
+        idle; without, a wait whose stack holds no frame of the program's own
+        code (_names.is_own: a pool worker's or a server thread's loop).  The
+        split is the rows' (sampled) and is applied to the exact total."""
+        got = self.__dict__.get("_idle")
+        if got is not None:
+            return got
+        from ._names import is_own
+        cw = EVENT_ID["cond_wait"]
+        labelled = any(ls != NONE for ls in self.rows["labels"])
+        total: Dict[int, float] = {}
+        idle: Dict[int, float] = {}
+        own_stack: Dict[int, bool] = {}
+        for e, lk, st, ls, v in zip(*self.columns("event", "lock", "stack", "labels", "value")):
+            if e != cw or v <= 0:
+                continue
+            total[lk] = total.get(lk, 0.0) + v
+            if labelled:
+                is_idle = ls == NONE
+            else:
+                own = own_stack.get(st)
+                if own is None:
+                    own = own_stack[st] = st == 0 or any(
+                        is_own(self.frames[f][0]) for f in self.trimmed_stack_ids(st))
+                is_idle = not own
+            if is_idle:
+                idle[lk] = idle.get(lk, 0.0) + v
+        out = {}
+        for lk, v in idle.items():
+            exact = self.locks[lk].get("cond_wait_ns") or 0
+            out[lk] = exact * v / total[lk] if total[lk] > 0 else 0.0
+        self._idle = out
+        return out
+
+    def blocked_ns(self, i: int) -> float:
+        """What lock i's waiters were blocked: its lock wait and the Condition
+        wait of requests (idle_cond_waits left out)."""
+        lk = self.locks[i]
+        return ((lk.get("wait_ns") or 0) + (lk.get("cond_wait_ns") or 0)
+                - self.idle_cond_waits().get(i, 0.0))
+
+    def ranked(self, sort: str = "blocked") -> List[int]:
+        """The locks with events, in the report's order: by blocking time
+        (lock wait and request Condition wait together; locks that blocked
+        nobody after all that did), or by sort ("wait_ns", "hold_ns",
+        "contentions", "acquisitions")."""
+        idx = [i for i, lk in enumerate(self.locks) if has_event(lk)]
+        if sort == "blocked":
+            def key(i):
+                b = self.blocked_ns(i)
+                return (b <= 0, -b, -(self.locks[i].get("acquisitions") or 0))
+        else:
+            def key(i):
+                return (-(self.locks[i].get(sort) or 0), -(self.locks[i].get("wait_ns") or 0))
+        return sorted(idx, key=key)
+
     def active_locks(self) -> List[Dict[str, Any]]:
         """The locks with any event in this profile."""
         return [lk for lk in self.locks if has_event(lk)]

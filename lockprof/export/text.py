@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 from ._files import write_text
-from ._names import frame_name, short_name, short_path
+from ._names import frame_name, is_own, short_name, short_path
 from .._names import is_label
-from .model import EVENT_ID, Profile, has_event
+from .model import EVENT_ID, NONE, Profile
 
-SORT_KEYS = {"wait": "wait_ns", "hold": "hold_ns", "contentions": "contentions",
-             "acquisitions": "acquisitions"}
+# "wait": lock wait and the Condition wait of requests together (blocked);
+# "lock-wait": lock wait alone
+SORT_KEYS = {"wait": "blocked", "lock-wait": "wait_ns", "hold": "hold_ns",
+             "contentions": "contentions", "acquisitions": "acquisitions"}
 
 
 def _ms(ns: float) -> str:
@@ -37,51 +39,87 @@ def hot_stacks(p: Profile, lock: int, n: int = 2, depth: int = 4) -> List[str]:
     return hot_stacks_of(p, [lock], n, depth)[lock]
 
 
-def hot_stacks_of(p: Profile, locks: List[int], n: int = 2,
-                  depth: int = 4) -> Dict[int, List[str]]:
-    """hot_stacks() of several locks, in one pass over the rows."""
+def stack_summary(p: Profile, stack: int, depth: int = 4) -> Tuple:
+    """A stack as the report sums it: its `depth` innermost frames and, when
+    none of them is the program's own code, the innermost frame that is
+    (None: there is none, or it is among those shown)."""
+    ids = p.trimmed_stack_ids(stack)
+    shown = tuple(p.frames[f] for f in ids[:depth])
+    if any(is_own(fr[0]) for fr in shown):
+        return shown, None
+    own = next((p.frames[f] for f in ids[depth:] if is_own(p.frames[f][0])), None)
+    return shown, own
+
+
+def summary_text(shown: Tuple, own) -> str:
+    """`emit (__init__.py:1160) <- ... <- *index (flask_app.py:65)`: the
+    program's own frame, when past the innermost ones, marked with *"""
+    text = " <- ".join(frame_name(f) for f in shown)
+    return text + f" <- ... <- *{frame_name(own)}" if own is not None else text
+
+
+def hot_stacks_of(p: Profile, locks: List[int], n: int = 2, depth: int = 4,
+                  idle: bool = False) -> Dict[int, List[str]]:
+    """hot_stacks() of several locks, in one pass over the rows: by the wait
+    (lock wait and Condition wait; with idle, the idle Condition waits
+    only), else by acquisitions.  Each stack is its innermost frames and the
+    program's own innermost frame (stack_summary)."""
     wanted = set(locks)
-    wait_e, acq_e = EVENT_ID["contention"], EVENT_ID["acquire"]
+    wait_e, acq_e, cw_e = EVENT_ID["contention"], EVENT_ID["acquire"], EVENT_ID["cond_wait"]
+    labelled = any(ls != NONE for ls in p.rows["labels"])
     per: Dict[Tuple[int, int], Dict[int, float]] = {}
-    for e, lk, s, c, v in zip(*p.columns("event", "lock", "stack", "count", "value")):
-        if lk in wanted and (e == wait_e or e == acq_e):
-            d = per.setdefault((lk, e), {})
-            d[s] = d.get(s, 0) + (v if e == wait_e else c)
+    for e, lk, s, ls, c, v in zip(*p.columns("event", "lock", "stack", "labels", "count",
+                                             "value")):
+        if lk not in wanted or e not in (wait_e, acq_e, cw_e):
+            continue
+        if e == cw_e:
+            own = stack_summary(p, s, 10**6)
+            is_idle = (ls == NONE) if labelled else not (own[1] is not None or any(
+                is_own(fr[0]) for fr in own[0]))
+            if is_idle != idle:
+                continue
+            e = wait_e
+        elif idle:
+            continue
+        d = per.setdefault((lk, e), {})
+        d[s] = d.get(s, 0) + (v if e == wait_e else c)
     out: Dict[int, List[str]] = {}
     for lock in locks:
         out[lock] = []
         for e, what in ((wait_e, "wait"), (acq_e, "acquisitions")):
             by: Dict[Tuple, float] = {}
             for s, v in per.get((lock, e), {}).items():
-                key = tuple(p.frames[f] for f in p.trimmed_stack_ids(s)[:depth])
+                key = stack_summary(p, s, depth)
                 by[key] = by.get(key, 0) + v
             if by:
                 total = sum(by.values())
                 best = sorted(by.items(), key=lambda kv: -kv[1])[:n]
-                out[lock] = [f"{100 * v / total:5.1f}% of {what}: "
-                             + " <- ".join(frame_name(f) for f in frames)
-                             for frames, v in best if v > 0]
+                out[lock] = [f"{100 * v / total:5.1f}% of {what}: " + summary_text(*key)
+                             for key, v in best if v > 0]
                 break
     return out
 
 
 def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> str:
-    key = SORT_KEYS[sort]
-    order = sorted(range(len(p.locks)),
-                   key=lambda i: (-p.locks[i][key], -p.locks[i]["wait_ns"]))
-    order = [i for i in order if has_event(p.locks[i])]
+    """The top locks: by default by the time they blocked threads and
+    requests (lock wait, and Condition wait outside idle waits for work),
+    each of the first `stacks` with its hottest stacks; then the idle
+    Condition waits (threads waiting for work) apart; then the caps."""
+    order = p.ranked(SORT_KEYS[sort])
     shown = order[:top]
-    head = ["lock (file:line:name)", "kind", "contentions", "wait ms", "mean wait us",
-            "max wait ms", "hold ms", "acquisitions", "cond.wait ms"]
+    idle = p.idle_cond_waits()
+    head = ["lock (file:line:name)", "kind", "blocked ms", "contentions", "wait ms",
+            "mean wait us", "max wait ms", "cond.wait ms", "hold ms", "acquisitions"]
     body = []
     for i in shown:
         r = p.locks[i]
         c = r["contentions"]
-        body.append([shown_name(r), r["kind"], f"{c:.0f}", _ms(r["wait_ns"]),
-                     f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
+        cw = (r.get("cond_wait_ns") or 0) - idle.get(i, 0.0)
+        body.append([shown_name(r), r["kind"], _ms(p.blocked_ns(i)), f"{c:.0f}",
+                     _ms(r["wait_ns"]), f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
                      _ms(r["max_wait_ns"]) if r.get("max_wait_ns") is not None else "-",
-                     _ms(r["hold_ns"]), f"{r['acquisitions']:.0f}",
-                     _ms(r["cond_wait_ns"]) if r.get("cond_waits") else "-"])
+                     _ms(cw) if r.get("cond_waits") else "-",
+                     _ms(r["hold_ns"]), f"{r['acquisitions']:.0f}"])
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
 
     def fmt(row):
@@ -91,7 +129,9 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
     rate = p.sample_rate if p.sample_rate is not None else 0.0
     figures = ("contentions and waits exact, acquisitions and hold estimated" if p.exact else
                "no exact figures in this file: every column is estimated from its samples")
-    lines = [f"lockprof: top {len(shown)} of {len(order)} lock names by {sort} "
+    by = ("blocked time (lock wait + Condition wait of requests)" if sort == "wait"
+          else sort)
+    lines = [f"lockprof: top {len(shown)} of {len(order)} lock names by {by} "
              f"(sample rate {rate:g}; {figures})", fmt(head), fmt(["-" * w for w in widths])]
     lines += [fmt(b) for b in body]
     if not shown:
@@ -103,14 +143,27 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
         if found:
             blocks.append(f"  {b[0]}")
             blocks += [f"    {line}" for line in found]
-    return _finish(p, lines, "hottest stacks (innermost first):", blocks)
+    # threads waiting for work: not requests waiting, so not ranked above
+    waiting = sorted((i for i, v in idle.items() if v > 0), key=lambda i: -idle[i])
+    extra: List[str] = []
+    if waiting:
+        extra = ["", "waiting for work (idle threads in Condition.wait; not ranked above):"]
+        idle_hot = hot_stacks_of(p, waiting[:top], n=1, idle=True) if stacks else {}
+        for i in waiting[:top]:
+            extra.append(f"  {shown_name(p.locks[i])}  {p.locks[i]['kind']}  "
+                         f"{_ms(idle[i])} ms idle")
+            extra += [f"    {line}" for line in idle_hot.get(i, [])]
+    return _finish(p, lines, "hottest stacks (innermost first; *: your code's innermost "
+                   "frame, past those shown):", blocks, extra)
 
 
-def _finish(p: Profile, lines: List[str], title: str, blocks: List[str]) -> str:
-    """the report's lines, then its blocks under `title`, then a line per
-    cap that dropped something"""
+def _finish(p: Profile, lines: List[str], title: str, blocks: List[str],
+            extra: List[str] = ()) -> str:
+    """the report's lines, then its blocks under `title`, then `extra`, then
+    a line per cap that dropped something"""
     if blocks:
         lines = lines + ["", title] + blocks
+    lines = lines + list(extra)
     notes = p.cap_notes()
     if notes:
         lines = lines + [""] + [f"lockprof: {n}" for n in notes]

@@ -1,0 +1,119 @@
+"""The report's first screen answers "where did my requests wait, and which
+line of mine made them?": a service-like program (request threads logging
+through one FileHandler and sharing a pool of two connections; idle workers
+waiting for work) read back through `lockprof report`."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROG = ROOT / "tests" / "fixtures" / "report" / "service_like.py"
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKPROF_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _lockprof(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "lockprof", *args], capture_output=True,
+                       text=True, timeout=300, cwd=cwd, env=_env())
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    _lockprof("run", "-q", "--sample-rate", "0.2", "-o", "p.pprof", str(PROG), "60", cwd=d)
+    return d / "p.pprof"
+
+
+def _rows(report):
+    """the table's rows: (name, blocked ms, cond.wait ms)"""
+    lines = report.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("----")) + 1
+    out = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        cols = re.split(r"\s{2,}", line.strip())
+        out.append((cols[0], float(cols[2]), cols[7]))
+    return out
+
+
+def test_the_own_logging_line_shows_under_the_logging_lock(profile):
+    report = _lockprof("report", str(profile), cwd=profile.parent)
+    line = PROG.read_text().splitlines().index(
+        '            log.info("request %d on %s: %s", i, conn, "x" * 200)   '
+        '# the app\'s logging line') + 1
+    block = report.split("hottest stacks")[1].split("\n\n")[0]
+    logging_lock = re.search(r"\n  (logging/__init__\.py:\d+:lock(?: \(x\d+\))?)\n((?:    .*\n?)+)",
+                             block)
+    assert logging_lock, report
+    # its innermost frames are logging's; the app's line is named after them
+    assert re.search(rf"of (wait|acquisitions): .*__init__\.py.* <- \.\.\. <- \*handle "
+                     rf"\(service_like\.py:{line}\)", logging_lock.group(2)), report
+
+
+def test_the_pool_wait_ranks_above_rows_without_wait(profile):
+    report = _lockprof("report", str(profile), cwd=profile.parent)
+    rows = _rows(report)
+    pool = next(i for i, r in enumerate(rows) if r[0].startswith("queue.py:") and
+                "not_empty" in r[0])
+    assert rows[pool][1] > 0
+    without = [i for i, r in enumerate(rows) if r[1] == 0]
+    assert without and all(pool < i for i in without), report
+    # ranked by blocked time: lock wait and Condition wait together
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+
+
+def test_idle_workers_wait_apart(profile):
+    report = _lockprof("report", str(profile), cwd=profile.parent)
+    rows = _rows(report)
+    pool = next(r for r in rows if "not_empty" in r[0])
+    section = report.split("waiting for work")[1]
+    m = re.search(r"queue\.py:\d+:not_empty\S*(?: \(x2\))?\s+threading\.Condition\s+"
+                  r"([0-9.]+) ms idle\n(.*)", section)
+    assert m, report
+    idle_ms = float(m.group(1))
+    # three idle threads, for the whole run: more than the requests' waits
+    assert idle_ms > float(pool[2]) and idle_ms > 0
+    assert "service_like.py" not in m.group(2)      # no frame of the app's
+    # the ranked row's Condition wait is the requests' only
+    data = json.loads(_lockprof("report", "--json", str(profile), cwd=profile.parent))
+    rec = next(x for x in data if "not_empty" in x["name"])
+    assert rec["idle_cond_wait_ns"] / 1e6 == pytest.approx(idle_ms, abs=0.01)
+    assert rec["blocked_ns"] == pytest.approx(rec["cond_wait_ns"] - rec["idle_cond_wait_ns"]
+                                              + rec["wait_ns"])
+    assert float(pool[2]) == pytest.approx(
+        (rec["cond_wait_ns"] - rec["idle_cond_wait_ns"]) / 1e6, abs=0.01)
+
+
+@pytest.mark.parametrize("sort", ["wait", "lock-wait", "hold"])
+def test_json_keeps_the_text_order(profile, sort):
+    report = _lockprof("report", "--top", "100", "--sort", sort, str(profile),
+                       cwd=profile.parent)
+    data = json.loads(_lockprof("report", "--json", "--sort", sort, str(profile),
+                                cwd=profile.parent))
+    names = [r[0] for r in _rows(report)]
+    shown = [re.sub(r" \(x\d+\)$", "", n) for n in names]
+    assert [x["name"].split("/")[-1] for x in data] == [
+        n.split("/")[-1] for n in shown], (names, [x["name"] for x in data])
+
+
+def test_own_code_option_moves_the_line(profile, tmp_path):
+    """--own-code names what is the program's: here a directory that holds
+    none of its frames, so no line is marked as the program's and every
+    Condition wait is idle."""
+    report = _lockprof("report", "--own-code", str(tmp_path), str(profile),
+                       cwd=profile.parent)
+    assert "<- ... <- *" not in report
+    rows = _rows(report)
+    assert next(r for r in rows if "not_empty" in r[0])[2] == "0.00"
