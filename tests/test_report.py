@@ -117,3 +117,27 @@ def test_own_code_option_moves_the_line(profile, tmp_path):
     assert "<- ... <- *" not in report
     rows = _rows(report)
     assert next(r for r in rows if "not_empty" in r[0])[2] == "0.00"
+
+
+def test_page_shows_the_same_ranking_and_own_frame_in_chromium(profile):
+    from .test_html import BROWSER, _dom, _table
+    if BROWSER is None:
+        pytest.skip("no chromium on this machine (CI installs it)")
+    page = profile.parent / "p.html"
+    _lockprof("convert", "-f", "html", "-o", str(page), "--force", str(profile),
+              cwd=profile.parent)
+    rows = _table(_dom(str(page)))
+    data = json.loads(_lockprof("report", "--json", str(profile), cwd=profile.parent))
+    # the report's ranking: blocked time, most first
+    assert [r["name"] for r in rows] == [x["name"] for x in data]
+    blocked = [float(r["blocked_ns"]) for r in rows]
+    assert blocked == sorted(blocked, reverse=True) and blocked[0] > 0
+    line = PROG.read_text().splitlines().index(
+        '            log.info("request %d on %s: %s", i, conn, "x" * 200)   '
+        '# the app\'s logging line') + 1
+    logging_row = next(r for r in rows if re.search(r"logging/__init__\.py:\d+:lock$", r["name"]))
+    assert logging_row["own"] == f"handle (service_like.py:{line})"
+    pool = next(r for r in rows if r["name"].endswith(":not_empty"))
+    rec = next(x for x in data if x["name"].endswith(":not_empty"))
+    assert float(pool["idle_ns"]) == pytest.approx(rec["idle_cond_wait_ns"], rel=1e-6)
+    assert float(pool["blocked_ns"]) == pytest.approx(rec["blocked_ns"], rel=1e-6)

@@ -7,12 +7,40 @@ from typing import Dict, List, Tuple
 
 from ._files import write_text
 from ._names import base_name
-from .model import LABELS, MEASURES, Profile, has_event
+from .model import LABELS, MEASURES, Profile
 
 
 def _shown(lk) -> str:
     """file:line:var with the directory left out, and (xN) for N locks"""
     return base_name(lk["name"]) + (f" (x{lk['locks']})" if (lk.get("locks") or 1) > 1 else "")
+
+
+def _own_frames(p: Profile) -> Dict[int, str]:
+    """Per lock, the program's own innermost frame (`function (file:line)`)
+    in the stack that blocked most on it (lock and Condition waits), else
+    the one that took it most: the line the text report marks with *."""
+    from ._names import frame_name, is_own
+    from .model import EVENT_ID
+    wait_e, cw_e, acq_e = EVENT_ID["contention"], EVENT_ID["cond_wait"], EVENT_ID["acquire"]
+    best: Dict[int, Dict[int, float]] = {}
+    acq: Dict[int, Dict[int, float]] = {}
+    for e, lk, st, c, v in zip(*p.columns("event", "lock", "stack", "count", "value")):
+        if e == wait_e or e == cw_e:
+            d = best.setdefault(lk, {})
+            d[st] = d.get(st, 0.0) + v
+        elif e == acq_e:
+            d = acq.setdefault(lk, {})
+            d[st] = d.get(st, 0.0) + c
+    out: Dict[int, str] = {}
+    for lk in set(best) | set(acq):
+        d = best.get(lk) or acq.get(lk)
+        for st in sorted(d, key=lambda k: -d[k]):
+            f = next((p.frames[i] for i in p.trimmed_stack_ids(st) if is_own(p.frames[i][0])),
+                     None)
+            if f is not None:
+                out[lk] = frame_name(f)
+                break
+    return out
 
 
 def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
@@ -42,12 +70,15 @@ def render(p: Profile, title: str = "lockprof", meta: str = "") -> str:
         measures.append({"key": measure, "label": LABELS[measure], "unit": unit,
                          "total": sum(totals[m].values()), "stacks": rows})
     table, index = [], {}
-    for i, lk in enumerate(p.locks):
-        if not has_event(lk):
-            continue            # a lock with no event is no row
+    idle = p.idle_cond_waits()
+    own = _own_frames(p)
+    for i in p.ranked():        # the text report's order
+        lk = p.locks[i]
         index[i] = len(table)
         c = lk.get("contentions") or 0
         table.append({"name": lk["name"], "short": _shown(lk), "kind": lk["kind"],
+                      "blocked_ns": p.blocked_ns(i), "idle_ns": idle.get(i) or None,
+                      "own": own.get(i),
                       "frame": lock_frame[i], "contentions": c, "wait_ns": lk.get("wait_ns") or 0,
                       "mean_wait_ns": (lk.get("wait_ns") or 0) / c if c else None,
                       "max_wait_ns": lk.get("max_wait_ns"), "hold_ns": lk.get("hold_ns") or 0,
