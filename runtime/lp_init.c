@@ -12,9 +12,9 @@
  *   lp_export.c (the snapshot of the tables)
  *   lp_record.c -> lp_names.c, lp_stack.c (the tables: sites, records,
  *       names, stacks, sample rows, labels)
+ *   lp_signal.c (the SIGTERM guard of `lockprof run`)
  *   lp_thread.c (a thread's own state, the settings, the counters, the
- *       tables' mutex), lp_pbread.c (reading protobuf; no state),
- *       lp_signal.c (the SIGTERM guard of `lockprof run`)
+ *       tables' mutex), lp_pbread.c (reading protobuf; no state)
  * This file calls into all of them and none calls it.
  *
  * Owns: nothing beyond what it sets through the others.

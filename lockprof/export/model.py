@@ -391,8 +391,10 @@ class Profile:
             else:
                 own = own_stack.get(st)
                 if own is None:
-                    own = own_stack[st] = st == 0 or any(
-                        is_own(self.frames[f][0]) for f in self.trimmed_stack_ids(st))
+                    # a wait with no frames kept tells nothing: a request's
+                    ids = self.trimmed_stack_ids(st)
+                    own = own_stack[st] = not len(ids) or any(
+                        is_own(self.frames[f][0]) for f in ids)
                 is_idle = not own
             if is_idle:
                 idle[lk] = idle.get(lk, 0.0) + v
