@@ -104,21 +104,8 @@ def available() -> Optional[str]:
 
 
 def _count(config: str, key: str, op: str, n: int, script: str) -> int:
-    out = tempfile.mktemp(prefix="lockprof-cg-")
-    python = os.path.realpath(sys.executable)
-    try:
-        r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", python,
-                            script, config, key, STMTS[op], str(n)],
-                           capture_output=True, text=True, timeout=600,
-                           env={**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
-                                "PYTHONHASHSEED": "0"})
-        m = re.search(r"Collected : (\d+)", r.stderr) or re.search(r"refs:\s+([\d,]+)", r.stderr)
-        if r.returncode != 0 or m is None:
-            raise RuntimeError(f"callgrind failed: {r.stderr.strip().splitlines()[-1:]}")
-        return int(m.group(1).replace(",", ""))
-    finally:
-        if os.path.exists(out):
-            os.unlink(out)
+    return _count_argv([os.path.realpath(sys.executable), script, config, key, STMTS[op],
+                        str(n)])
 
 
 def measure(n: int = 20000, configs=("native", "0.01"), cases=None) -> List[Dict]:

@@ -55,6 +55,15 @@ def _run(tmp_path, argv, seconds=3.0, env=None):
     return json.loads(r.stdout)
 
 
+def _burst(lock, seconds):
+    """take `lock` as fast as this thread can for `seconds`"""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            with lock:
+                pass
+
+
 def test_budget_holds_a_hot_program_at_rate_one_with_unbiased_estimates(tmp_path):
     """Two threads taking locks as fast as they can, every acquisition
     sampled at first: recording would take most of the wall time.  With
@@ -125,11 +134,7 @@ def test_the_rate_rises_again_as_the_load_falls():
     lockprof.start(1.0, max_overhead=1)
     try:
         lock = threading.Lock()
-        end = time.perf_counter() + 1.2
-        while time.perf_counter() < end:
-            for _ in range(1000):
-                with lock:
-                    pass
+        _burst(lock, 1.2)
         low = lockprof._lockprof.budget_state()["rate"]
         end = time.perf_counter() + 15
         while time.perf_counter() < end and lockprof._lockprof.budget_state()["rate"] < 1.0:
@@ -151,11 +156,7 @@ def test_reset_starts_the_history_at_the_rate_in_force():
     lockprof.start(1.0, max_overhead=1)
     try:
         lock = threading.Lock()
-        end = time.perf_counter() + 0.5
-        while time.perf_counter() < end:
-            for _ in range(1000):
-                with lock:
-                    pass
+        _burst(lock, 0.5)
         first = lockprof.profile(reset=True)
         second = lockprof.profile()
     finally:
@@ -171,11 +172,7 @@ def test_merge_keeps_the_rates_and_the_setting(tmp_path):
     lockprof.start(1.0, max_overhead=1)
     try:
         lock = threading.Lock()
-        end = time.perf_counter() + 0.4
-        while time.perf_counter() < end:
-            for _ in range(1000):
-                with lock:
-                    pass
+        _burst(lock, 0.4)
         a = lockprof.profile(reset=True)
         for _ in range(1000):
             with lock:
@@ -221,11 +218,7 @@ def test_page_draws_the_rate_over_time(tmp_path):
     lockprof.start(1.0, max_overhead=1)
     try:
         lock = threading.Lock()
-        end = time.perf_counter() + 0.5
-        while time.perf_counter() < end:
-            for _ in range(1000):
-                with lock:
-                    pass
+        _burst(lock, 0.5)
         p = lockprof.profile()
     finally:
         lockprof.stop()
