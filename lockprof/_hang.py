@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from lockprof._order import trim
-from lockprof.export._names import base_name
+from lockprof._order import frame_lines, trim
+from lockprof.export._names import base_name, is_own
 
 HEAD = "lockprof: hang:"
 _LIMIT = 12
+is_own("/")         # the stdlib's paths found now: a report must import nothing
 
 Node = Tuple[int, Optional[int]]        # (thread ident, task id or None)
 
@@ -69,13 +70,9 @@ def _task_frames(task: Any) -> List[Tuple[str, int, str]]:
 
 
 def _lines(frames: Sequence[Tuple[str, int, str]], indent: str) -> List[str]:
-    frames = trim(frames)
-    if not frames:
+    if not trim(frames):
         return [f"{indent}(no Python frame)"]
-    out = [f"{indent}{file}:{line} in {func}" for file, line, func in frames[:_LIMIT]]
-    if len(frames) > _LIMIT:
-        out.append(f"{indent}... {len(frames) - _LIMIT} more")
-    return out
+    return frame_lines(frames, indent, _LIMIT)
 
 
 def _tasks_of(waits: Sequence[Dict[str, Any]]) -> Dict[int, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
-from lockprof.export._names import base_name
+from lockprof.export._names import base_name, is_own
 from lockprof.export.model import _is_loop_step, is_outer, trim_outer
 
 HEAD = "lockprof: potential deadlock (lock-order inversion):"
@@ -19,12 +19,38 @@ def trim(frames: Sequence[Sequence[Any]]) -> List[Sequence[Any]]:
                            lambda fr: _is_loop_step(fr[0], fr[2])))
 
 
-def _frames(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[str]:
+OWN = "  <- your code"
+
+
+def frame_lines(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> List[str]:
+    """(file, line, function) frames as report lines, innermost first: up to
+    `limit` of them, the program's own innermost frame marked when library
+    frames come before it (and shown even when past the limit); frames outside the program's code beyond its
+    outermost frame (a test runner's, a server's) left out as `... N more`."""
     frames = trim(frames)
-    out = [f"{indent}{file}:{line} in {func}" for file, line, func in list(frames)[:limit]]
-    if len(frames) > limit:
-        out.append(f"{indent}... {len(frames) - limit} more")
+    own = [i for i, fr in enumerate(frames) if is_own(fr[0])]
+    keep = list(range(min(len(frames), limit)))
+    if own:
+        keep = [i for i in keep if i <= own[-1]]
+        if own[0] >= limit:
+            # the program's innermost frame and a few outward, to its outermost
+            keep += range(own[0], min(own[-1], own[0] + 3) + 1)
+    out: List[str] = []
+    prev = -1
+    for i in keep:
+        if i > prev + 1:
+            out.append(f"{indent}... {i - prev - 1} more")
+        file, line, func = frames[i]
+        # marked where library frames come first (else it is the first line)
+        out.append(f"{indent}{file}:{line} in {func}"
+                   + (OWN if own and i == own[0] and i > 0 else ""))
+        prev = i
+    if len(frames) > prev + 1:
+        out.append(f"{indent}... {len(frames) - prev - 1} more")
     return out
+
+
+_frames = frame_lines
 
 
 def _where(frames: Sequence[Sequence[Any]]) -> tuple:

@@ -322,3 +322,26 @@ def test_a_lock_taken_through_wait_for_and_released_by_its_caller_stays_ordered(
     finally:
         lockprof.stop()
         lockprof._lockprof.lock_order_clear()
+
+
+def test_report_stacks_mark_the_programs_line_and_drop_the_runners_frames():
+    """A stack whose innermost frames are a library's: the program's own
+    innermost frame is marked, shown even past the limit; the frames outside
+    the program beyond its outermost one (a test runner's) are one line."""
+    from lockprof._order import OWN, frame_lines
+    lib = "/usr/lib/python3.11/"
+    site = "/venv/lib/python3.11/site-packages/"
+    frames = ([(lib + "queue.py", 140, "put"), (lib + "threading.py", 300, "wait")]
+              + [(site + "lib/mod.py", i, f"f{i}") for i in range(14)]
+              + [("/srv/app/app.py", 12, "handler"), ("/srv/app/app.py", 30, "main")]
+              + [(site + "_pytest/python.py", i, f"p{i}") for i in range(40)])
+    lines = frame_lines(frames, "  ", 12)
+    assert lines[0] == f"  {lib}queue.py:140 in put"
+    assert lines[12] == "  ... 4 more"
+    assert lines[13] == f"  /srv/app/app.py:12 in handler{OWN}"
+    assert lines[14] == "  /srv/app/app.py:30 in main"
+    assert lines[15:] == ["  ... 40 more"]
+    # the program's frame innermost: nothing to mark; no own frame: the limit
+    assert frame_lines(frames[16:], "", 12)[0] == "/srv/app/app.py:12 in handler"
+    only_lib = frame_lines(frames[:16], "", 12)
+    assert len(only_lib) == 13 and only_lib[-1] == "... 4 more" and OWN not in "".join(only_lib)

@@ -12,11 +12,19 @@ def frame_name(frame) -> str:
     return f"{func} ({os.path.basename(file)}:{line})" if file else func
 
 
+_prefix_cache: List[List[str]] = []
+
+
 def _prefixes() -> List[str]:
-    import sysconfig
-    paths = sysconfig.get_paths()
-    out = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return sorted((p.rstrip(os.sep) + os.sep for p in out if p), key=len, reverse=True)
+    """the interpreter's stdlib and site-packages directories, longest first
+    (found once: the hang doctor's report must import nothing)"""
+    if not _prefix_cache:
+        import sysconfig
+        paths = sysconfig.get_paths()
+        out = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+        _prefix_cache.append(sorted((p.rstrip(os.sep) + os.sep for p in out if p),
+                                    key=len, reverse=True))
+    return _prefix_cache[0]
 
 
 def short_path(path: str) -> str:
