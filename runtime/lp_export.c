@@ -460,8 +460,8 @@ lock_tuple(const lp_lockrec *r, const lp_lockrec *g)
     }
     /* kind, file, line, function, var, locks, acquisition samples,
      * acquisitions, contentions, timeouts, wait, max wait, hold samples,
-     * hold, Condition waits, Condition wait */
-    return Py_BuildValue("(ONiNOKKdKKLLKdKL)", lp_kind_name(r->kind), file, line, func,
+     * hold, Condition waits, Condition wait, owner */
+    return Py_BuildValue("(ONiNOKKdKKLLKdKLO)", lp_kind_name(r->kind), file, line, func,
                          r->name ? r->name : Py_None,
                          (unsigned long long)(g->nlocks ? g->nlocks : 1),
                          (unsigned long long)g->acq_samples,
@@ -469,7 +469,7 @@ lock_tuple(const lp_lockrec *r, const lp_lockrec *g)
                          (unsigned long long)g->timeouts, (long long)g->wait_ns,
                          (long long)g->max_wait_ns, (unsigned long long)g->hold_samples,
                          g->hold_ns_estimate, (unsigned long long)g->cond_waits,
-                         (long long)g->cond_wait_ns);
+                         (long long)g->cond_wait_ns, r->owner ? r->owner : Py_None);
 }
 
 /* a label id as the snapshot numbers it: the label, `other` for the

@@ -12,6 +12,8 @@
  * threaded build, the GIL otherwise (lookups run inside flush functions;
  * set_name_skip through the API). */
 #include "lp_record.h"
+
+#include <string.h>
 #if PY_VERSION_HEX < 0x030B0000
 #  include <frameobject.h>
 #endif
@@ -21,6 +23,9 @@
  * a lock first used from there (a Condition's `self._lock`) is named from
  * the first frame outside them, where the program's own name for it lives */
 static PyObject *skip_files = NULL;   /* frozenset of str */
+#if PY_VERSION_HEX >= 0x030C0000
+static PyObject *lp_str_self = NULL;  /* "self", interned at setup */
+#endif
 
 static PyObject *
 lp_py_set_name_skip(PyObject *mod, PyObject *files)
@@ -59,6 +64,12 @@ static PyMethodDef names_methods[] = {
 int
 lp_names_setup(PyObject *module)
 {
+#if PY_VERSION_HEX >= 0x030C0000
+    lp_str_self = PyUnicode_InternFromString("self");
+    if (lp_str_self == NULL) {
+        return -1;
+    }
+#endif
     return lp_add_functions(module, names_methods);
 }
 
@@ -411,4 +422,110 @@ lp_resolve_name(PyObject *obj, PyFrameObject *f)
     Py_XDECREF(locals);
     PyErr_Restore(exc_type, exc_value, exc_tb);
     return name;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the owner: the class of the object a library's lock belongs to           */
+/* ------------------------------------------------------------------------ */
+
+/* frame f's `self` (new reference), or NULL; no user code runs (3.12+: the
+ * frame's variable; before: its locals mapping, as naming reads it) */
+static PyObject *
+frame_self(PyFrameObject *f)
+{
+    PyCodeObject *code = PyFrame_GetCode(f);
+    int optimized = (code->co_flags & CO_OPTIMIZED) != 0 && code->co_argcount > 0;
+    Py_DECREF(code);
+    if (!optimized) {
+        return NULL;        /* a module or class body, or no arguments */
+    }
+    PyObject *self = NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+    self = PyFrame_GetVar(f, lp_str_self);
+#elif PY_VERSION_HEX >= 0x030B0000
+    PyObject *locals = PyFrame_GetLocals(f);
+    self = mapping_get(locals, "self");
+    Py_XDECREF(locals);
+#else
+    if (PyFrame_FastToLocalsWithError(f) == 0) {
+        self = mapping_get(f->f_locals, "self");
+    }
+#endif
+    PyErr_Clear();
+    return self;
+}
+
+/* a class's name without its module (tp_name is "module.Name" for static
+ * types, "Name" for heap types) */
+static const char *
+type_short_name(PyTypeObject *tp)
+{
+    const char *dot = strrchr(tp->tp_name, '.');
+    return dot != NULL ? dot + 1 : tp->tp_name;
+}
+
+static PyObject *
+file_of(PyFrameObject *f)
+{
+    PyCodeObject *code = PyFrame_GetCode(f);
+    PyObject *file = Py_NewRef(code->co_filename);
+    Py_DECREF(code);
+    return file;
+}
+
+/* What a lock made in `site_file` belongs to, on its first recorded event:
+ * the class of `self` in the naming frame when that frame's code is in the
+ * file that made the lock (the lock's object is using it), and the class of
+ * the `self` one frame out when that is another object's: "Queue of
+ * QueuePool".  A new str, or NULL.  Never raises, never runs user code. */
+PyObject *
+lp_resolve_owner(PyFrameObject *f, PyObject *site_file)
+{
+    if (f == NULL || site_file == NULL || !PyUnicode_Check(site_file)) {
+        return NULL;
+    }
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *out = NULL, *self = NULL, *outer = NULL;
+    PyFrameObject *back = NULL;
+    PyObject *file = file_of(f);
+    if (PyUnicode_Compare(file, site_file) != 0) {
+        goto done;
+    }
+    self = frame_self(f);
+    if (self == NULL || PyModule_Check(self) || PyType_Check(self)) {
+        goto done;
+    }
+    back = PyFrame_GetBack(f);
+    if (back != NULL && skip_files != NULL) {
+        /* a frame of the stdlib's thread machinery (Thread.run calling its
+         * target) owns nothing */
+        PyObject *bf = file_of(back);
+        int skip = PySet_Contains(skip_files, bf) == 1;
+        Py_DECREF(bf);
+        PyErr_Clear();
+        if (skip) {
+            Py_CLEAR(back);
+        }
+    }
+    outer = back != NULL ? frame_self(back) : NULL;
+    if (outer != NULL && outer != self && Py_TYPE(outer) != Py_TYPE(self) &&
+        !PyModule_Check(outer) && !PyType_Check(outer)) {
+        out = PyUnicode_FromFormat("%s of %s", type_short_name(Py_TYPE(self)),
+                                   type_short_name(Py_TYPE(outer)));
+    }
+    else {
+        out = PyUnicode_FromString(type_short_name(Py_TYPE(self)));
+    }
+done:
+    Py_XDECREF(file);
+    Py_XDECREF(self);
+    Py_XDECREF(outer);
+    Py_XDECREF(back);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_CLEAR(out);
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return out;
 }

@@ -323,6 +323,31 @@ name_for(lp_wrapper *w)
     return name;
 }
 
+/* what the lock belongs to (lp_resolve_owner), read in the frame that first
+ * used it, when that frame's code is in the file that made the lock */
+static PyObject *
+owner_for(lp_wrapper *w)
+{
+    if (w->site == 0 || w->site >= nsites) {
+        return NULL;
+    }
+    int line = 0;
+    PyObject *code = lp_site_code(w->site, &line);     /* borrowed */
+    if (code == NULL) {
+        return NULL;
+    }
+    PyObject *file = PyObject_GetAttrString(code, "co_filename");
+    if (file == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyFrameObject *f = lp_naming_frame();
+    PyObject *owner = lp_resolve_owner(f, file);
+    Py_XDECREF(f);
+    Py_DECREF(file);
+    return owner;
+}
+
 static uint64_t next_serial = 1;
 
 static lp_lockrec *
@@ -369,6 +394,7 @@ rec_for(lp_wrapper *w, int kind)
      * no compaction until the record is complete */
     busy++;
     r->name = name_for(w);
+    r->owner = owner_for(w);
     busy--;
     return r;
 }
@@ -441,6 +467,7 @@ rec_to_dict(const lp_lockrec *r)
         put(d, "line", PyLong_FromLong(line)) < 0 ||
         put(d, "function", func) < 0 ||
         put(d, "var", Py_NewRef(r->name ? r->name : Py_None)) < 0 ||
+        put(d, "owner", Py_NewRef(r->owner ? r->owner : Py_None)) < 0 ||
         put(d, "acquisition_samples", PyLong_FromUnsignedLongLong(r->acq_samples)) < 0 ||
         put(d, "acquisitions", PyFloat_FromDouble(r->acq_estimate)) < 0 ||
         put(d, "contentions", PyLong_FromUnsignedLongLong(r->contentions)) < 0 ||
@@ -675,6 +702,7 @@ compact(void)
     }
     for (uint32_t i = 0; i < ndead; i++) {
         Py_XDECREF(dead[i]->name);
+        Py_XDECREF(dead[i]->owner);
         PyMem_Free(dead[i]->holds);
         PyMem_Free(dead[i]);
     }
@@ -703,6 +731,7 @@ lp_py_reset(PyObject *mod, PyObject *unused)
         lp_lockrec *r = recs[i];
         if (r->orphan) {
             Py_XDECREF(r->name);
+            Py_XDECREF(r->owner);
             PyMem_Free(r->holds);
             PyMem_Free(r);
             continue;

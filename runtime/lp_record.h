@@ -31,6 +31,9 @@ typedef struct lp_lockrec {
     uint32_t nholds, capholds;
     double hold_scale;          /* 1/rate at the time holds were started */
     PyObject *name;             /* variable name found on the first event, or NULL */
+    PyObject *owner;            /* the class of what a library's lock belongs to,
+                                   found on the first event ("Queue of QueuePool"),
+                                   or NULL (lp_resolve_owner) */
     uint32_t nwaiting;          /* profiled acquires blocked on it now */
     uint32_t release_stack;     /* stack of the last release that had waiters */
     uint32_t release_thread;    /* and the thread (slot) that made it */
@@ -58,6 +61,9 @@ int lp_frame_position(PyFrameObject *f);
 /* The variable name `obj` has in frame `f` (borrowed; NULL gives NULL): a
  * new reference, or NULL; never raises, never runs user code. */
 PyObject *lp_resolve_name(PyObject *obj, PyFrameObject *f);
+/* what a lock made in `site_file` belongs to, read in its naming frame `f`:
+ * a new str ("Queue", "Queue of QueuePool") or NULL; never raises */
+PyObject *lp_resolve_owner(PyFrameObject *f, PyObject *site_file);
 int lp_names_setup(PyObject *module);
 extern uint64_t lp_foreign_locks;
 extern uint64_t lp_dropped_hang_waits;

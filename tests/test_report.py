@@ -54,7 +54,7 @@ def test_the_own_logging_line_shows_under_the_logging_lock(profile):
         '            log.info("request %d on %s: %s", i, conn, "x" * 200)   '
         '# the app\'s logging line') + 1
     block = report.split("hottest stacks")[1].split("\n\n")[0]
-    logging_lock = re.search(r"\n  (logging/__init__\.py:\d+:lock(?: \(x\d+\))?)\n((?:    .*\n?)+)",
+    logging_lock = re.search(r"\n  (logging/__init__\.py:\d+:lock(?: \([^)]*\))*)\n((?:    .*\n?)+)",
                              block)
     assert logging_lock, report
     # its innermost frames are logging's; the app's line is named after them
@@ -79,7 +79,7 @@ def test_idle_workers_wait_apart(profile):
     rows = _rows(report)
     pool = next(r for r in rows if "not_empty" in r[0])
     section = report.split("waiting for work")[1]
-    m = re.search(r"queue\.py:\d+:not_empty\S*(?: \(x2\))?\s+threading\.Condition\s+"
+    m = re.search(r"queue\.py:\d+:not_empty(?: \([^)]*\))*\s+threading\.Condition\s+"
                   r"([0-9.]+) ms idle\n(.*)", section)
     assert m, report
     idle_ms = float(m.group(1))
@@ -103,7 +103,7 @@ def test_json_keeps_the_text_order(profile, sort):
     data = json.loads(_lockprof("report", "--json", "--sort", sort, str(profile),
                                 cwd=profile.parent))
     names = [r[0] for r in _rows(report)]
-    shown = [re.sub(r" \(x\d+\)$", "", n) for n in names]
+    shown = [re.sub(r"( \([^)]*\))+$", "", n) for n in names]    # (xN), (owner)
     assert [x["name"].split("/")[-1] for x in data] == [
         n.split("/")[-1] for n in shown], (names, [x["name"] for x in data])
 
@@ -141,3 +141,48 @@ def test_page_shows_the_same_ranking_and_own_frame_in_chromium(profile):
     rec = next(x for x in data if x["name"].endswith(":not_empty"))
     assert float(pool["idle_ns"]) == pytest.approx(rec["idle_cond_wait_ns"], rel=1e-6)
     assert float(pool["blocked_ns"]) == pytest.approx(rec["blocked_ns"], rel=1e-6)
+
+
+def test_library_locks_say_what_they_belong_to(tmp_path, profile):
+    """A lock made inside a library carries the class of the object that
+    owns it, found at its first recorded event: logging's handler lock is a
+    FileHandler's; a queue.Queue's locks, used by a class of the program's,
+    are "Queue of ConnectionPool".  The program's own locks keep their
+    names."""
+    report = _lockprof("report", str(profile), cwd=profile.parent)
+    assert re.search(r"\n(logging/__init__\.py:\d+:lock(?: \(x\d+\))? \(FileHandler\)) ",
+                     report), report
+    prog = tmp_path / "pool_app.py"
+    prog.write_text(
+        "import queue, threading, time\n"
+        "class ConnectionPool:\n"
+        "    def __init__(self):\n"
+        "        self.q = queue.Queue(1)\n"
+        "        self.q.put('conn')\n"
+        "        self.guard = threading.Lock()\n"
+        "    def get(self):\n"
+        "        with self.guard:\n"
+        "            pass\n"
+        "        return self.q.get()\n"
+        "    def put(self, c):\n"
+        "        self.q.put(c)\n"
+        "pool = ConnectionPool()\n"
+        "def request():\n"
+        "    for _ in range(30):\n"
+        "        c = pool.get()\n"
+        "        time.sleep(0.001)\n"
+        "        pool.put(c)\n"
+        "ts = [threading.Thread(target=request) for _ in range(4)]\n"
+        "for t in ts: t.start()\n"
+        "for t in ts: t.join()\n")
+    _lockprof("run", "-q", "--sample-rate", "1", "-o", "q.pprof", str(prog), cwd=tmp_path)
+    data = json.loads(_lockprof("report", "--json", "q.pprof", cwd=tmp_path))
+    by_var = {(x["var"], x["file"].rsplit("/", 1)[-1]): x for x in data}
+    assert by_var[("not_empty", "queue.py")]["owner"] == "Queue of ConnectionPool"
+    assert by_var[("mutex", "queue.py")]["owner"] == "Queue of ConnectionPool"
+    # the program's own lock: its name says it all, nothing added
+    guard = by_var[("guard", "pool_app.py")]
+    text_report = _lockprof("report", "q.pprof", cwd=tmp_path)
+    assert re.search(r"\nqueue\.py:\d+:not_empty \(Queue of ConnectionPool\) ", text_report)
+    assert re.search(r"\npool_app\.py:6:guard  ", text_report), text_report
+    assert guard["owner"] in (None, "ConnectionPool")

@@ -94,3 +94,13 @@ def _cached(fn):
 
 is_own = _cached(_own)
 is_own.__doc__ = "whether a frame's file is the program's own code (see set_own_code)"
+
+
+def owner_suffix(lk) -> str:
+    """` (Queue of QueuePool)`: what a lock made inside a library belongs to,
+    where the runtime found it; nothing for the program's own locks (their
+    names say it) or where none was found"""
+    owner = lk.get("owner")
+    if not owner or not lk.get("file") or is_own(lk["file"]):
+        return ""
+    return f" ({owner})"

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from ._files import write_text
-from ._names import base_name
+from ._names import base_name, owner_suffix
 from .model import LABELS, MEASURES, Profile
 
 
 def _shown(lk) -> str:
     """file:line:var with the directory left out, and (xN) for N locks"""
-    return base_name(lk["name"]) + (f" (x{lk['locks']})" if (lk.get("locks") or 1) > 1 else "")
+    return (base_name(lk["name"]) + (f" (x{lk['locks']})" if (lk.get("locks") or 1) > 1 else "")
+            + owner_suffix(lk))
 
 
 def _own_frames(p: Profile) -> Dict[int, str]:

@@ -51,7 +51,7 @@ NONE = 0xFFFFFFFF          # a row with no thread or task label
 # the per-lock fields, in the order the runtime's export gives them
 _LOCK_FIELDS = ("kind", "file", "line", "function", "var", "locks", "acquisition_samples",
                 "acquisitions", "contentions", "timeouts", "wait_ns", "max_wait_ns",
-                "hold_samples", "hold_ns", "cond_waits", "cond_wait_ns")
+                "hold_samples", "hold_ns", "cond_waits", "cond_wait_ns", "owner")
 EXACT_FIELDS = ("contentions", "timeouts", "wait_ns", "max_wait_ns", "cond_waits",
                 "cond_wait_ns", "locks")
 

@@ -33,8 +33,8 @@ WINDOWS_SECTION = 1002        # the windows of a merged profile: JSON, see _wind
 RATES_SECTION = 1003          # the sampling rate over time: JSON, see _rates_section
 _EXACT = ("name", "kind", "file", "line", "function", "var", "locks", "acquisition_samples",
           "acquisitions", "contentions", "timeouts", "wait_ns", "max_wait_ns", "hold_samples",
-          "hold_ns", "cond_waits", "cond_wait_ns")
-_EXACT_STR = {"name", "kind", "file", "function", "var"}
+          "hold_ns", "cond_waits", "cond_wait_ns", "owner")
+_EXACT_STR = {"name", "kind", "file", "function", "var", "owner"}
 GZIP_LEVEL = 1
 # the sample labels lockprof writes itself; any other string label is a
 # request label (lockprof.labels, or a Go program's pprof.Do labels)

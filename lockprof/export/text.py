@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 from ._files import write_text
-from ._names import frame_name, is_own, short_name, short_path
+from ._names import frame_name, is_own, owner_suffix, short_name, short_path
 from .._names import is_label
 from .model import EVENT_ID, NONE, Profile
 
@@ -30,7 +30,7 @@ def shown_name(lk: Dict[str, Any]) -> str:
         name = short_name(lk["name"])
     if (lk.get("locks") or 1) > 1:
         name += f" (x{lk['locks']})"
-    return name
+    return name + owner_suffix(lk)
 
 
 def hot_stacks(p: Profile, lock: int, n: int = 2, depth: int = 4) -> List[str]:
