@@ -91,10 +91,9 @@ def _file_parsers(sub) -> None:
                                         "acquisitions"), default="wait",
                      help="wait (default): the time threads were blocked, lock wait and "
                           "Condition wait of requests together; lock-wait: lock wait only")
+    own = _config.BY_NAME["own_code"]
     rep.add_argument("--own-code", metavar="PATH", action="append", default=[],
-                     help="the program's own code is under these directories or files "
-                          "(repeatable, comma-separated; default: what is neither the "
-                          "stdlib nor an installed package)")
+                     type=_argtype(own), help=f"{own.help} [{own.env}]")
     rep.add_argument("--json", action="store_true", help="per-lock records as JSON")
     rep.add_argument("--by", metavar="LABEL", type=_label_name,
                      help="group the figures by a request label (lockprof.labels; the "
@@ -157,9 +156,16 @@ def _report(ns) -> int:
     from lockprof.export import text
 
     prof = _load(ns.files)
-    if ns.own_code:
+    own = [p for group in ns.own_code for p in group]
+    if not own and os.environ.get("LOCKPROF_OWN_CODE"):
+        try:
+            own = list(_config.parse_value(_config.BY_NAME["own_code"],
+                                           os.environ["LOCKPROF_OWN_CODE"], "LOCKPROF_OWN_CODE"))
+        except _config.ConfigError as e:
+            raise _ArgError(str(e)) from None
+    if own:
         from lockprof.export._names import set_own_code
-        set_own_code([x for arg in ns.own_code for x in arg.split(",") if x])
+        set_own_code(own)
     if ns.by is not None:
         if ns.json:
             groups = prof.by_label(ns.by)

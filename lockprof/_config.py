@@ -71,6 +71,16 @@ def _modules(text: str) -> Tuple[str, ...]:
     return names
 
 
+def _paths(text: str) -> Tuple[str, ...]:
+    import os
+    paths = tuple(p.strip() for p in text.split(",") if p.strip())
+    for p in paths:
+        if not os.path.exists(p):
+            raise ConfigError(f"{p!r} is not an existing directory or file (the program's own "
+                              f"code, comma-separated: src/myapp,tools/run.py)")
+    return paths
+
+
 def _http_address(text: str) -> str:
     from ._http import HTTPConfigError, parse_address
     try:
@@ -175,6 +185,10 @@ OPTIONS: Sequence[Option] = (
            "loopback needs LOCKPROF_HTTP_TOKEN", metavar="[HOST:]PORT"),
     Option("http_max_clients", ("--http-max-clients",), _int_in(1, 1024), 8,
            "cap: requests the endpoint serves at once; more get 503, counted (default 8)", "N"),
+    Option("own_code", ("--own-code",), _paths, (),
+           "the program's own code is under these directories or files (repeatable, "
+           "comma-separated); the report marks its lines and tells idle waits by them "
+           "(default: what is neither the stdlib nor an installed package)", "PATH", True),
     Option("top", ("--top",), _int_in(0, 100000), 10,
            "locks shown in the report at exit (default 10)", "N"),
     Option("quiet", ("-q", "--quiet"), None, False, "print no report at exit"),

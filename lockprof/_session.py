@@ -122,6 +122,9 @@ class Session:
     # -- life cycle ----------------------------------------------------------
     def start(self) -> None:
         s = self.s
+        if s.get("own_code"):
+            from lockprof.export._names import set_own_code
+            set_own_code(s["own_code"])
         lockprof.start(s["sample_rate"], max_frames=s["max_frames"],
                        **{cap: s[cap] for cap in lockprof.CAPS},
                        exclude_modules=s["exclude_module"], include_modules=s["include_module"],

@@ -186,3 +186,19 @@ def test_library_locks_say_what_they_belong_to(tmp_path, profile):
     assert re.search(r"\nqueue\.py:\d+:not_empty \(Queue of ConnectionPool\) ", text_report)
     assert re.search(r"\npool_app\.py:6:guard  ", text_report), text_report
     assert guard["owner"] in (None, "ConnectionPool")
+
+
+def test_own_code_is_a_run_option_too(tmp_path):
+    """`lockprof run --own-code` (and LOCKPROF_OWN_CODE) set it for the
+    report printed at exit: naming only a directory without the program's
+    frames, nothing is marked as the program's, and the pool's waits count
+    as idle."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "--sample-rate", "0.2",
+                        "--own-code", str(elsewhere), "-o", "p.pprof", str(PROG), "20"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=_env())
+    assert r.returncode == 0, r.stderr
+    assert "<- ... <- *" not in r.stderr and "waiting for work" in r.stderr, r.stderr
+    rows = _rows(r.stderr[r.stderr.index("lockprof: top"):])
+    assert next(x for x in rows if "not_empty" in x[0])[1] == 0.0

@@ -370,7 +370,7 @@ BAD_ENV = {
     "lock_order": "maybe", "max_order_edges": "0", "hang_timeout": "soon",
     "max_hang_waits": "0", "http": "localhost:http", "max_label_sets": "0",
     "max_label_value": "ten", "http_max_clients": "2000", "max_overhead": "101",
-    "max_rate_windows": "0",
+    "max_rate_windows": "0", "own_code": "/no/such/dir",
 }
 
 
