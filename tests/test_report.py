@@ -202,3 +202,39 @@ def test_own_code_is_a_run_option_too(tmp_path):
     assert "<- ... <- *" not in r.stderr and "waiting for work" in r.stderr, r.stderr
     rows = _rows(r.stderr[r.stderr.index("lockprof: top"):])
     assert next(x for x in rows if "not_empty" in x[0])[1] == 0.0
+
+
+def test_with_request_labels_the_idle_rule_is_exact():
+    """Labels present: a Condition wait inside a labelled request is a
+    request's, any other is idle, whatever code it is in."""
+    import threading
+    import time
+
+    import lockprof
+    lockprof.reset()
+    lockprof.start(1.0, max_overhead=0)
+    try:
+        cond = threading.Condition()
+
+        def request():
+            with lockprof.labels(endpoint="/orders/{id}"):
+                with cond:
+                    cond.wait(0.15)
+
+        def idle_worker():          # the program's own code, but outside any request
+            with cond:
+                cond.wait(0.3)
+
+        ts = [threading.Thread(target=request), threading.Thread(target=idle_worker)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        p = lockprof.profile()
+    finally:
+        lockprof.stop()
+    i = next(i for i, lk in enumerate(p.locks) if lk["var"] == "cond")
+    total = p.locks[i]["cond_wait_ns"]
+    idle = p.idle_cond_waits()[i]
+    assert 0.25e9 < idle < 0.45e9 and 0.1e9 < total - idle < 0.25e9, (idle, total)
+    assert p.blocked_ns(i) == pytest.approx(total - idle + p.locks[i]["wait_ns"])
