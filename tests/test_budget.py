@@ -2,6 +2,7 @@
 second at a high sampling rate keeps lockprof's recording time within its
 budget, with unbiased estimates; a quiet one keeps the user's rate; the
 rate's changes are in the profile, its file, the report and the page."""
+import contextlib
 import json
 import os
 import re
@@ -53,6 +54,17 @@ def _run(tmp_path, argv, seconds=3.0, env=None):
                        cwd=tmp_path, env=dict(os.environ, **(env or {})))
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+@contextlib.contextmanager
+def _budgeted(rate):
+    """profiling at `rate` with the default 1% budget, from a clean slate"""
+    lockprof.reset()
+    lockprof.start(rate, max_overhead=1)
+    try:
+        yield
+    finally:
+        lockprof.stop()
 
 
 def _burst(lock, seconds):
@@ -108,9 +120,7 @@ def test_without_a_budget_the_rate_stays_and_recording_costs_more(tmp_path):
 
 
 def test_a_quiet_program_keeps_the_users_rate():
-    lockprof.reset()
-    lockprof.start(0.5, max_overhead=1)
-    try:
+    with _budgeted(0.5):
         lock = threading.Lock()
         for _ in range(40):
             for _ in range(50):
@@ -118,8 +128,6 @@ def test_a_quiet_program_keeps_the_users_rate():
                     pass
             time.sleep(0.01)
         p = lockprof.profile()
-    finally:
-        lockprof.stop()
     assert p.counters["rate_cuts"] == 0
     assert [r for _, r in p.rates] == [0.5]
     assert p.max_overhead == 1.0
@@ -130,9 +138,7 @@ def test_a_quiet_program_keeps_the_users_rate():
 def test_the_rate_rises_again_as_the_load_falls():
     """A burst lowers the rate; quiet windows after it raise it back to the
     user's rate (a window ends at a recorded event), within seconds."""
-    lockprof.reset()
-    lockprof.start(1.0, max_overhead=1)
-    try:
+    with _budgeted(1.0):
         lock = threading.Lock()
         _burst(lock, 1.2)
         low = lockprof._lockprof.budget_state()["rate"]
@@ -143,8 +149,6 @@ def test_the_rate_rises_again_as_the_load_falls():
                     pass
             time.sleep(0.01)
         p = lockprof.profile()
-    finally:
-        lockprof.stop()
     assert low < 0.2
     rates = [r for _, r in p.rates]
     assert rates[0] == 1.0 and min(rates) <= low
@@ -152,15 +156,11 @@ def test_the_rate_rises_again_as_the_load_falls():
 
 
 def test_reset_starts_the_history_at_the_rate_in_force():
-    lockprof.reset()
-    lockprof.start(1.0, max_overhead=1)
-    try:
+    with _budgeted(1.0):
         lock = threading.Lock()
         _burst(lock, 0.5)
         first = lockprof.profile(reset=True)
         second = lockprof.profile()
-    finally:
-        lockprof.stop()
     assert first.counters["rate_cuts"] >= 1
     assert second.counters["rate_cuts"] == 0 and second.counters["recording_ns"] < \
         first.counters["recording_ns"]
@@ -168,9 +168,7 @@ def test_reset_starts_the_history_at_the_rate_in_force():
 
 
 def test_merge_keeps_the_rates_and_the_setting(tmp_path):
-    lockprof.reset()
-    lockprof.start(1.0, max_overhead=1)
-    try:
+    with _budgeted(1.0):
         lock = threading.Lock()
         _burst(lock, 0.4)
         a = lockprof.profile(reset=True)
@@ -178,8 +176,6 @@ def test_merge_keeps_the_rates_and_the_setting(tmp_path):
             with lock:
                 pass
         b = lockprof.profile()
-    finally:
-        lockprof.stop()
     m = type(a).merge([a, b])
     assert m.max_overhead == 1.0
     assert m.rates == sorted(a.rates + b.rates)
@@ -214,14 +210,10 @@ def test_bad_budget_in_start_names_the_value(value):
 
 @needs_browser
 def test_page_draws_the_rate_over_time(tmp_path):
-    lockprof.reset()
-    lockprof.start(1.0, max_overhead=1)
-    try:
+    with _budgeted(1.0):
         lock = threading.Lock()
         _burst(lock, 0.5)
         p = lockprof.profile()
-    finally:
-        lockprof.stop()
     assert len(p.rates) >= 2
     path = tmp_path / "p.html"
     from lockprof import export
