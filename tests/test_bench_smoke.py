@@ -111,3 +111,14 @@ def test_scale_benchmark_smoke():
     assert res["long"]["rows"] > 0 and "rss_growth_kb" in res["long"]
     lines = scale.table(res)
     assert any(line.startswith("| tasks | 2,000 |") for line in lines)
+
+
+def test_budget_benchmark_smoke():
+    from bench import budget
+    rows = budget.measure(seconds=0.3)
+    assert [(r["sample_rate"], r["max_overhead"]) for r in rows] == [
+        (1.0, 0.0), (1.0, 1.0), (0.01, 0.0), (0.01, 1.0)]
+    for r in rows:
+        assert r["locks_per_s"] > 0 and 0 < r["recording_share"] < 1
+    # rate 1 without a budget counts every acquisition
+    assert rows[0]["estimate_error"] == 0 and rows[0]["rate_cuts"] == 0
