@@ -10,7 +10,8 @@
  * the budget, back up (at most 16x a second) as the load falls, never below
  * the floor (the user's rate / 10,000) nor above the user's rate.  A burst
  * that has spent twice the budget of the time elapsed ends its window at
- * once.  A window ends at a recorded event (nothing else reads the clock):
+ * once.  The first 5 ms of recording after start() are not judged: a short
+ * program at rate 1 counts every acquisition.  A window ends at a recorded event (nothing else reads the clock):
  * at a lowered rate p, after the load fell from E to E' events a second,
  * the next one comes after about 1 / (p E') = (E / E') x (cost / budget)
  * seconds, under a second for a 10,000-fold fall.  Contentions and waits
@@ -35,6 +36,7 @@
 #define BURST_MIN_NS 50000000LL         /* a burst is judged over 50 ms at least */
 #define MAX_RAISE 16.0                  /* the rate rises at most 16x a second */
 #define FLOOR_DIVISOR 10000.0           /* floor = the user's rate / 10,000 */
+#define ALLOWANCE_NS 5000000LL          /* the first 5 ms of recording are free */
 
 typedef struct {
     int64_t t_ns;       /* CLOCK_MONOTONIC */
@@ -46,6 +48,7 @@ static double user_rate = 0.0;
 static int64_t win_start = 0;           /* 0: no window open */
 static int64_t win_spent = 0;
 static uint64_t total_ns = 0;           /* charged since the last reset */
+static int64_t since_configure = 0;     /* charged since configure(), to ALLOWANCE_NS */
 static uint64_t lowered = 0;            /* windows that lowered the rate */
 static uint64_t dropped_changes = 0;
 static uint32_t max_changes = 3600;
@@ -119,6 +122,12 @@ lp_budget_charge(int64_t t0, int64_t t1)
     if (!(max_overhead > 0.0) || !LP_LOAD(lp_active) || !(user_rate > 0.0)) {
         return;
     }
+    if (since_configure < ALLOWANCE_NS) {
+        /* a short program (a test, a script's start-up) at rate 1 still
+         * counts every acquisition: the budget acts once it matters */
+        since_configure += cost;
+        return;
+    }
     if (win_start == 0) {
         win_start = t0;
     }
@@ -139,6 +148,7 @@ lp_budget_configure(double rate, double overhead, uint32_t max_windows)
 {
     user_rate = rate;
     max_overhead = overhead;
+    since_configure = 0;
     max_changes = max_windows;
     win_start = 0;
     win_spent = 0;
