@@ -6,11 +6,11 @@
  * proportion.  The events that record them (lp_event.c) read the clock
  * before and after and charge the difference here.  Over a window of about
  * a second the charged time is set against max_overhead times the window's
- * wall time, and the rate in force is scaled by their ratio: down when over
- * the budget, back up (at most 16x a second) as the load falls, never below
+ * wall time, and the rate in force is scaled by their ratio (aiming at 90%
+ * of the budget): down when over it, back up (at most 16x a second) as the load falls, never below
  * the floor (the user's rate / 10,000) nor above the user's rate.  A burst
  * that has spent twice the budget of the time elapsed ends its window at
- * once.  The first 5 ms of recording after start() are not judged: a short
+ * once.  The first 2 ms of recording after start() are not judged: a short
  * program at rate 1 counts every acquisition.  A window ends at a recorded event (nothing else reads the clock):
  * at a lowered rate p, after the load fell from E to E' events a second,
  * the next one comes after about 1 / (p E') = (E / E') x (cost / budget)
@@ -36,7 +36,8 @@
 #define BURST_MIN_NS 50000000LL         /* a burst is judged over 50 ms at least */
 #define MAX_RAISE 16.0                  /* the rate rises at most 16x a second */
 #define FLOOR_DIVISOR 10000.0           /* floor = the user's rate / 10,000 */
-#define ALLOWANCE_NS 5000000LL          /* the first 5 ms of recording are free */
+#define ALLOWANCE_NS 2000000LL          /* the first 2 ms of recording are free */
+#define TARGET 0.9                      /* the share of the budget aimed at */
 
 typedef struct {
     int64_t t_ns;       /* CLOCK_MONOTONIC */
@@ -83,7 +84,9 @@ end_window(int64_t now, int64_t elapsed)
 {
     double cur = lp_sample_rate;
     double used = elapsed > 0 ? (double)win_spent / (double)elapsed : 1.0;
-    double next = used > 0.0 ? cur * (max_overhead / used) : user_rate;
+    /* aimed at 90% of the budget: the windows' noise and the change's lag
+     * stay inside it */
+    double next = used > 0.0 ? cur * (TARGET * max_overhead / used) : user_rate;
     /* up at most MAX_RAISE a second: a window that lasted long (events
      * came rarely at the lowered rate) may raise it that much more */
     double raise = pow(MAX_RAISE, (double)elapsed / (double)WINDOW_NS);

@@ -47,7 +47,7 @@ HOT = textwrap.dedent("""
 """)
 
 
-def _run(tmp_path, argv, seconds=3.0, env=None):
+def _run(tmp_path, argv, seconds=4.0, env=None):
     prog = tmp_path / "hot.py"
     prog.write_text(HOT)
     r = subprocess.run([sys.executable, "-m", "lockprof", "run", "-q", *argv, str(prog),
