@@ -409,8 +409,8 @@ class Profile:
         """What lock i's waiters were blocked: its lock wait and the Condition
         wait of requests (idle_cond_waits left out)."""
         lk = self.locks[i]
-        return ((lk.get("wait_ns") or 0) + (lk.get("cond_wait_ns") or 0)
-                - self.idle_cond_waits().get(i, 0.0))
+        cond = max(0.0, (lk.get("cond_wait_ns") or 0) - self.idle_cond_waits().get(i, 0.0))
+        return (lk.get("wait_ns") or 0) + cond
 
     def ranked(self, sort: str = "blocked") -> List[int]:
         """The locks with events, in the report's order: by blocking time

@@ -114,7 +114,7 @@ def report(p: Profile, top: int = 10, sort: str = "wait", stacks: int = 3) -> st
     for i in shown:
         r = p.locks[i]
         c = r["contentions"]
-        cw = (r.get("cond_wait_ns") or 0) - idle.get(i, 0.0)
+        cw = max(0.0, (r.get("cond_wait_ns") or 0) - idle.get(i, 0.0))    # (rounding)
         body.append([shown_name(r), r["kind"], _ms(p.blocked_ns(i)), f"{c:.0f}",
                      _ms(r["wait_ns"]), f"{r['wait_ns'] / c / 1e3:.1f}" if c else "-",
                      _ms(r["max_wait_ns"]) if r.get("max_wait_ns") is not None else "-",
