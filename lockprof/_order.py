@@ -50,8 +50,6 @@ def frame_lines(frames: Sequence[Sequence[Any]], indent: str, limit: int) -> Lis
     return out
 
 
-_frames = frame_lines
-
 
 def _where(frames: Sequence[Sequence[Any]]) -> tuple:
     t = trim(frames)
@@ -79,9 +77,9 @@ def block(cycle: List[Dict[str, Any]], limit: int = 12, variants: int = 0) -> st
         lines.append(f"  edge {i} of {len(cycle)}: {e['acquired']} taken while holding "
                      f"{e['held']}, by {who}")
         lines.append(f"    {base_name(e['acquired'])} taken at:")
-        lines.extend(_frames(e["acquired_frames"], "      ", limit))
+        lines.extend(frame_lines(e["acquired_frames"], "      ", limit))
         lines.append(f"    {base_name(e['held'])} held since:")
-        lines.extend(_frames(e["held_frames"], "      ", limit))
+        lines.extend(frame_lines(e["held_frames"], "      ", limit))
     lines.append("  Each edge happened on this run without deadlocking; run concurrently, "
                  "they can deadlock. Take these locks in one order everywhere.")
     return "\n".join(lines)

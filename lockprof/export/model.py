@@ -376,27 +376,14 @@ class Profile:
         got = self.__dict__.get("_idle")
         if got is not None:
             return got
-        from ._names import is_own
         cw = EVENT_ID["cond_wait"]
-        labelled = any(ls != NONE for ls in self.rows["labels"])
         total: Dict[int, float] = {}
         idle: Dict[int, float] = {}
-        own_stack: Dict[int, bool] = {}
         for e, lk, st, ls, v in zip(*self.columns("event", "lock", "stack", "labels", "value")):
             if e != cw or v <= 0:
                 continue
             total[lk] = total.get(lk, 0.0) + v
-            if labelled:
-                is_idle = ls == NONE
-            else:
-                own = own_stack.get(st)
-                if own is None:
-                    # a wait with no frames kept tells nothing: a request's
-                    ids = self.trimmed_stack_ids(st)
-                    own = own_stack[st] = not len(ids) or any(
-                        is_own(self.frames[f][0]) for f in ids)
-                is_idle = not own
-            if is_idle:
+            if self.is_idle_wait(st, ls):
                 idle[lk] = idle.get(lk, 0.0) + v
         out = {}
         for lk, v in idle.items():
@@ -404,6 +391,24 @@ class Profile:
             out[lk] = exact * v / total[lk] if total[lk] > 0 else 0.0
         self._idle = out
         return out
+
+    def is_idle_wait(self, stack: int, labels: int) -> bool:
+        """Whether a Condition wait row (its stack, its label set) is a thread
+        waiting for work: outside any labelled request when the profile has
+        labels, else no frame of the program's own code in its stack (a wait
+        with no frames kept tells nothing: a request's)."""
+        cache = self.__dict__.get("_idle_rule")
+        if cache is None:
+            cache = self._idle_rule = (any(ls != NONE for ls in self.rows["labels"]), {})
+        labelled, own_stack = cache
+        if labelled:
+            return labels == NONE
+        own = own_stack.get(stack)
+        if own is None:
+            from ._names import is_own
+            ids = self.trimmed_stack_ids(stack)
+            own = own_stack[stack] = not len(ids) or any(is_own(self.frames[f][0]) for f in ids)
+        return not own
 
     def blocked_ns(self, i: int) -> float:
         """What lock i's waiters were blocked: its lock wait and the Condition

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Tuple
 from ._files import write_text
 from ._names import frame_name, is_own, owner_suffix, short_name, short_path
 from .._names import is_label
-from .model import EVENT_ID, NONE, Profile
+from .model import EVENT_ID, Profile
 
 # "wait": lock wait and the Condition wait of requests together (blocked);
 # "lock-wait": lock wait alone
@@ -66,17 +66,13 @@ def hot_stacks_of(p: Profile, locks: List[int], n: int = 2, depth: int = 4,
     program's own innermost frame (stack_summary)."""
     wanted = set(locks)
     wait_e, acq_e, cw_e = EVENT_ID["contention"], EVENT_ID["acquire"], EVENT_ID["cond_wait"]
-    labelled = any(ls != NONE for ls in p.rows["labels"])
     per: Dict[Tuple[int, int], Dict[int, float]] = {}
     for e, lk, s, ls, c, v in zip(*p.columns("event", "lock", "stack", "labels", "count",
                                              "value")):
         if lk not in wanted or e not in (wait_e, acq_e, cw_e):
             continue
         if e == cw_e:
-            own = stack_summary(p, s, 10**6)
-            is_idle = (ls == NONE) if labelled else not (own[1] is not None or any(
-                is_own(fr[0]) for fr in own[0]))
-            if is_idle != idle:
+            if p.is_idle_wait(s, ls) != idle:
                 continue
             e = wait_e
         elif idle:
