@@ -12,6 +12,7 @@
  * Guarded by: nothing shared is written here: the events go to lp_record.c's
  * flush functions, which take the tables' mutex. */
 #include "lp_record.h"
+#include "lp_stack.h"
 
 #define LP_AW_IS_ENTER(mode) ((mode) == LP_AW_AENTER || (mode) == LP_AW_AENTER_SELF)
 
@@ -27,7 +28,8 @@ typedef struct {
     int kind;
     int mode;
     int done;
-    int bounded;            /* its wait is bounded by a timeout (wait_for) */
+    int bounded;            /* its wait is bounded by a timeout (wait_for,
+                               asyncio.timeout) */
 } lp_awaitable;
 
 static PyTypeObject *awaitable_type = NULL;
@@ -209,9 +211,66 @@ step_or_none(PyFrameObject *f)
 }
 #endif
 
+#if PY_VERSION_HEX >= 0x030B0000
+/* Whether a timeout made by asyncio.timeout()/timeout_at() (3.11+; 3.12+'s
+ * wait_for is built on it) is armed for the current task: while entered
+ * with a deadline, a Timeout keeps a TimerHandle on its loop whose callback
+ * is its own _on_timeout, and the Timeout names its task.  Nothing on the
+ * task points at it, so the loop's timers (`_scheduled`, a list on asyncio's
+ * own loops; none on others, such as uvloop's) are read, one attribute each:
+ * O(live timers), paid only where acquire_bounded() is (lock order on, or a
+ * wait beginning under the hang doctor).  Only plain attribute reads, on a
+ * loop and handles that do not customise attribute access: no user code. */
+static int
+timeout_armed(PyObject *task)
+{
+    PyObject *loop = lp_running_loop();
+    if (loop == NULL) {
+        return 0;
+    }
+    int found = 0;
+    PyObject *timers = NULL;
+    if (Py_TYPE(loop)->tp_getattro == PyObject_GenericGetAttr) {
+        timers = PyObject_GetAttrString(loop, "_scheduled");
+    }
+    if (timers != NULL && PyList_Check(timers)) {
+        PyObject *copy = PyList_GetSlice(timers, 0, PyList_GET_SIZE(timers));
+        Py_ssize_t n = copy != NULL ? PyList_GET_SIZE(copy) : 0;
+        for (Py_ssize_t i = 0; i < n && !found; i++) {
+            PyObject *h = PyList_GET_ITEM(copy, i);
+            if (Py_TYPE(h)->tp_getattro != PyObject_GenericGetAttr) {
+                continue;
+            }
+            PyObject *cb = PyObject_GetAttrString(h, "_callback");
+            if (cb != NULL && PyMethod_Check(cb) && PyFunction_Check(PyMethod_GET_FUNCTION(cb))) {
+                PyCodeObject *code = (PyCodeObject *)PyFunction_GetCode(PyMethod_GET_FUNCTION(cb));
+                const char *name = PyUnicode_AsUTF8(code->co_name);
+                PyObject *self = PyMethod_GET_SELF(cb);
+                if (name != NULL && strcmp(name, "_on_timeout") == 0 &&
+                    is_asyncio_module(code->co_filename, "timeouts") &&
+                    Py_TYPE(self)->tp_getattro == PyObject_GenericGetAttr) {
+                    PyObject *owner = PyObject_GetAttrString(self, "_task");
+                    PyObject *cancelled = PyObject_GetAttrString(h, "_cancelled");
+                    found = owner == task && cancelled == Py_False;
+                    Py_XDECREF(owner);
+                    Py_XDECREF(cancelled);
+                }
+            }
+            Py_XDECREF(cb);
+            PyErr_Clear();
+        }
+        Py_XDECREF(copy);
+    }
+    Py_XDECREF(timers);
+    Py_DECREF(loop);
+    PyErr_Clear();
+    return found;
+}
+#endif
+
 /* Whether the acquire being awaited now is bounded by asyncio.wait_for with
- * a timeout, so that it cannot wait forever (lock order: no edge into its
- * lock).  3.12+: wait_for awaits in the caller's task, so its frame is on
+ * a timeout, or inside an armed asyncio.timeout() (timeout_armed), so that
+ * it cannot wait forever (lock order: no edge into its lock).  3.12+: wait_for awaits in the caller's task, so its frame is on
  * the stack, with its `timeout` not None.  3.9-3.11: wait_for runs what it
  * is given in a task of its own; a task that runs nothing but this acquire
  * (asyncio's _wrap_awaitable, with no frame under it) was made to bound or
@@ -252,6 +311,13 @@ acquire_bounded(void)
         f = back;
     }
     Py_XDECREF(f);
+#if PY_VERSION_HEX >= 0x030B0000
+    if (!bounded) {
+        PyObject *task = lp_current_task();
+        bounded = task != NULL && timeout_armed(task);
+        Py_XDECREF(task);
+    }
+#endif
     PyErr_Restore(exc_type, exc_value, exc_tb);
     return bounded;
 }

@@ -884,7 +884,7 @@ task_label_of(PyObject *task)
  * when there is none */
 /* the asyncio task running in this thread (new reference), or NULL */
 PyObject *
-lp_current_task(void)
+lp_running_loop(void)
 {
     if (!LP_LOAD_ACQ(asyncio_looked_up)) {
         asyncio_lookup();
@@ -894,8 +894,18 @@ lp_current_task(void)
     }
     PyObject *loop = get_running_loop != NULL ? PyObject_CallNoArgs(get_running_loop) : NULL;
     PyErr_Clear();
+    if (loop == Py_None) {
+        Py_CLEAR(loop);
+    }
+    return loop;
+}
+
+PyObject *
+lp_current_task(void)
+{
+    PyObject *loop = lp_running_loop();
     PyObject *task = NULL;
-    if (loop != NULL && loop != Py_None) {
+    if (loop != NULL) {
         if (current_task != NULL) {
             task = PyObject_CallOneArg(current_task, loop);
         }

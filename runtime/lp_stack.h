@@ -104,6 +104,8 @@ uint32_t lp_thread_slot(void);
  * (a new reference, or NULL) */
 uint32_t lp_task_slot(void);
 PyObject *lp_current_task(void);
+/* the running asyncio loop in this thread (new reference), or NULL */
+PyObject *lp_running_loop(void);
 void lp_samples_reset(void);
 /* after records were merged: rows of record r become rows of newid[r] (r in
  * 1..n; 0, the overflow record, stays), rows that now share a key are summed.

@@ -292,6 +292,20 @@ def test_an_acquire_bounded_by_wait_for_adds_no_edge_into_its_lock(tmp_path):
     assert blocks == [], err
 
 
+def test_an_acquire_inside_asyncio_timeout_is_timed(tmp_path):
+    """an armed asyncio.timeout() bounds the acquire (no edge into its lock);
+    asyncio.timeout(None) has no deadline: the same inversion is reported"""
+    import pytest
+    if sys.version_info < (3, 11):
+        pytest.skip("asyncio.timeout() is new in 3.11")
+    blocks, err = _run(tmp_path, "asyncio_wait_for.py", "timeout")
+    assert blocks == [], err
+    blocks, err = _run(tmp_path, "asyncio_wait_for.py", "timeout_none")
+    assert len(blocks) == 1, err
+    assert sorted(set(_cycle_names(blocks[0]))) == ["asyncio_wait_for.py:53:a",
+                                                    "asyncio_wait_for.py:53:b"], blocks[0]
+
+
 def test_held_since_names_the_line_that_awaited_wait_for(tmp_path):
     import pytest
     if sys.version_info < (3, 12):
@@ -300,9 +314,9 @@ def test_held_since_names_the_line_that_awaited_wait_for(tmp_path):
     blocks, err = _run(tmp_path, "asyncio_wait_for.py", "held")
     assert len(blocks) == 1, err
     b = blocks[0]
-    held = b.split("asyncio_wait_for.py:31:a held since:\n")[1].splitlines()
-    assert held[0].strip() == "tests/fixtures/order/asyncio_wait_for.py:35 in one" or \
-        held[0].strip().endswith("asyncio_wait_for.py:35 in one"), b
+    held = b.split("asyncio_wait_for.py:35:a held since:\n")[1].splitlines()
+    assert held[0].strip() == "tests/fixtures/order/asyncio_wait_for.py:39 in one" or \
+        held[0].strip().endswith("asyncio_wait_for.py:39 in one"), b
     assert "tasks.py" not in b and " in wait_for" not in b, b
 
 
