@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 CASES = [
     ("threading.Lock", "acquire+release"), ("threading.Lock", "with"),
@@ -346,3 +346,62 @@ def mutex_cost(n: int = 20000) -> Optional[Dict[str, float]]:
     # each of the two call sites pays its call: 2 instructions (callgrind)
     mutex = (incl["lp_enter"] + incl["lp_exit"]) / events + 4
     return {"mutex_per_event": round(mutex, 1)}
+
+
+def _annotate(argv: List[str]) -> Tuple[int, Dict[str, int]]:
+    """Runs argv under callgrind: its total and the exclusive instructions
+    of each function (callgrind_annotate's "file:function [object]" keys)."""
+    out = tempfile.mktemp(prefix="lockprof-cgs-")
+    try:
+        r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+                           capture_output=True, text=True, timeout=1800,
+                           env={**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
+                                "PYTHONHASHSEED": "0"})
+        if r.returncode != 0:
+            raise RuntimeError(f"callgrind failed: {r.stderr.strip().splitlines()[-1:]}")
+        ann = subprocess.run(["callgrind_annotate", "--threshold=100", out],
+                             capture_output=True, text=True, timeout=600).stdout
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+    total, funcs = 0, {}
+    for line in ann.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?)\s*$", line)
+        if m is None:
+            continue
+        n = int(m.group(1).replace(",", ""))
+        if "PROGRAM TOTALS" in m.group(2):
+            total = n
+        else:
+            funcs[m.group(2)] = funcs.get(m.group(2), 0) + n
+    return total, funcs
+
+
+def service_breakdown(requests: int = 2000) -> Dict:
+    """Where a service's extra instructions go: bench/service.py's workload
+    (queue, pool, RLock cache, logging, an asyncio side) under callgrind,
+    with no profiler and with lockprof at its defaults; per request, the
+    total of each, lockprof's own functions (its extension module), and the
+    functions whose count moved most.  callgrind runs one thread at a time,
+    so the threads' interleaving (how often a lock is contended) is
+    callgrind's, not the machine's: the same for both runs, not equal to a
+    real run's."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python = os.path.realpath(sys.executable)
+    os.environ.setdefault("PYTHONPATH", root)
+    runs = {}
+    for config in ("off", "lockprof"):
+        runs[config] = _annotate([python, "-m", "bench.service", "--config", config,
+                                  "--requests", str(requests)])
+    (t_off, f_off), (t_on, f_on) = runs["off"], runs["lockprof"]
+    ours = {k: v for k, v in f_on.items() if "_lockprof." in k}
+    moved = sorted(((f_on.get(k, 0) - f_off.get(k, 0), k) for k in set(f_on) | set(f_off)
+                    if "_lockprof." not in k), key=lambda kv: -abs(kv[0]))
+    per = float(requests)
+    return {"requests": requests,
+            "off_per_request": round(t_off / per), "lockprof_per_request": round(t_on / per),
+            "ratio": round(t_on / t_off, 4),
+            "ours_per_request": round(sum(ours.values()) / per),
+            "ours_top": [(k, round(v / per, 1)) for k, v in
+                         sorted(ours.items(), key=lambda kv: -kv[1])[:12]],
+            "others_moved": [(k, round(d / per, 1)) for d, k in moved[:12]]}

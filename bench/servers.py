@@ -100,9 +100,13 @@ def one(app: str, config: str, seconds: float, connections: int = 16) -> Dict:
     workdir = tempfile.mkdtemp(prefix="lockprof-servers-")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("LOCKPROF_OUTPUT", None)
+    # its output to a file: a pipe nobody reads would fill (waitress warns
+    # of its task queue's depth under load) and stall the server
+    log = open(os.path.join(workdir, "server.log"), "wb")
     proc = subprocess.Popen([sys.executable, "-m", "bench.servers", "--serve", app, "--config",
                              config, "--port", str(port), "--workdir", workdir], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     path = importlib.import_module(f"bench.apps.{app}").PATH
     url = f"http://127.0.0.1:{port}{path.replace('{id}', '1')}"
     try:
@@ -113,8 +117,8 @@ def one(app: str, config: str, seconds: float, connections: int = 16) -> Dict:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{app} ({config}) did not serve: "
-                                       f"{proc.stderr.read().decode()[-500:]}")
+                    with open(os.path.join(workdir, "server.log"), errors="replace") as f:
+                        raise RuntimeError(f"{app} ({config}) did not serve: {f.read()[-500:]}")
                 time.sleep(0.1)
         script = os.path.join(workdir, "ids.lua")
         with open(script, "w") as f:
@@ -123,6 +127,8 @@ def one(app: str, config: str, seconds: float, connections: int = 16) -> Dict:
         _wrk(base, min(2.0, seconds), script, connections)               # warm-up
         t0 = _cpu_ticks(proc.pid)
         r = _wrk(base, seconds, script, connections)
+        if r["requests"] == 0:
+            raise RuntimeError(f"{app} ({config}) served nothing in {seconds:g} s")
         cpu_s = (_cpu_ticks(proc.pid) - t0) / os.sysconf("SC_CLK_TCK")
         r["cpu_ms_per_1k"] = cpu_s * 1e6 / max(1, r["requests"])
         r["rps"] = r["requests"] / seconds

@@ -14,8 +14,10 @@
  * program at rate 1 counts every acquisition.  A window ends at a recorded event (nothing else reads the clock):
  * at a lowered rate p, after the load fell from E to E' events a second,
  * the next one comes after about 1 / (p E') = (E / E') x (cost / budget)
- * seconds, under a second for a 10,000-fold fall.  Contentions and waits
- * are not charged: they stay exact.
+ * seconds, under a second for a 10,000-fold fall.  The stacks of waits
+ * and of the releases they waited for are charged too, and cut by the same
+ * factor (lp_wait_period_scale: the wait period grows); the contentions and
+ * waits themselves stay exact.
  *
  * Estimates stay unbiased: a new rate makes every thread draw a fresh
  * geometric gap (lp_sampling_set_rate), and each sampled event is weighted
@@ -110,6 +112,7 @@ end_window(int64_t now, int64_t elapsed)
             lowered++;
         }
         lp_sampling_set_rate(next);
+        lp_wait_period_scale(user_rate / next);
         remember(now, next);
     }
 }
@@ -157,6 +160,7 @@ lp_budget_configure(double rate, double overhead, uint32_t max_windows)
     win_spent = 0;
     ring_len = 0;
     ring_head = 0;
+    lp_wait_period_scale(1.0);
     remember(lp_now_ns(), rate);
 }
 

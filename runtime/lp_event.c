@@ -8,7 +8,8 @@
  * tables nor the features call back here: calls go from the hot path to
  * events, from events to features and tables, from features to tables.
  *
- * Owns: the wait sampling period (lp_wait_period_ns) and nothing else; the
+ * Owns: the wait sampling period (lp_wait_period_ns, and lp_wait_every_ns,
+ * the period in force under the CPU budget) and nothing else; the
  * state it changes is the tables' and the features'.
  * Guarded by: each event function takes the tables' mutex (lp_tables_mutex,
  * lp_thread.c) on a free-threaded build, for the whole event; under the GIL
@@ -106,7 +107,7 @@ flush_release_locked(lp_wrapper *w, int64_t t_release)
         return;
     }
     if ((LP_WF(w) & LP_W_WAITERS) &&
-        (r->release_stack == 0 || t_release - r->release_stack_ns >= LP_LOAD(lp_wait_period_ns))) {
+        (r->release_stack == 0 || t_release - r->release_stack_ns >= LP_LOAD(lp_wait_every_ns))) {
         /* someone is blocked on this lock: this release is what they wait
          * for, and its stack is charged their delay when they get it (on a
          * lock contended without pause, the stack of its latest release at
@@ -165,7 +166,7 @@ release_is_quiet(lp_wrapper *w, int64_t t_release)
     }
     lp_lockrec *r = LP_LOAD_ACQ(w->rec);
     return r != NULL && LP_LOAD(r->release_stack) != 0 &&
-           t_release - LP_LOAD(r->release_stack_ns) < LP_LOAD(lp_wait_period_ns);
+           t_release - LP_LOAD(r->release_stack_ns) < LP_LOAD(lp_wait_every_ns);
 }
 
 void
@@ -182,8 +183,9 @@ lp_flush_release(lp_wrapper *w, int64_t t_release)
     }
     lp_enter();
     flush_release_locked(w, t_release);
-    if (f & LP_W_HOLDING) {
-        /* the end of a sampled hold: charged to the budget, from the
+    if (prepared) {
+        /* the end of a sampled hold, or a release others waited for (its
+         * stack, once per wait period): charged to the budget, from the
          * release's clock read (lp_budget.c) */
         lp_budget_charge(t_release, lp_now_ns());
     }
@@ -257,6 +259,20 @@ lp_record_forget_holds(lp_wrapper *w)
  * time the program already lost waiting.  (The per-lock counters above are
  * exact.) */
 int64_t lp_wait_period_ns = 1000000;
+int64_t lp_wait_every_ns = 1000000;
+
+/* Under the CPU budget the stacks of waits cost CPU too: when the budget
+ * cuts the sampling rate by a factor, the wait period grows by it, so a
+ * wait keeps its stack with probability wait/(period x factor), weighted
+ * by the inverse (unbiased, as before).  Contentions and waits stay exact:
+ * only the capture of stacks is cut.  This matters where many tasks wait at
+ * once: waits add up faster than wall time, and so would captures. */
+void
+lp_wait_period_scale(double scale)
+{
+    double every = (double)LP_LOAD(lp_wait_period_ns) * (scale > 1.0 ? scale : 1.0);
+    LP_STORE(lp_wait_every_ns, every < 9.0e18 ? (int64_t)every : (int64_t)9000000000000000000LL);
+}
 
 /* whether a wait of wait_ns keeps its stack, and with what probability p:
  * drawn from the thread's own generator, before the tables' mutex */
@@ -269,7 +285,7 @@ static lp_wait_draw
 draw_wait(int64_t wait_ns)
 {
     double w = wait_ns > 0 ? (double)wait_ns : 1.0;
-    int64_t period = LP_LOAD(lp_wait_period_ns);
+    int64_t period = LP_LOAD(lp_wait_every_ns);
     lp_wait_draw d;
     d.p = w >= (double)period ? 1.0 : w / (double)period;
     d.keep = d.p >= 1.0 || lp_rand_unit() < d.p;
@@ -323,11 +339,16 @@ lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
 {
     lp_wait_draw d = draw_wait(wait_ns);
     lp_ctx c;
+    int64_t t0 = 0;
     if (d.keep) {
+        t0 = lp_now_ns();       /* a kept stack is charged to the budget */
         lp_ctx_prepare(&c);     /* the stack, outside the mutex */
     }
     lp_enter();
     flush_contended_locked(w, kind, wait_ns, acquired, d);
+    if (d.keep) {
+        lp_budget_charge(t0, lp_now_ns());
+    }
     lp_exit();
     if (d.keep) {
         lp_ctx_done(&c);
@@ -348,11 +369,16 @@ lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
 {
     lp_wait_draw d = draw_wait(wait_ns);
     lp_ctx c;
+    int64_t t0 = 0;
     if (d.keep) {
+        t0 = lp_now_ns();
         lp_ctx_prepare(&c);
     }
     lp_enter();
     flush_cond_wait_locked(w, kind, wait_ns, d);
+    if (d.keep) {
+        lp_budget_charge(t0, lp_now_ns());
+    }
     lp_exit();
     if (d.keep) {
         lp_ctx_done(&c);

@@ -78,6 +78,7 @@ lp_py_configure(PyObject *mod, PyObject *args, PyObject *kw)
         return NULL;
     }
     LP_STORE(lp_wait_period_ns, period);
+    lp_wait_period_scale(1.0);
     if (maxf < 1 || maxf > 512) {
         PyErr_Format(PyExc_ValueError, "max_frames must be an integer in [1, 512], got %d", maxf);
         return NULL;

@@ -77,6 +77,12 @@ void lp_lock_freed(lp_wrapper *w);
 /* lp_event.c: a wait shorter than this keeps its stack with probability
  * wait/period */
 extern int64_t lp_wait_period_ns;
+/* the period in force: lp_wait_period_ns times the CPU budget's cut (the
+ * user's rate over the rate in force), so that the stacks of waits are
+ * rate-limited with the sampled acquisitions; set by lp_wait_period_scale
+ * (configure(), the budget), under the tables' mutex */
+extern int64_t lp_wait_every_ns;
+void lp_wait_period_scale(double scale);
 int lp_record_set_kinds(PyObject *names);
 
 /* for the export: the records (compacted first), the overflow record, a

@@ -120,6 +120,59 @@ def test_without_a_budget_the_rate_stays_and_recording_costs_more(tmp_path):
     assert c["recording_ns"] / 1e9 / out["wall"] > 0.05
 
 
+WAITERS = textwrap.dedent("""
+    import asyncio, json, sys, time
+    import lockprof
+
+    async def main(seconds, ntasks):
+        lock = asyncio.Lock()
+        end = time.perf_counter() + seconds
+        async def worker():
+            while time.perf_counter() < end:
+                async with lock:
+                    await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(ntasks)))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(main(float(sys.argv[1]), 200))
+    st = [r for r in lockprof.stats() if r["kind"] == "asyncio.Lock"][0]
+    sm = [s for s in lockprof.samples() if s["kind"] == "asyncio.Lock"]
+    json.dump({"wall": wall, "counters": lockprof.counters(), "stats": st,
+               "est": {e: [sum(s["count"] for s in sm if s["event"] == e),
+                           sum(s["value"] for s in sm if s["event"] == e)]
+                       for e in ("contention", "delay")}}, sys.stdout)
+""")
+
+
+@pytest.mark.parametrize("budget", ["1", "0"])
+def test_many_tasks_waiting_at_once_keep_their_stacks_within_the_budget(tmp_path, budget):
+    """200 asyncio tasks queue on one lock, so every acquire waits and waits
+    add up 200 times faster than wall time: at one capture per wait period
+    of waiting, stacks would cost several percent of the run (the `0` case
+    shows it).  Under the 1% budget the wait period grows with the rate's
+    cut: recording stays within 1.5% of the wall time, while the
+    contentions and the wait stay exact and the sampled stacks' weighted
+    totals stay within 5% of them."""
+    prog = tmp_path / "waiters.py"
+    prog.write_text(WAITERS)
+    r = subprocess.run([sys.executable, "-m", "lockprof", "run", "-q", "--max-overhead", budget,
+                        str(prog), "3" if budget == "1" else "1"], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    c, st = out["counters"], out["stats"]
+    share = c["recording_ns"] / 1e9 / out["wall"]
+    if budget == "0":
+        assert c["rate_cuts"] == 0 and share > 0.03, (share, c)
+        return
+    assert c["rate_cuts"] >= 1 and share <= 0.015, (share, c)
+    assert st["contentions"] > 10_000
+    count, value = out["est"]["contention"]
+    assert abs(count - st["contentions"]) <= 0.05 * st["contentions"], (count, st)
+    assert abs(value - st["wait_ns"]) <= 0.05 * st["wait_ns"], (value, st)
+
+
 def test_a_quiet_program_keeps_the_users_rate():
     with _budgeted(0.5):
         lock = threading.Lock()
