@@ -366,7 +366,10 @@ def _annotate(argv: List[str]) -> Tuple[int, Dict[str, int]]:
             os.unlink(out)
     total, funcs = 0, {}
     for line in ann.splitlines():
-        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?)\s*$", line)
+        # the per-function summary ("N (p%)  file:function [object]"), not
+        # the annotated source lines or the calls ("=>") below it
+        m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(?!=>)(\S.*? \[.*\]|PROGRAM TOTALS)\s*$",
+                     line)
         if m is None:
             continue
         n = int(m.group(1).replace(",", ""))

@@ -51,7 +51,7 @@ lp_gevent_lock_BoundedSemaphore_acquire_rest(lp_wrapper *self, const lp_method *
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_GEVENT_LOCK_BOUNDEDSEMAPHORE, target, m, release, args, 0, NULL, 1);
+            r = lp_acquire_waited(self, LP_KIND_GEVENT_LOCK_BOUNDEDSEMAPHORE, target, m);
             if (!LP_ACQUIRED(r)) {
                 return r;
             }
@@ -66,7 +66,7 @@ lp_gevent_lock_BoundedSemaphore_acquire_rest(lp_wrapper *self, const lp_method *
         forever = 0;
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_GEVENT_LOCK_BOUNDEDSEMAPHORE, target, m, release, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_GEVENT_LOCK_BOUNDEDSEMAPHORE, target, m, release, args, nargs, kwnames);
         if (!LP_ACQUIRED(r)) {
             return r;
         }

@@ -55,7 +55,7 @@ lp_gevent_thread_LockType_acquire_rest(lp_wrapper *self, const lp_method *m, PyO
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_GEVENT_THREAD_LOCKTYPE, target, m, release, args, 0, NULL, 1);
+            r = lp_acquire_waited(self, LP_KIND_GEVENT_THREAD_LOCKTYPE, target, m);
             if (!LP_ACQUIRED(r)) {
                 return r;
             }
@@ -70,7 +70,7 @@ lp_gevent_thread_LockType_acquire_rest(lp_wrapper *self, const lp_method *m, PyO
         forever = 0;
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_GEVENT_THREAD_LOCKTYPE, target, m, release, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_GEVENT_THREAD_LOCKTYPE, target, m, release, args, nargs, kwnames);
         if (!LP_ACQUIRED(r)) {
             return r;
         }

@@ -47,7 +47,7 @@ lp_multiprocessing_BoundedSemaphore_acquire_rest(lp_wrapper *self, const lp_meth
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_MULTIPROCESSING_BOUNDEDSEMAPHORE, target, m, release, args, 0, NULL, 1);
+            r = lp_acquire_waited(self, LP_KIND_MULTIPROCESSING_BOUNDEDSEMAPHORE, target, m);
             if (!LP_ACQUIRED(r)) {
                 return r;
             }
@@ -62,7 +62,7 @@ lp_multiprocessing_BoundedSemaphore_acquire_rest(lp_wrapper *self, const lp_meth
         forever = 0;
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_MULTIPROCESSING_BOUNDEDSEMAPHORE, target, m, release, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_MULTIPROCESSING_BOUNDEDSEMAPHORE, target, m, release, args, nargs, kwnames);
         if (!LP_ACQUIRED(r)) {
             return r;
         }

@@ -67,7 +67,7 @@ lp_threading_Lock_acquire_rest(lp_wrapper *self, const lp_method *m, PyObject *t
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_THREADING_LOCK, target, m, release, args, 0, NULL, 1);
+            r = lp_acquire_waited(self, LP_KIND_THREADING_LOCK, target, m);
             if (!LP_ACQUIRED(r)) {
                 return r;
             }
@@ -82,7 +82,7 @@ lp_threading_Lock_acquire_rest(lp_wrapper *self, const lp_method *m, PyObject *t
         forever = 0;
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_THREADING_LOCK, target, m, release, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_THREADING_LOCK, target, m, release, args, nargs, kwnames);
         if (!LP_ACQUIRED(r)) {
             return r;
         }

@@ -59,7 +59,7 @@ lp_threading__RLock_acquire_rest(lp_wrapper *self, const lp_method *m, PyObject 
                 return NULL;
             }
             Py_DECREF(r);
-            r = lp_acquire_slow(self, LP_KIND_THREADING__RLOCK, target, m, release, args, 0, NULL, 1);
+            r = lp_acquire_waited(self, LP_KIND_THREADING__RLOCK, target, m);
             if (!LP_ACQUIRED(r)) {
                 return r;
             }
@@ -74,7 +74,7 @@ lp_threading__RLock_acquire_rest(lp_wrapper *self, const lp_method *m, PyObject 
         forever = 0;
     }
     else {
-        r = lp_acquire_slow(self, LP_KIND_THREADING__RLOCK, target, m, release, args, nargs, kwnames, 0);
+        r = lp_acquire_slow(self, LP_KIND_THREADING__RLOCK, target, m, release, args, nargs, kwnames);
         if (!LP_ACQUIRED(r)) {
             return r;
         }

@@ -385,6 +385,55 @@ lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
     }
 }
 
+/* A contended acquire without arguments, whole: the generated slow path
+ * calls this once its non-blocking try failed.  The wait's begin, the
+ * acquire (the caller waits there, timed) and the wait's end are one call,
+ * their helpers inlined, where lp_acquire_slow makes several.  Like every
+ * wait, it gives up the tables' mutex if this thread holds it (a finaliser
+ * run during a flush). */
+PyObject *
+lp_acquire_waited(lp_wrapper *w, int kind, PyObject *target, const lp_method *acquire)
+{
+    if (LP_UNLIKELY(!LP_LOAD(lp_active))) {
+        return lp_call0(acquire, target);
+    }
+    uint32_t held = lp_suspend();
+    if (LP_LOAD(lp_lock_order)) {
+        lp_wait_unbounded(w, kind);
+    }
+    lp_enter();
+    wait_begin_locked(w, kind, 0);
+    lp_exit();
+    int64_t t0 = lp_now_ns();
+    PyObject *r = lp_call0(acquire, target);
+    int64_t wait_ns = lp_now_ns() - t0;
+    if (r != NULL) {
+        lp_wait_draw d = draw_wait(wait_ns);
+        lp_ctx c;
+        int64_t tc = 0;
+        if (LP_UNLIKELY(d.keep)) {
+            tc = lp_now_ns();
+            lp_ctx_prepare(&c);
+        }
+        lp_enter();
+        flush_contended_locked(w, kind, wait_ns, LP_ACQUIRED(r), d);
+        if (LP_UNLIKELY(d.keep)) {
+            lp_budget_charge(tc, lp_now_ns());
+        }
+        lp_exit();
+        if (LP_UNLIKELY(d.keep)) {
+            lp_ctx_done(&c);
+        }
+    }
+    else {
+        lp_enter();
+        wait_abort_locked(w);
+        lp_exit();
+    }
+    lp_resume(held);
+    return r;
+}
+
 
 void
 lp_lock_freed(lp_wrapper *w)

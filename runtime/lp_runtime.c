@@ -202,44 +202,38 @@ lp_acquired_other(PyObject *r)
 static PyObject *
 acquire_slow(lp_wrapper *w, int kind, PyObject *target,
              const lp_method *acquire, const lp_method *release,
-             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-             int tried)
+             PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     int more = 0;
-    if (!tried) {
-        if (!LP_LOAD(lp_active) || lp_is_blocking(args, nargs, kwnames, &more) != 1) {
-            return lp_call(acquire, target, args, nargs, kwnames);
-        }
-        PyObject *r = lp_call_false(acquire, target);
-        if (r != Py_False) {
-            if (r != Py_True || !more) {
-                /* acquired (or an error): the caller did not wait */
-                return r;
-            }
-            /* The caller gave a timeout: undo the try and acquire with the
-             * caller's own arguments, so that they are checked exactly as
-             * the stdlib checks them (it cannot block under the GIL; on a
-             * free-threaded build another thread may take the lock in
-             * between, and that wait goes untimed) */
-            Py_DECREF(r);
-            PyObject *u = lp_call0(release, target);
-            if (u == NULL) {
-                return NULL;
-            }
-            Py_DECREF(u);
-            return lp_call(acquire, target, args, nargs, kwnames);
-        }
-        Py_DECREF(r);
-    }
-    else if (!LP_LOAD(lp_active)) {
+    if (!LP_LOAD(lp_active) || lp_is_blocking(args, nargs, kwnames, &more) != 1) {
         return lp_call(acquire, target, args, nargs, kwnames);
     }
+    PyObject *r = lp_call_false(acquire, target);
+    if (r != Py_False) {
+        if (r != Py_True || !more) {
+            /* acquired (or an error): the caller did not wait */
+            return r;
+        }
+        /* The caller gave a timeout: undo the try and acquire with the
+         * caller's own arguments, so that they are checked exactly as
+         * the stdlib checks them (it cannot block under the GIL; on a
+         * free-threaded build another thread may take the lock in
+         * between, and that wait goes untimed) */
+        Py_DECREF(r);
+        PyObject *u = lp_call0(release, target);
+        if (u == NULL) {
+            return NULL;
+        }
+        Py_DECREF(u);
+        return lp_call(acquire, target, args, nargs, kwnames);
+    }
+    Py_DECREF(r);
     if (LP_LOAD(lp_lock_order) && !more) {
         lp_wait_unbounded(w, kind);
     }
     lp_wait_begin(w, kind, more);
     int64_t t0 = lp_now_ns();
-    PyObject *r = lp_call(acquire, target, args, nargs, kwnames);
+    r = lp_call(acquire, target, args, nargs, kwnames);
     int64_t t1 = lp_now_ns();
     if (r != NULL) {
         lp_flush_contended(w, kind, t1 - t0, LP_ACQUIRED(r));
@@ -281,11 +275,10 @@ cond_wait(lp_wrapper *w, int kind, const lp_method *m,
 PyObject *
 lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
                 const lp_method *acquire, const lp_method *release,
-                PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                int tried)
+                PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     uint32_t held = lp_suspend();
-    PyObject *r = acquire_slow(w, kind, target, acquire, release, args, nargs, kwnames, tried);
+    PyObject *r = acquire_slow(w, kind, target, acquire, release, args, nargs, kwnames);
     lp_resume(held);
     return r;
 }

@@ -416,14 +416,18 @@ void lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns);
 /* Shared method bodies (the generated methods call these)                   */
 /* ------------------------------------------------------------------------ */
 
-/* The caller's acquire did not take the fast path: either it passed
- * arguments, or the non-blocking try failed.  Performs the real acquire on
+/* The caller's acquire passed arguments.  Performs the real acquire on
  * `target` (the wrapped object, or a Condition's lock) exactly as asked,
  * timing it when it blocks.  Returns the inner result. */
 PyObject *lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
                           const lp_method *acquire, const lp_method *release,
                           PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames, int tried);
+                          PyObject *kwnames);
+
+/* The argument-free try failed: the whole contended acquire in one call
+ * (lp_event.c: the wait's begin, the argument-free acquire, timed, and its
+ * end), its helpers inlined. */
+PyObject *lp_acquire_waited(lp_wrapper *w, int kind, PyObject *target, const lp_method *acquire);
 
 /* Condition.wait / wait_for: call through, time it, record it. */
 PyObject *lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
