@@ -23,7 +23,8 @@
  * geometric gap (lp_sampling_set_rate), and each sampled event is weighted
  * by the inverse of the rate its gap was drawn under (lp_sampled_rate).
  *
- * Owns: the budget's settings (max_overhead, the user's rate), its window
+ * Owns: the budget's settings (max_overhead, the user's rate, the wait
+ * period: lp_wait_period_ns, and lp_wait_every_ns, the period in force), its window
  * (start, time charged), its totals, and the history of the rate (a ring of
  * the latest max_rate_windows changes, the oldest dropped and counted).
  * Guarded by: the tables' mutex (lp_tables_mutex, lp_thread.c) on a
@@ -45,6 +46,14 @@ typedef struct {
     int64_t t_ns;       /* CLOCK_MONOTONIC */
     double rate;
 } rate_change;
+
+/* The stacks of waits are sampled in proportion to the time waited (read
+ * by lp_event.c): a wait of at least the period in force is always kept, a
+ * shorter one with probability wait/period and then weighted by
+ * period/wait, so the scaled totals are unbiased.  The period in force is
+ * the user's (wait_period_ns) times the budget's cut of the rate. */
+int64_t lp_wait_period_ns = 1000000;
+int64_t lp_wait_every_ns = 1000000;
 
 static double max_overhead = 0.01;      /* a fraction of wall time; 0: none */
 static double user_rate = 0.0;
@@ -79,6 +88,19 @@ remember(int64_t t, double rate)
     }
     ring[(ring_head + ring_len) % ring_cap] = (rate_change){t, rate};
     ring_len++;
+}
+
+/* Under the CPU budget the stacks of waits cost CPU too: when the budget
+ * cuts the sampling rate by a factor, the wait period grows by it, so a
+ * wait keeps its stack with probability wait/(period x factor), weighted
+ * by the inverse (unbiased, as before).  Contentions and waits stay exact:
+ * only the capture of stacks is cut.  This matters where many tasks wait at
+ * once: waits add up faster than wall time, and so would captures. */
+void
+lp_wait_period_scale(double scale)
+{
+    double every = (double)LP_LOAD(lp_wait_period_ns) * (scale > 1.0 ? scale : 1.0);
+    LP_STORE(lp_wait_every_ns, every < 9.0e18 ? (int64_t)every : (int64_t)9000000000000000000LL);
 }
 
 static void

@@ -8,8 +8,7 @@
  * tables nor the features call back here: calls go from the hot path to
  * events, from events to features and tables, from features to tables.
  *
- * Owns: the wait sampling period (lp_wait_period_ns, and lp_wait_every_ns,
- * the period in force under the CPU budget) and nothing else; the
+ * Owns: nothing; the
  * state it changes is the tables' and the features'.
  * Guarded by: each event function takes the tables' mutex (lp_tables_mutex,
  * lp_thread.c) on a free-threaded build, for the whole event; under the GIL
@@ -253,26 +252,10 @@ lp_record_forget_holds(lp_wrapper *w)
 }
 
 /* Stacks of waits are sampled in proportion to the time waited: a wait of
- * at least lp_wait_period_ns is always kept, a shorter one with probability
- * wait/period and then weighted by period/wait, so the scaled totals are
- * unbiased and capturing stacks costs at most one capture per period of
- * time the program already lost waiting.  (The per-lock counters above are
- * exact.) */
-int64_t lp_wait_period_ns = 1000000;
-int64_t lp_wait_every_ns = 1000000;
-
-/* Under the CPU budget the stacks of waits cost CPU too: when the budget
- * cuts the sampling rate by a factor, the wait period grows by it, so a
- * wait keeps its stack with probability wait/(period x factor), weighted
- * by the inverse (unbiased, as before).  Contentions and waits stay exact:
- * only the capture of stacks is cut.  This matters where many tasks wait at
- * once: waits add up faster than wall time, and so would captures. */
-void
-lp_wait_period_scale(double scale)
-{
-    double every = (double)LP_LOAD(lp_wait_period_ns) * (scale > 1.0 ? scale : 1.0);
-    LP_STORE(lp_wait_every_ns, every < 9.0e18 ? (int64_t)every : (int64_t)9000000000000000000LL);
-}
+ * at least the period in force (lp_wait_every_ns, lp_budget.c) is always
+ * kept, a shorter one with probability wait/period and then weighted by
+ * period/wait, so the scaled totals are unbiased.  (The per-lock counters
+ * above are exact.) */
 
 /* whether a wait of wait_ns keeps its stack, and with what probability p:
  * drawn from the thread's own generator, before the tables' mutex */
