@@ -8,8 +8,8 @@
  * tables nor the features call back here: calls go from the hot path to
  * events, from events to features and tables, from features to tables.
  *
- * Owns: nothing; the
- * state it changes is the tables' and the features'.
+ * Owns: nothing; the state it changes is the tables' and the features'
+ * (the wait period it reads is lp_budget.c's).
  * Guarded by: each event function takes the tables' mutex (lp_tables_mutex,
  * lp_thread.c) on a free-threaded build, for the whole event; under the GIL
  * the GIL guards it. */
