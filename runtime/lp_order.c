@@ -867,6 +867,77 @@ lp_order_attempt(lp_wrapper *w, int kind)
 }
 
 
+#if PY_VERSION_HEX < 0x030C0000
+/* an attribute of `o` (new reference) or NULL, no exception left */
+static PyObject *
+attr_or_null(PyObject *o, const char *name)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (v == NULL) {
+        PyErr_Clear();
+    }
+    return v;
+}
+
+/* 3.9-3.11: asyncio.wait_for runs the acquire it is given in a task of its
+ * own (`inner`) and suspends its caller's task in wait_for until that task
+ * is done.  The caller holds the lock then, for the program: the task whose
+ * chain of awaited coroutines reaches a wait_for frame whose `fut` is
+ * `inner` (new reference), and the frame that awaited wait_for (*at, new
+ * reference).  Read only for such a hold, with lock order or the hang
+ * doctor on: the loop's tasks, and each one's await chain. */
+static PyObject *
+wait_for_caller(PyObject *inner, PyFrameObject **at)
+{
+    *at = NULL;
+    PyObject *loop = lp_running_loop();
+    PyObject *mod = loop != NULL ? PyImport_ImportModule("asyncio") : NULL;
+    PyObject *all = mod != NULL ? attr_or_null(mod, "all_tasks") : NULL;
+    PyObject *tasks = all != NULL ? PyObject_CallOneArg(all, loop) : NULL;
+    PyObject *it = tasks != NULL ? PyObject_GetIter(tasks) : NULL;
+    PyObject *found = NULL, *t;
+    while (it != NULL && found == NULL && (t = PyIter_Next(it)) != NULL) {
+        PyObject *c = t != inner ? attr_or_null(t, "_coro") : NULL;
+        PyObject *prev = NULL;
+        for (int depth = 0; c != NULL && depth < 64 && found == NULL; depth++) {
+            PyObject *fr = attr_or_null(c, PyCoro_CheckExact(c) ? "cr_frame" : "gi_frame");
+            if (fr != NULL && PyFrame_Check(fr)) {
+                PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)fr);
+                const char *name = PyUnicode_AsUTF8(code->co_name);
+                if (name != NULL && strcmp(name, "wait_for") == 0 && in_asyncio(code->co_filename)) {
+                    PyObject *locals = attr_or_null(fr, "f_locals");
+                    PyObject *fut = locals != NULL && PyDict_Check(locals)
+                                    ? PyDict_GetItemString(locals, "fut") : NULL;
+                    if (fut == inner && prev != NULL) {
+                        found = Py_NewRef(t);
+                        *at = (PyFrameObject *)Py_NewRef(prev);
+                    }
+                    Py_XDECREF(locals);
+                }
+                PyErr_Clear();
+                Py_DECREF(code);
+            }
+            Py_XSETREF(prev, fr);
+            PyObject *next = attr_or_null(c, PyCoro_CheckExact(c) ? "cr_await" : "gi_yieldfrom");
+            Py_SETREF(c, next);
+            if (c == Py_None) {
+                Py_CLEAR(c);
+            }
+        }
+        Py_XDECREF(prev);
+        Py_XDECREF(c);
+        Py_DECREF(t);
+    }
+    Py_XDECREF(it);
+    Py_XDECREF(tasks);
+    Py_XDECREF(all);
+    Py_XDECREF(mod);
+    Py_XDECREF(loop);
+    PyErr_Clear();
+    return found;
+}
+#endif
+
 /* called after an acquire succeeded: no exception is pending */
 static void
 push(lp_wrapper *w, int kind, int forever, int check)
@@ -919,6 +990,40 @@ push(lp_wrapper *w, int kind, int forever, int check)
         }
         Py_SETREF(f, back);
     }
+#if PY_VERSION_HEX < 0x030C0000
+    if (h->handoff) {
+        /* wait_for's own task took it: its caller's task holds it, since
+         * the line that awaited wait_for (lock order then sees the locks
+         * the caller takes next ordered after it) */
+        PyFrameObject *at;
+        PyObject *caller = wait_for_caller((PyObject *)who->task, &at);
+        if (caller != NULL) {
+            unsigned long ident = who->ident;
+            who->n--;                           /* h, the latest item */
+            if (who->n == 0) {
+                holder_drop(who);
+            }
+            /* identity only: the caller's task outlives the hold's use
+             * (a task is forgotten when it ends, as any holder) */
+            lp_holder *c = holder_find(ident, caller, 1);
+            Py_DECREF(caller);
+            if (c == NULL || c->n >= LP_HELD_MAX) {
+                lp_dropped_holders++;
+                Py_XDECREF(f);
+                Py_DECREF(at);
+                goto out;
+            }
+            h = &c->items[c->n++];
+            h->w = w;
+            h->cls = cls;
+            h->serial = r->serial;
+            h->code = NULL;
+            h->lasti = 0;
+            h->handoff = 0;
+            Py_XSETREF(f, at);
+        }
+    }
+#endif
     if (f != NULL) {
         h->code = (PyObject *)PyFrame_GetCode(f);
         h->lasti = frame_lasti(f);

@@ -307,14 +307,16 @@ def test_an_acquire_inside_asyncio_timeout_is_timed(tmp_path):
 
 
 def test_held_since_names_the_line_that_awaited_wait_for(tmp_path):
-    import pytest
-    if sys.version_info < (3, 12):
-        pytest.skip("before 3.12 wait_for runs the acquire in a task of its own, which holds "
-                    "the lock for lock order (a known difference, in the README)")
+    """held where the caller awaited wait_for: on 3.12+ the acquire runs in
+    the caller's task; on 3.9-3.11 wait_for runs it in a task of its own,
+    and the caller's task (suspended in wait_for) holds it, so the lock the
+    caller takes next is ordered after it and the inversion is reported"""
+    import re
     blocks, err = _run(tmp_path, "asyncio_wait_for.py", "held")
     assert len(blocks) == 1, err
     b = blocks[0]
-    held = b.split("asyncio_wait_for.py:35:a held since:\n")[1].splitlines()
+    # 3.9/3.10 name the lock by its line only (no variable name before 3.11)
+    held = re.split(r"asyncio_wait_for\.py:35(?::a)? held since:\n", b)[1].splitlines()
     assert held[0].strip() == "tests/fixtures/order/asyncio_wait_for.py:39 in one" or \
         held[0].strip().endswith("asyncio_wait_for.py:39 in one"), b
     assert "tasks.py" not in b and " in wait_for" not in b, b
