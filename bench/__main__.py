@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--json FILE] [--md FILE] [--only micro,sampled,memory,service,scale,parallel]
+"""python -m bench [--quick] [--json FILE] [--md FILE] [--only micro,sampled,memory,service,servers,scale,parallel]
 
 Per-type microbenchmarks (native, lockprof stopped / rate 0 / default /
 rate 1, the seed-style pure-Python reference, ddtrace's lock profiler when
@@ -16,9 +16,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from . import ddtrace_locks, instructions, memory, micro, parallel, sampled, scale, service
+from . import ddtrace_locks, instructions, memory, micro, parallel, sampled, scale, servers, service
 
-SECTIONS = ("micro", "instructions", "sampled", "memory", "service", "scale", "parallel")
+SECTIONS = ("micro", "instructions", "sampled", "memory", "service", "servers", "scale", "parallel")
 
 
 def _commit() -> str:
@@ -137,6 +137,16 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         for k, label in (("cpu_s", "CPU seconds"), ("p99_us", "p99 latency")):
             v = svc["lockprof"]["vs_off"][k]
             add(f"service workload {label}, lockprof default vs off", v, "<= 1.02x", v <= 1.02, "x")
+    for app, r in ((report.get("servers") or {}).get("apps") or {}).items():
+        for key, label in (("cpu_ms_per_1k", "CPU per request"), ("p50_us", "p50 latency"),
+                           ("p99_us", "p99 latency")):
+            v = (r.get("median") or {}).get("lockprof", {}).get("vs_off", {}).get(key)
+            if v is not None:
+                add(f"{app} {label}, lockprof default vs off", round(v, 3), "<= 1.02x",
+                    v <= 1.02, "x")
+    srv = report.get("servers")
+    if srv:
+        parts += ["", "Real servers (`bench/servers.py`): " + servers.table(srv)]
     sc = report.get("scale")
     if sc:
         by = {}
@@ -313,6 +323,11 @@ def main(argv=None) -> int:
                                            100 if args.quick else 1000)}
     if "service" in only:
         report["service"] = service.run(requests=args.requests, rounds=args.service_rounds)
+    if "servers" in only:
+        # real servers under wrk (skipped, with the reason, where wrk or an
+        # app's packages are missing)
+        report["servers"] = (servers.run(rounds=1, seconds=2.0) if args.quick
+                             else servers.run())
     if "scale" in only:
         report["scale"] = (scale.measure(n_tasks=500, n_threads=100, paths=100, rounds=1,
                                          server_requests=400, export_paths=100,

@@ -1,9 +1,10 @@
 """Real servers under wrk on loopback, beside plain and ddtrace.
 
-Three apps (bench/apps/): a Flask app on waitress with an RLock-guarded
+Four apps (bench/apps/): a Flask app on waitress with an RLock-guarded
 cache, a file logger and a SQLAlchemy QueuePool(4) over SQLite; an aiohttp
 app (asyncio Semaphore + Lock); a FastAPI app with a sync endpoint (anyio's
-worker threads, a threading.Lock) on uvicorn.  Each runs in each
+worker threads, a threading.Lock) on uvicorn; a Starlette app with an async
+endpoint (an asyncio.Lock) on uvicorn.  Each runs in each
 configuration (no profiler, lockprof at its defaults, ddtrace's lock
 collectors at their default 1% capture), in a fresh server process, rounds
 interleaved (the order rotates each round).  Per run: a warm-up, then wrk
@@ -14,7 +15,7 @@ run with no profiler.
 `python -m bench.servers [--rounds N] [--seconds S] [--apps a,b] [--md F]`;
 `--serve APP --config C --port P --workdir D` is one server (internal).
 Needs wrk (Debian's `wrk`) and the apps' packages (flask, waitress,
-sqlalchemy, aiohttp, fastapi, uvicorn); ddtrace for its column.
+sqlalchemy, aiohttp, fastapi, starlette, uvicorn); ddtrace for its column.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import time
 import urllib.request
 from typing import Dict, List, Optional
 
-APPS = ("flask_pool", "aiohttp_app", "fastapi_sync")
+APPS = ("flask_pool", "aiohttp_app", "fastapi_sync", "starlette_async")
 CONFIGS = ("off", "lockprof", "ddtrace")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LUA = """
@@ -49,7 +50,8 @@ def why_unavailable(app: str) -> Optional[str]:
     if shutil.which("wrk") is None:
         return "wrk is not installed (Debian: apt-get install wrk)"
     need = {"flask_pool": ("flask", "waitress", "sqlalchemy"), "aiohttp_app": ("aiohttp",),
-            "fastapi_sync": ("fastapi", "uvicorn")}[app]
+            "fastapi_sync": ("fastapi", "uvicorn"),
+            "starlette_async": ("starlette", "uvicorn")}[app]
     for mod in need:
         try:
             importlib.import_module(mod)
@@ -81,8 +83,10 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def _wrk(url: str, seconds: float, script: str, connections: int) -> Dict:
+    # (a sanitizer runtime preloaded for the Python under test is not wrk's)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-                          "-s", script, url], capture_output=True, text=True,
+                          "-s", script, url], capture_output=True, text=True, env=env,
                          timeout=seconds + 60).stdout
     unit = {"us": 1.0, "ms": 1e3, "s": 1e6}
     lat = {p: float(v) * unit[u] for p, v, u in

@@ -1,5 +1,6 @@
 """Each benchmark runs briefly and measures what it claims, so none can rot."""
 import json
+import os
 
 from bench import __main__ as bench_main
 from bench import memory, micro, reference, sampled, service
@@ -62,6 +63,27 @@ def test_service_workload_smoke():
     for c in res["configs"].values():
         assert c["throughput"] > 0 and c["p99_us"] >= c["p50_us"] > 0
     assert res["configs"]["off"]["vs_off"]["cpu_s"] == 1.0
+
+
+def test_real_servers_smoke():
+    """bench/servers.py serves the Starlette app (its packages are the
+    tests' own) under wrk, plain and profiled, and reads the server's CPU and
+    wrk's latencies (CI installs Debian's wrk)"""
+    import pytest
+    from bench import servers
+    reason = servers.why_unavailable("starlette_async")
+    if reason is not None:
+        if os.environ.get("CI"):
+            raise AssertionError(f"the servers bench cannot run in CI: {reason}")
+        pytest.skip(reason)
+    res = servers.run(rounds=1, seconds=1.0, apps=("starlette_async",),
+                      configs=("off", "lockprof"))
+    med = res["apps"]["starlette_async"]["median"]
+    for c in ("off", "lockprof"):
+        assert med[c]["rps"] > 0 and med[c]["cpu_ms_per_1k"] > 0
+        assert med[c]["p99_us"] >= med[c]["p50_us"] > 0
+    assert med["off"]["vs_off"]["cpu_ms_per_1k"] == 1.0
+    assert "| starlette_async | lockprof (defaults) |" in servers.table(res)
 
 
 def test_bench_command_quick(tmp_path):
