@@ -168,8 +168,13 @@ lp_gevent_lock_RLock_release(lp_wrapper *self, PyObject *const *args, Py_ssize_t
 
 /* gevent.lock.RLock.__exit__ (role: exit) */
 static PyObject *
-lp_gevent_lock_RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_gevent_lock_RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a Python method takes exactly three) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_gevent_lock_RLock_release_impl(self, &lp_gevent_lock_RLock_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -219,7 +224,7 @@ static PyMethodDef lp_gevent_lock_RLock_methods[] = {
      PyDoc_STR("__enter__($self, /)\n--\n\n__enter__: as gevent.lock.RLock.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_gevent_lock_RLock_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release($self, /)\n--\n\nrelease: as gevent.lock.RLock.release, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_gevent_lock_RLock_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_gevent_lock_RLock_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__($self, /, typ, value, tb)\n--\n\n__exit__: as gevent.lock.RLock.release, recorded by lockprof (exit).")},
     {"_release_save", (PyCFunction)(void (*)(void))lp_gevent_lock_RLock_release_save, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_release_save($self, /)\n--\n\n_release_save: as gevent.lock.RLock._release_save, recorded by lockprof (release_save).")},

@@ -149,8 +149,13 @@ lp_gevent_lock_Semaphore_release(lp_wrapper *self, PyObject *const *args, Py_ssi
 
 /* gevent.lock.Semaphore.__exit__ (role: exit) */
 static PyObject *
-lp_gevent_lock_Semaphore_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_gevent_lock_Semaphore_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a Python method takes exactly three) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_gevent_lock_Semaphore_release_impl(self, &lp_gevent_lock_Semaphore_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -178,7 +183,7 @@ static PyMethodDef lp_gevent_lock_Semaphore_methods[] = {
      PyDoc_STR("__enter__($self, /)\n--\n\n__enter__: as gevent._gevent_c_semaphore.Semaphore.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_gevent_lock_Semaphore_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release($self, /)\n--\n\nrelease: as gevent._gevent_c_semaphore.Semaphore.release, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_gevent_lock_Semaphore_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_gevent_lock_Semaphore_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__($self, /, t, v, tb)\n--\n\n__exit__: as gevent._gevent_c_semaphore.Semaphore.release, recorded by lockprof (exit).")},
     {"_at_fork_reinit", (PyCFunction)(void (*)(void))lp_gevent_lock_Semaphore_at_fork_reinit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_at_fork_reinit($self, /)\n--\n\n_at_fork_reinit: as gevent._gevent_c_semaphore.Semaphore._at_fork_reinit, recorded by lockprof (reinit).")},

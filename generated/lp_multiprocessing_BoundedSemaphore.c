@@ -150,8 +150,13 @@ lp_multiprocessing_BoundedSemaphore_release(lp_wrapper *self, PyObject *const *a
 
 /* multiprocessing.BoundedSemaphore.__exit__ (role: exit) */
 static PyObject *
-lp_multiprocessing_BoundedSemaphore_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_multiprocessing_BoundedSemaphore_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a Python method takes exactly three) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_multiprocessing_BoundedSemaphore_release_impl(self, &lp_multiprocessing_BoundedSemaphore_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -174,7 +179,7 @@ static PyMethodDef lp_multiprocessing_BoundedSemaphore_methods[] = {
      PyDoc_STR("__enter__($self, /)\n--\n\n__enter__: as multiprocessing.synchronize.BoundedSemaphore.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_multiprocessing_BoundedSemaphore_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release($self, /)\n--\n\nrelease: as multiprocessing.synchronize.BoundedSemaphore.release, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_multiprocessing_BoundedSemaphore_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_multiprocessing_BoundedSemaphore_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__($self, /, *args)\n--\n\n__exit__: as multiprocessing.synchronize.BoundedSemaphore.release, recorded by lockprof (exit).")},
     {"__reduce_ex__", (PyCFunction)lp_multiprocessing_BoundedSemaphore_reduce_ex, METH_O, NULL},
     {NULL, NULL, 0, NULL},

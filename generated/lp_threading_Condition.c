@@ -188,8 +188,13 @@ lp_threading_Condition_release(lp_wrapper *self, PyObject *const *args, Py_ssize
 
 /* threading.Condition.__exit__ (role: exit) */
 static PyObject *
-lp_threading_Condition_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_threading_Condition_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a Python method takes exactly three) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_threading_Condition_release_impl(self, &lp_threading_Condition_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -219,7 +224,7 @@ static PyMethodDef lp_threading_Condition_methods[] = {
      PyDoc_STR("__enter__($self, /)\n--\n\n__enter__: as threading.Condition.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading_Condition_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release: as threading.Condition.release, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Condition_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Condition_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__($self, /, *args)\n--\n\n__exit__: as threading.Condition.release, recorded by lockprof (exit).")},
     {"wait", (PyCFunction)(void (*)(void))lp_threading_Condition_wait, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("wait($self, /, timeout=None)\n--\n\nwait: as threading.Condition.wait, recorded by lockprof (wait).")},

@@ -34,7 +34,19 @@ lp_threading_Lock_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_threading_Lock_m_release, inner_type, "release") < 0) {
         return -1;
     }
+    if ((lp_threading_Lock_m_release.flags & LP_METH_KINDS) != METH_NOARGS) {
+        /* the spec says it takes no arguments (the wrapper's is METH_NOARGS) */
+        PyErr_SetString(PyExc_RuntimeError, "lockprof: _thread.LockType.release takes "
+                        "arguments on this CPython; regenerate without 'noargs'");
+        return -1;
+    }
     if (lp_method_init(&lp_threading_Lock_m_release_lock, inner_type, "release_lock") < 0) {
+        return -1;
+    }
+    if ((lp_threading_Lock_m_release_lock.flags & LP_METH_KINDS) != METH_NOARGS) {
+        /* the spec says it takes no arguments (the wrapper's is METH_NOARGS) */
+        PyErr_SetString(PyExc_RuntimeError, "lockprof: _thread.LockType.release_lock takes "
+                        "arguments on this CPython; regenerate without 'noargs'");
         return -1;
     }
     if (lp_method_init(&lp_threading_Lock_m_locked, inner_type, "locked") < 0) {
@@ -183,22 +195,27 @@ lp_threading_Lock_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t narg
 
 /* threading.Lock.release (role: release) */
 static PyObject *
-lp_threading_Lock_release(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+lp_threading_Lock_release(lp_wrapper *self, PyObject *Py_UNUSED(unused))
 {
-    return lp_threading_Lock_release_impl(self, &lp_threading_Lock_m_release, args, nargs, kwnames);
+    return lp_threading_Lock_release_impl(self, &lp_threading_Lock_m_release, NULL, 0, NULL);
 }
 
 /* threading.Lock.release_lock (role: release) */
 static PyObject *
-lp_threading_Lock_release_lock(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+lp_threading_Lock_release_lock(lp_wrapper *self, PyObject *Py_UNUSED(unused))
 {
-    return lp_threading_Lock_release_impl(self, &lp_threading_Lock_m_release_lock, args, nargs, kwnames);
+    return lp_threading_Lock_release_impl(self, &lp_threading_Lock_m_release_lock, NULL, 0, NULL);
 }
 
 /* threading.Lock.__exit__ (role: exit) */
 static PyObject *
-lp_threading_Lock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_threading_Lock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a C method takes any positional arguments) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_threading_Lock_release_impl(self, &lp_threading_Lock_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -240,11 +257,11 @@ static PyMethodDef lp_threading_Lock_methods[] = {
      PyDoc_STR("acquire_lock: as _thread.lock.acquire_lock, recorded by lockprof (acquire).")},
     {"__enter__", (PyCFunction)(void (*)(void))lp_threading_Lock_enter, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__enter__: as _thread.lock.acquire, recorded by lockprof (enter).")},
-    {"release", (PyCFunction)(void (*)(void))lp_threading_Lock_release, METH_FASTCALL | METH_KEYWORDS,
+    {"release", (PyCFunction)(void (*)(void))lp_threading_Lock_release, METH_NOARGS,
      PyDoc_STR("release: as _thread.lock.release, recorded by lockprof (release).")},
-    {"release_lock", (PyCFunction)(void (*)(void))lp_threading_Lock_release_lock, METH_FASTCALL | METH_KEYWORDS,
+    {"release_lock", (PyCFunction)(void (*)(void))lp_threading_Lock_release_lock, METH_NOARGS,
      PyDoc_STR("release_lock: as _thread.lock.release_lock, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Lock_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Lock_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__: as _thread.lock.release, recorded by lockprof (exit).")},
     {"locked", (PyCFunction)(void (*)(void))lp_threading_Lock_locked, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("locked: as _thread.lock.locked, recorded by lockprof (forward).")},

@@ -36,6 +36,12 @@ lp_threading_RLock_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_threading_RLock_m_release, inner_type, "release") < 0) {
         return -1;
     }
+    if ((lp_threading_RLock_m_release.flags & LP_METH_KINDS) != METH_NOARGS) {
+        /* the spec says it takes no arguments (the wrapper's is METH_NOARGS) */
+        PyErr_SetString(PyExc_RuntimeError, "lockprof: _thread.RLock.release takes "
+                        "arguments on this CPython; regenerate without 'noargs'");
+        return -1;
+    }
     if (lp_method_init(&lp_threading_RLock_m_is_owned, inner_type, "_is_owned") < 0) {
         return -1;
     }
@@ -185,15 +191,20 @@ lp_threading_RLock_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nar
 
 /* threading.RLock.release (role: release) */
 static PyObject *
-lp_threading_RLock_release(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+lp_threading_RLock_release(lp_wrapper *self, PyObject *Py_UNUSED(unused))
 {
-    return lp_threading_RLock_release_impl(self, &lp_threading_RLock_m_release, args, nargs, kwnames);
+    return lp_threading_RLock_release_impl(self, &lp_threading_RLock_m_release, NULL, 0, NULL);
 }
 
 /* threading.RLock.__exit__ (role: exit) */
 static PyObject *
-lp_threading_RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_threading_RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a C method takes any positional arguments) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_threading_RLock_release_impl(self, &lp_threading_RLock_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -278,9 +289,9 @@ static PyMethodDef lp_threading_RLock_methods[] = {
      PyDoc_STR("acquire: as _thread.RLock.acquire, recorded by lockprof (acquire).")},
     {"__enter__", (PyCFunction)(void (*)(void))lp_threading_RLock_enter, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__enter__: as _thread.RLock.acquire, recorded by lockprof (enter).")},
-    {"release", (PyCFunction)(void (*)(void))lp_threading_RLock_release, METH_FASTCALL | METH_KEYWORDS,
+    {"release", (PyCFunction)(void (*)(void))lp_threading_RLock_release, METH_NOARGS,
      PyDoc_STR("release: as _thread.RLock.release, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_RLock_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_RLock_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__: as _thread.RLock.release, recorded by lockprof (exit).")},
     {"_is_owned", (PyCFunction)(void (*)(void))lp_threading_RLock_is_owned, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_is_owned: as _thread.RLock._is_owned, recorded by lockprof (forward).")},

@@ -139,8 +139,13 @@ lp_threading_Semaphore_release(lp_wrapper *self, PyObject *const *args, Py_ssize
 
 /* threading.Semaphore.__exit__ (role: exit) */
 static PyObject *
-lp_threading_Semaphore_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_threading_Semaphore_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a Python method takes exactly three) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_threading_Semaphore_release_impl(self, &lp_threading_Semaphore_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -156,7 +161,7 @@ static PyMethodDef lp_threading_Semaphore_methods[] = {
      PyDoc_STR("__enter__($self, /, blocking=True, timeout=None)\n--\n\n__enter__: as threading.Semaphore.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading_Semaphore_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release($self, /, n=1)\n--\n\nrelease: as threading.Semaphore.release, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Semaphore_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_threading_Semaphore_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__($self, /, t, v, tb)\n--\n\n__exit__: as threading.Semaphore.release, recorded by lockprof (exit).")},
     {"__reduce_ex__", (PyCFunction)lp_wrapper_reduce_ex, METH_O, NULL},
     {NULL, NULL, 0, NULL},

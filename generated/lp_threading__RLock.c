@@ -172,8 +172,13 @@ lp_threading__RLock_release(lp_wrapper *self, PyObject *const *args, Py_ssize_t 
 
 /* threading._RLock.__exit__ (role: exit) */
 static PyObject *
-lp_threading__RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_threading__RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `with` makes: the wrapped __exit__ answers it, with
+         * its own checks and errors (a Python method takes exactly three) */
+        return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
+    }
     PyObject *r = lp_threading__RLock_release_impl(self, &lp_threading__RLock_m_release, NULL, 0, NULL);
     if (r == NULL) {
         return NULL;
@@ -235,7 +240,7 @@ static PyMethodDef lp_threading__RLock_methods[] = {
      PyDoc_STR("__enter__($self, /, blocking=True, timeout=-1)\n--\n\n__enter__: as threading._RLock.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading__RLock_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release($self, /)\n--\n\nrelease: as threading._RLock.release, recorded by lockprof (release).")},
-    {"__exit__", (PyCFunction)(void (*)(void))lp_threading__RLock_exit, METH_FASTCALL,
+    {"__exit__", (PyCFunction)(void (*)(void))lp_threading__RLock_exit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__exit__($self, /, t, v, tb)\n--\n\n__exit__: as threading._RLock.release, recorded by lockprof (exit).")},
     {"_release_save", (PyCFunction)(void (*)(void))lp_threading__RLock_release_save, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_release_save($self, /)\n--\n\n_release_save: as threading._RLock._release_save, recorded by lockprof (release_save).")},

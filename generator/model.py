@@ -17,7 +17,7 @@ ROLES: Dict[str, Tuple[str, Optional[str]]] = {
     "acquire": ("METH_FASTCALL | METH_KEYWORDS", None),
     "enter": ("METH_FASTCALL | METH_KEYWORDS", "acquire"),
     "release": ("METH_FASTCALL | METH_KEYWORDS", None),
-    "exit": ("METH_FASTCALL", "release"),
+    "exit": ("METH_FASTCALL | METH_KEYWORDS", "release"),
     "forward": ("METH_FASTCALL | METH_KEYWORDS", None),
     "release_save": ("METH_FASTCALL | METH_KEYWORDS", None),
     "acquire_restore": ("METH_FASTCALL | METH_KEYWORDS", None),
@@ -93,6 +93,9 @@ class InnerMethod:
     name: str
     c_var: str
     guard: Optional[str]
+    # the wrapper's method is METH_NOARGS, so the C method it calls must take
+    # no arguments too (checked when the module is set up)
+    noargs: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
             raise SpecError(f"{mwhere}: role {role!r} is for asyncio types; this entry is not async")
         if role in ("wait", "async_wait") and not raw["condition"]:
             raise SpecError(f"{mwhere}: role {role!r} needs \"condition\": true")
-        extra = set(m) - {"name", "role", "since", "signature", "returns"}
+        extra = set(m) - {"name", "role", "since", "signature", "returns", "noargs"}
         if extra:
             raise SpecError(f"{mwhere}: unknown field(s) {sorted(extra)}")
         if "returns" in m and not ((m["returns"] == "self" and role == "aenter")
@@ -229,6 +232,14 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
                             "(a C method's is taken from it at run time)")
         flags, inner_name = ROLES[role]
         inner_name = inner_name or name
+        noargs = m.get("noargs", False)
+        if noargs is not False and (noargs is not True or role != "release" or not raw["native"]):
+            raise SpecError(f"{mwhere}: 'noargs' is true for a 'release' method of a C class "
+                            "whose release takes no arguments on every supported CPython")
+        if noargs:
+            # the interpreter calls a METH_NOARGS method with no argument
+            # handling at all (3.15: no fastcall-with-keywords helper)
+            flags = "METH_NOARGS"
         c_var = f"{prefix}_m_{_ident(inner_name)}"
         if role == "forward" and not raw["native"]:
             if name == raw.get("busy_probe"):
@@ -240,9 +251,9 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
                 doc=f"{name}: the wrapped {shown}'s own (not recorded).", as_getter=True))
             continue
         if inner_name not in inner:
-            inner[inner_name] = InnerMethod(inner_name, c_var, guard)
+            inner[inner_name] = InnerMethod(inner_name, c_var, guard, noargs)
         elif inner[inner_name].guard != guard and inner[inner_name].guard is not None:
-            inner[inner_name] = InnerMethod(inner_name, c_var, None)
+            inner[inner_name] = InnerMethod(inner_name, c_var, None, inner[inner_name].noargs)
         methods.append(Method(
             name=name, role=role, c_name=f"{prefix}_{_ident(name) or name}",
             meth_flags=flags, inner=inner_name, inner_c=c_var, guard=guard,

@@ -244,6 +244,19 @@ acquire_slow(lp_wrapper *w, int kind, PyObject *target,
     return r;
 }
 
+PyObject *
+lp_call_named(PyObject *obj, const char *name, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    PyObject *f = PyObject_GetAttrString(obj, name);
+    if (f == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_Vectorcall(f, args, nargs, kwnames);
+    Py_DECREF(f);
+    return r;
+}
+
 static PyObject *
 cond_wait(lp_wrapper *w, int kind, const lp_method *m,
           PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)

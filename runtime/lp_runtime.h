@@ -429,6 +429,12 @@ PyObject *lp_acquire_slow(lp_wrapper *w, int kind, PyObject *target,
  * end), its helpers inlined. */
 PyObject *lp_acquire_waited(lp_wrapper *w, int kind, PyObject *target, const lp_method *acquire);
 
+/* obj.<name>(*args, **kw), looked up on obj: for the calls the wrappers
+ * leave to the wrapped object (an __exit__ called with arguments no `with`
+ * passes, whose errors must be the wrapped method's own) */
+PyObject *lp_call_named(PyObject *obj, const char *name, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames);
+
 /* Condition.wait / wait_for: call through, time it, record it. */
 PyObject *lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
                        PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);

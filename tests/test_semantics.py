@@ -191,7 +191,24 @@ def condition_usage(factory, t):
     t.append(("notified", got))
 
 
-SCENARIOS = [basic_sync, thread_cross, rlock_recursion, semaphore_counts, condition_usage]
+def bad_arguments(factory, t):
+    """every acquire/release spelling called with arguments it does not take:
+    the same errors and messages (a C lock's release is METH_NOARGS in the
+    wrapper too)"""
+    l = factory()
+    for name in ("release", "release_lock", "acquire", "acquire_lock", "__exit__"):
+        m = getattr(l, name, None)
+        if m is None:
+            continue
+        attempt(t, m, 1, 2, 3, 4, 5)
+        attempt(t, m, bogus=1)
+    attempt(t, l.acquire)
+    attempt(t, l.release, 1)
+    attempt(t, l.release)
+
+
+SCENARIOS = [basic_sync, thread_cross, rlock_recursion, semaphore_counts, condition_usage,
+             bad_arguments]
 
 
 @pytest.mark.parametrize("rate", RATES)
