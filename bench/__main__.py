@@ -8,7 +8,6 @@ and a service-like workload; a Markdown report with the targets met or missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -16,6 +15,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from . import write_results
 from . import ddtrace_locks, instructions, memory, micro, parallel, sampled, scale, servers, service
 
 SECTIONS = ("micro", "instructions", "sampled", "memory", "service", "servers", "scale", "parallel")
@@ -144,9 +144,6 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             if v is not None:
                 add(f"{app} {label}, lockprof default vs off", round(v, 3), "<= 1.02x",
                     v <= 1.02, "x")
-    srv = report.get("servers")
-    if srv:
-        parts += ["", "Real servers (`bench/servers.py`): " + servers.table(srv)]
     sc = report.get("scale")
     if sc:
         by = {}
@@ -255,6 +252,9 @@ def markdown(report: Dict[str, Any]) -> str:
                          f"{r.get('p99_us', 0):.2f}, {r.get('cpu_s', 0):.2f} |")
         for c, e in svc.get("errors", {}).items():
             parts.append(f"\n{c}: not measured ({e})")
+    srv = report.get("servers")
+    if srv:
+        parts += ["", "Real servers (`bench/servers.py`): " + servers.table(srv)]
     sc = report.get("scale")
     if sc:
         parts += ["", "Scale (each program in fresh interpreters, plain and under `lockprof run`, "
@@ -338,14 +338,7 @@ def main(argv=None) -> int:
         report["parallel"] = parallel.measure(rounds=2 if args.quick else args.rounds,
                                               n=20_000 if args.quick else 200_000)
     report["targets"] = targets(report)
-    md = markdown(report)
-    print(md)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md + "\n")
+    write_results(report, markdown(report), args.json, args.md)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import re
 import shutil
@@ -214,15 +213,9 @@ def main(argv=None) -> int:
     bad = [x for x in apps if x not in APPS]
     if bad:
         p.error(f"--apps: unknown app {bad[0]!r} (accepted: {', '.join(APPS)})")
+    from bench import write_results
     result = run(a.rounds, a.seconds, apps)
-    text = table(result)
-    print(text)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=1)
-    if a.md:
-        with open(a.md, "w") as f:
-            f.write(text + "\n")
+    write_results(result, table(result), a.json, a.md)
     return 0
 
 
