@@ -270,8 +270,9 @@ timeout_armed(PyObject *task)
 
 /* Whether the acquire being awaited now is bounded by asyncio.wait_for with
  * a timeout, or inside an armed asyncio.timeout() (timeout_armed), so that
- * it cannot wait forever (lock order: no edge into its lock).  3.12+: wait_for awaits in the caller's task, so its frame is on
- * the stack, with its `timeout` not None.  3.9-3.11: wait_for runs what it
+ * it cannot wait forever (lock order: no edge into its lock).  3.12+:
+ * wait_for awaits in the caller's task, so its frame is on the stack, with
+ * its `timeout` not None.  3.9-3.11: wait_for runs what it
  * is given in a task of its own; a task that runs nothing but this acquire
  * (asyncio's _wrap_awaitable, with no frame under it) was made to bound or
  * cancel it.  Read only when a wait begins. */
