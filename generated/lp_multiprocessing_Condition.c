@@ -177,7 +177,7 @@ lp_multiprocessing_Condition_exit(lp_wrapper *self, PyObject *const *args, Py_ss
     if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
         /* a call no `with` makes: the wrapped __exit__ answers it, with
          * its own checks and errors (which vary: a C lock's takes any
-         * positional arguments before 3.14, exactly three since) */
+         * positional arguments before 3.15, exactly three since) */
         return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
     }
     PyObject *r = lp_multiprocessing_Condition_release_impl(self, &lp_multiprocessing_Condition_m_release, NULL, 0, NULL);

@@ -203,7 +203,7 @@ lp_threading_RLock_exit(lp_wrapper *self, PyObject *const *args, Py_ssize_t narg
     if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
         /* a call no `with` makes: the wrapped __exit__ answers it, with
          * its own checks and errors (which vary: a C lock's takes any
-         * positional arguments before 3.14, exactly three since) */
+         * positional arguments before 3.15, exactly three since) */
         return lp_call_named(self->inner, "__exit__", args, nargs, kwnames);
     }
     PyObject *r = lp_threading_RLock_release_impl(self, &lp_threading_RLock_m_release, NULL, 0, NULL);
