@@ -317,27 +317,6 @@ flush_contended_locked(lp_wrapper *w, int kind, int64_t wait_ns, int acquired, l
     }
 }
 
-void
-lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
-{
-    lp_wait_draw d = draw_wait(wait_ns);
-    lp_ctx c;
-    int64_t t0 = 0;
-    if (d.keep) {
-        t0 = lp_now_ns();       /* a kept stack is charged to the budget */
-        lp_ctx_prepare(&c);     /* the stack, outside the mutex */
-    }
-    lp_enter();
-    flush_contended_locked(w, kind, wait_ns, acquired, d);
-    if (d.keep) {
-        lp_budget_charge(t0, lp_now_ns());
-    }
-    lp_exit();
-    if (d.keep) {
-        lp_ctx_done(&c);
-    }
-}
-
 static void
 flush_cond_wait_locked(lp_wrapper *w, int kind, int64_t wait_ns, lp_wait_draw d)
 {
@@ -347,25 +326,46 @@ flush_cond_wait_locked(lp_wrapper *w, int kind, int64_t wait_ns, lp_wait_draw d)
     sample_wait(r, LP_EV_COND_WAIT, wait_ns, 0, d);
 }
 
-void
-lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
+/* A wait has ended: its exact figures, and its stack when the draw keeps
+ * it (captured outside the mutex, charged to the budget).  `cond`: a
+ * Condition's wait, else a lock's contended acquire (`acquired`: it got
+ * the lock).  Inlined where the arguments are constants. */
+static inline void
+record_wait(lp_wrapper *w, int kind, int64_t wait_ns, int acquired, int cond)
 {
     lp_wait_draw d = draw_wait(wait_ns);
     lp_ctx c;
     int64_t t0 = 0;
-    if (d.keep) {
-        t0 = lp_now_ns();
-        lp_ctx_prepare(&c);
+    if (LP_UNLIKELY(d.keep)) {
+        t0 = lp_now_ns();       /* a kept stack is charged to the budget */
+        lp_ctx_prepare(&c);     /* the stack, outside the mutex */
     }
     lp_enter();
-    flush_cond_wait_locked(w, kind, wait_ns, d);
-    if (d.keep) {
+    if (cond) {
+        flush_cond_wait_locked(w, kind, wait_ns, d);
+    }
+    else {
+        flush_contended_locked(w, kind, wait_ns, acquired, d);
+    }
+    if (LP_UNLIKELY(d.keep)) {
         lp_budget_charge(t0, lp_now_ns());
     }
     lp_exit();
-    if (d.keep) {
+    if (LP_UNLIKELY(d.keep)) {
         lp_ctx_done(&c);
     }
+}
+
+void
+lp_flush_contended(lp_wrapper *w, int kind, int64_t wait_ns, int acquired)
+{
+    record_wait(w, kind, wait_ns, acquired, 0);
+}
+
+void
+lp_flush_cond_wait(lp_wrapper *w, int kind, int64_t wait_ns)
+{
+    record_wait(w, kind, wait_ns, 0, 1);
 }
 
 /* A contended acquire without arguments, whole: the generated slow path
@@ -384,34 +384,15 @@ lp_acquire_waited(lp_wrapper *w, int kind, PyObject *target, const lp_method *ac
     if (LP_LOAD(lp_lock_order)) {
         lp_wait_unbounded(w, kind);
     }
-    lp_enter();
-    wait_begin_locked(w, kind, 0);
-    lp_exit();
+    lp_wait_begin(w, kind, 0);
     int64_t t0 = lp_now_ns();
     PyObject *r = lp_call0(acquire, target);
     int64_t wait_ns = lp_now_ns() - t0;
     if (r != NULL) {
-        lp_wait_draw d = draw_wait(wait_ns);
-        lp_ctx c;
-        int64_t tc = 0;
-        if (LP_UNLIKELY(d.keep)) {
-            tc = lp_now_ns();
-            lp_ctx_prepare(&c);
-        }
-        lp_enter();
-        flush_contended_locked(w, kind, wait_ns, LP_ACQUIRED(r), d);
-        if (LP_UNLIKELY(d.keep)) {
-            lp_budget_charge(tc, lp_now_ns());
-        }
-        lp_exit();
-        if (LP_UNLIKELY(d.keep)) {
-            lp_ctx_done(&c);
-        }
+        record_wait(w, kind, wait_ns, LP_ACQUIRED(r), 0);
     }
     else {
-        lp_enter();
-        wait_abort_locked(w);
-        lp_exit();
+        lp_wait_abort(w);
     }
     lp_resume(held);
     return r;
