@@ -891,7 +891,13 @@ wait_for_caller(PyObject *inner, PyFrameObject **at)
 {
     *at = NULL;
     PyObject *loop = lp_running_loop();
-    PyObject *mod = loop != NULL ? PyImport_ImportModule("asyncio") : NULL;
+    /* asyncio is imported (a task runs): looked up, never imported here */
+    PyObject *mod = NULL;
+    if (loop != NULL) {
+        PyObject *name = PyUnicode_FromString("asyncio");
+        mod = name != NULL ? PyImport_GetModule(name) : NULL;
+        Py_XDECREF(name);
+    }
     PyObject *all = mod != NULL ? attr_or_null(mod, "all_tasks") : NULL;
     PyObject *tasks = all != NULL ? PyObject_CallOneArg(all, loop) : NULL;
     PyObject *it = tasks != NULL ? PyObject_GetIter(tasks) : NULL;
