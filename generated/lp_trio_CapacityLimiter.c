@@ -78,6 +78,11 @@ lp_trio_CapacityLimiter_acquire(lp_wrapper *self, PyObject *const *args, Py_ssiz
 static PyObject *
 lp_trio_CapacityLimiter_aenter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
+        /* a call no `async with` makes: the wrapped __aenter__ raises its
+         * own arity error, at the call as native */
+        return lp_call_named(self->inner, "__aenter__", args, nargs, kwnames);
+    }
     return lp_awaitable_new(self, LP_KIND_TRIO_CAPACITYLIMITER, LP_AW_AENTER, &lp_trio_CapacityLimiter_m_acquire,
                             args, nargs, kwnames, NULL);
 }
@@ -91,8 +96,13 @@ lp_trio_CapacityLimiter_release(lp_wrapper *self, PyObject *const *args, Py_ssiz
 
 /* trio.CapacityLimiter.__aexit__ (role: aexit) */
 static PyObject *
-lp_trio_CapacityLimiter_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_trio_CapacityLimiter_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `async with` makes: the wrapped __aexit__ answers it
+         * (its arity error at the call, as native) */
+        return lp_call_named(self->inner, "__aexit__", args, nargs, kwnames);
+    }
     return lp_awaitable_new(self, LP_KIND_TRIO_CAPACITYLIMITER, LP_AW_CALL, NULL,
                             NULL, 0, NULL, lp_trio_CapacityLimiter_release_now);
 }
@@ -119,7 +129,7 @@ static PyMethodDef lp_trio_CapacityLimiter_methods[] = {
      PyDoc_STR("__aenter__($self, /)\n--\n\n__aenter__: as trio.CapacityLimiter.acquire, recorded by lockprof (aenter).")},
     {"release", (PyCFunction)(void (*)(void))lp_trio_CapacityLimiter_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release($self, /)\n--\n\nrelease: as trio.CapacityLimiter.release, recorded by lockprof (release).")},
-    {"__aexit__", (PyCFunction)(void (*)(void))lp_trio_CapacityLimiter_aexit, METH_FASTCALL,
+    {"__aexit__", (PyCFunction)(void (*)(void))lp_trio_CapacityLimiter_aexit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__aexit__($self, /, exc_type, exc_value, traceback)\n--\n\n__aexit__: as trio.CapacityLimiter.release, recorded by lockprof (aexit).")},
     {"acquire_on_behalf_of", (PyCFunction)(void (*)(void))lp_trio_CapacityLimiter_acquire_on_behalf_of, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("acquire_on_behalf_of($self, /, borrower)\n--\n\nacquire_on_behalf_of: as trio.CapacityLimiter.acquire_on_behalf_of, recorded by lockprof (async_acquire).")},

@@ -74,6 +74,11 @@ lp_trio_Condition_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t na
 static PyObject *
 lp_trio_Condition_aenter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
+        /* a call no `async with` makes: the wrapped __aenter__ raises its
+         * own arity error, at the call as native */
+        return lp_call_named(self->inner, "__aenter__", args, nargs, kwnames);
+    }
     return lp_awaitable_new(self, LP_KIND_TRIO_CONDITION, LP_AW_AENTER, &lp_trio_Condition_m_acquire,
                             args, nargs, kwnames, NULL);
 }
@@ -87,8 +92,13 @@ lp_trio_Condition_release(lp_wrapper *self, PyObject *const *args, Py_ssize_t na
 
 /* trio.Condition.__aexit__ (role: aexit) */
 static PyObject *
-lp_trio_Condition_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs)
+lp_trio_Condition_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(kwnames != NULL || nargs != 3)) {
+        /* a call no `async with` makes: the wrapped __aexit__ answers it
+         * (its arity error at the call, as native) */
+        return lp_call_named(self->inner, "__aexit__", args, nargs, kwnames);
+    }
     return lp_awaitable_new(self, LP_KIND_TRIO_CONDITION, LP_AW_CALL, NULL,
                             NULL, 0, NULL, lp_trio_Condition_release_now);
 }
@@ -108,7 +118,7 @@ static PyMethodDef lp_trio_Condition_methods[] = {
      PyDoc_STR("__aenter__($self, /)\n--\n\n__aenter__: as trio.Condition.acquire, recorded by lockprof (aenter).")},
     {"release", (PyCFunction)(void (*)(void))lp_trio_Condition_release, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("release($self, /)\n--\n\nrelease: as trio.Condition.release, recorded by lockprof (release).")},
-    {"__aexit__", (PyCFunction)(void (*)(void))lp_trio_Condition_aexit, METH_FASTCALL,
+    {"__aexit__", (PyCFunction)(void (*)(void))lp_trio_Condition_aexit, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("__aexit__($self, /, exc_type, exc_value, traceback)\n--\n\n__aexit__: as trio.Condition.release, recorded by lockprof (aexit).")},
     {"wait", (PyCFunction)(void (*)(void))lp_trio_Condition_wait, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("wait($self, /)\n--\n\nwait: as trio.Condition.wait, recorded by lockprof (async_wait).")},

@@ -25,7 +25,7 @@ ROLES: Dict[str, Tuple[str, Optional[str]]] = {
     "wait": ("METH_FASTCALL | METH_KEYWORDS", None),
     "async_acquire": ("METH_FASTCALL | METH_KEYWORDS", None),
     "aenter": ("METH_FASTCALL | METH_KEYWORDS", "acquire"),
-    "aexit": ("METH_FASTCALL", "release"),
+    "aexit": ("METH_FASTCALL | METH_KEYWORDS", "release"),
     "async_wait": ("METH_FASTCALL | METH_KEYWORDS", None),
 }
 SYNC_ONLY = {"acquire", "enter", "exit", "wait"}

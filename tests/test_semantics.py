@@ -6,6 +6,7 @@ values, exceptions with their messages, reprs with addresses normalised --
 must be identical."""
 import asyncio
 import copy
+import inspect
 import pickle
 import re
 import sys
@@ -287,6 +288,26 @@ async def async_scenario(factory, t):
     t.append(("waiters-attr", hasattr(l, "_waiters")))
     attempt(t, pickle.dumps, l)
     t.append(("weakref", weakref.ref(l)() is l))
+    await async_bad_arguments(l, t)
+
+
+async def async_bad_arguments(l, t):
+    """__aenter__/__aexit__ called as no `async with` calls them: the arity
+    error is raised at the call, with the native message; a call that is
+    accepted (keyword arguments) is awaited and does what the native does"""
+    calls = {"__aenter__": [((1, 2, 3, 4, 5), {}), ((), {"bogus": 1}), ((None,), {})],
+             "__aexit__": [((1, 2, 3, 4, 5), {}), ((), {"bogus": 1}), ((), {}), ((None, None), {})]}
+    for name, spellings in calls.items():
+        for a, k in spellings:
+            r = attempt(t, getattr(l, name), *a, **k)
+            if r is not None:
+                await r
+    await l.acquire()
+    params = list(inspect.signature(type(_lockprof.unwrap(l)).__aexit__).parameters)[1:]
+    r = attempt(t, l.__aexit__, **dict.fromkeys(params))
+    if r is not None:
+        t.append(("aexit-kw", await r))
+    t.append(("after-aexit-kw", l.locked()))
 
 
 def run_async(name, rate):
