@@ -1,8 +1,9 @@
 /* lockprof runtime: method resolution, sampling, timing, the slow paths of
  * acquire and wait, and the slots every wrapper type shares.
  *
- * Owns: the resolved methods of the wrapped types (written once, when a type
- * is first resolved, then read-only), the table of lock types whose C
+ * Owns: the resolved methods of the wrapped types (written when a type is
+ * first resolved; a Python method's function is taken again when its class
+ * changes, GIL builds only: method_refresh), the table of lock types whose C
  * methods a Condition calls (filled under the tables' mutex), the empty and
  * (False,) tuples.
  * Guarded by: the resolution and the Condition table run under the tables'
@@ -73,6 +74,38 @@ lp_method_init(lp_method *m, PyObject *type, const char *name)
     return 0;
 }
 
+/* The class of a Python method changed since its function was taken (its
+ * version tag moved): a monkeypatch, or lockprof's own `__new__` going in
+ * or out of the class at start() and stop() on 3.13+ (lp_factory.c), which
+ * would otherwise send every later call through the lookup by name.  Takes
+ * the class's function again, with the class's new tag, when it is still a
+ * plain function; else the call goes by name.  GIL builds: the GIL guards
+ * `m` (a free-threaded build keeps going by name, where another thread may
+ * be calling the function being replaced). */
+static int
+method_refresh(lp_method *m)
+{
+#ifdef Py_GIL_DISABLED
+    (void)m;
+    return 0;
+#else
+    PyObject *d = PyObject_GetAttr((PyObject *)m->owner, m->name);
+    if (d == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    /* the lookup gave the class a version tag again, unless it has run out */
+    unsigned int tag = m->owner->tp_version_tag;
+    if (!PyFunction_Check(d) || !lp_tag_current(m->owner, tag)) {
+        Py_DECREF(d);
+        return 0;
+    }
+    Py_SETREF(m->func, d);
+    m->tag = tag;
+    return 1;
+#endif
+}
+
 PyObject *
 lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
                 Py_ssize_t nargs, PyObject *kwnames)
@@ -96,8 +129,12 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
         /* the descriptor converts the call to the method's convention */
         r = PyObject_Vectorcall(m->descr, stack, 1 + nargs, kwnames);
     }
-    else if (m->func != NULL && Py_TYPE(self) == m->owner && lp_tag_current(m->owner, m->tag)) {
-        r = PyObject_Vectorcall(m->func, stack, 1 + nargs, kwnames);
+    else if (m->func != NULL && Py_TYPE(self) == m->owner
+             && (LP_LIKELY(lp_tag_current(m->owner, m->tag)) || method_refresh((lp_method *)m))) {
+        /* (a strong reference for the call: a refresh may replace it) */
+        PyObject *f = Py_NewRef(m->func);
+        r = PyObject_Vectorcall(f, stack, 1 + nargs, kwnames);
+        Py_DECREF(f);
     }
     else {
         r = PyObject_VectorcallMethod(m->name, stack, 1 + nargs, kwnames);

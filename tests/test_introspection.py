@@ -254,6 +254,34 @@ def test_instance_and_class_attributes_forwarded(profiling):
     assert c.notify.__name__ == "<lambda>"
 
 
+def test_recorded_method_patched_on_the_class_then_restored(profiling):
+    """the wrapper calls a Python class's function directly while the class
+    is unchanged; a patch of the class (and lockprof's own __new__ going in
+    at start() on 3.13+) is seen, and so is the original again afterwards"""
+    from unittest import mock
+    s = threading.Semaphore(2)
+    calls = []
+    orig = threading.Semaphore.release
+
+    def patched(self, n=1):
+        calls.append(n)
+        return orig(self, n)
+    assert s.acquire() is True and s.acquire() is True
+    s.release()
+    with mock.patch.object(threading.Semaphore, "release", patched):
+        s.release()
+        assert calls == [1]
+        with s:
+            pass
+        assert calls == [1, 1]
+    with s:
+        pass
+    assert s.acquire() is True
+    s.release()
+    assert calls == [1, 1]
+    assert lockprof._lockprof.unwrap(s)._value == 2
+
+
 def test_forwarded_method_is_bound_to_the_stdlib_object(profiling):
     c = threading.Condition()
     m = c.notify_all
