@@ -11,6 +11,8 @@
 
 PyTypeObject *lp_gevent_lock_RLock_type = NULL;
 static PyObject *lp_gevent_lock_RLock_inner_class = NULL;
+/* the wrapped class's __enter__ is its acquire (takes the same arguments) */
+static int lp_gevent_lock_RLock_enter_is_acquire = 1;
 
 
 /* methods of gevent.lock.RLock called by this wrapper */
@@ -34,6 +36,7 @@ lp_gevent_lock_RLock_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_gevent_lock_RLock_m_acquire_restore, inner_type, "_acquire_restore") < 0) {
         return -1;
     }
+    lp_gevent_lock_RLock_enter_is_acquire = lp_same_method(inner_type, "__enter__", "acquire");
     return 0;
 }
 
@@ -156,6 +159,12 @@ lp_gevent_lock_RLock_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t
 static PyObject *
 lp_gevent_lock_RLock_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL) && !lp_gevent_lock_RLock_enter_is_acquire) {
+        /* arguments no `with` passes, to an __enter__ that is not acquire
+         * (a Condition's; 3.15's C locks', which take none): the wrapped
+         * __enter__ raises its own arity error */
+        return lp_call_named(self->inner, "__enter__", args, nargs, kwnames);
+    }
     return lp_gevent_lock_RLock_acquire_impl(self, &lp_gevent_lock_RLock_m_acquire, args, nargs, kwnames);
 }
 

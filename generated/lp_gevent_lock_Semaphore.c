@@ -11,6 +11,8 @@
 
 PyTypeObject *lp_gevent_lock_Semaphore_type = NULL;
 static PyObject *lp_gevent_lock_Semaphore_inner_class = NULL;
+/* the wrapped class's __enter__ is its acquire (takes the same arguments) */
+static int lp_gevent_lock_Semaphore_enter_is_acquire = 1;
 
 
 /* methods of gevent._gevent_c_semaphore.Semaphore called by this wrapper */
@@ -30,6 +32,7 @@ lp_gevent_lock_Semaphore_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_gevent_lock_Semaphore_m_at_fork_reinit, inner_type, "_at_fork_reinit") < 0) {
         return -1;
     }
+    lp_gevent_lock_Semaphore_enter_is_acquire = lp_same_method(inner_type, "__enter__", "acquire");
     return 0;
 }
 
@@ -131,6 +134,12 @@ lp_gevent_lock_Semaphore_acquire(lp_wrapper *self, PyObject *const *args, Py_ssi
 static PyObject *
 lp_gevent_lock_Semaphore_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL) && !lp_gevent_lock_Semaphore_enter_is_acquire) {
+        /* arguments no `with` passes, to an __enter__ that is not acquire
+         * (a Condition's; 3.15's C locks', which take none): the wrapped
+         * __enter__ raises its own arity error */
+        return lp_call_named(self->inner, "__enter__", args, nargs, kwnames);
+    }
     /* its __enter__ returns None, not acquire()'s result */
     PyObject *r = lp_gevent_lock_Semaphore_acquire_impl(self, &lp_gevent_lock_Semaphore_m_acquire, args, nargs, kwnames);
     if (r == NULL) {

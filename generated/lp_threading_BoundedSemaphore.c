@@ -11,6 +11,8 @@
 
 PyTypeObject *lp_threading_BoundedSemaphore_type = NULL;
 static PyObject *lp_threading_BoundedSemaphore_inner_class = NULL;
+/* the wrapped class's __enter__ is its acquire (takes the same arguments) */
+static int lp_threading_BoundedSemaphore_enter_is_acquire = 1;
 
 
 /* methods of threading.BoundedSemaphore called by this wrapper */
@@ -26,6 +28,7 @@ lp_threading_BoundedSemaphore_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_threading_BoundedSemaphore_m_release, inner_type, "release") < 0) {
         return -1;
     }
+    lp_threading_BoundedSemaphore_enter_is_acquire = lp_same_method(inner_type, "__enter__", "acquire");
     return 0;
 }
 
@@ -127,6 +130,12 @@ lp_threading_BoundedSemaphore_acquire(lp_wrapper *self, PyObject *const *args, P
 static PyObject *
 lp_threading_BoundedSemaphore_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL) && !lp_threading_BoundedSemaphore_enter_is_acquire) {
+        /* arguments no `with` passes, to an __enter__ that is not acquire
+         * (a Condition's; 3.15's C locks', which take none): the wrapped
+         * __enter__ raises its own arity error */
+        return lp_call_named(self->inner, "__enter__", args, nargs, kwnames);
+    }
     return lp_threading_BoundedSemaphore_acquire_impl(self, &lp_threading_BoundedSemaphore_m_acquire, args, nargs, kwnames);
 }
 

@@ -11,6 +11,8 @@
 
 PyTypeObject *lp_threading_Lock_type = NULL;
 static PyObject *lp_threading_Lock_inner_class = NULL;
+/* the wrapped class's __enter__ is its acquire (takes the same arguments) */
+static int lp_threading_Lock_enter_is_acquire = 1;
 
 
 /* methods of _thread.LockType called by this wrapper */
@@ -58,6 +60,7 @@ lp_threading_Lock_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_threading_Lock_m_at_fork_reinit, inner_type, "_at_fork_reinit") < 0) {
         return -1;
     }
+    lp_threading_Lock_enter_is_acquire = lp_same_method(inner_type, "__enter__", "acquire");
     return 0;
 }
 
@@ -190,6 +193,12 @@ lp_threading_Lock_acquire_lock(lp_wrapper *self, PyObject *const *args, Py_ssize
 static PyObject *
 lp_threading_Lock_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL) && !lp_threading_Lock_enter_is_acquire) {
+        /* arguments no `with` passes, to an __enter__ that is not acquire
+         * (a Condition's; 3.15's C locks', which take none): the wrapped
+         * __enter__ raises its own arity error */
+        return lp_call_named(self->inner, "__enter__", args, nargs, kwnames);
+    }
     return lp_threading_Lock_acquire_impl(self, &lp_threading_Lock_m_acquire, args, nargs, kwnames);
 }
 

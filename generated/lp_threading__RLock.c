@@ -11,6 +11,8 @@
 
 PyTypeObject *lp_threading__RLock_type = NULL;
 static PyObject *lp_threading__RLock_inner_class = NULL;
+/* the wrapped class's __enter__ is its acquire (takes the same arguments) */
+static int lp_threading__RLock_enter_is_acquire = 1;
 
 
 /* methods of threading._RLock called by this wrapper */
@@ -38,6 +40,7 @@ lp_threading__RLock_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_threading__RLock_m_at_fork_reinit, inner_type, "_at_fork_reinit") < 0) {
         return -1;
     }
+    lp_threading__RLock_enter_is_acquire = lp_same_method(inner_type, "__enter__", "acquire");
     return 0;
 }
 
@@ -160,6 +163,12 @@ lp_threading__RLock_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t 
 static PyObject *
 lp_threading__RLock_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (LP_UNLIKELY(nargs != 0 || kwnames != NULL) && !lp_threading__RLock_enter_is_acquire) {
+        /* arguments no `with` passes, to an __enter__ that is not acquire
+         * (a Condition's; 3.15's C locks', which take none): the wrapped
+         * __enter__ raises its own arity error */
+        return lp_call_named(self->inner, "__enter__", args, nargs, kwnames);
+    }
     return lp_threading__RLock_acquire_impl(self, &lp_threading__RLock_m_acquire, args, nargs, kwnames);
 }
 

@@ -74,6 +74,26 @@ lp_method_init(lp_method *m, PyObject *type, const char *name)
     return 0;
 }
 
+int
+lp_same_method(PyObject *type, const char *a, const char *b)
+{
+    PyObject *x = PyObject_GetAttrString(type, a);
+    PyObject *y = x != NULL ? PyObject_GetAttrString(type, b) : NULL;
+    int same = 0;
+    if (y != NULL) {
+        same = x == y
+            || (Py_IS_TYPE(x, &PyMethodDescr_Type) && Py_IS_TYPE(y, &PyMethodDescr_Type)
+                && ((PyMethodDescrObject *)x)->d_method->ml_meth
+                   == ((PyMethodDescrObject *)y)->d_method->ml_meth);
+    }
+    else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return same;
+}
+
 /* The class of a Python method changed since its function was taken (its
  * version tag moved): a monkeypatch, or lockprof's own `__new__` going in
  * or out of the class at start() and stop() on 3.13+ (lp_factory.c), which

@@ -83,6 +83,10 @@ extern PyObject *lp_empty_tuple;
 extern PyObject *lp_false_tuple;   /* (False,) */
 
 int lp_method_init(lp_method *m, PyObject *type, const char *name);
+/* 1 when `type`'s methods `a` and `b` are one method (the same function,
+ * or C methods of one C function), 0 when they differ or either is not an
+ * attribute of the class (bound per instance) */
+int lp_same_method(PyObject *type, const char *a, const char *b);
 PyObject *lp_call_generic(const lp_method *m, PyObject *self,
                           PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames);

@@ -197,7 +197,7 @@ def bad_arguments(factory, t):
     the same errors and messages (a C lock's release is METH_NOARGS in the
     wrapper too)"""
     l = factory()
-    for name in ("release", "release_lock", "acquire", "acquire_lock", "__exit__"):
+    for name in ("release", "release_lock", "acquire", "acquire_lock", "__enter__", "__exit__"):
         m = getattr(l, name, None)
         if m is None:
             continue
