@@ -18,6 +18,7 @@ static int lp_threading_Lock_enter_is_acquire = 1;
 /* methods of _thread.LockType called by this wrapper */
 static lp_method lp_threading_Lock_m_acquire;
 static lp_method lp_threading_Lock_m_acquire_lock;
+static lp_method lp_threading_Lock_m_enter;
 static lp_method lp_threading_Lock_m_release;
 static lp_method lp_threading_Lock_m_release_lock;
 static lp_method lp_threading_Lock_m_locked;
@@ -33,6 +34,17 @@ lp_threading_Lock_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_threading_Lock_m_acquire_lock, inner_type, "acquire_lock") < 0) {
         return -1;
     }
+    if (lp_method_init(&lp_threading_Lock_m_enter, inner_type, "__enter__") < 0) {
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030F0000
+    if ((lp_threading_Lock_m_enter.flags & LP_METH_KINDS) != METH_NOARGS) {
+        /* the spec says it takes no arguments (the wrapper's is METH_NOARGS) */
+        PyErr_SetString(PyExc_RuntimeError, "lockprof: _thread.LockType.__enter__ takes "
+                        "arguments on this CPython; regenerate without 'noargs'");
+        return -1;
+    }
+#endif
     if (lp_method_init(&lp_threading_Lock_m_release, inner_type, "release") < 0) {
         return -1;
     }
@@ -190,9 +202,22 @@ lp_threading_Lock_acquire_lock(lp_wrapper *self, PyObject *const *args, Py_ssize
 }
 
 /* threading.Lock.__enter__ (role: enter) */
+/* METH_NOARGS where the wrapped method takes no arguments */
+#if PY_VERSION_HEX >= 0x030F0000
+#define lp_threading_Lock_enter_FLAGS METH_NOARGS
+static PyObject *
+lp_threading_Lock_enter(lp_wrapper *self, PyObject *Py_UNUSED(unused))
+#else
+#define lp_threading_Lock_enter_FLAGS METH_FASTCALL | METH_KEYWORDS
 static PyObject *
 lp_threading_Lock_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+#endif
 {
+#if PY_VERSION_HEX >= 0x030F0000
+    PyObject *const *args = NULL;
+    const Py_ssize_t nargs = 0;
+    PyObject *kwnames = NULL;
+#endif
     if (LP_UNLIKELY(nargs != 0 || kwnames != NULL) && !lp_threading_Lock_enter_is_acquire) {
         /* arguments no `with` passes, to an __enter__ that is not acquire
          * (a Condition's; 3.15's C locks', which take none): the wrapped
@@ -265,7 +290,7 @@ static PyMethodDef lp_threading_Lock_methods[] = {
      PyDoc_STR("acquire: as _thread.lock.acquire, recorded by lockprof (acquire).")},
     {"acquire_lock", (PyCFunction)(void (*)(void))lp_threading_Lock_acquire_lock, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("acquire_lock: as _thread.lock.acquire_lock, recorded by lockprof (acquire).")},
-    {"__enter__", (PyCFunction)(void (*)(void))lp_threading_Lock_enter, METH_FASTCALL | METH_KEYWORDS,
+    {"__enter__", (PyCFunction)(void (*)(void))lp_threading_Lock_enter, lp_threading_Lock_enter_FLAGS,
      PyDoc_STR("__enter__: as _thread.lock.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading_Lock_release, METH_NOARGS,
      PyDoc_STR("release: as _thread.lock.release, recorded by lockprof (release).")},

@@ -17,6 +17,7 @@ static int lp_threading_RLock_enter_is_acquire = 1;
 
 /* methods of _thread.RLock called by this wrapper */
 static lp_method lp_threading_RLock_m_acquire;
+static lp_method lp_threading_RLock_m_enter;
 static lp_method lp_threading_RLock_m_release;
 static lp_method lp_threading_RLock_m_is_owned;
 static lp_method lp_threading_RLock_m_release_save;
@@ -35,6 +36,17 @@ lp_threading_RLock_init_methods(PyObject *inner_type)
     if (lp_method_init(&lp_threading_RLock_m_acquire, inner_type, "acquire") < 0) {
         return -1;
     }
+    if (lp_method_init(&lp_threading_RLock_m_enter, inner_type, "__enter__") < 0) {
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030F0000
+    if ((lp_threading_RLock_m_enter.flags & LP_METH_KINDS) != METH_NOARGS) {
+        /* the spec says it takes no arguments (the wrapper's is METH_NOARGS) */
+        PyErr_SetString(PyExc_RuntimeError, "lockprof: _thread.RLock.__enter__ takes "
+                        "arguments on this CPython; regenerate without 'noargs'");
+        return -1;
+    }
+#endif
     if (lp_method_init(&lp_threading_RLock_m_release, inner_type, "release") < 0) {
         return -1;
     }
@@ -186,9 +198,22 @@ lp_threading_RLock_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t n
 }
 
 /* threading.RLock.__enter__ (role: enter) */
+/* METH_NOARGS where the wrapped method takes no arguments */
+#if PY_VERSION_HEX >= 0x030F0000
+#define lp_threading_RLock_enter_FLAGS METH_NOARGS
+static PyObject *
+lp_threading_RLock_enter(lp_wrapper *self, PyObject *Py_UNUSED(unused))
+#else
+#define lp_threading_RLock_enter_FLAGS METH_FASTCALL | METH_KEYWORDS
 static PyObject *
 lp_threading_RLock_enter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+#endif
 {
+#if PY_VERSION_HEX >= 0x030F0000
+    PyObject *const *args = NULL;
+    const Py_ssize_t nargs = 0;
+    PyObject *kwnames = NULL;
+#endif
     if (LP_UNLIKELY(nargs != 0 || kwnames != NULL) && !lp_threading_RLock_enter_is_acquire) {
         /* arguments no `with` passes, to an __enter__ that is not acquire
          * (a Condition's; 3.15's C locks', which take none): the wrapped
@@ -297,7 +322,7 @@ lp_threading_RLock_at_fork_reinit(lp_wrapper *self, PyObject *const *args, Py_ss
 static PyMethodDef lp_threading_RLock_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))lp_threading_RLock_acquire, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("acquire: as _thread.RLock.acquire, recorded by lockprof (acquire).")},
-    {"__enter__", (PyCFunction)(void (*)(void))lp_threading_RLock_enter, METH_FASTCALL | METH_KEYWORDS,
+    {"__enter__", (PyCFunction)(void (*)(void))lp_threading_RLock_enter, lp_threading_RLock_enter_FLAGS,
      PyDoc_STR("__enter__: as _thread.RLock.acquire, recorded by lockprof (enter).")},
     {"release", (PyCFunction)(void (*)(void))lp_threading_RLock_release, METH_NOARGS,
      PyDoc_STR("release: as _thread.RLock.release, recorded by lockprof (release).")},

@@ -45,10 +45,10 @@ def _ident(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_")
 
 
-def _version_hex(since: str, where: str) -> str:
+def _version_hex(since: str, where: str, field: str = "since") -> str:
     m = re.fullmatch(r"3\.(\d+)", since)
     if not m:
-        raise SpecError(f"{where}: since={since!r} is not a CPython version like '3.11'")
+        raise SpecError(f"{where}: {field}={since!r} is not a CPython version like '3.11'")
     return "0x03%02X0000" % int(m.group(1))
 
 
@@ -81,6 +81,9 @@ class Method:
     # an "enter" whose wrapped __enter__ returns None (gevent's Semaphore),
     # not acquire()'s True
     returns_none: bool = False
+    # METH_NOARGS only from a CPython version on ("PY_VERSION_HEX >= ..."),
+    # where the wrapped method takes no arguments (3.15's C lock __enter__)
+    noargs_guard: Optional[str] = None
 
     @property
     def c_doc(self) -> str:
@@ -94,8 +97,10 @@ class InnerMethod:
     c_var: str
     guard: Optional[str]
     # the wrapper's method is METH_NOARGS, so the C method it calls must take
-    # no arguments too (checked when the module is set up)
+    # no arguments too (checked when the module is set up; under
+    # noargs_guard only, when that is set)
     noargs: bool = False
+    noargs_guard: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -233,10 +238,22 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         flags, inner_name = ROLES[role]
         inner_name = inner_name or name
         noargs = m.get("noargs", False)
-        if noargs is not False and (noargs is not True or role != "release" or not raw["native"]):
+        noargs_guard = None
+        if noargs is not False and (not (noargs is True or isinstance(noargs, str))
+                                    or role not in ("release", "enter") or not raw["native"]
+                                    or (noargs is True and role == "enter")):
             raise SpecError(f"{mwhere}: 'noargs' is true for a 'release' method of a C class "
-                            "whose release takes no arguments on every supported CPython")
-        if noargs:
+                            "whose release takes no arguments on every supported CPython, or "
+                            "a CPython version ('3.15') for a 'release' or 'enter' method "
+                            "whose wrapped method takes none from that version on")
+        if isinstance(noargs, str):
+            noargs_guard = f"PY_VERSION_HEX >= {_version_hex(noargs, mwhere, 'noargs')}"
+            # what is checked at set-up is the wrapped method of that name
+            # (an 'enter' calls the wrapped acquire)
+            inner[name] = InnerMethod(name, f"{prefix}_m_{_ident(name)}", guard, True,
+                                      noargs_guard)
+            noargs = False
+        elif noargs:
             # the interpreter calls a METH_NOARGS method with no argument
             # handling at all (3.15: no fastcall-with-keywords helper)
             flags = "METH_NOARGS"
@@ -260,7 +277,8 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
             doc=_text_signature(name, sig)
             + f"{name}: as {shown}.{inner_name}, recorded by lockprof ({role}).",
             returns_self=m.get("returns") == "self",
-            returns_none=m.get("returns") == "none"))
+            returns_none=m.get("returns") == "none",
+            noargs_guard=noargs_guard))
     release = None
     if any(x.role == "aexit" for x in methods):
         release = next((x for x in methods if x.name == "release"), None)

@@ -63,6 +63,10 @@ def test_generated_files_have_header():
     (lambda e: e.update(lazy="sometimes"), "'lazy' must be true or false"),
     (lambda e: e.update(made_by="threading.Lock"), "has no 'module'/'factory' of its own"),
     (lambda e: e.update(busy_probe="nope"), "'busy_probe' must name one of the entry's methods"),
+    (lambda e: e["methods"].append({"name": "z", "role": "enter", "noargs": True}),
+     "or a CPython version ('3.15') for a 'release' or 'enter' method"),
+    (lambda e: e["methods"].append({"name": "z", "role": "enter", "noargs": "fifteen"}),
+     "noargs='fifteen' is not a CPython version"),
 ])
 def test_spec_errors_name_the_entry(tmp_path, mutate, message):
     spec = json.loads((FIXTURES / "mini.json").read_text())
