@@ -96,6 +96,14 @@ else:
 """
 
 
+def _python() -> str:
+    """The interpreter to count: a venv's own python (its packages: anyio and
+    trio's rows), else the resolved binary (not a launcher script)."""
+    if sys.prefix != sys.base_prefix:
+        return sys.executable
+    return os.path.realpath(sys.executable)
+
+
 def available() -> Optional[str]:
     """None when callgrind can run, else the reason."""
     if shutil.which("valgrind") is None:
@@ -104,7 +112,7 @@ def available() -> Optional[str]:
 
 
 def _count(config: str, key: str, op: str, n: int, script: str) -> int:
-    return _count_argv([os.path.realpath(sys.executable), script, config, key, STMTS[op],
+    return _count_argv([_python(), script, config, key, STMTS[op],
                         str(n)])
 
 
@@ -245,7 +253,7 @@ def contended_cost(n: int = 2000, configs=("native", "0.01", "0.01/fixed")) -> L
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(CONTENDED_SCRIPT)
         script = f.name
-    python = os.path.realpath(sys.executable)
+    python = _python()
     os.environ.setdefault("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = []
     try:
@@ -273,7 +281,7 @@ def startup_cost() -> Dict[str, float]:
     and start over an interpreter that has them."""
     import lockprof
     root = os.path.dirname(os.path.dirname(os.path.abspath(lockprof.__file__)))
-    python = os.path.realpath(sys.executable)
+    python = _python()
     head = f"import sys; sys.path.insert(0, {root!r})"
     # what lockprof needs that a program taking locks imports anyway
     deps = "; import threading, contextvars, opcode, os"
@@ -320,7 +328,7 @@ def mutex_cost(n: int = 20000) -> Optional[Dict[str, float]]:
     out = tempfile.mktemp(prefix="lockprof-cgm-")
     try:
         r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                            os.path.realpath(sys.executable), script, str(n)],
+                            _python(), script, str(n)],
                            capture_output=True, text=True, timeout=600,
                            env={**os.environ, "PYTHONHASHSEED": "0",
                                 "PYTHONPATH": os.environ.get("PYTHONPATH") or root})
@@ -390,7 +398,7 @@ def service_breakdown(requests: int = 2000) -> Dict:
     callgrind's, not the machine's: the same for both runs, not equal to a
     real run's."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    python = os.path.realpath(sys.executable)
+    python = _python()
     os.environ.setdefault("PYTHONPATH", root)
     runs = {}
     for config in ("off", "lockprof"):
