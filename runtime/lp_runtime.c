@@ -117,6 +117,11 @@ method_refresh(lp_method *m)
     /* the lookup gave the class a version tag again, unless it has run out */
     unsigned int tag = m->owner->tp_version_tag;
     if (!PyFunction_Check(d) || !lp_tag_current(m->owner, tag)) {
+        if (tag == 0) {
+            /* no tags left for this class (3.12+ caps them): by name from
+             * now on, without a lookup here at every call */
+            Py_CLEAR(m->func);
+        }
         Py_DECREF(d);
         return 0;
     }

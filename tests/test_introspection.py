@@ -4,6 +4,7 @@ import copy
 import pickle
 import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -280,6 +281,30 @@ def test_recorded_method_patched_on_the_class_then_restored(profiling):
     s.release()
     assert calls == [1, 1]
     assert lockprof._lockprof.unwrap(s)._value == 2
+
+
+def test_recorded_methods_after_the_class_runs_out_of_version_tags():
+    """CPython 3.12+ gives a class at most 1,000 version tags: past them the
+    wrapper calls by name for good, and behaves the same"""
+    code = textwrap.dedent("""
+        import threading, lockprof
+        lockprof.start(1.0)
+        s = threading.Semaphore(2)
+        for i in range(1200):            # each change, then a lookup: a new tag
+            threading.Semaphore.x = i
+            threading.Semaphore.acquire
+            assert s.acquire() is True
+            s.release()
+        with s:
+            assert lockprof._lockprof.unwrap(s)._value == 1
+        lockprof.stop()
+        [rec] = [r for r in lockprof.stats() if r["kind"] == "threading.Semaphore"]
+        print(int(rec["acquisitions"]), lockprof._lockprof.unwrap(s)._value)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1201", "2"]
 
 
 def test_forwarded_method_is_bound_to_the_stdlib_object(profiling):
