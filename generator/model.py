@@ -150,6 +150,7 @@ class LockType:
     release_method: Optional[Method]   # the release __aexit__ runs (async types)
     release_inner_c: str    # lp_method of the wrapped release (undoes a try)
     sync_acquire: bool      # has a threading-style acquire (emits acquire_impl)
+    has_enter: bool         # has an 'enter' (emits the __enter__-is-acquire check)
     # C initialisers of the lp_typedef's strings: a literal, or NULL
     c_module: str
     c_factory: str
@@ -340,6 +341,7 @@ def _lock_type(raw: Dict[str, Any], index: int, text: str) -> LockType:
         c_made_by=_c_str(made_by),
         c_short_name=_c_str(None if raw.get("type_name") else last),
         sync_acquire=any(x.role in ("acquire", "enter") for x in methods),
+        has_enter=any(x.role == "enter" for x in methods),
     )
 
 

@@ -892,13 +892,7 @@ wait_for_caller(PyObject *inner, PyFrameObject **at)
     *at = NULL;
     PyObject *loop = lp_running_loop();
     /* asyncio is imported (a task runs): looked up, never imported here */
-    PyObject *mod = NULL;
-    if (loop != NULL) {
-        PyObject *name = PyUnicode_FromString("asyncio");
-        mod = name != NULL ? PyImport_GetModule(name) : NULL;
-        Py_XDECREF(name);
-    }
-    PyObject *all = mod != NULL ? attr_or_null(mod, "all_tasks") : NULL;
+    PyObject *all = loop != NULL ? lp_lookup_dotted("asyncio.all_tasks", 0) : NULL;
     PyObject *tasks = all != NULL ? PyObject_CallOneArg(all, loop) : NULL;
     PyObject *it = tasks != NULL ? PyObject_GetIter(tasks) : NULL;
     PyObject *found = NULL, *t;
@@ -937,7 +931,6 @@ wait_for_caller(PyObject *inner, PyFrameObject **at)
     Py_XDECREF(it);
     Py_XDECREF(tasks);
     Py_XDECREF(all);
-    Py_XDECREF(mod);
     Py_XDECREF(loop);
     PyErr_Clear();
     return found;

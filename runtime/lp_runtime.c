@@ -650,8 +650,8 @@ lp_runtime_setup(void)
 /* module initialisation                                                     */
 /* ------------------------------------------------------------------------ */
 
-static PyObject *
-lookup_dotted(const char *path, int import)
+PyObject *
+lp_lookup_dotted(const char *path, int import)
 {
     /* "a.b.C": the module "a.b" (imported when `import`, else only when the
      * program already did: NULL without an exception otherwise), then C */
@@ -779,7 +779,7 @@ resolve_wait_yield(const lp_typedef *d)
         return 0;
     }
     /* in a module the library imported before it made its lock classes */
-    PyObject *cls = lookup_dotted(d->wait_yield, 0);
+    PyObject *cls = lp_lookup_dotted(d->wait_yield, 0);
     if (cls == NULL) {
         if (!PyErr_Occurred()) {
             PyErr_Format(PyExc_ImportError, "lockprof: %s is not imported", d->wait_yield);
@@ -805,7 +805,7 @@ resolve_def_locked(const lp_typedef *d)
     if (*d->inner_class != NULL) {
         return 1;
     }
-    PyObject *inner = lookup_dotted(d->inner_type, !d->lazy);
+    PyObject *inner = lp_lookup_dotted(d->inner_type, !d->lazy);
     if (inner == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }

@@ -83,6 +83,9 @@ extern PyObject *lp_empty_tuple;
 extern PyObject *lp_false_tuple;   /* (False,) */
 
 int lp_method_init(lp_method *m, PyObject *type, const char *name);
+/* "a.b.C": attribute C of module a.b, the module imported when `import`, else
+ * only if the program imported it (NULL without an exception otherwise) */
+PyObject *lp_lookup_dotted(const char *path, int import);
 /* 1 when `type`'s methods `a` and `b` are one method (the same function,
  * or C methods of one C function), 0 when they differ or either is not an
  * attribute of the class (bound per instance) */
