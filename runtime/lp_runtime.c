@@ -650,30 +650,6 @@ lp_runtime_setup(void)
 /* module initialisation                                                     */
 /* ------------------------------------------------------------------------ */
 
-PyObject *
-lp_lookup_dotted(const char *path, int import)
-{
-    /* "a.b.C": the module "a.b" (imported when `import`, else only when the
-     * program already did: NULL without an exception otherwise), then C */
-    const char *dot = strrchr(path, '.');
-    if (dot == NULL) {
-        PyErr_Format(PyExc_ImportError, "lockprof: bad type path %s", path);
-        return NULL;
-    }
-    PyObject *modname = PyUnicode_FromStringAndSize(path, dot - path);
-    if (modname == NULL) {
-        return NULL;
-    }
-    PyObject *mod = import ? PyImport_Import(modname) : PyImport_GetModule(modname);
-    Py_DECREF(modname);
-    if (mod == NULL) {
-        return NULL;
-    }
-    PyObject *r = PyObject_GetAttrString(mod, dot + 1);
-    Py_DECREF(mod);
-    return r;
-}
-
 /* The wrapper's methods show the wrapped class's docstrings, and a C
  * method's text signature (inspect.signature; Argument Clinic's differ
  * between CPython versions, so they are read here, not generated).  A Python

@@ -84,8 +84,30 @@ extern PyObject *lp_false_tuple;   /* (False,) */
 
 int lp_method_init(lp_method *m, PyObject *type, const char *name);
 /* "a.b.C": attribute C of module a.b, the module imported when `import`, else
- * only if the program imported it (NULL without an exception otherwise) */
-PyObject *lp_lookup_dotted(const char *path, int import);
+ * only if the program imported it (NULL without an exception otherwise).
+ * Stateless; in the header so every layer may use it. */
+static inline PyObject *
+lp_lookup_dotted(const char *path, int import)
+{
+    const char *dot = strrchr(path, '.');
+    if (dot == NULL) {
+        PyErr_Format(PyExc_ImportError, "lockprof: bad type path %s", path);
+        return NULL;
+    }
+    PyObject *modname = PyUnicode_FromStringAndSize(path, dot - path);
+    if (modname == NULL) {
+        return NULL;
+    }
+    PyObject *mod = import ? PyImport_Import(modname) : PyImport_GetModule(modname);
+    Py_DECREF(modname);
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_GetAttrString(mod, dot + 1);
+    Py_DECREF(mod);
+    return r;
+}
+
 /* 1 when `type`'s methods `a` and `b` are one method (the same function,
  * or C methods of one C function), 0 when they differ or either is not an
  * attribute of the class (bound per instance) */
