@@ -70,7 +70,7 @@ lp_anyio_CapacityLimiter_release_now(lp_wrapper *self)
 static PyObject *
 lp_anyio_CapacityLimiter_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_ACQUIRE, &lp_anyio_CapacityLimiter_m_acquire,
+    return lp_awaitable_new(self, self->inner, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_ACQUIRE, &lp_anyio_CapacityLimiter_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -83,7 +83,7 @@ lp_anyio_CapacityLimiter_aenter(lp_wrapper *self, PyObject *const *args, Py_ssiz
          * own arity error, at the call as native */
         return lp_call_named(self->inner, "__aenter__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_AENTER, &lp_anyio_CapacityLimiter_m_acquire,
+    return lp_awaitable_new(self, self->inner, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_AENTER, &lp_anyio_CapacityLimiter_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -103,7 +103,7 @@ lp_anyio_CapacityLimiter_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize
          * (its arity error at the call, as native) */
         return lp_call_named(self->inner, "__aexit__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_CALL, NULL,
+    return lp_awaitable_new(self, NULL, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_CALL, NULL,
                             NULL, 0, NULL, lp_anyio_CapacityLimiter_release_now);
 }
 
@@ -111,7 +111,7 @@ lp_anyio_CapacityLimiter_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize
 static PyObject *
 lp_anyio_CapacityLimiter_acquire_on_behalf_of(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_ACQUIRE, &lp_anyio_CapacityLimiter_m_acquire_on_behalf_of,
+    return lp_awaitable_new(self, self->inner, LP_KIND_ANYIO_CAPACITYLIMITER, LP_AW_ACQUIRE, &lp_anyio_CapacityLimiter_m_acquire_on_behalf_of,
                             args, nargs, kwnames, NULL);
 }
 

@@ -75,7 +75,12 @@ lp_asyncio_Condition_release_now(lp_wrapper *self)
 static PyObject *
 lp_asyncio_Condition_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_CONDITION, LP_AW_ACQUIRE, &lp_asyncio_Condition_m_acquire,
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        /* the lock's acquire, resolved when the Condition was made */
+        return lp_awaitable_new(self, ((lp_cond_wrapper *)self)->lock, LP_KIND_ASYNCIO_CONDITION, LP_AW_ACQUIRE,
+                                &((lp_cond_wrapper *)self)->methods->acquire, args, nargs, kwnames, NULL);
+    }
+    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_CONDITION, LP_AW_ACQUIRE, &lp_asyncio_Condition_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -88,7 +93,11 @@ lp_asyncio_Condition_aenter(lp_wrapper *self, PyObject *const *args, Py_ssize_t 
          * own arity error, at the call as native */
         return lp_call_named(self->inner, "__aenter__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_CONDITION, LP_AW_AENTER, &lp_asyncio_Condition_m_acquire,
+    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
+        return lp_awaitable_new(self, ((lp_cond_wrapper *)self)->lock, LP_KIND_ASYNCIO_CONDITION, LP_AW_AENTER,
+                                &((lp_cond_wrapper *)self)->methods->acquire, args, nargs, kwnames, NULL);
+    }
+    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_CONDITION, LP_AW_AENTER, &lp_asyncio_Condition_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -108,7 +117,7 @@ lp_asyncio_Condition_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t n
          * (its arity error at the call, as native) */
         return lp_call_named(self->inner, "__aexit__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_CONDITION, LP_AW_CALL, NULL,
+    return lp_awaitable_new(self, NULL, LP_KIND_ASYNCIO_CONDITION, LP_AW_CALL, NULL,
                             NULL, 0, NULL, lp_asyncio_Condition_release_now);
 }
 
@@ -116,7 +125,7 @@ lp_asyncio_Condition_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t n
 static PyObject *
 lp_asyncio_Condition_wait(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_CONDITION, LP_AW_WAIT, &lp_asyncio_Condition_m_wait,
+    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_CONDITION, LP_AW_WAIT, &lp_asyncio_Condition_m_wait,
                             args, nargs, kwnames, NULL);
 }
 
@@ -124,7 +133,7 @@ lp_asyncio_Condition_wait(lp_wrapper *self, PyObject *const *args, Py_ssize_t na
 static PyObject *
 lp_asyncio_Condition_wait_for(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_CONDITION, LP_AW_WAIT, &lp_asyncio_Condition_m_wait_for,
+    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_CONDITION, LP_AW_WAIT, &lp_asyncio_Condition_m_wait_for,
                             args, nargs, kwnames, NULL);
 }
 

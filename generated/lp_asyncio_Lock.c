@@ -62,7 +62,7 @@ lp_asyncio_Lock_release_now(lp_wrapper *self)
 static PyObject *
 lp_asyncio_Lock_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_LOCK, LP_AW_ACQUIRE, &lp_asyncio_Lock_m_acquire,
+    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_LOCK, LP_AW_ACQUIRE, &lp_asyncio_Lock_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -75,7 +75,7 @@ lp_asyncio_Lock_aenter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs
          * own arity error, at the call as native */
         return lp_call_named(self->inner, "__aenter__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_LOCK, LP_AW_AENTER, &lp_asyncio_Lock_m_acquire,
+    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_LOCK, LP_AW_AENTER, &lp_asyncio_Lock_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -95,7 +95,7 @@ lp_asyncio_Lock_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs,
          * (its arity error at the call, as native) */
         return lp_call_named(self->inner, "__aexit__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_ASYNCIO_LOCK, LP_AW_CALL, NULL,
+    return lp_awaitable_new(self, NULL, LP_KIND_ASYNCIO_LOCK, LP_AW_CALL, NULL,
                             NULL, 0, NULL, lp_asyncio_Lock_release_now);
 }
 

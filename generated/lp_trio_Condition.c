@@ -66,7 +66,7 @@ lp_trio_Condition_release_now(lp_wrapper *self)
 static PyObject *
 lp_trio_Condition_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_TRIO_CONDITION, LP_AW_ACQUIRE, &lp_trio_Condition_m_acquire,
+    return lp_awaitable_new(self, self->inner, LP_KIND_TRIO_CONDITION, LP_AW_ACQUIRE, &lp_trio_Condition_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -79,7 +79,7 @@ lp_trio_Condition_aenter(lp_wrapper *self, PyObject *const *args, Py_ssize_t nar
          * own arity error, at the call as native */
         return lp_call_named(self->inner, "__aenter__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_TRIO_CONDITION, LP_AW_AENTER, &lp_trio_Condition_m_acquire,
+    return lp_awaitable_new(self, self->inner, LP_KIND_TRIO_CONDITION, LP_AW_AENTER, &lp_trio_Condition_m_acquire,
                             args, nargs, kwnames, NULL);
 }
 
@@ -99,7 +99,7 @@ lp_trio_Condition_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t narg
          * (its arity error at the call, as native) */
         return lp_call_named(self->inner, "__aexit__", args, nargs, kwnames);
     }
-    return lp_awaitable_new(self, LP_KIND_TRIO_CONDITION, LP_AW_CALL, NULL,
+    return lp_awaitable_new(self, NULL, LP_KIND_TRIO_CONDITION, LP_AW_CALL, NULL,
                             NULL, 0, NULL, lp_trio_Condition_release_now);
 }
 
@@ -107,7 +107,7 @@ lp_trio_Condition_aexit(lp_wrapper *self, PyObject *const *args, Py_ssize_t narg
 static PyObject *
 lp_trio_Condition_wait(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    return lp_awaitable_new(self, LP_KIND_TRIO_CONDITION, LP_AW_WAIT, &lp_trio_Condition_m_wait,
+    return lp_awaitable_new(self, self->inner, LP_KIND_TRIO_CONDITION, LP_AW_WAIT, &lp_trio_Condition_m_wait,
                             args, nargs, kwnames, NULL);
 }
 

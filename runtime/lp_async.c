@@ -36,7 +36,7 @@ static PyTypeObject *awaitable_type = NULL;
 static PyObject *str_send, *str_throw, *str_close;
 
 PyObject *
-lp_awaitable_new(lp_wrapper *w, int kind, int mode, const lp_method *m,
+lp_awaitable_new(lp_wrapper *w, PyObject *target, int kind, int mode, const lp_method *m,
                  PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                  lp_release_fn release)
 {
@@ -44,7 +44,7 @@ lp_awaitable_new(lp_wrapper *w, int kind, int mode, const lp_method *m,
     if (mode != LP_AW_CALL) {
         /* made now, as the stdlib's coroutine would be: argument errors
          * surface at call time */
-        coro = lp_call(m, w->inner, args, nargs, kwnames);
+        coro = lp_call(m, target, args, nargs, kwnames);
         if (coro == NULL) {
             return NULL;
         }

@@ -3,7 +3,7 @@
  *
  * Owns: the resolved methods of the wrapped types (written when a type is
  * first resolved; a Python method's function is taken again when its class
- * changes, GIL builds only: method_refresh), the table of lock types whose C
+ * changes, GIL builds only: method_refresh), the table of lock types whose
  * methods a Condition calls (filled under the tables' mutex), the empty and
  * (False,) tuples.
  * Guarded by: the resolution and the Condition table run under the tables'
@@ -153,6 +153,11 @@ lp_call_generic(const lp_method *m, PyObject *self, PyObject *const *args,
     if (m->descr != NULL) {
         /* the descriptor converts the call to the method's convention */
         r = PyObject_Vectorcall(m->descr, stack, 1 + nargs, kwnames);
+    }
+    else if (m->func != NULL && m->owner == NULL) {
+        /* a function a Condition's lock bound in __init__: called as that
+         * bound method calls it (never replaced, so no reference taken) */
+        r = PyObject_Vectorcall(m->func, stack, 1 + nargs, kwnames);
     }
     else if (m->func != NULL && Py_TYPE(self) == m->owner
              && (LP_LIKELY(lp_tag_current(m->owner, m->tag)) || method_refresh((lp_method *)m))) {
@@ -523,19 +528,26 @@ lp_wrapper_reduce_ex_rewrap(lp_wrapper *self, PyObject *proto, int kind)
 /* Conditions: the lock's methods, cached                                   */
 /* ------------------------------------------------------------------------ */
 
-/* `bound` is the C method `name` of its own object's type: resolve it from
- * that type (as the wrapper types do) and return the object, else NULL. */
+/* The methods a Condition calls on its lock, shared by every Condition over
+ * a lock of one type (kept for the process's lifetime, at most
+ * LP_LOCK_TYPES_CACHED entries; a Condition past that calls by name).  Two
+ * kinds of entry:
+ *   - the lock type's own C acquire/release (descr set), resolved from the
+ *     type as the wrapper types' are;
+ *   - a Python lock's acquire/release functions, exactly the ones its bound
+ *     methods held when the Condition was made (func set, owner NULL: called
+ *     as the bound method calls them, never taken again from the class). */
 #define LP_LOCK_TYPES_CACHED 8
 static lp_lock_methods lock_methods[LP_LOCK_TYPES_CACHED];
 static int n_lock_methods = 0;
 
-/* the shared acquire/release of `type`, resolved on first use; NULL when
+/* the shared C acquire/release of `type`, resolved on first use; NULL when
  * they are not plain C methods */
 static const lp_lock_methods *
 lock_methods_for(PyTypeObject *type)
 {
     for (int i = 0; i < n_lock_methods; i++) {
-        if (lock_methods[i].type == type) {
+        if (lock_methods[i].type == type && lock_methods[i].acquire.func == NULL) {
             return lock_methods[i].acquire.descr != NULL ? &lock_methods[i] : NULL;
         }
     }
@@ -548,6 +560,11 @@ lock_methods_for(PyTypeObject *type)
         PyErr_Clear();
         return NULL;
     }
+    /* only C methods here (a Python class's functions: lock_funcs_for) */
+    Py_CLEAR(lm->acquire.func);
+    Py_CLEAR(lm->acquire.owner);
+    Py_CLEAR(lm->release.func);
+    Py_CLEAR(lm->release.owner);
     if (lm->acquire.descr == NULL || lm->release.descr == NULL) {
         Py_CLEAR(lm->acquire.descr);
         Py_CLEAR(lm->release.descr);
@@ -557,14 +574,52 @@ lock_methods_for(PyTypeObject *type)
     return lm->acquire.descr != NULL ? lm : NULL;
 }
 
+static int
+fixed_func_init(lp_method *m, PyObject *name, PyObject *func)
+{
+    m->name = Py_NewRef(name);
+    m->descr = NULL;
+    m->meth = NULL;
+    m->flags = 0;
+    m->func = Py_NewRef(func);
+    m->owner = NULL;
+    m->tag = 0;
+    return 0;
+}
+
 static PyObject *str_acquire = NULL, *str_release = NULL;
+
+/* the entry calling `acq` and `rel`, functions of the Python class `type`'s
+ * instances' bound methods; NULL when the table is full */
+static const lp_lock_methods *
+lock_funcs_for(PyTypeObject *type, PyObject *acq, PyObject *rel)
+{
+    for (int i = 0; i < n_lock_methods; i++) {
+        lp_lock_methods *lm = &lock_methods[i];
+        if (lm->type == type && lm->acquire.func == acq && lm->release.func == rel) {
+            return lm;
+        }
+    }
+    if (n_lock_methods == LP_LOCK_TYPES_CACHED) {
+        return NULL;
+    }
+    lp_lock_methods *lm = &lock_methods[n_lock_methods];
+    fixed_func_init(&lm->acquire, str_acquire, acq);
+    fixed_func_init(&lm->release, str_release, rel);
+    lm->type = (PyTypeObject *)Py_NewRef(type);
+    n_lock_methods++;
+    return lm;
+}
 
 static void
 cond_bind_locked(lp_cond_wrapper *w)
 {
-    /* threading.Condition.__init__ does `self.acquire = lock.acquire`: when
-     * that is a C method (the default RLock, a native Lock), call it
-     * directly.  Anything else keeps the call by name. */
+    /* A Condition's __init__ binds its lock's methods (threading's
+     * `self.acquire = lock.acquire`, asyncio's likewise).  When both are
+     * bound to one lock and are its type's C methods (the default RLock, a
+     * native Lock, a wrapper of ours) or plain Python functions (asyncio's
+     * Lock, a Python lock class), call them directly on that lock, as the
+     * bound methods would.  Anything else keeps the call by name. */
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     if (str_acquire == NULL) {
@@ -582,6 +637,18 @@ cond_bind_locked(lp_cond_wrapper *w)
         /* the bound methods must be the type's own (not an instance's) */
         if (lm != NULL && lm->acquire.meth == PyCFunction_GET_FUNCTION(acq) &&
             lm->release.meth == PyCFunction_GET_FUNCTION(rel)) {
+            w->lock = Py_NewRef(self);
+            w->methods = lm;
+        }
+    }
+    else if (acq != NULL && rel != NULL && PyMethod_Check(acq) && PyMethod_Check(rel) &&
+             PyMethod_GET_SELF(acq) == PyMethod_GET_SELF(rel) &&
+             PyFunction_Check(PyMethod_GET_FUNCTION(acq)) &&
+             PyFunction_Check(PyMethod_GET_FUNCTION(rel))) {
+        PyObject *self = PyMethod_GET_SELF(acq);
+        const lp_lock_methods *lm = lock_funcs_for(Py_TYPE(self), PyMethod_GET_FUNCTION(acq),
+                                                   PyMethod_GET_FUNCTION(rel));
+        if (lm != NULL) {
             w->lock = Py_NewRef(self);
             w->methods = lm;
         }

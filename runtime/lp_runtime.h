@@ -55,7 +55,9 @@ typedef struct {
     PyCFunction meth;    /* the C function when descr is a C method */
     int flags;           /* its METH_* flags */
     PyObject *func;      /* a Python class's function, valid while `owner`
-                            still has version tag `tag` (not monkeypatched) */
+                            still has version tag `tag` (not monkeypatched);
+                            with owner NULL, a function called as is (the
+                            one a Condition's lock bound in __init__) */
     PyTypeObject *owner;
     unsigned int tag;
 } lp_method;
@@ -222,10 +224,12 @@ typedef struct {
 #endif
 
 /* Wrapper of a Condition whose acquire/release are its lock's methods, bound
- * per instance: when they are C methods, they are resolved once at wrap time
- * and called directly (lock == NULL: call by name on the Condition). */
-/* The C acquire/release of one lock type, resolved once and shared by every
- * Condition over a lock of that type (kept for the process's lifetime). */
+ * per instance: when they are C methods or Python functions, they are
+ * resolved once at wrap time and called directly (lock == NULL: call by
+ * name on the Condition). */
+/* The acquire/release of one lock type (its C methods, or the Python
+ * functions its bound methods hold), resolved once and shared by every
+ * Condition over such a lock (kept for the process's lifetime). */
 typedef struct {
     PyTypeObject *type;
     lp_method acquire;
@@ -472,7 +476,9 @@ PyObject *lp_cond_wait(lp_wrapper *w, int kind, const lp_method *m,
 enum { LP_AW_ACQUIRE = 0, LP_AW_AENTER = 1, LP_AW_WAIT = 2, LP_AW_CALL = 3,
        LP_AW_AENTER_SELF = 4 /* an __aenter__ that returns the lock */ };
 typedef PyObject *(*lp_release_fn)(lp_wrapper *w);
-PyObject *lp_awaitable_new(lp_wrapper *w, int kind, int mode,
+/* `target`: the object `m` is called on (the wrapped object, or the lock
+ * whose acquire a Condition calls directly) */
+PyObject *lp_awaitable_new(lp_wrapper *w, PyObject *target, int kind, int mode,
                            const lp_method *m, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames,
                            lp_release_fn release);

@@ -288,7 +288,7 @@ def test_recorded_methods_after_the_class_runs_out_of_version_tags():
     wrapper calls by name for good, and behaves the same"""
     code = textwrap.dedent("""
         import threading, lockprof
-        lockprof.start(1.0)
+        lockprof.start(1.0, max_overhead=0)   # every acquisition, exactly
         s = threading.Semaphore(2)
         for i in range(1200):            # each change, then a lookup: a new tag
             threading.Semaphore.x = i
@@ -319,3 +319,87 @@ def test_forwarder_refuses_another_object(profiling):
     with pytest.raises(TypeError, match="doesn't apply to a 'int' object"):
         fwd.__get__(1, int)
     assert fwd.__get__(None, type(threading.Condition())) is threading.Condition.notify
+
+
+_BOUND_LOCK_PROGRAM = textwrap.dedent("""
+    import asyncio, sys, threading
+    from unittest import mock
+    if sys.argv[1] == "profiled":
+        import lockprof
+        lockprof.start(1.0, max_overhead=0)   # every acquisition, exactly
+    log = []
+
+    class PyLock:
+        # a Python lock class a threading.Condition binds in __init__
+        def __init__(self):
+            self._l = threading.Lock()
+        def acquire(self, blocking=True, timeout=-1):
+            log.append("acquire")
+            return self._l.acquire(blocking, timeout)
+        def release(self):
+            log.append("release")
+            self._l.release()
+
+    def spy(name, orig):
+        def f(self, *a):
+            log.append("patched " + name)
+            return orig(self, *a)
+        return f
+
+    async def main():
+        before = asyncio.Condition()
+        tc = threading.Condition(PyLock())
+        with mock.patch.object(asyncio.Lock, "acquire", spy("acquire", asyncio.Lock.acquire)), \\
+                mock.patch.object(asyncio.Lock, "release", spy("release", asyncio.Lock.release)), \\
+                mock.patch.object(PyLock, "acquire", spy("acquire", PyLock.acquire)):
+            during = asyncio.Condition()
+            tc2 = threading.Condition(PyLock())
+            for c in (before, during):
+                async with c:
+                    log.append(c.locked())
+                await c.acquire()
+                c.release()
+            for c in (tc, tc2):
+                # (not `with`: it calls the lock's acquire and release where
+                # natively it calls its __enter__ and __exit__; README)
+                log.append(c.acquire())
+                c.release()
+                log.append(c.acquire(False))
+                c.release()
+        async with during:
+            pass
+        try:
+            before.release()
+        except RuntimeError as e:
+            log.append(str(e))
+        try:
+            await before.acquire(1)
+        except TypeError as e:
+            log.append(str(e))
+    asyncio.run(main())
+    if sys.argv[1] == "profiled":
+        lockprof.stop()
+        kinds = {}
+        for r in lockprof.stats():
+            kinds[r["kind"]] = kinds.get(r["kind"], 0) + int(r["acquisitions"])
+        log.append((kinds.get("asyncio.Condition"), kinds.get("threading.Condition")))
+    print(log)
+""")
+
+
+def test_conditions_call_their_locks_bound_methods_as_bound():
+    """A Condition's acquire/release are its lock's methods, bound in
+    __init__; lockprof calls the functions those bound methods hold directly.
+    As natively, a patch of the lock's class after the Condition was made is
+    not seen, one made before is, and the errors are the lock's own."""
+    runs = {}
+    for mode in ("plain", "profiled"):
+        out = subprocess.run([sys.executable, "-c", _BOUND_LOCK_PROGRAM, mode],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        runs[mode] = out.stdout.strip()
+    plain, profiled = runs["plain"], runs["profiled"]
+    assert plain.count("patched acquire") == 5 and "patched release" in plain
+    # profiled: the same log, then the acquisitions recorded
+    assert profiled.startswith(plain[:-1] + ", ("), (plain, profiled)
+    assert profiled.endswith(", (5, 4)]"), profiled
