@@ -339,6 +339,8 @@ _BOUND_LOCK_PROGRAM = textwrap.dedent("""
         def release(self):
             log.append("release")
             self._l.release()
+        def locked(self):                  # (3.14's Condition binds it too)
+            return self._l.locked()
 
     def spy(name, orig):
         def f(self, *a):
