@@ -574,7 +574,7 @@ lock_methods_for(PyTypeObject *type)
     return lm->acquire.descr != NULL ? lm : NULL;
 }
 
-static int
+static void
 fixed_func_init(lp_method *m, PyObject *name, PyObject *func)
 {
     m->name = Py_NewRef(name);
@@ -584,7 +584,6 @@ fixed_func_init(lp_method *m, PyObject *name, PyObject *func)
     m->func = Py_NewRef(func);
     m->owner = NULL;
     m->tag = 0;
-    return 0;
 }
 
 static PyObject *str_acquire = NULL, *str_release = NULL;
