@@ -275,11 +275,14 @@ def test_period_100_round_robin_does_not_alias():
 def test_hold_time_within_15_percent_at_10_percent_rate():
     # ~500 sampled holds: sigma ~4%, but one preempted sampled hold on a
     # loaded machine counts ten times, so three tries: a biased estimate
-    # (or a lost hold) misses all three
+    # (or a lost hold) misses all three.  No CPU budget: under a slow build
+    # (ThreadSanitizer) recording passes 1% of the time, and the budget's
+    # cut of the rate leaves a few dozen holds, each counting a hundred
+    # times (the budget's own estimates: tests/test_budget.py)
     tries = []
     for _ in range(3):
         lockprof.reset()
-        lockprof.start(0.10)
+        lockprof.start(0.10, max_overhead=0)
         l = threading.Lock()
         held = 0
         for _ in range(5000):
