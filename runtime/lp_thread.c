@@ -36,7 +36,8 @@ lp_tstate lp_ts;
  * spins a while with the CPU's pause hint, since a table update lasts well
  * under a microsecond, then sleeps on park_cv detached from the interpreter
  * (as a PyMutex waiter does), so that neither a stop-the-world nor the
- * holder is kept waiting by a sleeper.  CPython's PyMutex was used first:
+ * holder is kept waiting by a sleeper; it takes the mutex only once it is
+ * attached again (tables_lock_slow).  CPython's PyMutex was used first:
  * its waiter yields the CPU (sched_yield) at every turn of its spin, and
  * two threads sampling at the default rate lost a fifth of their time to
  * those system calls (bench parallel, docs/free-threading.md). */
@@ -58,26 +59,46 @@ cpu_relax(void)
 static void
 tables_lock_slow(void)
 {
-    for (int i = 0; i < LP_SPINS; i++) {
-        cpu_relax();
-        int free_ = 0;
-        if (__atomic_load_n(&lp_tables_mutex, __ATOMIC_RELAXED) == 0 &&
-            __atomic_compare_exchange_n(&lp_tables_mutex, &free_, 1, 0, __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED)) {
-            return;
+    /* The mutex is only ever taken while attached to the interpreter: a
+     * waiter sleeps detached, but takes the mutex after it attached again.
+     * Attaching can block (a stop-the-world pause) or never return (a daemon
+     * thread during interpreter finalisation); a thread holding the mutex
+     * there would stop every thread that records, the finalising one too. */
+    int contended = 0;      /* this thread slept: take it marked as waited on */
+    for (;;) {
+        for (int i = 0; i < LP_SPINS; i++) {
+            int free_ = 0;
+            if (__atomic_load_n(&lp_tables_mutex, __ATOMIC_RELAXED) == 0 &&
+                __atomic_compare_exchange_n(&lp_tables_mutex, &free_, contended ? 2 : 1, 0,
+                                            __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                return;
+            }
+            cpu_relax();
         }
-    }
-    PyThreadState *ts = PyThreadState_GetUnchecked();
-    if (ts != NULL) {
-        ts = PyEval_SaveThread();
-    }
-    pthread_mutex_lock(&park_mutex);
-    while (__atomic_exchange_n(&lp_tables_mutex, 2, __ATOMIC_ACQUIRE) != 0) {
-        pthread_cond_wait(&park_cv, &park_mutex);
-    }
-    pthread_mutex_unlock(&park_mutex);
-    if (ts != NULL) {
-        PyEval_RestoreThread(ts);
+        PyThreadState *ts = PyThreadState_GetUnchecked();
+        if (ts != NULL) {
+            ts = PyEval_SaveThread();
+        }
+        /* sleep until the mutex is free: a holder that sees 2 when it
+         * unlocks signals park_cv (under park_mutex, so no wake-up is lost) */
+        pthread_mutex_lock(&park_mutex);
+        for (;;) {
+            int v = __atomic_load_n(&lp_tables_mutex, __ATOMIC_RELAXED);
+            if (v == 0) {
+                break;
+            }
+            if (v == 1 && !__atomic_compare_exchange_n(&lp_tables_mutex, &v, 2, 0,
+                                                       __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+                continue;
+            }
+            pthread_cond_wait(&park_cv, &park_mutex);
+        }
+        pthread_mutex_unlock(&park_mutex);
+        if (ts != NULL) {
+            PyEval_RestoreThread(ts);
+        }
+        /* others may sleep too: whoever takes it next must wake one */
+        contended = 1;
     }
 }
 
