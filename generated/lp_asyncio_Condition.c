@@ -50,11 +50,7 @@ lp_asyncio_Condition_release_impl(lp_wrapper *self, const lp_method *m,
          * needs the call, not the time */
         t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
-    PyObject *target = self->inner;
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->methods->release;
-    }
+    PyObject *target = lp_cond_target(self, 1, &m);
     PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
         if (LP_UNLIKELY(t != 0)) {
@@ -75,12 +71,10 @@ lp_asyncio_Condition_release_now(lp_wrapper *self)
 static PyObject *
 lp_asyncio_Condition_acquire(lp_wrapper *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        /* the lock's acquire, resolved when the Condition was made */
-        return lp_awaitable_new(self, ((lp_cond_wrapper *)self)->lock, LP_KIND_ASYNCIO_CONDITION, LP_AW_ACQUIRE,
-                                &((lp_cond_wrapper *)self)->methods->acquire, args, nargs, kwnames, NULL);
-    }
-    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_CONDITION, LP_AW_ACQUIRE, &lp_asyncio_Condition_m_acquire,
+    /* the lock's acquire, resolved when the Condition was made */
+    const lp_method *acq = &lp_asyncio_Condition_m_acquire;
+    PyObject *target = lp_cond_target(self, 0, &acq);
+    return lp_awaitable_new(self, target, LP_KIND_ASYNCIO_CONDITION, LP_AW_ACQUIRE, acq,
                             args, nargs, kwnames, NULL);
 }
 
@@ -93,11 +87,9 @@ lp_asyncio_Condition_aenter(lp_wrapper *self, PyObject *const *args, Py_ssize_t 
          * own arity error, at the call as native */
         return lp_call_named(self->inner, "__aenter__", args, nargs, kwnames);
     }
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        return lp_awaitable_new(self, ((lp_cond_wrapper *)self)->lock, LP_KIND_ASYNCIO_CONDITION, LP_AW_AENTER,
-                                &((lp_cond_wrapper *)self)->methods->acquire, args, nargs, kwnames, NULL);
-    }
-    return lp_awaitable_new(self, self->inner, LP_KIND_ASYNCIO_CONDITION, LP_AW_AENTER, &lp_asyncio_Condition_m_acquire,
+    const lp_method *acq = &lp_asyncio_Condition_m_acquire;
+    PyObject *target = lp_cond_target(self, 0, &acq);
+    return lp_awaitable_new(self, target, LP_KIND_ASYNCIO_CONDITION, LP_AW_AENTER, acq,
                             args, nargs, kwnames, NULL);
 }
 

@@ -90,8 +90,8 @@ static inline PyObject *
 lp_gevent_thread_LockType_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *target = self->inner;
     const lp_method *release = &lp_gevent_thread_LockType_m_release;
+    PyObject *target = self->inner;
     if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
         return lp_gevent_thread_LockType_acquire_rest(self, m, target, release, args, nargs, kwnames, NULL, 0);
     }

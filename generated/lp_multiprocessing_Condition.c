@@ -95,8 +95,8 @@ lp_multiprocessing_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
         /* the Condition's lock is a wrapper of ours, which records */
         return lp_call(m, self->inner, args, nargs, kwnames);
     }
-    PyObject *target = self->inner;
     const lp_method *release = &lp_multiprocessing_Condition_m_release;
+    PyObject *target = self->inner;
     if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
         return lp_multiprocessing_Condition_acquire_rest(self, m, target, release, args, nargs, kwnames, NULL, 0);
     }

@@ -82,14 +82,10 @@ static inline PyObject *
 lp_multiprocessing_Lock_acquire_impl(lp_wrapper *self, const lp_method *m,
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *target = self->inner;
     const lp_method *release = &lp_multiprocessing_Lock_m_release;
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        /* the lock's own C methods, resolved when the Condition was made */
-        target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->methods->acquire;
-        release = &((lp_cond_wrapper *)self)->methods->release;
-    }
+    /* the lock's own methods, resolved when the Condition was made */
+    PyObject *target = lp_cond_target(self, 0, &m);
+    lp_cond_target(self, 1, &release);
     if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
         return lp_multiprocessing_Lock_acquire_rest(self, m, target, release, args, nargs, kwnames, NULL, 0);
     }
@@ -116,11 +112,7 @@ lp_multiprocessing_Lock_release_impl(lp_wrapper *self, const lp_method *m,
          * needs the call, not the time */
         t = (LP_WF(self) & (LP_W_HOLDING | LP_W_WAITERS)) ? lp_now_ns() : 1;
     }
-    PyObject *target = self->inner;
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->methods->release;
-    }
+    PyObject *target = lp_cond_target(self, 1, &m);
     PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
         if (LP_UNLIKELY(t != 0)) {

@@ -93,21 +93,14 @@ lp_threading_Condition_acquire_impl(lp_wrapper *self, const lp_method *m,
 {
     if (LP_WF(self) & LP_W_DELEGATED) {
         /* the Condition's lock is a wrapper of ours, which records */
-        if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-            /* its C acquire, resolved when the Condition was made */
-            return lp_call(&((lp_cond_wrapper *)self)->methods->acquire,
-                           ((lp_cond_wrapper *)self)->lock, args, nargs, kwnames);
-        }
-        return lp_call(m, self->inner, args, nargs, kwnames);
+        /* its lock's acquire, resolved when the Condition was made */
+        PyObject *lock = lp_cond_target(self, 0, &m);
+        return lp_call(m, lock, args, nargs, kwnames);
     }
-    PyObject *target = self->inner;
     const lp_method *release = &lp_threading_Condition_m_release;
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        /* the lock's own C methods, resolved when the Condition was made */
-        target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->methods->acquire;
-        release = &((lp_cond_wrapper *)self)->methods->release;
-    }
+    /* the lock's own methods, resolved when the Condition was made */
+    PyObject *target = lp_cond_target(self, 0, &m);
+    lp_cond_target(self, 1, &release);
     if (LP_UNLIKELY(nargs != 0 || kwnames != NULL)) {
         return lp_threading_Condition_acquire_rest(self, m, target, release, args, nargs, kwnames, NULL, 0);
     }
@@ -143,11 +136,7 @@ lp_threading_Condition_release_impl(lp_wrapper *self, const lp_method *m,
         self->depth = depth - 1;
     }
 #endif
-    PyObject *target = self->inner;
-    if (LP_LIKELY(((lp_cond_wrapper *)self)->lock != NULL)) {
-        target = ((lp_cond_wrapper *)self)->lock;
-        m = &((lp_cond_wrapper *)self)->methods->release;
-    }
+    PyObject *target = lp_cond_target(self, 1, &m);
     PyObject *r = lp_call(m, target, args, nargs, kwnames);
     if (LP_LIKELY(r != NULL)) {
 #ifndef Py_GIL_DISABLED

@@ -275,6 +275,19 @@ int lp_hang_setup(PyObject *module);
 int lp_pbread_setup(PyObject *module);
 
 void lp_cond_bind(lp_cond_wrapper *w);
+/* The object a Condition's acquire or release calls, and the method (*m):
+ * its lock and the lock's resolved method when lp_cond_bind found them, else
+ * the wrapped Condition and *m unchanged. */
+static inline PyObject *
+lp_cond_target(lp_wrapper *self, int release, const lp_method **m)
+{
+    lp_cond_wrapper *c = (lp_cond_wrapper *)self;
+    if (LP_LIKELY(c->lock != NULL)) {
+        *m = release ? &c->methods->release : &c->methods->acquire;
+        return c->lock;
+    }
+    return self->inner;
+}
 int lp_cond_traverse(lp_cond_wrapper *self, visitproc visit, void *arg);
 int lp_cond_clear(lp_cond_wrapper *self);
 
