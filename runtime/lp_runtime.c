@@ -541,8 +541,27 @@ lp_wrapper_reduce_ex_rewrap(lp_wrapper *self, PyObject *proto, int kind)
 static lp_lock_methods lock_methods[LP_LOCK_TYPES_CACHED];
 static int n_lock_methods = 0;
 
+/* m: `type`'s C method `name` (1), or nothing held (0: not a C method, or
+ * the lookup failed) */
+static int
+c_method_init(lp_method *m, PyTypeObject *type, const char *name)
+{
+    memset(m, 0, sizeof(*m));
+    if (lp_method_init(m, (PyObject *)type, name) < 0) {
+        PyErr_Clear();
+    }
+    if (m->descr != NULL) {
+        return 1;
+    }
+    /* a Python class's function: lock_funcs_for keeps those */
+    Py_CLEAR(m->name);
+    Py_CLEAR(m->func);
+    Py_CLEAR(m->owner);
+    return 0;
+}
+
 /* the shared C acquire/release of `type`, resolved on first use; NULL when
- * they are not plain C methods */
+ * they are not plain C methods (remembered as such: descr NULL) */
 static const lp_lock_methods *
 lock_methods_for(PyTypeObject *type)
 {
@@ -555,19 +574,13 @@ lock_methods_for(PyTypeObject *type)
         return NULL;
     }
     lp_lock_methods *lm = &lock_methods[n_lock_methods];
-    if (lp_method_init(&lm->acquire, (PyObject *)type, "acquire") < 0 ||
-        lp_method_init(&lm->release, (PyObject *)type, "release") < 0) {
-        PyErr_Clear();
-        return NULL;
-    }
-    /* only C methods here (a Python class's functions: lock_funcs_for) */
-    Py_CLEAR(lm->acquire.func);
-    Py_CLEAR(lm->acquire.owner);
-    Py_CLEAR(lm->release.func);
-    Py_CLEAR(lm->release.owner);
-    if (lm->acquire.descr == NULL || lm->release.descr == NULL) {
+    int acq = c_method_init(&lm->acquire, type, "acquire");
+    int rel = c_method_init(&lm->release, type, "release");
+    if (!(acq && rel)) {
         Py_CLEAR(lm->acquire.descr);
+        Py_CLEAR(lm->acquire.name);
         Py_CLEAR(lm->release.descr);
+        Py_CLEAR(lm->release.name);
     }
     lm->type = (PyTypeObject *)Py_NewRef(type);
     n_lock_methods++;
