@@ -11,7 +11,9 @@
  * the floor (the user's rate / 10,000) nor above the user's rate.  A burst
  * that has spent twice the budget of the time elapsed ends its window at
  * once.  The first 2 ms of recording after start() are not judged: a short
- * program at rate 1 counts every acquisition.  A window ends at a recorded event (nothing else reads the clock):
+ * program at rate 1 counts every acquisition.  Windows follow each other
+ * (each starts where the last ended), and a window ends at a recorded
+ * event (nothing else reads the clock):
  * at a lowered rate p, after the load fell from E to E' events a second,
  * the next one comes after about 1 / (p E') = (E / E') x (cost / budget)
  * seconds, under a second for a 10,000-fold fall.  The stacks of waits
@@ -57,7 +59,7 @@ int64_t lp_wait_every_ns = 1000000;
 
 static double max_overhead = 0.01;      /* a fraction of wall time; 0: none */
 static double user_rate = 0.0;
-static int64_t win_start = 0;           /* 0: no window open */
+static int64_t win_start = 0;           /* 0: none yet (the first opens at an event) */
 static int64_t win_spent = 0;
 static uint64_t total_ns = 0;           /* charged since the last reset */
 static int64_t since_configure = 0;     /* charged since configure(), to ALLOWANCE_NS */
@@ -124,7 +126,11 @@ end_window(int64_t now, int64_t elapsed)
     if (next < floor) {
         next = floor;
     }
-    win_start = 0;
+    /* the next window starts here, not at its first event: the quiet time
+     * before a rare event is wall time it is set against, so one slow
+     * event (its thread preempted while recording, a collection) after a
+     * quiet spell does not pass for a burst */
+    win_start = now;
     win_spent = 0;
     /* a change of under 5% is not worth every thread's redraw, unless it
      * reaches a bound */
